@@ -1,0 +1,57 @@
+//! Exit codes: one per outcome a script may want to tell apart. Documented in
+//! `leasehold --help`, `leasehold inspect --help` and the README.
+
+use crate::license::Verdict;
+
+pub const OK: u8 = 0;
+/// Bad input, unreadable or unwritable file, refused operation; the message says which.
+pub const ERROR: u8 = 1;
+/// Command-line usage error (clap).
+pub const USAGE: u8 = 2;
+pub const IN_GRACE: u8 = 10;
+pub const NOT_YET_VALID: u8 = 11;
+pub const EXPIRED: u8 = 12;
+pub const CLOCK_ROLLED_BACK: u8 = 13;
+pub const WRONG_MACHINE: u8 = 14;
+pub const TAMPERED: u8 = 15;
+pub const UNKNOWN_ISSUER: u8 = 16;
+pub const ISSUER_NOT_AUTHORIZED: u8 = 17;
+pub const UNSUPPORTED: u8 = 18;
+/// The sealed model is damaged: truncated, extended, edited or reordered.
+pub const SEALED_DAMAGED: u8 = 20;
+/// The sealed model or content key is not the one the license is for.
+pub const MODEL_MISMATCH: u8 = 21;
+
+/// The exit-code table, as printed in `--help`.
+pub const TABLE: &str = "\
+Exit codes:
+   0  success; for inspect and check: the license is valid on this machine now
+   1  error: bad input, unreadable or unwritable file (the message says which)
+   2  usage error: unknown flag or missing argument
+  10  in grace: expired, still serving until the grace period ends (inspect)
+  11  not yet valid
+  12  expired (grace period over)
+  13  clock rolled back: the system clock is behind time this node has seen
+  14  wrong machine: issued to another node, or the hardware does not match
+  15  tampered: the license is damaged, edited, or not a license
+  16  unknown issuer: not signed by a root trusted by this build
+  17  issuer not authorized: a certified issuer acted outside its scope
+  18  unsupported: a format version or mandated feature this build lacks
+  20  sealed model damaged: truncated, extended, edited or reordered (check)
+  21  model mismatch: the sealed model or key is not the one licensed (check)";
+
+/// The exit code of a verdict.
+pub fn for_verdict(verdict: &Verdict) -> u8 {
+    match verdict {
+        Verdict::Valid { .. } => OK,
+        Verdict::InGrace { .. } => IN_GRACE,
+        Verdict::NotYetValid { .. } => NOT_YET_VALID,
+        Verdict::Expired { .. } => EXPIRED,
+        Verdict::ClockRolledBack { .. } => CLOCK_ROLLED_BACK,
+        Verdict::WrongMachine { .. } => WRONG_MACHINE,
+        Verdict::Tampered { .. } => TAMPERED,
+        Verdict::UnknownIssuer { .. } => UNKNOWN_ISSUER,
+        Verdict::IssuerNotAuthorized { .. } => ISSUER_NOT_AUTHORIZED,
+        Verdict::Unsupported { .. } => UNSUPPORTED,
+    }
+}

@@ -1,0 +1,263 @@
+//! inspect and check: verify a license and report; check also opens the sealed model.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{exit, progress, CheckArgs, InspectArgs, Outcome};
+use crate::crypto::key_wrap;
+use crate::format::time::{human_duration, rfc3339};
+use crate::fsutil;
+use crate::license::verify::{Authority, VerifiedLicense};
+use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, MAX_LICENSE_BYTES};
+use crate::node::hardware::HardwareProfile;
+use crate::node::trusted_time::{self, TimeContext};
+use crate::node::{clock, NodeIdentity};
+use crate::seal::{SealError, SealedModel};
+
+/// Assess a license file for this machine, with the node directory when given.
+fn assess_here(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<(Assessment, Option<NodeIdentity>)> {
+    let bytes = fsutil::read_limited(license, MAX_LICENSE_BYTES, "license")?;
+    let identity = node_dir.map(NodeIdentity::load).transpose()?;
+    let public = identity.as_ref().map(|i| i.public());
+    let high_water = match (&identity, &public) {
+        (Some(id), Some(p)) => trusted_time::load_high_water(id.dir(), p)?,
+        _ => None,
+    };
+    let profile = HardwareProfile::collect();
+    let checks = Checks {
+        node: public.as_ref(),
+        hardware: Some(&profile),
+        time: TimeContext {
+            now: clock::system_now(),
+            high_water,
+        },
+    };
+    Ok((assess(&bytes, &TrustRoots::compiled_in(), &checks), identity))
+}
+
+fn authority_line(authority: &Authority) -> String {
+    match authority {
+        Authority::Root { key_id, demo } => format!(
+            "root {key_id}{}",
+            if *demo { " (DEMO ROOT: its secret is public; for testing only)" } else { "" }
+        ),
+        Authority::Issuer {
+            key_id,
+            root_key_id,
+            root_demo,
+            certificate,
+        } => format!(
+            "issuer {key_id}, certified by root {root_key_id}{} for orgs [{}], models [{}] until {}",
+            if *root_demo { " (DEMO ROOT)" } else { "" },
+            certificate.orgs.join(", "),
+            certificate.models.join(", "),
+            rfc3339(certificate.not_after)
+        ),
+    }
+}
+
+fn print_license(license: &VerifiedLicense) {
+    let b = &license.body;
+    println!("License {}  serial {}", b.license_id, b.serial);
+    println!("  licensee      {}", b.licensee);
+    println!("  signed by     {}", authority_line(&license.authority));
+    println!("  node          {}", b.node.node_id);
+    let kinds: Vec<&str> = b.node.hardware.components.iter().map(|c| c.kind.name()).collect();
+    println!(
+        "  hardware      {} (policy: {})",
+        kinds.join(", "),
+        b.node.hardware.policy.describe(&b.node.hardware.components)
+    );
+    println!(
+        "  model         {} ({} bytes, sha256 {})",
+        b.model.model_id,
+        b.model.plaintext_len,
+        hex::encode(b.model.plaintext_sha256.0)
+    );
+    println!("  sealed header {}", hex::encode(b.model.sealed_header_sha256.0));
+    println!(
+        "  valid         {} to {}",
+        rfc3339(b.not_before),
+        rfc3339(b.expires_at)
+    );
+    println!(
+        "  grace         {}",
+        if b.grace_seconds == 0 {
+            "none".to_string()
+        } else {
+            format!("{} (serving ends {})", human_duration(b.grace()), rfc3339(b.grace_ends()))
+        }
+    );
+    let caps: Vec<String> = b.caps.entries().iter().map(|(n, v)| format!("{n}={v}")).collect();
+    println!("  caps          {}", if caps.is_empty() { "none".into() } else { caps.join(", ") });
+    println!(
+        "  features      {}",
+        if b.features.is_empty() { "none".into() } else { b.features.join(", ") }
+    );
+    println!(
+        "  renewal       {}",
+        if b.renewal.is_empty() { "none".into() } else { b.renewal.join(", ") }
+    );
+    println!("  issued        {}", rfc3339(b.issued_at));
+}
+
+fn license_json(license: &VerifiedLicense) -> serde_json::Value {
+    let authority = match &license.authority {
+        Authority::Root { key_id, demo } => json!({"kind": "root", "key_id": key_id, "demo": demo}),
+        Authority::Issuer {
+            key_id,
+            root_key_id,
+            root_demo,
+            certificate,
+        } => json!({"kind": "issuer", "key_id": key_id, "root_key_id": root_key_id, "demo": root_demo, "certificate": certificate}),
+    };
+    let mut body = serde_json::to_value(&license.body).expect("license bodies serialize");
+    body["grace_ends"] = json!(rfc3339(license.body.grace_ends()));
+    body["signed_by"] = authority;
+    body
+}
+
+pub fn inspect(args: InspectArgs) -> Outcome {
+    let (assessment, _) = assess_here(&args.license, args.node_dir.as_deref())?;
+    let now = clock::system_now();
+    let code = exit::for_verdict(&assessment.verdict);
+    let message = assessment.verdict.explain(now);
+    if args.json {
+        let out = json!({
+            "verdict": assessment.verdict.name(),
+            "exit_code": code,
+            "message": message,
+            "node_checked": args.node_dir.is_some(),
+            "license": assessment.license.as_ref().map(license_json),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        if let Some(license) = &assessment.license {
+            print_license(license);
+        }
+        println!("verdict: {message}");
+        if args.node_dir.is_none() && assessment.verdict.allows_serving() {
+            println!("  (node keys and trusted time not checked: pass --node-dir to check them)");
+        }
+    }
+    Ok(code)
+}
+
+/// One failed step of `check`.
+struct CheckFailure {
+    code: u8,
+    message: String,
+}
+
+impl From<SealError> for CheckFailure {
+    fn from(e: SealError) -> Self {
+        let code = match &e {
+            SealError::WrongKey { .. } => exit::MODEL_MISMATCH,
+            SealError::Fs(_) | SealError::NotGguf { .. } | SealError::InvalidModelId(_) => exit::ERROR,
+            _ => exit::SEALED_DAMAGED,
+        };
+        CheckFailure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub fn check(args: CheckArgs) -> Outcome {
+    let mut steps: Vec<String> = Vec::new();
+    let result = run_check(&args, &mut steps);
+    let (code, message) = match &result {
+        Ok(msg) => (exit::OK, msg.clone()),
+        Err(f) => (f.code, f.message.clone()),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": code == exit::OK,
+                "exit_code": code,
+                "message": message,
+                "steps": steps,
+            }))?
+        );
+    } else {
+        for step in &steps {
+            println!("  ok  {step}");
+        }
+        match &result {
+            Ok(_) => println!("{message}"),
+            Err(_) => eprintln!("check failed: {message}"),
+        }
+    }
+    Ok(code)
+}
+
+fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckFailure> {
+    let fail = |code: u8, message: String| CheckFailure { code, message };
+    let (assessment, identity) = assess_here(&args.license, Some(&args.node_dir))
+        .map_err(|e| fail(exit::ERROR, format!("{e:#}")))?;
+    let identity = identity.expect("a node dir was given");
+    let now = clock::system_now();
+    let verdict = assessment.verdict.clone();
+    let Some(license) = assessment.license.filter(|_| verdict.allows_serving()) else {
+        return Err(fail(exit::for_verdict(&verdict), verdict.explain(now)));
+    };
+    let body = &license.body;
+    steps.push(format!("signature chain verified ({})", authority_line(&license.authority)));
+    steps.push(format!("issued to this node ({}) and this hardware", body.node.node_id));
+    steps.push(format!("trusted time: {}", verdict.explain(now)));
+
+    let sealed = SealedModel::open(&args.sealed)?;
+    let header = sealed.header();
+    if header.model_id != body.model.model_id || sealed.digest() != body.model.sealed_header_sha256.0 {
+        return Err(fail(
+            exit::MODEL_MISMATCH,
+            format!(
+                "{} is model '{}' (header sha256 {}), but the license is for model '{}' (header sha256 {})",
+                args.sealed.display(),
+                header.model_id,
+                hex::encode(sealed.digest()),
+                body.model.model_id,
+                hex::encode(body.model.sealed_header_sha256.0)
+            ),
+        ));
+    }
+    steps.push(format!("sealed model '{}' is the one licensed", header.model_id));
+
+    let key = key_wrap::unwrap(
+        identity.unwrap_secret(),
+        &body.key_binding_info(),
+        &body.content_key.to_wrapped(),
+    )
+    .map_err(|e| fail(exit::WRONG_MACHINE, format!("cannot unwrap the content key: {e}")))?;
+    steps.push("content key unwrapped with this node's key".into());
+
+    let bar = progress::bytes(header.plaintext_len, "decrypting");
+    let plaintext = sealed.decrypt_to_memory(&key, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    steps.push(format!(
+        "decrypted {} bytes in memory; sha256 matches {}",
+        plaintext.len(),
+        hex::encode(header.plaintext_sha256)
+    ));
+    drop(plaintext);
+    let mut message = format!("ok: this node can serve model '{}' now", header.model_id);
+    if let Verdict::InGrace { grace_ends, .. } = verdict {
+        message.push_str(&format!(
+            " (IN GRACE: the license has expired and serving stops at {}; renew it)",
+            rfc3339(grace_ends)
+        ));
+    }
+    Ok(message)
+}
+
+impl From<anyhow::Error> for CheckFailure {
+    fn from(e: anyhow::Error) -> Self {
+        CheckFailure {
+            code: exit::ERROR,
+            message: format!("{e:#}"),
+        }
+    }
+}
+

@@ -1,0 +1,256 @@
+//! The `leasehold` command line. Each command is a thin layer over the library: parse
+//! flags, call the module that does the work, print the outcome, choose the exit code.
+
+pub mod exit;
+mod inspect;
+mod node_cmds;
+mod progress;
+mod vendor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::node::hardware::ComponentKind;
+
+/// A command's outcome: an exit code, or an error to print (exit 1).
+pub type Outcome = anyhow::Result<u8>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "leasehold",
+    version,
+    about = "Time-limited, hardware-bound licenses for sealed LLM weights",
+    long_about = "leasehold seals GGUF models, issues Ed25519-signed licenses bound to one machine \
+and a validity window, and checks them.\n\n\
+Vendor:   keygen, seal, issue, certify-issuer\n\
+Operator: enroll, fingerprint, check\n\
+Anyone:   inspect\n\n\
+Quick start (demo root, this machine):\n  \
+leasehold enroll --node-dir node --out node.enroll\n  \
+leasehold seal model.gguf --model-id demo --out demo.sealed --key-out demo.key\n  \
+leasehold issue --key keys/demo/root.key --enrollment node.enroll --sealed demo.sealed \\\n      \
+--content-key demo.key --licensee 'Example Org' --expires +30d --out demo.license\n  \
+leasehold check --license demo.license --sealed demo.sealed --node-dir node",
+    after_help = exit::TABLE
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an Ed25519 key pair (root or issuer): PREFIX.key (secret, 0600) and PREFIX.pub.
+    Keygen(KeygenArgs),
+    /// Encrypt a GGUF model into a sealed container and write its content key.
+    Seal(SealArgs),
+    /// Sign a license for an enrolled node and a sealed model.
+    Issue(IssueArgs),
+    /// Root-sign a certificate that lets an issuer key sign licenses within a scope.
+    CertifyIssuer(CertifyIssuerArgs),
+    /// Create this node's identity (once) and write an enrollment for the vendor.
+    Enroll(EnrollArgs),
+    /// Show the hardware components this machine would be bound by.
+    Fingerprint(FingerprintArgs),
+    /// Verify a license and print what it grants and its verdict for this machine now.
+    #[command(after_help = exit::TABLE)]
+    Inspect(InspectArgs),
+    /// Dry run of everything `serve` does before loading: verify, match, unwrap, decrypt, hash.
+    #[command(after_help = exit::TABLE)]
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Output prefix: writes PREFIX.key and PREFIX.pub; refuses to overwrite either.
+    #[arg(long, value_name = "PREFIX")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SealArgs {
+    /// The plaintext GGUF model to seal (it is read, never modified).
+    #[arg(value_name = "MODEL.gguf")]
+    pub model: PathBuf,
+    /// Model id bound into the sealed header and licenses (letters, digits, . _ - :).
+    #[arg(long)]
+    pub model_id: String,
+    /// Where to write the sealed model (replaced atomically if it exists).
+    #[arg(long, value_name = "M.sealed")]
+    pub out: PathBuf,
+    /// Where to write the content key (mode 0600; never overwritten). Keep it secret:
+    /// whoever holds it can decrypt the model.
+    #[arg(long, value_name = "M.key")]
+    pub key_out: PathBuf,
+    /// Segment size in bytes (power of two, 4096 to 16 MiB).
+    #[arg(long, default_value_t = crate::seal::header::DEFAULT_SEGMENT, hide = true)]
+    pub segment_size: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// Signing key: the root's, or an issuer's (then also pass --issuer-cert).
+    #[arg(long, value_name = "ROOT_OR_ISSUER.key")]
+    pub key: PathBuf,
+    /// Issuer certificate (from certify-issuer) when --key is an issuer key.
+    #[arg(long, value_name = "ISSUER.cert")]
+    pub issuer_cert: Option<PathBuf>,
+    /// The node's enrollment (from `leasehold enroll`).
+    #[arg(long, value_name = "NODE.enroll")]
+    pub enrollment: PathBuf,
+    /// The sealed model the license is for.
+    #[arg(long, value_name = "M.sealed")]
+    pub sealed: PathBuf,
+    /// The model's content key (from `leasehold seal`); it is wrapped to the node.
+    #[arg(long, value_name = "M.key")]
+    pub content_key: PathBuf,
+    /// Licensee organization.
+    #[arg(long, value_name = "ORG")]
+    pub licensee: String,
+    /// Expiry: RFC 3339 (2027-01-31T00:00:00Z) or relative to now (+30d, +12h, +90s).
+    #[arg(long, value_name = "TIME")]
+    pub expires: String,
+    /// Start of validity (default: now); same forms as --expires.
+    #[arg(long, value_name = "TIME")]
+    pub not_before: Option<String>,
+    /// Grace period after expiry during which the node keeps serving with warnings.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub grace: String,
+    /// Serial number (default: issue time in milliseconds, so later licenses are higher).
+    #[arg(long)]
+    pub serial: Option<u64>,
+    /// A usage cap, NAME=N; repeatable. Names: requests-per-day, requests-per-month,
+    /// tokens-per-day, tokens-per-month, concurrent, context.
+    #[arg(long = "cap", value_name = "NAME=N")]
+    pub caps: Vec<String>,
+    /// License server URL for renewals; repeatable.
+    #[arg(long = "renewal", value_name = "URL")]
+    pub renewal: Vec<String>,
+    /// Where to write the license (default: standard output).
+    #[arg(long, value_name = "X.license")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CertifyIssuerArgs {
+    /// The root secret key.
+    #[arg(long, value_name = "ROOT.key")]
+    pub root: PathBuf,
+    /// The issuer's public key (from `leasehold keygen`).
+    #[arg(long, value_name = "ISSUER.pub")]
+    pub issuer_pub: PathBuf,
+    /// Organizations the issuer may license; repeatable; '*' for any.
+    #[arg(long = "org", value_name = "ORG", required = true)]
+    pub orgs: Vec<String>,
+    /// Model ids the issuer may license; repeatable; '*' for any.
+    #[arg(long = "model", value_name = "ID", required = true)]
+    pub models: Vec<String>,
+    /// Start of the certificate's validity (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub valid_from: Option<String>,
+    /// End of the certificate's validity: RFC 3339 or +DURATION.
+    #[arg(long, value_name = "TIME")]
+    pub valid_until: String,
+    /// Longest license the issuer may sign (not-before to expiry), e.g. 7d.
+    #[arg(long, value_name = "DURATION")]
+    pub max_lease: String,
+    /// Where to write the certificate.
+    #[arg(long, value_name = "ISSUER.cert")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The node directory: holds the node's keys (created once, 0600) and trusted time.
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// Where to write the enrollment to send to the vendor.
+    #[arg(long, value_name = "NODE.enroll")]
+    pub out: PathBuf,
+    /// What the node will be used for (shown to the approver).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub use_case: String,
+    /// How prompts and outputs are handled (shown to the approver).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub data_handling: String,
+    /// Bind only these components (comma-separated); default: all that this machine has.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    pub bind: Option<Vec<ComponentKind>>,
+    /// Components that must always match (comma-separated); default: machine-id.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    pub require: Option<Vec<ComponentKind>>,
+    /// How many of the other bound components must match; default: 2 (or fewer if fewer exist).
+    #[arg(long, value_name = "N")]
+    pub min_others: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct FingerprintArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The license file.
+    #[arg(value_name = "X.license")]
+    pub license: PathBuf,
+    /// This node's directory: also check the node keys and trusted time.
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: Option<PathBuf>,
+    /// Print JSON (verdict, exit code, message, license fields).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[arg(long, value_name = "X.license")]
+    pub license: PathBuf,
+    #[arg(long, value_name = "M.sealed")]
+    pub sealed: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// Print JSON instead of a step-by-step report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the command line; the process exit code is returned.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let outcome = match cli.command {
+        Command::Keygen(a) => vendor::keygen(a),
+        Command::Seal(a) => vendor::seal(a),
+        Command::Issue(a) => vendor::issue(a),
+        Command::CertifyIssuer(a) => vendor::certify_issuer(a),
+        Command::Enroll(a) => node_cmds::enroll(a),
+        Command::Fingerprint(a) => node_cmds::fingerprint(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Check(a) => inspect::check(a),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The license body: what a license grants, to which node, for which model, until when.
+//! Field by field in docs/FORMATS.md.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::key_wrap::WrappedKey;
+use crate::format::encoding::{base64_array, base64_vec, hex_array, Digest};
+use crate::format::{Body, DocumentKind};
+use crate::node::hardware::{BoundComponent, MatchPolicy};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseBody {
+    pub version: u32,
+    /// 32 hex digits, random.
+    pub license_id: String,
+    /// Monotonic per node: a lower serial never replaces a higher one.
+    pub serial: u64,
+    pub licensee: String,
+    pub issued_at: DateTime<Utc>,
+    pub not_before: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Seconds after `expires_at` during which the node keeps serving, warning.
+    pub grace_seconds: u64,
+    pub node: NodeBinding,
+    pub model: ModelBinding,
+    pub caps: Caps,
+    /// Features the node must enforce (refused when the build does not implement one).
+    pub features: Vec<String>,
+    /// License server URLs for renewal.
+    pub renewal: Vec<String>,
+    pub content_key: WrappedContentKey,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<Extension>,
+}
+
+impl Body for LicenseBody {
+    const KIND: DocumentKind = DocumentKind::License;
+    const VERSION: u32 = 1;
+}
+
+impl LicenseBody {
+    pub fn grace(&self) -> Duration {
+        Duration::seconds(i64::try_from(self.grace_seconds).unwrap_or(i64::MAX / 1000))
+    }
+
+    /// When serving must stop: expiry plus grace.
+    pub fn grace_ends(&self) -> DateTime<Utc> {
+        self.expires_at
+            .checked_add_signed(self.grace())
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// The HPKE info binding the wrapped content key.
+    pub fn key_binding_info(&self) -> Vec<u8> {
+        crate::crypto::key_wrap::binding_info(&self.license_id, &self.model.model_id)
+    }
+}
+
+/// The node a license is for: its keys and its hardware.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeBinding {
+    pub node_id: String,
+    #[serde(with = "base64_array")]
+    pub signing_key: [u8; 32],
+    #[serde(with = "base64_array")]
+    pub unwrap_key: [u8; 32],
+    pub hardware: LicenseHardware,
+}
+
+/// Hardware bound by a license: the enrollment's hashes re-hashed under a license salt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseHardware {
+    #[serde(with = "hex_array")]
+    pub enrollment_salt: [u8; 16],
+    #[serde(with = "hex_array")]
+    pub license_salt: [u8; 16],
+    pub components: Vec<BoundComponent>,
+    pub policy: MatchPolicy,
+}
+
+/// The model a license is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBinding {
+    pub model_id: String,
+    /// SHA-256 of the sealed file's header; the header digest authenticates every
+    /// segment, so this binds the whole sealed file.
+    pub sealed_header_sha256: Digest,
+    pub plaintext_sha256: Digest,
+    pub plaintext_len: u64,
+    #[serde(with = "hex_array")]
+    pub key_id: [u8; 16],
+}
+
+/// Usage caps (enforced by the runtime from its usage ledger).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Caps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<u64>,
+}
+
+impl Caps {
+    /// Set one cap from `name=value` (`requests-per-day=1000`).
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let (name, value) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("cap '{spec}' is not NAME=VALUE"))?;
+        let value: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("cap '{spec}': '{value}' is not a whole number"))?;
+        let slot = match name.trim() {
+            "requests-per-day" => &mut self.requests_per_day,
+            "requests-per-month" => &mut self.requests_per_month,
+            "tokens-per-day" => &mut self.tokens_per_day,
+            "tokens-per-month" => &mut self.tokens_per_month,
+            "concurrent" => &mut self.concurrent,
+            "context" => &mut self.context,
+            other => {
+                return Err(format!(
+                    "unknown cap '{other}' (known: requests-per-day, requests-per-month, tokens-per-day, tokens-per-month, concurrent, context)"
+                ))
+            }
+        };
+        *slot = Some(value);
+        Ok(())
+    }
+
+    /// `(name, value)` for every cap set.
+    pub fn entries(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("requests-per-day", self.requests_per_day),
+            ("requests-per-month", self.requests_per_month),
+            ("tokens-per-day", self.tokens_per_day),
+            ("tokens-per-month", self.tokens_per_month),
+            ("concurrent", self.concurrent),
+            ("context", self.context),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect()
+    }
+}
+
+/// The model's content key, wrapped to the node (HPKE).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedContentKey {
+    pub suite: String,
+    #[serde(with = "base64_array")]
+    pub encapsulated: [u8; 32],
+    #[serde(with = "base64_vec")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl WrappedContentKey {
+    pub fn from_wrapped(wrapped: WrappedKey) -> Self {
+        WrappedContentKey {
+            suite: crate::crypto::key_wrap::SUITE.to_string(),
+            encapsulated: wrapped.encapsulated,
+            ciphertext: wrapped.ciphertext,
+        }
+    }
+
+    pub fn to_wrapped(&self) -> WrappedKey {
+        WrappedKey {
+            encapsulated: self.encapsulated,
+            ciphertext: self.ciphertext.clone(),
+        }
+    }
+}
+
+/// A forward-compatible addition. A node that does not know a critical extension
+/// refuses the license; a non-critical one is shown and otherwise ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extension {
+    pub name: String,
+    pub critical: bool,
+    pub value: serde_json::Value,
+}

@@ -1,0 +1,145 @@
+//! Issuing licenses (vendor side) and certifying issuers (root side).
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::body::{Caps, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WrappedContentKey};
+use super::issuer::IssuerCertBody;
+use super::KNOWN_FEATURES;
+use crate::crypto::key_wrap;
+use crate::crypto::signing::SecretKey;
+use crate::crypto::{random, ContentKey};
+use crate::format::encoding::Digest;
+use crate::format::time::whole_seconds;
+use crate::format::{Body, Envelope};
+use crate::node::enrollment::EnrollmentBody;
+use crate::node::hardware::{self, BoundComponent};
+use crate::seal::Header;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    #[error("the content key does not belong to this sealed model (key id {key}, model sealed with {sealed}); pass the .key file written when this model was sealed")]
+    KeyMismatch { key: String, sealed: String },
+    #[error("the license would expire ({expires}) before it starts ({not_before})")]
+    EmptyWindow { not_before: String, expires: String },
+    #[error("invalid licensee: {0}")]
+    Licensee(String),
+    #[error("feature '{0}' is not one this build can enforce")]
+    UnknownFeature(String),
+    #[error("cannot wrap the content key to the node's key: {0}")]
+    Wrap(String),
+    #[error("invalid issuer certificate: {0}")]
+    Certificate(String),
+}
+
+/// What to grant, for how long.
+#[derive(Debug, Clone)]
+pub struct Terms {
+    pub licensee: String,
+    pub not_before: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub grace: Duration,
+    pub serial: u64,
+    pub caps: Caps,
+    pub features: Vec<String>,
+    pub renewal: Vec<String>,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// Sign a license for the enrolled node and sealed model. `chain` carries the issuer
+/// certificate when `signer` is an issuer rather than a root.
+pub fn issue(
+    signer: &SecretKey,
+    chain: Option<Envelope>,
+    enrollment: &EnrollmentBody,
+    sealed: &Header,
+    content_key: &ContentKey,
+    terms: &Terms,
+) -> Result<Envelope, IssueError> {
+    if content_key.key_id() != sealed.key_id {
+        return Err(IssueError::KeyMismatch {
+            key: hex::encode(content_key.key_id()),
+            sealed: hex::encode(sealed.key_id),
+        });
+    }
+    let licensee = terms.licensee.trim();
+    if licensee.is_empty() || licensee.len() > 256 || licensee.chars().any(char::is_control) {
+        return Err(IssueError::Licensee(
+            "give the organization's name, 1 to 256 printable characters".into(),
+        ));
+    }
+    let not_before = whole_seconds(terms.not_before);
+    let expires_at = whole_seconds(terms.expires_at);
+    if expires_at <= not_before {
+        return Err(IssueError::EmptyWindow {
+            not_before: not_before.to_rfc3339(),
+            expires: expires_at.to_rfc3339(),
+        });
+    }
+    if let Some(f) = terms.features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+        return Err(IssueError::UnknownFeature(f.clone()));
+    }
+    let license_id = hex::encode(random::bytes::<16>());
+    let license_salt = random::bytes::<16>();
+    let components = enrollment
+        .hardware
+        .components
+        .iter()
+        .map(|c| BoundComponent {
+            kind: c.kind,
+            hashes: c
+                .hashes
+                .iter()
+                .map(|h| Digest(hardware::license_hash(&license_salt, &h.0)))
+                .collect(),
+        })
+        .collect();
+    let info = key_wrap::binding_info(&license_id, &sealed.model_id);
+    let wrapped = key_wrap::wrap(&enrollment.unwrap_key, &info, content_key).map_err(|e| IssueError::Wrap(e.to_string()))?;
+    let body = LicenseBody {
+        version: LicenseBody::VERSION,
+        license_id,
+        serial: terms.serial,
+        licensee: licensee.to_string(),
+        issued_at: whole_seconds(terms.issued_at),
+        not_before,
+        expires_at,
+        grace_seconds: terms.grace.num_seconds().max(0) as u64,
+        node: NodeBinding {
+            node_id: enrollment.node_id.clone(),
+            signing_key: enrollment.signing_key,
+            unwrap_key: enrollment.unwrap_key,
+            hardware: LicenseHardware {
+                enrollment_salt: enrollment.hardware.salt,
+                license_salt,
+                components,
+                policy: enrollment.hardware.policy.clone(),
+            },
+        },
+        model: ModelBinding {
+            model_id: sealed.model_id.clone(),
+            sealed_header_sha256: Digest(sealed.digest()),
+            plaintext_sha256: Digest(sealed.plaintext_sha256),
+            plaintext_len: sealed.plaintext_len,
+            key_id: sealed.key_id,
+        },
+        caps: terms.caps.clone(),
+        features: terms.features.clone(),
+        renewal: terms.renewal.clone(),
+        content_key: WrappedContentKey::from_wrapped(wrapped),
+        extensions: Vec::new(),
+    };
+    Ok(Envelope::sign(&body, signer, chain.into_iter().collect()))
+}
+
+/// Root-sign an issuer certificate.
+pub fn certify(root: &SecretKey, certificate: &IssuerCertBody) -> Result<Envelope, IssueError> {
+    if certificate.not_after <= certificate.not_before {
+        return Err(IssueError::Certificate("its validity ends before it starts".into()));
+    }
+    if certificate.orgs.is_empty() || certificate.models.is_empty() {
+        return Err(IssueError::Certificate(
+            "name at least one organization and one model (or '*')".into(),
+        ));
+    }
+    Ok(Envelope::sign(certificate, root, vec![]))
+}

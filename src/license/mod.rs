@@ -1,0 +1,23 @@
+//! Licenses and issuer certificates: their bodies, how they are issued, and the one
+//! verification path that turns a license file into a [`Verdict`] for this machine now.
+//!
+//! Trust flows from the roots compiled into the binary ([`roots`]): a license is signed
+//! by a root, or by an issuer whose certificate (carried in the license) a root signed.
+
+pub mod body;
+pub mod issue;
+pub mod issuer;
+pub mod roots;
+pub mod verify;
+
+pub use body::{Caps, LicenseBody};
+pub use issuer::IssuerCertBody;
+pub use roots::TrustRoots;
+pub use verify::{assess, Assessment, Authority, Checks, Verdict, VerifiedLicense};
+
+/// Features a license may mandate that this build implements. A license mandating a
+/// feature not listed here is refused: the node cannot honour it.
+pub const KNOWN_FEATURES: &[&str] = &[];
+
+/// Largest license file accepted.
+pub const MAX_LICENSE_BYTES: u64 = crate::format::envelope::MAX_DOCUMENT_BYTES;

@@ -1,0 +1,9 @@
+//! The one place that reads the system clock. Everything else takes `now` as an
+//! argument, so tests can set it and reviews can find every use of wall-clock time.
+
+use chrono::{DateTime, Utc};
+
+/// The system's wall-clock time. Not trusted on its own: see [`super::trusted_time`].
+pub fn system_now() -> DateTime<Utc> {
+    Utc::now()
+}

@@ -1,0 +1,94 @@
+//! The STREAM construction (Hoang, Reyhanitabar, Rogaway and Vizár, "Online
+//! Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance", CRYPTO 2015) over
+//! AES-256-GCM, as used by age and Tink.
+//!
+//! The plaintext is cut into fixed-size segments; segment `i` is sealed under the nonce
+//! `prefix (7 bytes) ‖ i (u32, big-endian) ‖ last (1 byte: 1 for the final segment, else 0)`,
+//! with associated data `header digest (32) ‖ i (u64, big-endian) ‖ last (1)`.
+//! Reordering segments changes their index, cutting the file loses the `last` flag,
+//! appending data leaves a segment after the last, and editing the header changes
+//! the digest: each fails authentication. Fixed-size segments give random access and
+//! let every core decrypt its own range.
+//!
+//! This file is the cipher seam: the rest of the crate sees only [`SegmentCipher`], so
+//! the AES-GCM implementation can change without the format changing.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+
+use super::header::Header;
+use crate::crypto::ContentKey;
+
+/// AES-GCM tag length, appended to every segment.
+pub const TAG_LEN: usize = 16;
+
+/// A segment failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentAuthFailed {
+    pub index: u64,
+}
+
+/// Seals and opens the segments of one sealed model.
+pub struct SegmentCipher {
+    aead: Aes256Gcm,
+    nonce_prefix: [u8; 7],
+    header_digest: [u8; 32],
+}
+
+impl SegmentCipher {
+    pub fn new(key: &ContentKey, header: &Header) -> Self {
+        SegmentCipher {
+            aead: Aes256Gcm::new(key.as_bytes().into()),
+            nonce_prefix: header.nonce_prefix,
+            header_digest: header.digest(),
+        }
+    }
+
+    fn nonce(&self, index: u64, last: bool) -> [u8; 12] {
+        let counter = u32::try_from(index).expect("segment index checked against u32 when the header was built");
+        let mut nonce = [0u8; 12];
+        nonce[..7].copy_from_slice(&self.nonce_prefix);
+        nonce[7..11].copy_from_slice(&counter.to_be_bytes());
+        nonce[11] = u8::from(last);
+        nonce
+    }
+
+    fn associated_data(&self, index: u64, last: bool) -> [u8; 41] {
+        let mut aad = [0u8; 41];
+        aad[..32].copy_from_slice(&self.header_digest);
+        aad[32..40].copy_from_slice(&index.to_be_bytes());
+        aad[40] = u8::from(last);
+        aad
+    }
+
+    /// Encrypt `buf` in place as segment `index`; returns its tag.
+    pub fn seal_segment(&self, index: u64, last: bool, buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&self.nonce(index, last)),
+                &self.associated_data(index, last),
+                buf,
+            )
+            .expect("AES-GCM accepts segments of at most 16 MiB");
+        tag.into()
+    }
+
+    /// Decrypt `buf` in place as segment `index`, checking `tag`.
+    pub fn open_segment(
+        &self,
+        index: u64,
+        last: bool,
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), SegmentAuthFailed> {
+        self.aead
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&self.nonce(index, last)),
+                &self.associated_data(index, last),
+                buf,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| SegmentAuthFailed { index })
+    }
+}

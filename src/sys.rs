@@ -1,0 +1,25 @@
+//! The one module allowed to use `unsafe`: memory maps of files.
+//!
+//! Memory-mapping a file is `unsafe` in Rust because another process could change the
+//! file underneath the mapping. Every map made here is of a file leasehold opened itself
+//! and whose contents are authenticated (sealed segments) or written only by this process.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+
+use memmap2::{Mmap, MmapMut};
+
+/// Map a file read-only.
+pub fn map_readonly(file: &File) -> io::Result<Mmap> {
+    // SAFETY: the mapping is read-only; sealed data read through it is authenticated
+    // segment by segment, so a concurrent change is detected, not trusted.
+    unsafe { Mmap::map(file) }
+}
+
+/// Map a file read-write; the caller has sized it and holds the only handle.
+pub fn map_writable(file: &File) -> io::Result<MmapMut> {
+    // SAFETY: the file is a fresh temporary file created by this process (not yet
+    // renamed into place), so no other process is expected to write it concurrently.
+    unsafe { MmapMut::map_mut(file) }
+}
