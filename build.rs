@@ -48,7 +48,11 @@ fn main() {
         }
     }
     if std::env::var_os("CARGO_FEATURE_DEMO_ROOT").is_some() {
-        roots.push(("demo/root.pub".into(), read_root(&keys.join("demo/root.pub")), true));
+        roots.push((
+            "demo/root.pub".into(),
+            read_root(&keys.join("demo/root.pub")),
+            true,
+        ));
     }
     if roots.is_empty() {
         panic!(
@@ -59,7 +63,11 @@ fn main() {
 
     let mut code = String::from("pub(crate) const COMPILED_ROOTS: &[CompiledRoot] = &[\n");
     for (name, key, demo) in roots {
-        writeln!(code, "    CompiledRoot {{ name: {name:?}, key: {key:?}, demo: {demo} }},").unwrap();
+        writeln!(
+            code,
+            "    CompiledRoot {{ name: {name:?}, key: {key:?}, demo: {demo} }},"
+        )
+        .unwrap();
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("roots.rs");

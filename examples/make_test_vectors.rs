@@ -27,7 +27,9 @@ fn main() -> anyhow::Result<()> {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vectors");
     std::fs::create_dir_all(&out)?;
     let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let root = keyfile::read_secret_key(&Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/demo/root.key"))?;
+    let root = keyfile::read_secret_key(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/demo/root.key"),
+    )?;
 
     // Sealed container: deterministic given key, nonce prefix and plaintext.
     let key = ContentKey::from_bytes([0x42; 32]);
@@ -42,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         model_id: "vector-model".into(),
     };
     std::fs::write(out.join("sealed-v1.plain"), &plaintext)?;
-    std::fs::write(out.join("sealed-v1.sealed"), seal::seal_to_vec(&header, &key, &plaintext))?;
+    std::fs::write(
+        out.join("sealed-v1.sealed"),
+        seal::seal_to_vec(&header, &key, &plaintext),
+    )?;
     std::fs::write(
         out.join("sealed-v1.json"),
         serde_json::to_string_pretty(&serde_json::json!({
@@ -61,23 +66,48 @@ fn main() -> anyhow::Result<()> {
     let (identity, _) = NodeIdentity::load_or_create(&out.join("node"))?;
     let profile = HardwareProfile {
         components: vec![
-            Component { kind: ComponentKind::MachineId, values: vec!["00112233445566778899aabbccddeeff".into()] },
-            Component { kind: ComponentKind::CpuModel, values: vec!["Vector CPU".into()] },
-            Component { kind: ComponentKind::MemoryClass, values: vec!["16GiB".into()] },
-            Component { kind: ComponentKind::Hostname, values: vec!["vector-node".into()] },
+            Component {
+                kind: ComponentKind::MachineId,
+                values: vec!["00112233445566778899aabbccddeeff".into()],
+            },
+            Component {
+                kind: ComponentKind::CpuModel,
+                values: vec!["Vector CPU".into()],
+            },
+            Component {
+                kind: ComponentKind::MemoryClass,
+                values: vec!["16GiB".into()],
+            },
+            Component {
+                kind: ComponentKind::Hostname,
+                values: vec!["vector-node".into()],
+            },
         ],
     };
     let enrollment_envelope = enrollment::create(
         &identity,
         &profile,
         &BindingChoice::default(),
-        DeclaredUse { use_case: "test vectors".into(), data_handling: "none".into() },
+        DeclaredUse {
+            use_case: "test vectors".into(),
+            data_handling: "none".into(),
+        },
         t0,
     )?;
-    std::fs::write(out.join("enrollment-v1.enroll"), enrollment_envelope.render())?;
+    std::fs::write(
+        out.join("enrollment-v1.enroll"),
+        enrollment_envelope.render(),
+    )?;
     let enrollment = enrollment::verify(enrollment_envelope.render().as_bytes())?;
-    let state = NodeStateBody { version: NodeStateBody::VERSION, node_id: identity.public().node_id(), high_water: t0 };
-    std::fs::write(out.join("node-state-v1.json"), Envelope::sign(&state, identity.signing_key(), vec![]).render())?;
+    let state = NodeStateBody {
+        version: NodeStateBody::VERSION,
+        node_id: identity.public().node_id(),
+        high_water: t0,
+    };
+    std::fs::write(
+        out.join("node-state-v1.json"),
+        Envelope::sign(&state, identity.signing_key(), vec![]).render(),
+    )?;
 
     // Root-signed license, and an issuer-signed one with its certificate.
     let terms = Terms {
@@ -86,7 +116,10 @@ fn main() -> anyhow::Result<()> {
         expires_at: t0 + Duration::days(3650),
         grace: Duration::hours(1),
         serial: 7,
-        caps: Caps { requests_per_day: Some(1000), ..Caps::default() },
+        caps: Caps {
+            requests_per_day: Some(1000),
+            ..Caps::default()
+        },
         features: vec![],
         renewal: vec!["https://licenses.example.com".into()],
         issued_at: t0,
@@ -99,7 +132,12 @@ fn main() -> anyhow::Result<()> {
         keyfile::read_secret_key(&issuer_secret_path)?
     } else {
         let k = SecretKey::generate();
-        keyfile::write(&issuer_secret_path, keyfile::KeyKind::Ed25519Secret, &k.to_bytes(), "test-vector issuer key (public test data)")?;
+        keyfile::write(
+            &issuer_secret_path,
+            keyfile::KeyKind::Ed25519Secret,
+            &k.to_bytes(),
+            "test-vector issuer key (public test data)",
+        )?;
         k
     };
     let cert = certify(
@@ -115,7 +153,14 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     std::fs::write(out.join("issuer-v1.cert"), cert.render())?;
-    let issued = issue(&issuer, Some(cert), &enrollment, &header, &key, &Terms { serial: 8, ..terms })?;
+    let issued = issue(
+        &issuer,
+        Some(cert),
+        &enrollment,
+        &header,
+        &key,
+        &Terms { serial: 8, ..terms },
+    )?;
     std::fs::write(out.join("license-issuer-v1.license"), issued.render())?;
     println!("wrote test vectors to {}", out.display());
     Ok(())

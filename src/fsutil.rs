@@ -19,7 +19,9 @@ pub const PUBLIC_MODE: u32 = 0o644;
 pub enum FsError {
     #[error("{path} already exists; refusing to overwrite it (move it away first if you really mean to replace it)")]
     AlreadyExists { path: PathBuf },
-    #[error("{path} is {size} bytes, larger than the {limit} bytes a {what} may be; it is not a {what}")]
+    #[error(
+        "{path} is {size} bytes, larger than the {limit} bytes a {what} may be; it is not a {what}"
+    )]
     TooLarge {
         path: PathBuf,
         what: &'static str,

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod crypto;
 pub mod format;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod license;
 pub mod node;
 pub mod seal;

@@ -42,8 +42,25 @@ impl Site {
         let dir = TempDir::new().unwrap();
         std::fs::write(dir.path().join("model.gguf"), synthetic_gguf(300_000, 3)).unwrap();
         let site = Site { dir };
-        site.ok(&["enroll", "--node-dir", "node", "--out", "node.enroll", "--use-case", "tests"]);
-        site.ok(&["seal", "model.gguf", "--model-id", "demo-model", "--out", "m.sealed", "--key-out", "m.key"]);
+        site.ok(&[
+            "enroll",
+            "--node-dir",
+            "node",
+            "--out",
+            "node.enroll",
+            "--use-case",
+            "tests",
+        ]);
+        site.ok(&[
+            "seal",
+            "model.gguf",
+            "--model-id",
+            "demo-model",
+            "--out",
+            "m.sealed",
+            "--key-out",
+            "m.key",
+        ]);
         site
     }
 
@@ -57,7 +74,13 @@ impl Site {
 
     fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
-        assert_eq!(code(&out), 0, "leasehold {args:?}\nstdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+        assert_eq!(
+            code(&out),
+            0,
+            "leasehold {args:?}\nstdout: {}\nstderr: {}",
+            stdout(&out),
+            stderr(&out)
+        );
         out
     }
 
@@ -93,7 +116,10 @@ fn rfc(t: chrono::DateTime<Utc>) -> String {
 #[test]
 fn quickstart_flow_inspect_and_check_succeed() {
     let site = Site::new();
-    site.issue("x.license", &["--grace", "1h", "--cap", "requests-per-day=100"]);
+    site.issue(
+        "x.license",
+        &["--grace", "1h", "--cap", "requests-per-day=100"],
+    );
     let out = site.ok(&["inspect", "x.license", "--node-dir", "node"]);
     let text = stdout(&out);
     assert!(text.contains("Example Org"), "{text}");
@@ -109,7 +135,15 @@ fn quickstart_flow_inspect_and_check_succeed() {
     assert_eq!(json["license"]["licensee"], "Example Org");
     assert_eq!(json["license"]["caps"]["requests_per_day"], 100);
 
-    let out = site.ok(&["check", "--license", "x.license", "--sealed", "m.sealed", "--node-dir", "node"]);
+    let out = site.ok(&[
+        "check",
+        "--license",
+        "x.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+    ]);
     assert!(stdout(&out).contains("can serve model 'demo-model' now"));
 }
 
@@ -119,13 +153,28 @@ fn inspect_exit_codes_name_each_verdict() {
     let now = Utc::now();
     site.issue(
         "expired.license",
-        &["--not-before", &rfc(now - Duration::days(3)), "--expires", &rfc(now - Duration::days(1))],
+        &[
+            "--not-before",
+            &rfc(now - Duration::days(3)),
+            "--expires",
+            &rfc(now - Duration::days(1)),
+        ],
     );
     site.issue(
         "grace.license",
-        &["--not-before", &rfc(now - Duration::days(3)), "--expires", &rfc(now - Duration::minutes(1)), "--grace", "1h"],
+        &[
+            "--not-before",
+            &rfc(now - Duration::days(3)),
+            "--expires",
+            &rfc(now - Duration::minutes(1)),
+            "--grace",
+            "1h",
+        ],
     );
-    site.issue("future.license", &["--not-before", "+2d", "--expires", "+30d"]);
+    site.issue(
+        "future.license",
+        &["--not-before", "+2d", "--expires", "+30d"],
+    );
     site.issue("good.license", &[]);
 
     let verdict = |file: &str, node: &str| {
@@ -135,12 +184,18 @@ fn inspect_exit_codes_name_each_verdict() {
     };
     assert_eq!(verdict("good.license", "node"), (0, "valid".into()));
     assert_eq!(verdict("grace.license", "node"), (10, "in-grace".into()));
-    assert_eq!(verdict("future.license", "node"), (11, "not-yet-valid".into()));
+    assert_eq!(
+        verdict("future.license", "node"),
+        (11, "not-yet-valid".into())
+    );
     assert_eq!(verdict("expired.license", "node"), (12, "expired".into()));
 
     // Another node on this very machine: other keys.
     site.ok(&["enroll", "--node-dir", "node2", "--out", "node2.enroll"]);
-    assert_eq!(verdict("good.license", "node2"), (14, "wrong-machine".into()));
+    assert_eq!(
+        verdict("good.license", "node2"),
+        (14, "wrong-machine".into())
+    );
 
     // A flipped byte.
     let mut bytes = std::fs::read(site.path().join("good.license")).unwrap();
@@ -152,10 +207,25 @@ fn inspect_exit_codes_name_each_verdict() {
     // The node has seen a time far ahead of the clock: the clock was wound back.
     let identity = NodeIdentity::load(&site.path().join("node")).unwrap();
     trusted_time::record(&identity, now + Duration::days(40)).unwrap();
-    assert_eq!(verdict("good.license", "node"), (13, "clock-rolled-back".into()));
-    let out = site.run(&["check", "--license", "good.license", "--sealed", "m.sealed", "--node-dir", "node"]);
+    assert_eq!(
+        verdict("good.license", "node"),
+        (13, "clock-rolled-back".into())
+    );
+    let out = site.run(&[
+        "check",
+        "--license",
+        "good.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+    ]);
     assert_eq!(code(&out), 13);
-    assert!(stderr(&out).contains("clock rolled back"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("clock rolled back"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -168,7 +238,11 @@ fn an_edited_node_state_is_refused_not_believed() {
     std::fs::write(&state, text.replacen(&year, "2000", 1)).unwrap();
     let out = site.run(&["inspect", "x.license", "--node-dir", "node"]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("not a valid node state"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a valid node state"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -177,8 +251,20 @@ fn check_names_a_damaged_or_different_sealed_model() {
     site.issue("x.license", &[]);
     let sealed = std::fs::read(site.path().join("m.sealed")).unwrap();
 
-    std::fs::write(site.path().join("short.sealed"), &sealed[..sealed.len() - 10]).unwrap();
-    let out = site.run(&["check", "--license", "x.license", "--sealed", "short.sealed", "--node-dir", "node"]);
+    std::fs::write(
+        site.path().join("short.sealed"),
+        &sealed[..sealed.len() - 10],
+    )
+    .unwrap();
+    let out = site.run(&[
+        "check",
+        "--license",
+        "x.license",
+        "--sealed",
+        "short.sealed",
+        "--node-dir",
+        "node",
+    ]);
     assert_eq!(code(&out), 20, "{}", stderr(&out));
     assert!(stderr(&out).contains("truncated"));
 
@@ -186,13 +272,43 @@ fn check_names_a_damaged_or_different_sealed_model() {
     let n = flipped.len();
     flipped[n - 100] ^= 1;
     std::fs::write(site.path().join("flipped.sealed"), &flipped).unwrap();
-    let out = site.run(&["check", "--license", "x.license", "--sealed", "flipped.sealed", "--node-dir", "node"]);
+    let out = site.run(&[
+        "check",
+        "--license",
+        "x.license",
+        "--sealed",
+        "flipped.sealed",
+        "--node-dir",
+        "node",
+    ]);
     assert_eq!(code(&out), 20);
-    assert!(stderr(&out).contains("failed authentication"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("failed authentication"),
+        "{}",
+        stderr(&out)
+    );
 
     std::fs::write(site.path().join("other.gguf"), synthetic_gguf(5000, 9)).unwrap();
-    site.ok(&["seal", "other.gguf", "--model-id", "other-model", "--out", "o.sealed", "--key-out", "o.key"]);
-    let out = site.run(&["check", "--license", "x.license", "--sealed", "o.sealed", "--node-dir", "node", "--json"]);
+    site.ok(&[
+        "seal",
+        "other.gguf",
+        "--model-id",
+        "other-model",
+        "--out",
+        "o.sealed",
+        "--key-out",
+        "o.key",
+    ]);
+    let out = site.run(&[
+        "check",
+        "--license",
+        "x.license",
+        "--sealed",
+        "o.sealed",
+        "--node-dir",
+        "node",
+        "--json",
+    ]);
     assert_eq!(code(&out), 21);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["ok"], false);
@@ -206,8 +322,13 @@ fn keygen_writes_a_private_secret_and_never_overwrites() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let secret = dir.path().join("vendor.key");
     let public = dir.path().join("vendor.pub");
-    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
-    assert!(std::fs::read_to_string(&public).unwrap().contains("ed25519-public:"));
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&public)
+        .unwrap()
+        .contains("ed25519-public:"));
     let before = std::fs::read(&secret).unwrap();
     let out = leasehold(dir.path(), &["keygen", "--out", "vendor"]);
     assert_eq!(code(&out), 1);
@@ -219,18 +340,44 @@ fn keygen_writes_a_private_secret_and_never_overwrites() {
 fn seal_refuses_non_gguf_and_an_existing_key() {
     let site = Site::new();
     std::fs::write(site.path().join("readme.txt"), "hello").unwrap();
-    let out = site.run(&["seal", "readme.txt", "--model-id", "x", "--out", "r.sealed", "--key-out", "r.key"]);
+    let out = site.run(&[
+        "seal",
+        "readme.txt",
+        "--model-id",
+        "x",
+        "--out",
+        "r.sealed",
+        "--key-out",
+        "r.key",
+    ]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("not a GGUF model"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a GGUF model"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!site.path().join("r.key").exists());
 
     let before = std::fs::read(site.path().join("m.key")).unwrap();
-    let out = site.run(&["seal", "model.gguf", "--model-id", "x", "--out", "m2.sealed", "--key-out", "m.key"]);
+    let out = site.run(&[
+        "seal",
+        "model.gguf",
+        "--model-id",
+        "x",
+        "--out",
+        "m2.sealed",
+        "--key-out",
+        "m.key",
+    ]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("refusing to overwrite"));
     assert_eq!(std::fs::read(site.path().join("m.key")).unwrap(), before);
     assert_eq!(
-        std::fs::metadata(site.path().join("m.key")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(site.path().join("m.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
 }
@@ -241,9 +388,15 @@ fn enroll_again_reuses_the_identity() {
     let node_key = std::fs::read(site.path().join("node/node.key")).unwrap();
     let out = site.ok(&["enroll", "--node-dir", "node", "--out", "again.enroll"]);
     assert!(stdout(&out).contains("reused node identity"));
-    assert_eq!(std::fs::read(site.path().join("node/node.key")).unwrap(), node_key);
+    assert_eq!(
+        std::fs::read(site.path().join("node/node.key")).unwrap(),
+        node_key
+    );
     for f in ["node.key", "unwrap.key"] {
-        let mode = std::fs::metadata(site.path().join("node").join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(site.path().join("node").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{f}");
     }
 }
@@ -253,11 +406,28 @@ fn issue_refuses_a_key_that_is_not_a_root() {
     let site = Site::new();
     site.ok(&["keygen", "--out", "rogue"]);
     let out = site.run(&[
-        "issue", "--key", "rogue.key", "--enrollment", "node.enroll", "--sealed", "m.sealed", "--content-key", "m.key",
-        "--licensee", "X", "--expires", "+1d", "--out", "r.license",
+        "issue",
+        "--key",
+        "rogue.key",
+        "--enrollment",
+        "node.enroll",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+        "--licensee",
+        "X",
+        "--expires",
+        "+1d",
+        "--out",
+        "r.license",
     ]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("not a root compiled into this build"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a root compiled into this build"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!site.path().join("r.license").exists());
 }
 
@@ -267,19 +437,74 @@ fn certified_issuer_flow_through_the_cli() {
     site.ok(&["keygen", "--out", "issuer"]);
     let root = repo_path("keys/demo/root.key");
     site.ok(&[
-        "certify-issuer", "--root", root.to_str().unwrap(), "--issuer-pub", "issuer.pub", "--org", "Example Org",
-        "--model", "demo-model", "--valid-until", "+90d", "--max-lease", "7d", "--out", "issuer.cert",
+        "certify-issuer",
+        "--root",
+        root.to_str().unwrap(),
+        "--issuer-pub",
+        "issuer.pub",
+        "--org",
+        "Example Org",
+        "--model",
+        "demo-model",
+        "--valid-until",
+        "+90d",
+        "--max-lease",
+        "7d",
+        "--out",
+        "issuer.cert",
     ]);
     site.ok(&[
-        "issue", "--key", "issuer.key", "--issuer-cert", "issuer.cert", "--enrollment", "node.enroll", "--sealed",
-        "m.sealed", "--content-key", "m.key", "--licensee", "Example Org", "--expires", "+2d", "--out", "i.license",
+        "issue",
+        "--key",
+        "issuer.key",
+        "--issuer-cert",
+        "issuer.cert",
+        "--enrollment",
+        "node.enroll",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+        "--licensee",
+        "Example Org",
+        "--expires",
+        "+2d",
+        "--out",
+        "i.license",
     ]);
-    let out = site.ok(&["check", "--license", "i.license", "--sealed", "m.sealed", "--node-dir", "node"]);
-    assert!(stdout(&out).contains("certified by root"), "{}", stdout(&out));
+    let out = site.ok(&[
+        "check",
+        "--license",
+        "i.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+    ]);
+    assert!(
+        stdout(&out).contains("certified by root"),
+        "{}",
+        stdout(&out)
+    );
     // Beyond the certificate's maximum lease: refused at issue time with the reason.
     let out = site.run(&[
-        "issue", "--key", "issuer.key", "--issuer-cert", "issuer.cert", "--enrollment", "node.enroll", "--sealed",
-        "m.sealed", "--content-key", "m.key", "--licensee", "Example Org", "--expires", "+30d", "--out", "long.license",
+        "issue",
+        "--key",
+        "issuer.key",
+        "--issuer-cert",
+        "issuer.cert",
+        "--enrollment",
+        "node.enroll",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+        "--licensee",
+        "Example Org",
+        "--expires",
+        "+30d",
+        "--out",
+        "long.license",
     ]);
     assert_eq!(code(&out), 1);
     assert!(stderr(&out).contains("maximum lease"), "{}", stderr(&out));
@@ -291,7 +516,12 @@ fn help_documents_exit_codes_and_usage_errors_exit_2() {
     let out = leasehold(dir.path(), &["inspect", "--help"]);
     assert_eq!(code(&out), 0);
     let text = stdout(&out);
-    for line in ["13  clock rolled back", "14  wrong machine", "15  tampered", "10  in grace"] {
+    for line in [
+        "13  clock rolled back",
+        "14  wrong machine",
+        "15  tampered",
+        "10  in grace",
+    ] {
         assert!(text.contains(line), "missing '{line}' in --help");
     }
     let out = leasehold(dir.path(), &["inspect", "--no-such-flag"]);
@@ -302,9 +532,21 @@ fn help_documents_exit_codes_and_usage_errors_exit_2() {
 fn missing_node_directory_says_how_to_enroll() {
     let site = Site::new();
     site.issue("x.license", &[]);
-    let out = site.run(&["check", "--license", "x.license", "--sealed", "m.sealed", "--node-dir", "nowhere"]);
+    let out = site.run(&[
+        "check",
+        "--license",
+        "x.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "nowhere",
+    ]);
     assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("leasehold enroll --node-dir nowhere"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("leasehold enroll --node-dir nowhere"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The real demo model, when the test command fetched it (scripts/test.sh does).
@@ -315,12 +557,44 @@ fn real_demo_model_seals_and_checks() {
         return;
     };
     let site = Site::new();
-    site.ok(&["seal", model.to_str().unwrap(), "--model-id", "smollm2-135m", "--out", "s.sealed", "--key-out", "s.key"]);
+    site.ok(&[
+        "seal",
+        model.to_str().unwrap(),
+        "--model-id",
+        "smollm2-135m",
+        "--out",
+        "s.sealed",
+        "--key-out",
+        "s.key",
+    ]);
     let root = repo_path("keys/demo/root.key");
     site.ok(&[
-        "issue", "--key", root.to_str().unwrap(), "--enrollment", "node.enroll", "--sealed", "s.sealed", "--content-key",
-        "s.key", "--licensee", "Example Org", "--expires", "+1d", "--out", "s.license",
+        "issue",
+        "--key",
+        root.to_str().unwrap(),
+        "--enrollment",
+        "node.enroll",
+        "--sealed",
+        "s.sealed",
+        "--content-key",
+        "s.key",
+        "--licensee",
+        "Example Org",
+        "--expires",
+        "+1d",
+        "--out",
+        "s.license",
     ]);
-    let out = site.ok(&["check", "--license", "s.license", "--sealed", "s.sealed", "--node-dir", "node"]);
-    assert!(stdout(&out).contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"));
+    let out = site.ok(&[
+        "check",
+        "--license",
+        "s.license",
+        "--sealed",
+        "s.sealed",
+        "--node-dir",
+        "node",
+    ]);
+    assert!(
+        stdout(&out).contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+    );
 }

@@ -30,7 +30,10 @@ fn license_for_this_node_is_valid_and_names_its_demo_root() {
         }
     );
     let license = assessment.license.unwrap();
-    assert!(matches!(license.authority, Authority::Root { demo: true, .. }));
+    assert!(matches!(
+        license.authority,
+        Authority::Root { demo: true, .. }
+    ));
     assert_eq!(license.body.model.model_id, "test-model");
     assert_eq!(license.body.licensee, "Example Org");
 }
@@ -69,7 +72,13 @@ fn license_signed_by_an_unknown_key_is_unknown_issuer() {
     );
 }
 
-fn certificate(issuer: &SecretKey, orgs: &[&str], models: &[&str], days: i64, max_lease_days: i64) -> IssuerCertBody {
+fn certificate(
+    issuer: &SecretKey,
+    orgs: &[&str],
+    models: &[&str],
+    days: i64,
+    max_lease_days: i64,
+) -> IssuerCertBody {
     IssuerCertBody {
         version: IssuerCertBody::VERSION,
         issuer_key: issuer.public_key().to_bytes(),
@@ -85,12 +94,23 @@ fn certificate(issuer: &SecretKey, orgs: &[&str], models: &[&str], days: i64, ma
 fn license_from_a_certified_issuer_is_valid() {
     let fx = Fixture::new();
     let issuer = SecretKey::generate();
-    let cert = certify(&fx.root, &certificate(&issuer, &["Example Org"], &["test-model"], 30, 7)).unwrap();
+    let cert = certify(
+        &fx.root,
+        &certificate(&issuer, &["Example Org"], &["test-model"], 30, 7),
+    )
+    .unwrap();
     let license = fx.issue_with(&issuer, Some(cert), &fx.terms());
     let node = fx.public();
     let assessment = assess(&license, &fx.roots, &checks(&node, &fx.profile, now()));
-    assert!(matches!(assessment.verdict, Verdict::Valid { .. }), "{:?}", assessment.verdict);
-    assert!(matches!(assessment.license.unwrap().authority, Authority::Issuer { .. }));
+    assert!(
+        matches!(assessment.verdict, Verdict::Valid { .. }),
+        "{:?}",
+        assessment.verdict
+    );
+    assert!(matches!(
+        assessment.license.unwrap().authority,
+        Authority::Issuer { .. }
+    ));
 }
 
 #[test]
@@ -98,9 +118,18 @@ fn issuer_out_of_scope_or_expired_is_not_authorized() {
     let fx = Fixture::new();
     let issuer = SecretKey::generate();
     let cases = [
-        ("other org", certificate(&issuer, &["Other Org"], &["*"], 30, 7)),
-        ("other model", certificate(&issuer, &["*"], &["other-model"], 30, 7)),
-        ("lease too long", certificate(&issuer, &["*"], &["*"], 30, 0)),
+        (
+            "other org",
+            certificate(&issuer, &["Other Org"], &["*"], 30, 7),
+        ),
+        (
+            "other model",
+            certificate(&issuer, &["*"], &["other-model"], 30, 7),
+        ),
+        (
+            "lease too long",
+            certificate(&issuer, &["*"], &["*"], 30, 0),
+        ),
         ("certificate expired", {
             let mut c = certificate(&issuer, &["*"], &["*"], 30, 7);
             c.not_after = now() - Duration::days(2);
@@ -150,8 +179,16 @@ fn license_for_another_node_is_wrong_machine_and_its_key_cannot_unwrap() {
     let license_bytes = fx.license();
     let (other, _) = NodeIdentity::load_or_create(&fx.dir.path().join("other-node")).unwrap();
     let other_public = other.public();
-    let verdict = assess(&license_bytes, &fx.roots, &checks(&other_public, &fx.profile, now())).verdict;
-    assert!(matches!(verdict, Verdict::WrongMachine { .. }), "{verdict:?}");
+    let verdict = assess(
+        &license_bytes,
+        &fx.roots,
+        &checks(&other_public, &fx.profile, now()),
+    )
+    .verdict;
+    assert!(
+        matches!(verdict, Verdict::WrongMachine { .. }),
+        "{verdict:?}"
+    );
 
     let license: LicenseBody = Envelope::parse(&license_bytes, DocumentKind::License)
         .unwrap()
@@ -162,7 +199,12 @@ fn license_for_another_node_is_wrong_machine_and_its_key_cannot_unwrap() {
         key_wrap::unwrap(other.unwrap_secret(), &license.key_binding_info(), &wrapped).unwrap_err(),
         UnwrapError::NotForThisKey
     );
-    let key = key_wrap::unwrap(fx.identity.unwrap_secret(), &license.key_binding_info(), &wrapped).unwrap();
+    let key = key_wrap::unwrap(
+        fx.identity.unwrap_secret(),
+        &license.key_binding_info(),
+        &wrapped,
+    )
+    .unwrap();
     assert_eq!(key.as_bytes(), fx.key.as_bytes());
 }
 
@@ -180,7 +222,12 @@ fn hardware_beyond_policy_is_wrong_machine_but_a_new_nic_is_tolerated() {
         (MacAddress, "02:00:00:00:00:99"),
         (Hostname, "renamed"),
     ]);
-    let v = assess(&license, &fx.roots, &checks(&node, &new_nic_and_name, now())).verdict;
+    let v = assess(
+        &license,
+        &fx.roots,
+        &checks(&node, &new_nic_and_name, now()),
+    )
+    .verdict;
     assert!(matches!(v, Verdict::Valid { .. }), "{v:?}");
 
     let cloned_disk_other_box = profile(&[
@@ -190,8 +237,16 @@ fn hardware_beyond_policy_is_wrong_machine_but_a_new_nic_is_tolerated() {
         (MacAddress, "02:00:00:00:00:99"),
         (Hostname, "node-a"),
     ]);
-    let v = assess(&license, &fx.roots, &checks(&node, &cloned_disk_other_box, now())).verdict;
-    assert!(matches!(v, Verdict::WrongMachine { ref reason } if reason.contains("1 of the other components match, 2 needed")), "{v:?}");
+    let v = assess(
+        &license,
+        &fx.roots,
+        &checks(&node, &cloned_disk_other_box, now()),
+    )
+    .verdict;
+    assert!(
+        matches!(v, Verdict::WrongMachine { ref reason } if reason.contains("1 of the other components match, 2 needed")),
+        "{v:?}"
+    );
 
     let other_machine_id = profile(&[
         (MachineId, "ffffffffffffffffffffffffffffffff"),
@@ -200,8 +255,16 @@ fn hardware_beyond_policy_is_wrong_machine_but_a_new_nic_is_tolerated() {
         (MacAddress, "02:00:00:00:00:01"),
         (Hostname, "node-a"),
     ]);
-    let v = assess(&license, &fx.roots, &checks(&node, &other_machine_id, now())).verdict;
-    assert!(matches!(v, Verdict::WrongMachine { ref reason } if reason.contains("machine-id")), "{v:?}");
+    let v = assess(
+        &license,
+        &fx.roots,
+        &checks(&node, &other_machine_id, now()),
+    )
+    .verdict;
+    assert!(
+        matches!(v, Verdict::WrongMachine { ref reason } if reason.contains("machine-id")),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -288,27 +351,48 @@ fn resign(fx: &Fixture, edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let envelope = Envelope::parse(&fx.license(), DocumentKind::License).unwrap();
     let mut body: serde_json::Value = serde_json::from_str(envelope.body.get()).unwrap();
     edit(&mut body);
-    Envelope::sign(&RawLicense(body), &fx.root, vec![]).render().into_bytes()
+    Envelope::sign(&RawLicense(body), &fx.root, vec![])
+        .render()
+        .into_bytes()
 }
 
 #[test]
 fn unknown_version_critical_extension_and_mandated_feature_are_unsupported() {
     let fx = Fixture::new();
     let v2 = resign(&fx, |b| b["version"] = 2.into());
-    assert!(matches!(verdict_at(&fx, &v2, now()), Verdict::Unsupported { ref reason } if reason.contains("version 2")));
+    assert!(
+        matches!(verdict_at(&fx, &v2, now()), Verdict::Unsupported { ref reason } if reason.contains("version 2"))
+    );
 
-    let critical = resign(&fx, |b| {
-        b["extensions"] = serde_json::json!([{"name": "quantum-lock", "critical": true, "value": 1}])
-    });
-    assert!(matches!(verdict_at(&fx, &critical, now()), Verdict::Unsupported { ref reason } if reason.contains("quantum-lock")));
+    let critical =
+        resign(
+            &fx,
+            |b| {
+                b["extensions"] =
+                    serde_json::json!([{"name": "quantum-lock", "critical": true, "value": 1}])
+            },
+        );
+    assert!(
+        matches!(verdict_at(&fx, &critical, now()), Verdict::Unsupported { ref reason } if reason.contains("quantum-lock"))
+    );
 
-    let optional = resign(&fx, |b| {
-        b["extensions"] = serde_json::json!([{"name": "note", "critical": false, "value": "hello"}])
-    });
-    assert!(matches!(verdict_at(&fx, &optional, now()), Verdict::Valid { .. }));
+    let optional =
+        resign(
+            &fx,
+            |b| {
+                b["extensions"] =
+                    serde_json::json!([{"name": "note", "critical": false, "value": "hello"}])
+            },
+        );
+    assert!(matches!(
+        verdict_at(&fx, &optional, now()),
+        Verdict::Valid { .. }
+    ));
 
     let feature = resign(&fx, |b| b["features"] = serde_json::json!(["telepathy"]));
-    assert!(matches!(verdict_at(&fx, &feature, now()), Verdict::Unsupported { ref reason } if reason.contains("telepathy")));
+    assert!(
+        matches!(verdict_at(&fx, &feature, now()), Verdict::Unsupported { ref reason } if reason.contains("telepathy"))
+    );
 }
 
 #[test]
@@ -319,7 +403,10 @@ fn unknown_or_duplicate_body_fields_are_tampered_even_when_signed() {
         b["unlimited"] = true.into();
     });
     let v = verdict_at(&fx, &unknown, now());
-    assert!(matches!(v, Verdict::Tampered { ref reason } if reason.contains("unknown field `unlimited`")), "{v:?}");
+    assert!(
+        matches!(v, Verdict::Tampered { ref reason } if reason.contains("unknown field `unlimited`")),
+        "{v:?}"
+    );
     // Same fields, other order: signed, but not the canonical form.
     let reordered = resign(&fx, |b| {
         b["version"] = 1.into();
@@ -327,7 +414,10 @@ fn unknown_or_duplicate_body_fields_are_tampered_even_when_signed() {
         b["serial"] = serial;
     });
     let v = verdict_at(&fx, &reordered, now());
-    assert!(matches!(v, Verdict::Tampered { ref reason } if reason.contains("canonical")), "{v:?}");
+    assert!(
+        matches!(v, Verdict::Tampered { ref reason } if reason.contains("canonical")),
+        "{v:?}"
+    );
 }
 
 #[test]
@@ -346,5 +436,8 @@ fn garbage_empty_and_oversize_inputs_are_tampered() {
     }
     // An enrollment is not a license.
     let enrollment = std::fs::read(fx.dir.path().join("node/node.pub")).unwrap();
-    assert!(matches!(verdict_at(&fx, &enrollment, now()), Verdict::Tampered { .. }));
+    assert!(matches!(
+        verdict_at(&fx, &enrollment, now()),
+        Verdict::Tampered { .. }
+    ));
 }

@@ -12,16 +12,27 @@ fn reopen(fx: &Fixture, bytes: &[u8]) -> Result<Vec<u8>, SealError> {
     let path = fx.dir.path().join("edited.sealed");
     std::fs::write(&path, bytes).unwrap();
     let sealed = SealedModel::open(&path)?;
-    Ok(sealed.decrypt_to_memory(&fx.key, &seal::no_progress)?.to_vec())
+    Ok(sealed
+        .decrypt_to_memory(&fx.key, &seal::no_progress)?
+        .to_vec())
 }
 
 #[test]
 fn round_trip_for_many_sizes() {
-    for (len, segment) in [(8, 4096), (4096, 4096), (4097, 4096), (3 * 4096, 4096), (1 << 20, 1 << 16), (123_457, 8192)] {
+    for (len, segment) in [
+        (8, 4096),
+        (4096, 4096),
+        (4097, 4096),
+        (3 * 4096, 4096),
+        (1 << 20, 1 << 16),
+        (123_457, 8192),
+    ] {
         let fx = Fixture::with_model(len, segment);
         let sealed = fx.sealed();
         assert_eq!(sealed.header().plaintext_len, len as u64);
-        let out = sealed.decrypt_to_memory(&fx.key, &seal::no_progress).unwrap();
+        let out = sealed
+            .decrypt_to_memory(&fx.key, &seal::no_progress)
+            .unwrap();
         assert_eq!(&out[..], &fx.plaintext[..], "len {len} segment {segment}");
     }
 }
@@ -43,7 +54,10 @@ fn truncated_file_is_named_truncated() {
     let bytes = std::fs::read(&fx.sealed_path).unwrap();
     for cut in [1, TAG_LEN, 4096 + TAG_LEN, bytes.len() - FIXED_LEN] {
         let err = reopen(&fx, &bytes[..bytes.len() - cut]).unwrap_err();
-        assert!(matches!(err, SealError::Truncated { .. } | SealError::Header { .. }), "cut {cut}: {err:?}");
+        assert!(
+            matches!(err, SealError::Truncated { .. } | SealError::Header { .. }),
+            "cut {cut}: {err:?}"
+        );
     }
 }
 
@@ -52,7 +66,10 @@ fn extended_file_is_named_extended() {
     let fx = Fixture::new();
     let mut bytes = std::fs::read(&fx.sealed_path).unwrap();
     bytes.extend_from_slice(&[0u8; 4112]);
-    assert!(matches!(reopen(&fx, &bytes).unwrap_err(), SealError::Extended { extra: 4112, .. }));
+    assert!(matches!(
+        reopen(&fx, &bytes).unwrap_err(),
+        SealError::Extended { extra: 4112, .. }
+    ));
 }
 
 #[test]
@@ -66,7 +83,10 @@ fn swapped_segments_fail_authentication_at_the_first_moved_segment() {
     bytes.copy_within(b..b + seg, a);
     bytes[b..b + seg].copy_from_slice(&first);
     let err = reopen(&fx, &bytes).unwrap_err();
-    assert!(matches!(err, SealError::SegmentTampered { index: 1 | 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, SealError::SegmentTampered { index: 1 | 2, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -75,7 +95,10 @@ fn flipped_body_byte_names_its_segment() {
     let mut bytes = std::fs::read(&fx.sealed_path).unwrap();
     let start = fx.header.encoded_len();
     bytes[start + 5 * (4096 + TAG_LEN) + 100] ^= 0x80;
-    assert!(matches!(reopen(&fx, &bytes).unwrap_err(), SealError::SegmentTampered { index: 5, .. }));
+    assert!(matches!(
+        reopen(&fx, &bytes).unwrap_err(),
+        SealError::SegmentTampered { index: 5, .. }
+    ));
 }
 
 #[test]
@@ -84,11 +107,17 @@ fn edited_header_fails_authentication() {
     let mut bytes = std::fs::read(&fx.sealed_path).unwrap();
     // Rename the model: still a well-formed header, but the digest every segment binds changed.
     bytes[FIXED_LEN] = b'b';
-    assert!(matches!(reopen(&fx, &bytes).unwrap_err(), SealError::SegmentTampered { index: 0, .. }));
+    assert!(matches!(
+        reopen(&fx, &bytes).unwrap_err(),
+        SealError::SegmentTampered { index: 0, .. }
+    ));
     // Claim another plaintext digest.
     let mut bytes = std::fs::read(&fx.sealed_path).unwrap();
     bytes[30] ^= 1;
-    assert!(matches!(reopen(&fx, &bytes).unwrap_err(), SealError::SegmentTampered { .. }));
+    assert!(matches!(
+        reopen(&fx, &bytes).unwrap_err(),
+        SealError::SegmentTampered { .. }
+    ));
 }
 
 #[test]
@@ -113,7 +142,10 @@ fn header_key_id_forged_for_another_key_still_fails() {
         .unwrap()
         .decrypt_to_memory(&other, &seal::no_progress)
         .unwrap_err();
-    assert!(matches!(err, SealError::SegmentTampered { index: 0, .. }), "{err:?}");
+    assert!(
+        matches!(err, SealError::SegmentTampered { index: 0, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -123,9 +155,17 @@ fn unknown_version_garbage_and_plain_gguf_are_refused() {
     bytes[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
     assert!(matches!(
         reopen(&fx, &bytes).unwrap_err(),
-        SealError::Header { source: HeaderError::UnsupportedVersion(2), .. }
+        SealError::Header {
+            source: HeaderError::UnsupportedVersion(2),
+            ..
+        }
     ));
-    for garbage in [vec![], b"LHSEALED".to_vec(), vec![0u8; 10_000], fx.plaintext.clone()] {
+    for garbage in [
+        vec![],
+        b"LHSEALED".to_vec(),
+        vec![0u8; 10_000],
+        fx.plaintext.clone(),
+    ] {
         let err = reopen(&fx, &garbage).unwrap_err();
         assert!(matches!(err, SealError::Header { .. }), "{err:?}");
     }
@@ -137,8 +177,16 @@ fn sealing_a_file_that_is_not_gguf_is_refused_and_writes_nothing() {
     let input = fx.dir.path().join("notes.txt");
     std::fs::write(&input, b"these are not model weights").unwrap();
     let out = fx.dir.path().join("notes.sealed");
-    let err = seal::seal_file(&input, "x", &out, &ContentKey::generate(), 4096, &seal::no_progress, || Ok(()))
-        .unwrap_err();
+    let err = seal::seal_file(
+        &input,
+        "x",
+        &out,
+        &ContentKey::generate(),
+        4096,
+        &seal::no_progress,
+        || Ok(()),
+    )
+    .unwrap_err();
     assert!(matches!(err, SealError::NotGguf { .. }));
     assert!(!out.exists());
     let leftovers: Vec<_> = std::fs::read_dir(fx.dir.path())
@@ -154,9 +202,15 @@ fn a_failed_commit_hook_leaves_no_sealed_file() {
     let fx = Fixture::new();
     let input = fx.dir.path().join("model.gguf");
     let out = fx.dir.path().join("again.sealed");
-    let err = seal::seal_file(&input, "x", &out, &ContentKey::generate(), 4096, &seal::no_progress, || {
-        Err(leasehold::fsutil::FsError::AlreadyExists { path: "k".into() })
-    })
+    let err = seal::seal_file(
+        &input,
+        "x",
+        &out,
+        &ContentKey::generate(),
+        4096,
+        &seal::no_progress,
+        || Err(leasehold::fsutil::FsError::AlreadyExists { path: "k".into() }),
+    )
     .unwrap_err();
     assert!(matches!(err, SealError::Fs(_)));
     assert!(!out.exists());

@@ -16,7 +16,10 @@ use crate::node::{clock, NodeIdentity};
 use crate::seal::{SealError, SealedModel};
 
 /// Assess a license file for this machine, with the node directory when given.
-fn assess_here(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<(Assessment, Option<NodeIdentity>)> {
+fn assess_here(
+    license: &Path,
+    node_dir: Option<&Path>,
+) -> anyhow::Result<(Assessment, Option<NodeIdentity>)> {
     let bytes = fsutil::read_limited(license, MAX_LICENSE_BYTES, "license")?;
     let identity = node_dir.map(NodeIdentity::load).transpose()?;
     let public = identity.as_ref().map(|i| i.public());
@@ -33,7 +36,10 @@ fn assess_here(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<(Asses
             high_water,
         },
     };
-    Ok((assess(&bytes, &TrustRoots::compiled_in(), &checks), identity))
+    Ok((
+        assess(&bytes, &TrustRoots::compiled_in(), &checks),
+        identity,
+    ))
 }
 
 fn authority_line(authority: &Authority) -> String {
@@ -63,7 +69,13 @@ fn print_license(license: &VerifiedLicense) {
     println!("  licensee      {}", b.licensee);
     println!("  signed by     {}", authority_line(&license.authority));
     println!("  node          {}", b.node.node_id);
-    let kinds: Vec<&str> = b.node.hardware.components.iter().map(|c| c.kind.name()).collect();
+    let kinds: Vec<&str> = b
+        .node
+        .hardware
+        .components
+        .iter()
+        .map(|c| c.kind.name())
+        .collect();
     println!(
         "  hardware      {} (policy: {})",
         kinds.join(", "),
@@ -75,7 +87,10 @@ fn print_license(license: &VerifiedLicense) {
         b.model.plaintext_len,
         hex::encode(b.model.plaintext_sha256.0)
     );
-    println!("  sealed header {}", hex::encode(b.model.sealed_header_sha256.0));
+    println!(
+        "  sealed header {}",
+        hex::encode(b.model.sealed_header_sha256.0)
+    );
     println!(
         "  valid         {} to {}",
         rfc3339(b.not_before),
@@ -86,18 +101,42 @@ fn print_license(license: &VerifiedLicense) {
         if b.grace_seconds == 0 {
             "none".to_string()
         } else {
-            format!("{} (serving ends {})", human_duration(b.grace()), rfc3339(b.grace_ends()))
+            format!(
+                "{} (serving ends {})",
+                human_duration(b.grace()),
+                rfc3339(b.grace_ends())
+            )
         }
     );
-    let caps: Vec<String> = b.caps.entries().iter().map(|(n, v)| format!("{n}={v}")).collect();
-    println!("  caps          {}", if caps.is_empty() { "none".into() } else { caps.join(", ") });
+    let caps: Vec<String> = b
+        .caps
+        .entries()
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    println!(
+        "  caps          {}",
+        if caps.is_empty() {
+            "none".into()
+        } else {
+            caps.join(", ")
+        }
+    );
     println!(
         "  features      {}",
-        if b.features.is_empty() { "none".into() } else { b.features.join(", ") }
+        if b.features.is_empty() {
+            "none".into()
+        } else {
+            b.features.join(", ")
+        }
     );
     println!(
         "  renewal       {}",
-        if b.renewal.is_empty() { "none".into() } else { b.renewal.join(", ") }
+        if b.renewal.is_empty() {
+            "none".into()
+        } else {
+            b.renewal.join(", ")
+        }
     );
     println!("  issued        {}", rfc3339(b.issued_at));
 }
@@ -110,7 +149,9 @@ fn license_json(license: &VerifiedLicense) -> serde_json::Value {
             root_key_id,
             root_demo,
             certificate,
-        } => json!({"kind": "issuer", "key_id": key_id, "root_key_id": root_key_id, "demo": root_demo, "certificate": certificate}),
+        } => {
+            json!({"kind": "issuer", "key_id": key_id, "root_key_id": root_key_id, "demo": root_demo, "certificate": certificate})
+        }
     };
     let mut body = serde_json::to_value(&license.body).expect("license bodies serialize");
     body["grace_ends"] = json!(rfc3339(license.body.grace_ends()));
@@ -154,7 +195,9 @@ impl From<SealError> for CheckFailure {
     fn from(e: SealError) -> Self {
         let code = match &e {
             SealError::WrongKey { .. } => exit::MODEL_MISMATCH,
-            SealError::Fs(_) | SealError::NotGguf { .. } | SealError::InvalidModelId(_) => exit::ERROR,
+            SealError::Fs(_) | SealError::NotGguf { .. } | SealError::InvalidModelId(_) => {
+                exit::ERROR
+            }
             _ => exit::SEALED_DAMAGED,
         };
         CheckFailure {
@@ -204,13 +247,21 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
         return Err(fail(exit::for_verdict(&verdict), verdict.explain(now)));
     };
     let body = &license.body;
-    steps.push(format!("signature chain verified ({})", authority_line(&license.authority)));
-    steps.push(format!("issued to this node ({}) and this hardware", body.node.node_id));
+    steps.push(format!(
+        "signature chain verified ({})",
+        authority_line(&license.authority)
+    ));
+    steps.push(format!(
+        "issued to this node ({}) and this hardware",
+        body.node.node_id
+    ));
     steps.push(format!("trusted time: {}", verdict.explain(now)));
 
     let sealed = SealedModel::open(&args.sealed)?;
     let header = sealed.header();
-    if header.model_id != body.model.model_id || sealed.digest() != body.model.sealed_header_sha256.0 {
+    if header.model_id != body.model.model_id
+        || sealed.digest() != body.model.sealed_header_sha256.0
+    {
         return Err(fail(
             exit::MODEL_MISMATCH,
             format!(
@@ -223,14 +274,22 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
             ),
         ));
     }
-    steps.push(format!("sealed model '{}' is the one licensed", header.model_id));
+    steps.push(format!(
+        "sealed model '{}' is the one licensed",
+        header.model_id
+    ));
 
     let key = key_wrap::unwrap(
         identity.unwrap_secret(),
         &body.key_binding_info(),
         &body.content_key.to_wrapped(),
     )
-    .map_err(|e| fail(exit::WRONG_MACHINE, format!("cannot unwrap the content key: {e}")))?;
+    .map_err(|e| {
+        fail(
+            exit::WRONG_MACHINE,
+            format!("cannot unwrap the content key: {e}"),
+        )
+    })?;
     steps.push("content key unwrapped with this node's key".into());
 
     let bar = progress::bytes(header.plaintext_len, "decrypting");
@@ -260,4 +319,3 @@ impl From<anyhow::Error> for CheckFailure {
         }
     }
 }
-

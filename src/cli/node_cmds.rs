@@ -24,8 +24,13 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
         data_handling: args.data_handling.clone(),
     };
     let envelope = enrollment::create(&identity, &profile, &choice, declared, high_water)?;
-    fsutil::write_atomic(&args.out, envelope.render().as_bytes(), fsutil::PUBLIC_MODE, Replace::Allowed)
-        .with_context(|| format!("cannot write the enrollment to {}", args.out.display()))?;
+    fsutil::write_atomic(
+        &args.out,
+        envelope.render().as_bytes(),
+        fsutil::PUBLIC_MODE,
+        Replace::Allowed,
+    )
+    .with_context(|| format!("cannot write the enrollment to {}", args.out.display()))?;
     let body: enrollment::EnrollmentBody = envelope.decode_body()?;
     let public = identity.public();
     println!(
@@ -34,13 +39,21 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
         public.node_id(),
         args.node_dir.display()
     );
-    let kinds: Vec<&str> = body.hardware.components.iter().map(|c| c.kind.name()).collect();
+    let kinds: Vec<&str> = body
+        .hardware
+        .components
+        .iter()
+        .map(|c| c.kind.name())
+        .collect();
     println!("  bound components  {}", kinds.join(", "));
     println!(
         "  match policy      {}",
         body.hardware.policy.describe(&body.hardware.components)
     );
-    println!("wrote enrollment {}; send it to the vendor to get a license", args.out.display());
+    println!(
+        "wrote enrollment {}; send it to the vendor to get a license",
+        args.out.display()
+    );
     Ok(exit::OK)
 }
 

@@ -6,9 +6,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub fn bytes(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     bar.set_style(
-        ProgressStyle::with_template("{msg:10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            .expect("the template is valid")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:10} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar

@@ -29,7 +29,10 @@ pub fn keygen(args: KeygenArgs) -> Outcome {
     let public_path = with_suffix(&args.out, ".pub");
     for p in [&secret_path, &public_path] {
         if p.exists() {
-            bail!("{} already exists; refusing to overwrite a key (choose another --out prefix)", p.display());
+            bail!(
+                "{} already exists; refusing to overwrite a key (choose another --out prefix)",
+                p.display()
+            );
         }
     }
     let key = SecretKey::generate();
@@ -46,7 +49,11 @@ pub fn keygen(args: KeygenArgs) -> Outcome {
         &key.public_key().to_bytes(),
         &format!("leasehold Ed25519 public key {id}"),
     )?;
-    println!("wrote {} (secret, mode 0600) and {}", secret_path.display(), public_path.display());
+    println!(
+        "wrote {} (secret, mode 0600) and {}",
+        secret_path.display(),
+        public_path.display()
+    );
     println!("key id {id}");
     Ok(exit::OK)
 }
@@ -86,16 +93,35 @@ pub fn seal(args: SealArgs) -> Outcome {
     let secs = started.elapsed().as_secs_f64();
     println!("sealed {} -> {}", args.model.display(), args.out.display());
     println!("  model id          {}", header.model_id);
-    println!("  plaintext         {} bytes, sha256 {}", header.plaintext_len, hex::encode(header.plaintext_sha256));
-    println!("  segments          {} of {} bytes", header.segment_count(), header.segment_size);
+    println!(
+        "  plaintext         {} bytes, sha256 {}",
+        header.plaintext_len,
+        hex::encode(header.plaintext_sha256)
+    );
+    println!(
+        "  segments          {} of {} bytes",
+        header.segment_count(),
+        header.segment_size
+    );
     println!("  header sha256     {}", hex::encode(header.digest()));
-    println!("  content key       {} (id {}, mode 0600)", args.key_out.display(), hex::encode(header.key_id));
-    println!("  took              {secs:.2} s ({:.0} MB/s)", header.plaintext_len as f64 / secs / 1e6);
+    println!(
+        "  content key       {} (id {}, mode 0600)",
+        args.key_out.display(),
+        hex::encode(header.key_id)
+    );
+    println!(
+        "  took              {secs:.2} s ({:.0} MB/s)",
+        header.plaintext_len as f64 / secs / 1e6
+    );
     Ok(exit::OK)
 }
 
 fn read_document(path: &Path, what: &'static str) -> anyhow::Result<Vec<u8>> {
-    Ok(fsutil::read_limited(path, crate::format::envelope::MAX_DOCUMENT_BYTES, what)?)
+    Ok(fsutil::read_limited(
+        path,
+        crate::format::envelope::MAX_DOCUMENT_BYTES,
+        what,
+    )?)
 }
 
 pub fn issue(args: IssueArgs) -> Outcome {
@@ -104,15 +130,19 @@ pub fn issue(args: IssueArgs) -> Outcome {
     let chain = match &args.issuer_cert {
         None => None,
         Some(path) => Some(
-            Envelope::parse(&read_document(path, "issuer certificate")?, DocumentKind::IssuerCertificate)
-                .with_context(|| format!("{} is not a valid issuer certificate", path.display()))?,
+            Envelope::parse(
+                &read_document(path, "issuer certificate")?,
+                DocumentKind::IssuerCertificate,
+            )
+            .with_context(|| format!("{} is not a valid issuer certificate", path.display()))?,
         ),
     };
     let enrollment_bytes = read_document(&args.enrollment, "enrollment")?;
     let enrollment = enrollment::verify(&enrollment_bytes)
         .with_context(|| format!("{} cannot be used", args.enrollment.display()))?;
     let sealed = SealedModel::open(&args.sealed)?;
-    let content_key = ContentKey::from_bytes(*keyfile::read(&args.content_key, KeyKind::ContentKey)?);
+    let content_key =
+        ContentKey::from_bytes(*keyfile::read(&args.content_key, KeyKind::ContentKey)?);
     let mut caps = Caps::default();
     for spec in &args.caps {
         caps.set(spec).map_err(anyhow::Error::msg)?;
@@ -132,7 +162,14 @@ pub fn issue(args: IssueArgs) -> Outcome {
         renewal: args.renewal.clone(),
         issued_at: now,
     };
-    let license = issuing::issue(&signer, chain, &enrollment, sealed.header(), &content_key, &terms)?;
+    let license = issuing::issue(
+        &signer,
+        chain,
+        &enrollment,
+        sealed.header(),
+        &content_key,
+        &terms,
+    )?;
     let text = license.render();
 
     // Refuse to hand out a license this build would itself refuse.
@@ -186,10 +223,18 @@ pub fn certify_issuer(args: CertifyIssuerArgs) -> Outcome {
         models: args.models.clone(),
         not_before,
         not_after: parse_instant(&args.valid_until, now).map_err(anyhow::Error::msg)?,
-        max_lease_seconds: parse_duration(&args.max_lease).map_err(anyhow::Error::msg)?.num_seconds().max(0) as u64,
+        max_lease_seconds: parse_duration(&args.max_lease)
+            .map_err(anyhow::Error::msg)?
+            .num_seconds()
+            .max(0) as u64,
     };
     let envelope = issuing::certify(&root, &certificate)?;
-    fsutil::write_atomic(&args.out, envelope.render().as_bytes(), fsutil::PUBLIC_MODE, Replace::Allowed)?;
+    fsutil::write_atomic(
+        &args.out,
+        envelope.render().as_bytes(),
+        fsutil::PUBLIC_MODE,
+        Replace::Allowed,
+    )?;
     println!(
         "certified issuer {} for orgs [{}] and models [{}] until {} (max lease {} s) -> {}",
         issuer.key_id(),

@@ -131,7 +131,10 @@ mod tests {
         let key = ContentKey::generate();
         let info = binding_info("lic-1", "model-a");
         let wrapped = wrap(&node.public_key(), &info, &key).unwrap();
-        assert_eq!(unwrap(&node, &info, &wrapped).unwrap().as_bytes(), key.as_bytes());
+        assert_eq!(
+            unwrap(&node, &info, &wrapped).unwrap().as_bytes(),
+            key.as_bytes()
+        );
         assert_eq!(
             unwrap(&other, &info, &wrapped).unwrap_err(),
             UnwrapError::NotForThisKey

@@ -129,9 +129,11 @@ pub fn read_secret_key(path: &Path) -> Result<SecretKey, KeyFileError> {
 
 /// Read an Ed25519 public key file.
 pub fn read_public_key(path: &Path) -> Result<PublicKey, KeyFileError> {
-    PublicKey::from_bytes(&*read(path, KeyKind::Ed25519Public)?).map_err(|e| KeyFileError::Malformed {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    PublicKey::from_bytes(&*read(path, KeyKind::Ed25519Public)?).map_err(|e| {
+        KeyFileError::Malformed {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
     })
 }
 
@@ -151,7 +153,9 @@ fn parse(bytes: &[u8], expected: KeyKind) -> Result<Zeroizing<[u8; 32]>, ParseEr
         .next()
         .ok_or_else(|| ParseError::Malformed("it holds no key line".into()))?;
     if key_lines.next().is_some() {
-        return Err(ParseError::Malformed("it holds more than one key line".into()));
+        return Err(ParseError::Malformed(
+            "it holds more than one key line".into(),
+        ));
     }
     let (label, encoded) = line
         .split_once(':')
@@ -165,10 +169,9 @@ fn parse(bytes: &[u8], expected: KeyKind) -> Result<Zeroizing<[u8; 32]>, ParseEr
         B64.decode(encoded)
             .map_err(|_| ParseError::Malformed("the key is not valid base64".into()))?,
     );
-    let key: [u8; 32] = decoded
-        .as_slice()
-        .try_into()
-        .map_err(|_| ParseError::Malformed(format!("the key is {} bytes, not 32", decoded.len())))?;
+    let key: [u8; 32] = decoded.as_slice().try_into().map_err(|_| {
+        ParseError::Malformed(format!("the key is {} bytes, not 32", decoded.len()))
+    })?;
     Ok(Zeroizing::new(key))
 }
 
@@ -180,7 +183,10 @@ mod tests {
     fn round_trip_and_wrong_kind_is_named() {
         let key = [7u8; 32];
         let text = render(KeyKind::Ed25519Public, &key, "test key");
-        assert_eq!(*parse(text.as_bytes(), KeyKind::Ed25519Public).ok().unwrap(), key);
+        assert_eq!(
+            *parse(text.as_bytes(), KeyKind::Ed25519Public).ok().unwrap(),
+            key
+        );
         assert!(matches!(
             parse(text.as_bytes(), KeyKind::Ed25519Secret),
             Err(ParseError::WrongKind(KeyKind::Ed25519Public))

@@ -12,14 +12,16 @@ pub mod base64_array {
         s.serialize_str(&B64.encode(v))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let text = String::deserialize(d)?;
         let bytes = B64
             .decode(text.as_bytes())
             .map_err(|_| D::Error::custom("invalid base64"))?;
-        bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| D::Error::custom(format!("expected {N} bytes, found {}", v.len())))
+        bytes.try_into().map_err(|v: Vec<u8>| {
+            D::Error::custom(format!("expected {N} bytes, found {}", v.len()))
+        })
     }
 }
 
@@ -46,10 +48,15 @@ pub mod hex_array {
         s.serialize_str(&hex::encode(v))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let text = String::deserialize(d)?;
         if text.len() != 2 * N || text.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(D::Error::custom(format!("expected {} lowercase hex digits", 2 * N)));
+            return Err(D::Error::custom(format!(
+                "expected {} lowercase hex digits",
+                2 * N
+            )));
         }
         let mut out = [0u8; N];
         hex::decode_to_slice(&text, &mut out).map_err(|_| D::Error::custom("invalid hex"))?;
@@ -58,6 +65,8 @@ pub mod hex_array {
 }
 
 /// A SHA-256 digest, written as 64 lowercase hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Digest(#[serde(with = "hex_array")] pub [u8; 32]);

@@ -257,7 +257,11 @@ mod tests {
     #[test]
     fn duplicate_unknown_and_trailing_are_rejected() {
         let (text, _) = signed_note();
-        let dup = text.replacen("\"leasehold\": \"node-state\",", "\"leasehold\": \"node-state\",\n  \"leasehold\": \"node-state\",", 1);
+        let dup = text.replacen(
+            "\"leasehold\": \"node-state\",",
+            "\"leasehold\": \"node-state\",\n  \"leasehold\": \"node-state\",",
+            1,
+        );
         assert!(matches!(
             Envelope::parse(dup.as_bytes(), DocumentKind::NodeState),
             Err(EnvelopeError::Malformed(_))

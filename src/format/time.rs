@@ -75,6 +75,9 @@ mod tests {
         );
         assert!(parse_instant("tomorrow", now).is_err());
         assert_eq!(parse_duration("0s").unwrap(), Duration::zero());
-        assert_eq!(human_duration(Duration::seconds(86_400 * 3 + 7200)), "3d 2h");
+        assert_eq!(
+            human_duration(Duration::seconds(86_400 * 3 + 7200)),
+            "3d 2h"
+        );
     }
 }

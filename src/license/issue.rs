@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::body::{Caps, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WrappedContentKey};
+use super::body::{
+    Caps, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WrappedContentKey,
+};
 use super::issuer::IssuerCertBody;
 use super::KNOWN_FEATURES;
 use crate::crypto::key_wrap;
@@ -75,7 +77,11 @@ pub fn issue(
             expires: expires_at.to_rfc3339(),
         });
     }
-    if let Some(f) = terms.features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+    if let Some(f) = terms
+        .features
+        .iter()
+        .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+    {
         return Err(IssueError::UnknownFeature(f.clone()));
     }
     let license_id = hex::encode(random::bytes::<16>());
@@ -94,7 +100,8 @@ pub fn issue(
         })
         .collect();
     let info = key_wrap::binding_info(&license_id, &sealed.model_id);
-    let wrapped = key_wrap::wrap(&enrollment.unwrap_key, &info, content_key).map_err(|e| IssueError::Wrap(e.to_string()))?;
+    let wrapped = key_wrap::wrap(&enrollment.unwrap_key, &info, content_key)
+        .map_err(|e| IssueError::Wrap(e.to_string()))?;
     let body = LicenseBody {
         version: LicenseBody::VERSION,
         license_id,
@@ -134,7 +141,9 @@ pub fn issue(
 /// Root-sign an issuer certificate.
 pub fn certify(root: &SecretKey, certificate: &IssuerCertBody) -> Result<Envelope, IssueError> {
     if certificate.not_after <= certificate.not_before {
-        return Err(IssueError::Certificate("its validity ends before it starts".into()));
+        return Err(IssueError::Certificate(
+            "its validity ends before it starts".into(),
+        ));
     }
     if certificate.orgs.is_empty() || certificate.models.is_empty() {
         return Err(IssueError::Certificate(

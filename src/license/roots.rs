@@ -34,7 +34,8 @@ impl TrustRoots {
             roots: COMPILED_ROOTS
                 .iter()
                 .map(|r| Root {
-                    key: PublicKey::from_bytes(&r.key).expect("build.rs compiled in a valid Ed25519 key"),
+                    key: PublicKey::from_bytes(&r.key)
+                        .expect("build.rs compiled in a valid Ed25519 key"),
                     name: r.name.to_string(),
                     demo: r.demo,
                 })

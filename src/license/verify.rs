@@ -19,23 +19,45 @@ use crate::node::NodePublic;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Valid now.
-    Valid { expires_at: DateTime<Utc> },
+    Valid {
+        expires_at: DateTime<Utc>,
+    },
     /// Expired, but within its grace period: serving continues with warnings.
-    InGrace { expired_at: DateTime<Utc>, grace_ends: DateTime<Utc> },
-    NotYetValid { not_before: DateTime<Utc> },
-    Expired { grace_ended: DateTime<Utc> },
+    InGrace {
+        expired_at: DateTime<Utc>,
+        grace_ends: DateTime<Utc>,
+    },
+    NotYetValid {
+        not_before: DateTime<Utc>,
+    },
+    Expired {
+        grace_ended: DateTime<Utc>,
+    },
     /// The system clock is behind time this node (or the license) has already seen.
-    ClockRolledBack { now: DateTime<Utc>, trusted: DateTime<Utc> },
+    ClockRolledBack {
+        now: DateTime<Utc>,
+        trusted: DateTime<Utc>,
+    },
     /// Issued to another node, or this machine's hardware does not match.
-    WrongMachine { reason: String },
+    WrongMachine {
+        reason: String,
+    },
     /// The file was altered, damaged, or is not a license.
-    Tampered { reason: String },
+    Tampered {
+        reason: String,
+    },
     /// Signed by a key that does not chain to a root compiled into this binary.
-    UnknownIssuer { key_id: String },
+    UnknownIssuer {
+        key_id: String,
+    },
     /// Signed by a certified issuer acting outside its certificate.
-    IssuerNotAuthorized { reason: String },
+    IssuerNotAuthorized {
+        reason: String,
+    },
     /// A format version, critical extension or mandated feature this build lacks.
-    Unsupported { reason: String },
+    Unsupported {
+        reason: String,
+    },
 }
 
 impl Verdict {
@@ -110,8 +132,16 @@ impl Verdict {
 /// Who signed a verified license.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authority {
-    Root { key_id: String, demo: bool },
-    Issuer { key_id: String, root_key_id: String, root_demo: bool, certificate: IssuerCertBody },
+    Root {
+        key_id: String,
+        demo: bool,
+    },
+    Issuer {
+        key_id: String,
+        root_key_id: String,
+        root_demo: bool,
+        certificate: IssuerCertBody,
+    },
 }
 
 impl Authority {
@@ -150,7 +180,10 @@ pub struct Assessment {
 /// Assess license bytes: authenticate, then check machine and time.
 pub fn assess(bytes: &[u8], roots: &TrustRoots, checks: &Checks) -> Assessment {
     match authenticate(bytes, roots) {
-        Err(verdict) => Assessment { verdict, license: None },
+        Err(verdict) => Assessment {
+            verdict,
+            license: None,
+        },
         Ok(license) => Assessment {
             verdict: evaluate(&license.body, checks),
             license: Some(license),
@@ -166,7 +199,9 @@ fn tampered(reason: impl ToString) -> Verdict {
 
 fn body_verdict(e: BodyError) -> Verdict {
     match e {
-        BodyError::UnsupportedVersion { .. } => Verdict::Unsupported { reason: e.to_string() },
+        BodyError::UnsupportedVersion { .. } => Verdict::Unsupported {
+            reason: e.to_string(),
+        },
         BodyError::Malformed { .. } => tampered(e),
     }
 }
@@ -190,12 +225,16 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
         }
         [cert] => {
             if cert.kind != DocumentKind::IssuerCertificate || !cert.chain.is_empty() {
-                return Err(tampered("the certificate chain does not hold one issuer certificate"));
+                return Err(tampered(
+                    "the certificate chain does not hold one issuer certificate",
+                ));
             }
             let cert_signer = cert.signer_key().map_err(tampered)?;
-            let root = roots.find(&cert_signer).ok_or_else(|| Verdict::UnknownIssuer {
-                key_id: cert_signer.key_id(),
-            })?;
+            let root = roots
+                .find(&cert_signer)
+                .ok_or_else(|| Verdict::UnknownIssuer {
+                    key_id: cert_signer.key_id(),
+                })?;
             cert.verify_signature().map_err(tampered)?;
             let body: IssuerCertBody = cert.decode_body().map_err(body_verdict)?;
             if body.issuer_key != signer.to_bytes() {
@@ -213,7 +252,11 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
                 Some(body),
             )
         }
-        _ => return Err(tampered("the certificate chain is longer than one certificate")),
+        _ => {
+            return Err(tampered(
+                "the certificate chain is longer than one certificate",
+            ))
+        }
     };
     envelope.verify_signature().map_err(tampered)?;
     let body: LicenseBody = envelope.decode_body().map_err(body_verdict)?;
@@ -226,7 +269,11 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
             reason: format!("the license has critical extension '{}', which this build does not implement; upgrade leasehold", ext.name),
         });
     }
-    if let Some(feature) = body.features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+    if let Some(feature) = body
+        .features
+        .iter()
+        .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+    {
         return Err(Verdict::Unsupported {
             reason: format!("the license mandates feature '{feature}', which this build does not implement; upgrade leasehold"),
         });
@@ -237,7 +284,9 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
 /// Check an authenticated license against this machine and the time.
 pub fn evaluate(license: &LicenseBody, checks: &Checks) -> Verdict {
     if let Some(node) = checks.node {
-        if node.signing_key.to_bytes() != license.node.signing_key || node.unwrap_key != license.node.unwrap_key {
+        if node.signing_key.to_bytes() != license.node.signing_key
+            || node.unwrap_key != license.node.unwrap_key
+        {
             return Verdict::WrongMachine {
                 reason: format!(
                     "it was issued to node {}, and this node is {}",
@@ -257,7 +306,10 @@ pub fn evaluate(license: &LicenseBody, checks: &Checks) -> Verdict {
         });
         if !report.passes() {
             return Verdict::WrongMachine {
-                reason: format!("this machine's hardware does not match the license ({})", report.describe()),
+                reason: format!(
+                    "this machine's hardware does not match the license ({})",
+                    report.describe()
+                ),
             };
         }
     }

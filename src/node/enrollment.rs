@@ -95,12 +95,17 @@ pub fn create(
             .map(|c| c.kind)
             .collect()
     });
-    let others = components.iter().filter(|c| !required.contains(&c.kind)).count() as u32;
+    let others = components
+        .iter()
+        .filter(|c| !required.contains(&c.kind))
+        .count() as u32;
     let policy = MatchPolicy {
         required,
         min_others: choice.min_others.unwrap_or(others.min(2)),
     };
-    policy.validate(&components).map_err(EnrollmentError::Policy)?;
+    policy
+        .validate(&components)
+        .map_err(EnrollmentError::Policy)?;
     let public = identity.public();
     let body = EnrollmentBody {
         version: EnrollmentBody::VERSION,
@@ -121,11 +126,16 @@ pub fn create(
 /// Parse and verify an enrollment: well-formed, self-signed by the key it declares.
 pub fn verify(bytes: &[u8]) -> Result<EnrollmentBody, EnrollmentError> {
     let invalid = |e: String| EnrollmentError::Invalid(e);
-    let envelope = Envelope::parse(bytes, DocumentKind::Enrollment).map_err(|e| invalid(e.to_string()))?;
-    let signer = envelope.verify_signature().map_err(|e| invalid(e.to_string()))?;
+    let envelope =
+        Envelope::parse(bytes, DocumentKind::Enrollment).map_err(|e| invalid(e.to_string()))?;
+    let signer = envelope
+        .verify_signature()
+        .map_err(|e| invalid(e.to_string()))?;
     let body: EnrollmentBody = envelope.decode_body().map_err(|e| invalid(e.to_string()))?;
     if body.signing_key != signer.to_bytes() {
-        return Err(invalid("it is signed by a key other than the node key it declares".into()));
+        return Err(invalid(
+            "it is signed by a key other than the node key it declares".into(),
+        ));
     }
     let declared = PublicKey::from_bytes(&body.signing_key).map_err(|e| invalid(e.to_string()))?;
     if body.node_id != declared.key_id() {

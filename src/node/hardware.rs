@@ -17,7 +17,19 @@ use crate::crypto::sha256;
 use crate::format::encoding::Digest;
 
 /// A kind of hardware component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ComponentKind {
     MachineId,
@@ -85,7 +97,8 @@ impl HardwareProfile {
                 components.push(Component { kind, values });
             }
         };
-        let machine_id = read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id"));
+        let machine_id =
+            read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id"));
         push(ComponentKind::MachineId, machine_id.into_iter().collect());
         push(
             ComponentKind::ProductUuid,
@@ -108,7 +121,10 @@ impl HardwareProfile {
             vec![memory_class(system.total_memory())],
         );
         push(ComponentKind::MacAddress, physical_macs());
-        push(ComponentKind::Hostname, System::host_name().into_iter().collect());
+        push(
+            ComponentKind::Hostname,
+            System::host_name().into_iter().collect(),
+        );
         HardwareProfile { components }
     }
 
@@ -177,10 +193,15 @@ impl MatchPolicy {
     pub fn validate(&self, components: &[BoundComponent]) -> Result<(), String> {
         for kind in &self.required {
             if !components.iter().any(|c| c.kind == *kind) {
-                return Err(format!("required component {kind} is not among the bound components"));
+                return Err(format!(
+                    "required component {kind} is not among the bound components"
+                ));
             }
         }
-        let others = components.iter().filter(|c| !self.required.contains(&c.kind)).count();
+        let others = components
+            .iter()
+            .filter(|c| !self.required.contains(&c.kind))
+            .count();
         if self.min_others as usize > others {
             return Err(format!(
                 "the policy asks for {} of the other components but only {others} are bound",
@@ -202,31 +223,53 @@ impl MatchPolicy {
         if required.is_empty() {
             format!("{} of {others} components", self.min_others)
         } else {
-            format!("{} + {} of {others} others", required.join(" + "), self.min_others)
+            format!(
+                "{} + {} of {others} others",
+                required.join(" + "),
+                self.min_others
+            )
         }
     }
 }
 
 /// Hash of one raw component value under an enrollment salt.
 pub fn enrollment_hash(salt: &[u8; 16], kind: ComponentKind, value: &str) -> [u8; 32] {
-    sha256(&[b"leasehold hardware v1\0", salt, kind.name().as_bytes(), b"\0", value.as_bytes()])
+    sha256(&[
+        b"leasehold hardware v1\0",
+        salt,
+        kind.name().as_bytes(),
+        b"\0",
+        value.as_bytes(),
+    ])
 }
 
 /// Re-hash of an enrollment hash under a license's own salt, so two licenses for one
 /// node carry unrelated values.
 pub fn license_hash(license_salt: &[u8; 16], enrollment_hash: &[u8; 32]) -> [u8; 32] {
-    sha256(&[b"leasehold hardware license v1\0", license_salt, enrollment_hash])
+    sha256(&[
+        b"leasehold hardware license v1\0",
+        license_salt,
+        enrollment_hash,
+    ])
 }
 
 /// Hash a profile's components under an enrollment salt, keeping only `kinds` when given.
-pub fn bind(profile: &HardwareProfile, salt: &[u8; 16], kinds: Option<&[ComponentKind]>) -> Vec<BoundComponent> {
+pub fn bind(
+    profile: &HardwareProfile,
+    salt: &[u8; 16],
+    kinds: Option<&[ComponentKind]>,
+) -> Vec<BoundComponent> {
     profile
         .components
         .iter()
         .filter(|c| kinds.is_none_or(|k| k.contains(&c.kind)))
         .map(|c| BoundComponent {
             kind: c.kind,
-            hashes: c.values.iter().map(|v| Digest(enrollment_hash(salt, c.kind, v))).collect(),
+            hashes: c
+                .values
+                .iter()
+                .map(|v| Digest(enrollment_hash(salt, c.kind, v)))
+                .collect(),
         })
         .collect()
 }
@@ -250,7 +293,10 @@ impl MatchReport {
         let names = |v: &[ComponentKind]| v.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ");
         let mut parts = Vec::new();
         if !self.required_missing.is_empty() {
-            parts.push(format!("required component(s) differ: {}", names(&self.required_missing)));
+            parts.push(format!(
+                "required component(s) differ: {}",
+                names(&self.required_missing)
+            ));
         }
         parts.push(format!(
             "{} of the other components match, {} needed",
@@ -321,19 +367,37 @@ mod tests {
     #[test]
     fn policy_required_plus_k_of_others() {
         use ComponentKind::*;
-        let enrolled = profile(&[(MachineId, "m1"), (CpuModel, "cpu"), (MacAddress, "aa,bb"), (Hostname, "h1")]);
+        let enrolled = profile(&[
+            (MachineId, "m1"),
+            (CpuModel, "cpu"),
+            (MacAddress, "aa,bb"),
+            (Hostname, "h1"),
+        ]);
         let salt = [9u8; 16];
         let bound = bind(&enrolled, &salt, None);
-        let policy = MatchPolicy { required: vec![MachineId], min_others: 2 };
+        let policy = MatchPolicy {
+            required: vec![MachineId],
+            min_others: 2,
+        };
         policy.validate(&bound).unwrap();
         let hash = |k, v: &str| enrollment_hash(&salt, k, v);
 
         // A NIC replaced and a new hostname: still cpu + one MAC match.
-        let moved = profile(&[(MachineId, "m1"), (CpuModel, "cpu"), (MacAddress, "bb,cc"), (Hostname, "h2")]);
+        let moved = profile(&[
+            (MachineId, "m1"),
+            (CpuModel, "cpu"),
+            (MacAddress, "bb,cc"),
+            (Hostname, "h2"),
+        ]);
         assert!(compare(&bound, &policy, &moved, hash).passes());
 
         // Another machine-id fails whatever else matches.
-        let cloned = profile(&[(MachineId, "m2"), (CpuModel, "cpu"), (MacAddress, "aa"), (Hostname, "h1")]);
+        let cloned = profile(&[
+            (MachineId, "m2"),
+            (CpuModel, "cpu"),
+            (MacAddress, "aa"),
+            (Hostname, "h1"),
+        ]);
         let report = compare(&bound, &policy, &cloned, hash);
         assert!(!report.passes());
         assert_eq!(report.required_missing, vec![MachineId]);

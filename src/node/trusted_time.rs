@@ -72,9 +72,16 @@ pub fn load_high_water(dir: &Path, node: &NodePublic) -> Result<Option<DateTime<
         path: path.display().to_string(),
         reason,
     };
-    let bytes = fsutil::read_limited(&path, crate::format::envelope::MAX_DOCUMENT_BYTES, "node state")?;
-    let envelope = Envelope::parse(&bytes, DocumentKind::NodeState).map_err(|e| invalid(e.to_string()))?;
-    let signer = envelope.verify_signature().map_err(|e| invalid(e.to_string()))?;
+    let bytes = fsutil::read_limited(
+        &path,
+        crate::format::envelope::MAX_DOCUMENT_BYTES,
+        "node state",
+    )?;
+    let envelope =
+        Envelope::parse(&bytes, DocumentKind::NodeState).map_err(|e| invalid(e.to_string()))?;
+    let signer = envelope
+        .verify_signature()
+        .map_err(|e| invalid(e.to_string()))?;
     if signer != node.signing_key {
         return Err(invalid("it is signed by another node's key".into()));
     }

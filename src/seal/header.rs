@@ -74,12 +74,16 @@ impl Header {
 
     /// Number of segments: at least one (an empty plaintext is one empty final segment).
     pub fn segment_count(&self) -> u64 {
-        self.plaintext_len.div_ceil(u64::from(self.segment_size)).max(1)
+        self.plaintext_len
+            .div_ceil(u64::from(self.segment_size))
+            .max(1)
     }
 
     /// The exact length of the sealed file this header describes.
     pub fn sealed_len(&self) -> u64 {
-        self.encoded_len() as u64 + self.plaintext_len + self.segment_count() * super::stream::TAG_LEN as u64
+        self.encoded_len() as u64
+            + self.plaintext_len
+            + self.segment_count() * super::stream::TAG_LEN as u64
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -135,7 +139,9 @@ impl Header {
             )));
         }
         if bytes.len() < header_len {
-            return Err(HeaderError::Malformed("the file ends inside the header".into()));
+            return Err(HeaderError::Malformed(
+                "the file ends inside the header".into(),
+            ));
         }
         if !segment_size.is_power_of_two() || !(MIN_SEGMENT..=MAX_SEGMENT).contains(&segment_size) {
             return Err(HeaderError::Malformed(format!(
@@ -191,14 +197,23 @@ mod tests {
     #[test]
     fn strict_parsing() {
         let bytes = sample().encode();
-        assert_eq!(Header::parse(b"GGUF\x03\0\0\0").unwrap_err(), HeaderError::NotSealed);
+        assert_eq!(
+            Header::parse(b"GGUF\x03\0\0\0").unwrap_err(),
+            HeaderError::NotSealed
+        );
         let mut v = bytes.clone();
         v[8] = 9;
-        assert_eq!(Header::parse(&v).unwrap_err(), HeaderError::UnsupportedVersion(9));
+        assert_eq!(
+            Header::parse(&v).unwrap_err(),
+            HeaderError::UnsupportedVersion(9)
+        );
         let mut v = bytes.clone();
         v[14] = 0x11; // segment size no longer a power of two
         assert!(matches!(Header::parse(&v), Err(HeaderError::Malformed(_))));
-        assert!(matches!(Header::parse(&bytes[..40]), Err(HeaderError::Malformed(_))));
+        assert!(matches!(
+            Header::parse(&bytes[..40]),
+            Err(HeaderError::Malformed(_))
+        ));
         let mut v = bytes.clone();
         v[FIXED_LEN] = b'/';
         assert!(matches!(Header::parse(&v), Err(HeaderError::Malformed(_))));

@@ -69,11 +69,25 @@ pub fn is_gguf(bytes: &[u8]) -> bool {
 
 /// Encrypt `plaintext` as the body of a sealed model into `body`
 /// (`body.len() == plaintext.len() + segments × 16`), in parallel on the current rayon pool.
-pub fn encrypt_body(cipher: &SegmentCipher, header: &Header, plaintext: &[u8], body: &mut [u8], progress: Progress) {
+pub fn encrypt_body(
+    cipher: &SegmentCipher,
+    header: &Header,
+    plaintext: &[u8],
+    body: &mut [u8],
+    progress: Progress,
+) {
     let seg = header.segment_size as usize;
     let last_index = header.segment_count() - 1;
-    assert_eq!(plaintext.len() as u64, header.plaintext_len, "plaintext length is the header's");
-    assert_eq!(body.len() as u64, header.sealed_len() - header.encoded_len() as u64, "body sized by the header");
+    assert_eq!(
+        plaintext.len() as u64,
+        header.plaintext_len,
+        "plaintext length is the header's"
+    );
+    assert_eq!(
+        body.len() as u64,
+        header.sealed_len() - header.encoded_len() as u64,
+        "body sized by the header"
+    );
     body.par_chunks_mut(seg + TAG_LEN)
         .enumerate()
         .for_each(|(i, chunk)| {
@@ -98,8 +112,16 @@ pub fn decrypt_body(
 ) -> Result<(), stream::SegmentAuthFailed> {
     let seg = header.segment_size as usize;
     let last_index = header.segment_count() - 1;
-    assert_eq!(plaintext.len() as u64, header.plaintext_len, "output sized by the header");
-    assert_eq!(body.len() as u64, header.sealed_len() - header.encoded_len() as u64, "body sized by the header");
+    assert_eq!(
+        plaintext.len() as u64,
+        header.plaintext_len,
+        "output sized by the header"
+    );
+    assert_eq!(
+        body.len() as u64,
+        header.sealed_len() - header.encoded_len() as u64,
+        "body sized by the header"
+    );
     if plaintext.is_empty() {
         let tag: &[u8; TAG_LEN] = body.try_into().expect("empty body is one tag");
         return cipher.open_segment(0, true, &mut [], tag);
@@ -130,7 +152,13 @@ pub fn seal_to_vec(header: &Header, key: &ContentKey, plaintext: &[u8]) -> Vec<u
     let encoded = header.encode();
     out[..encoded.len()].copy_from_slice(&encoded);
     let cipher = SegmentCipher::new(key, header);
-    encrypt_body(&cipher, header, plaintext, &mut out[encoded.len()..], &no_progress);
+    encrypt_body(
+        &cipher,
+        header,
+        plaintext,
+        &mut out[encoded.len()..],
+        &no_progress,
+    );
     out
 }
 
@@ -172,7 +200,13 @@ pub fn seal_file(
     let mut map = crate::sys::map_writable(pending.file()).map_err(|e| FsError::io(output, e))?;
     map[..encoded.len()].copy_from_slice(&encoded);
     let cipher = SegmentCipher::new(key, &header);
-    encrypt_body(&cipher, &header, &plaintext, &mut map[encoded.len()..], progress);
+    encrypt_body(
+        &cipher,
+        &header,
+        &plaintext,
+        &mut map[encoded.len()..],
+        progress,
+    );
     map.flush().map_err(|e| FsError::io(output, e))?;
     drop(map);
     before_commit()?;
@@ -245,13 +279,20 @@ impl SealedModel {
 
     /// Decrypt every segment into `out` (exactly `plaintext_len` bytes), in parallel.
     /// On failure `out` holds no unauthenticated plaintext from the failing segment.
-    pub fn decrypt_into(&self, key: &ContentKey, out: &mut [u8], progress: Progress) -> Result<(), SealError> {
+    pub fn decrypt_into(
+        &self,
+        key: &ContentKey,
+        out: &mut [u8],
+        progress: Progress,
+    ) -> Result<(), SealError> {
         self.check_key(key)?;
         let cipher = SegmentCipher::new(key, &self.header);
         let body = &self.map[self.header.encoded_len()..];
-        decrypt_body(&cipher, &self.header, body, out, progress).map_err(|e| SealError::SegmentTampered {
-            path: self.path.clone(),
-            index: e.index,
+        decrypt_body(&cipher, &self.header, body, out, progress).map_err(|e| {
+            SealError::SegmentTampered {
+                path: self.path.clone(),
+                index: e.index,
+            }
         })
     }
 
@@ -267,7 +308,11 @@ impl SealedModel {
     }
 
     /// Decrypt the whole model into a heap buffer zeroized on drop, and check its digest.
-    pub fn decrypt_to_memory(&self, key: &ContentKey, progress: Progress) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    pub fn decrypt_to_memory(
+        &self,
+        key: &ContentKey,
+        progress: Progress,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let mut out = Zeroizing::new(vec![0u8; self.header.plaintext_len as usize]);
         self.decrypt_into(key, &mut out, progress)?;
         self.verify_plaintext(&out)?;

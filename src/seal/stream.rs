@@ -45,7 +45,8 @@ impl SegmentCipher {
     }
 
     fn nonce(&self, index: u64, last: bool) -> [u8; 12] {
-        let counter = u32::try_from(index).expect("segment index checked against u32 when the header was built");
+        let counter = u32::try_from(index)
+            .expect("segment index checked against u32 when the header was built");
         let mut nonce = [0u8; 12];
         nonce[..7].copy_from_slice(&self.nonce_prefix);
         nonce[7..11].copy_from_slice(&counter.to_be_bytes());

@@ -27,7 +27,9 @@ pub fn demo_root() -> SecretKey {
 }
 
 pub fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// A fixed "now" for library tests.
@@ -158,11 +160,23 @@ impl Fixture {
         }
     }
 
-    pub fn issue_with(&self, signer: &SecretKey, chain: Option<Envelope>, terms: &Terms) -> Vec<u8> {
-        issue(signer, chain, &self.enrollment, &self.header, &self.key, terms)
-            .unwrap()
-            .render()
-            .into_bytes()
+    pub fn issue_with(
+        &self,
+        signer: &SecretKey,
+        chain: Option<Envelope>,
+        terms: &Terms,
+    ) -> Vec<u8> {
+        issue(
+            signer,
+            chain,
+            &self.enrollment,
+            &self.header,
+            &self.key,
+            terms,
+        )
+        .unwrap()
+        .render()
+        .into_bytes()
     }
 
     pub fn license(&self) -> Vec<u8> {
@@ -175,10 +189,17 @@ impl Fixture {
 }
 
 /// Checks on machine A with this node's keys at `now`.
-pub fn checks<'a>(node: &'a NodePublic, profile: &'a HardwareProfile, now: DateTime<Utc>) -> Checks<'a> {
+pub fn checks<'a>(
+    node: &'a NodePublic,
+    profile: &'a HardwareProfile,
+    now: DateTime<Utc>,
+) -> Checks<'a> {
     Checks {
         node: Some(node),
         hardware: Some(profile),
-        time: TimeContext { now, high_water: None },
+        time: TimeContext {
+            now,
+            high_water: None,
+        },
     }
 }

