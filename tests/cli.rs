@@ -598,3 +598,87 @@ fn real_demo_model_seals_and_checks() {
         stdout(&out).contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
     );
 }
+
+#[test]
+fn oversize_license_and_tampered_enrollment_are_clear_errors() {
+    let site = Site::new();
+    std::fs::write(site.path().join("huge.license"), vec![b'{'; 1 << 20]).unwrap();
+    let out = site.run(&["inspect", "huge.license"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("larger than the"), "{}", stderr(&out));
+
+    let mut enrollment = std::fs::read(site.path().join("node.enroll")).unwrap();
+    let i = enrollment.len() / 3;
+    enrollment[i] ^= 0x01;
+    std::fs::write(site.path().join("bad.enroll"), &enrollment).unwrap();
+    let root = repo_path("keys/demo/root.key");
+    let out = site.run(&[
+        "issue",
+        "--key",
+        root.to_str().unwrap(),
+        "--enrollment",
+        "bad.enroll",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+        "--licensee",
+        "X",
+        "--expires",
+        "+1d",
+        "--out",
+        "bad.license",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("bad.enroll cannot be used"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!site.path().join("bad.license").exists());
+}
+
+#[test]
+fn enrollment_can_pin_the_component_set() {
+    let site = Site::new();
+    site.ok(&[
+        "enroll",
+        "--node-dir",
+        "node",
+        "--out",
+        "pinned.enroll",
+        "--bind",
+        "machine-id,hostname",
+        "--require",
+        "machine-id",
+        "--min-others",
+        "1",
+    ]);
+    let enrollment = leasehold::node::enrollment::verify(
+        &std::fs::read(site.path().join("pinned.enroll")).unwrap(),
+    )
+    .unwrap();
+    let kinds: Vec<_> = enrollment
+        .hardware
+        .components
+        .iter()
+        .map(|c| c.kind.name())
+        .collect();
+    assert_eq!(kinds, ["machine-id", "hostname"]);
+    assert_eq!(enrollment.hardware.policy.min_others, 1);
+
+    // A policy that cannot be met is refused with the reason.
+    let out = site.run(&[
+        "enroll",
+        "--node-dir",
+        "node",
+        "--out",
+        "x.enroll",
+        "--bind",
+        "machine-id",
+        "--min-others",
+        "3",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("policy"), "{}", stderr(&out));
+}
