@@ -18,10 +18,13 @@ use leasehold::format::{Body, Envelope};
 use leasehold::license::issue::{certify, issue, Terms};
 use leasehold::license::{Caps, IssuerCertBody};
 use leasehold::node::enrollment::{self, BindingChoice, DeclaredUse};
-use leasehold::node::hardware::{Component, ComponentKind, HardwareProfile};
 use leasehold::node::trusted_time::NodeStateBody;
 use leasehold::node::NodeIdentity;
 use leasehold::seal::{self, Header};
+
+// The vector node's hardware, shared with tests/vectors.rs.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn main() -> anyhow::Result<()> {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vectors");
@@ -64,26 +67,7 @@ fn main() -> anyhow::Result<()> {
 
     // Node, enrollment, node state.
     let (identity, _) = NodeIdentity::load_or_create(&out.join("node"))?;
-    let profile = HardwareProfile {
-        components: vec![
-            Component {
-                kind: ComponentKind::MachineId,
-                values: vec!["00112233445566778899aabbccddeeff".into()],
-            },
-            Component {
-                kind: ComponentKind::CpuModel,
-                values: vec!["Vector CPU".into()],
-            },
-            Component {
-                kind: ComponentKind::MemoryClass,
-                values: vec!["16GiB".into()],
-            },
-            Component {
-                kind: ComponentKind::Hostname,
-                values: vec!["vector-node".into()],
-            },
-        ],
-    };
+    let profile = common::vector_profile();
     let enrollment_envelope = enrollment::create(
         &identity,
         &profile,

@@ -84,29 +84,64 @@ impl Site {
         out
     }
 
-    fn issue(&self, out: &str, extra: &[&str]) {
+    /// Run a command that must fail with `expected` and say `needle` on stderr.
+    fn fails(&self, args: &[&str], expected: i32, needle: &str) -> Output {
+        let out = self.run(args);
+        assert_eq!(
+            code(&out),
+            expected,
+            "leasehold {args:?}\nstderr: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle),
+            "leasehold {args:?}: no '{needle}' in\n{}",
+            stderr(&out)
+        );
+        out
+    }
+
+    fn issue(&self, out: &str, expires: &str, extra: &[&str]) {
         let root = repo_path("keys/demo/root.key");
-        let mut args = vec![
-            "issue",
-            "--key",
+        let mut args = issue_args(
             root.to_str().unwrap(),
-            "--enrollment",
             "node.enroll",
-            "--sealed",
             "m.sealed",
-            "--content-key",
             "m.key",
-            "--licensee",
-            "Example Org",
-            "--out",
+            expires,
             out,
-        ];
+        );
         args.extend_from_slice(extra);
-        if !extra.contains(&"--expires") {
-            args.extend_from_slice(&["--expires", "+30d"]);
-        }
         self.ok(&args);
     }
+}
+
+/// Arguments of `leasehold issue` for licensee "Example Org".
+fn issue_args<'a>(
+    key: &'a str,
+    enrollment: &'a str,
+    sealed: &'a str,
+    content_key: &'a str,
+    expires: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "issue",
+        "--key",
+        key,
+        "--enrollment",
+        enrollment,
+        "--sealed",
+        sealed,
+        "--content-key",
+        content_key,
+        "--licensee",
+        "Example Org",
+        "--expires",
+        expires,
+        "--out",
+        out,
+    ]
 }
 
 fn rfc(t: chrono::DateTime<Utc>) -> String {
@@ -118,6 +153,7 @@ fn quickstart_flow_inspect_and_check_succeed() {
     let site = Site::new();
     site.issue(
         "x.license",
+        "+30d",
         &["--grace", "1h", "--cap", "requests-per-day=100"],
     );
     let out = site.ok(&["inspect", "x.license", "--node-dir", "node"]);
@@ -153,29 +189,21 @@ fn inspect_exit_codes_name_each_verdict() {
     let now = Utc::now();
     site.issue(
         "expired.license",
-        &[
-            "--not-before",
-            &rfc(now - Duration::days(3)),
-            "--expires",
-            &rfc(now - Duration::days(1)),
-        ],
+        &rfc(now - Duration::days(1)),
+        &["--not-before", &rfc(now - Duration::days(3))],
     );
     site.issue(
         "grace.license",
+        &rfc(now - Duration::minutes(1)),
         &[
             "--not-before",
             &rfc(now - Duration::days(3)),
-            "--expires",
-            &rfc(now - Duration::minutes(1)),
             "--grace",
             "1h",
         ],
     );
-    site.issue(
-        "future.license",
-        &["--not-before", "+2d", "--expires", "+30d"],
-    );
-    site.issue("good.license", &[]);
+    site.issue("future.license", "+30d", &["--not-before", "+2d"]);
+    site.issue("good.license", "+30d", &[]);
 
     let verdict = |file: &str, node: &str| {
         let out = site.run(&["inspect", file, "--node-dir", node, "--json"]);
@@ -211,44 +239,40 @@ fn inspect_exit_codes_name_each_verdict() {
         verdict("good.license", "node"),
         (13, "clock-rolled-back".into())
     );
-    let out = site.run(&[
-        "check",
-        "--license",
-        "good.license",
-        "--sealed",
-        "m.sealed",
-        "--node-dir",
-        "node",
-    ]);
-    assert_eq!(code(&out), 13);
-    assert!(
-        stderr(&out).contains("clock rolled back"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &[
+            "check",
+            "--license",
+            "good.license",
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "node",
+        ],
+        13,
+        "clock rolled back",
     );
 }
 
 #[test]
 fn an_edited_node_state_is_refused_not_believed() {
     let site = Site::new();
-    site.issue("x.license", &[]);
+    site.issue("x.license", "+30d", &[]);
     let state = site.path().join("node/state.json");
     let text = std::fs::read_to_string(&state).unwrap();
     let year = Utc::now().format("%Y").to_string();
     std::fs::write(&state, text.replacen(&year, "2000", 1)).unwrap();
-    let out = site.run(&["inspect", "x.license", "--node-dir", "node"]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("not a valid node state"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &["inspect", "x.license", "--node-dir", "node"],
+        1,
+        "not a valid node state",
     );
 }
 
 #[test]
 fn check_names_a_damaged_or_different_sealed_model() {
     let site = Site::new();
-    site.issue("x.license", &[]);
+    site.issue("x.license", "+30d", &[]);
     let sealed = std::fs::read(site.path().join("m.sealed")).unwrap();
 
     std::fs::write(
@@ -256,36 +280,36 @@ fn check_names_a_damaged_or_different_sealed_model() {
         &sealed[..sealed.len() - 10],
     )
     .unwrap();
-    let out = site.run(&[
-        "check",
-        "--license",
-        "x.license",
-        "--sealed",
-        "short.sealed",
-        "--node-dir",
-        "node",
-    ]);
-    assert_eq!(code(&out), 20, "{}", stderr(&out));
-    assert!(stderr(&out).contains("truncated"));
+    site.fails(
+        &[
+            "check",
+            "--license",
+            "x.license",
+            "--sealed",
+            "short.sealed",
+            "--node-dir",
+            "node",
+        ],
+        20,
+        "truncated",
+    );
 
     let mut flipped = sealed.clone();
     let n = flipped.len();
     flipped[n - 100] ^= 1;
     std::fs::write(site.path().join("flipped.sealed"), &flipped).unwrap();
-    let out = site.run(&[
-        "check",
-        "--license",
-        "x.license",
-        "--sealed",
-        "flipped.sealed",
-        "--node-dir",
-        "node",
-    ]);
-    assert_eq!(code(&out), 20);
-    assert!(
-        stderr(&out).contains("failed authentication"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &[
+            "check",
+            "--license",
+            "x.license",
+            "--sealed",
+            "flipped.sealed",
+            "--node-dir",
+            "node",
+        ],
+        20,
+        "failed authentication",
     );
 
     std::fs::write(site.path().join("other.gguf"), synthetic_gguf(5000, 9)).unwrap();
@@ -340,37 +364,37 @@ fn keygen_writes_a_private_secret_and_never_overwrites() {
 fn seal_refuses_non_gguf_and_an_existing_key() {
     let site = Site::new();
     std::fs::write(site.path().join("readme.txt"), "hello").unwrap();
-    let out = site.run(&[
-        "seal",
-        "readme.txt",
-        "--model-id",
-        "x",
-        "--out",
-        "r.sealed",
-        "--key-out",
-        "r.key",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("not a GGUF model"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &[
+            "seal",
+            "readme.txt",
+            "--model-id",
+            "x",
+            "--out",
+            "r.sealed",
+            "--key-out",
+            "r.key",
+        ],
+        1,
+        "not a GGUF model",
     );
     assert!(!site.path().join("r.key").exists());
 
     let before = std::fs::read(site.path().join("m.key")).unwrap();
-    let out = site.run(&[
-        "seal",
-        "model.gguf",
-        "--model-id",
-        "x",
-        "--out",
-        "m2.sealed",
-        "--key-out",
-        "m.key",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("refusing to overwrite"));
+    site.fails(
+        &[
+            "seal",
+            "model.gguf",
+            "--model-id",
+            "x",
+            "--out",
+            "m2.sealed",
+            "--key-out",
+            "m.key",
+        ],
+        1,
+        "refusing to overwrite",
+    );
     assert_eq!(std::fs::read(site.path().join("m.key")).unwrap(), before);
     assert_eq!(
         std::fs::metadata(site.path().join("m.key"))
@@ -405,28 +429,17 @@ fn enroll_again_reuses_the_identity() {
 fn issue_refuses_a_key_that_is_not_a_root() {
     let site = Site::new();
     site.ok(&["keygen", "--out", "rogue"]);
-    let out = site.run(&[
-        "issue",
-        "--key",
-        "rogue.key",
-        "--enrollment",
-        "node.enroll",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-        "--licensee",
-        "X",
-        "--expires",
-        "+1d",
-        "--out",
-        "r.license",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("not a root compiled into this build"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &issue_args(
+            "rogue.key",
+            "node.enroll",
+            "m.sealed",
+            "m.key",
+            "+1d",
+            "r.license",
+        ),
+        1,
+        "not a root compiled into this build",
     );
     assert!(!site.path().join("r.license").exists());
 }
@@ -487,27 +500,29 @@ fn certified_issuer_flow_through_the_cli() {
         stdout(&out)
     );
     // Beyond the certificate's maximum lease: refused at issue time with the reason.
-    let out = site.run(&[
-        "issue",
-        "--key",
-        "issuer.key",
-        "--issuer-cert",
-        "issuer.cert",
-        "--enrollment",
-        "node.enroll",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-        "--licensee",
-        "Example Org",
-        "--expires",
-        "+30d",
-        "--out",
-        "long.license",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("maximum lease"), "{}", stderr(&out));
+    site.fails(
+        &[
+            "issue",
+            "--key",
+            "issuer.key",
+            "--issuer-cert",
+            "issuer.cert",
+            "--enrollment",
+            "node.enroll",
+            "--sealed",
+            "m.sealed",
+            "--content-key",
+            "m.key",
+            "--licensee",
+            "Example Org",
+            "--expires",
+            "+30d",
+            "--out",
+            "long.license",
+        ],
+        1,
+        "maximum lease",
+    );
 }
 
 #[test]
@@ -531,21 +546,19 @@ fn help_documents_exit_codes_and_usage_errors_exit_2() {
 #[test]
 fn missing_node_directory_says_how_to_enroll() {
     let site = Site::new();
-    site.issue("x.license", &[]);
-    let out = site.run(&[
-        "check",
-        "--license",
-        "x.license",
-        "--sealed",
-        "m.sealed",
-        "--node-dir",
-        "nowhere",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("leasehold enroll --node-dir nowhere"),
-        "{}",
-        stderr(&out)
+    site.issue("x.license", "+30d", &[]);
+    site.fails(
+        &[
+            "check",
+            "--license",
+            "x.license",
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "nowhere",
+        ],
+        1,
+        "leasehold enroll --node-dir nowhere",
     );
 }
 
@@ -568,23 +581,14 @@ fn real_demo_model_seals_and_checks() {
         "s.key",
     ]);
     let root = repo_path("keys/demo/root.key");
-    site.ok(&[
-        "issue",
-        "--key",
+    site.ok(&issue_args(
         root.to_str().unwrap(),
-        "--enrollment",
         "node.enroll",
-        "--sealed",
         "s.sealed",
-        "--content-key",
         "s.key",
-        "--licensee",
-        "Example Org",
-        "--expires",
         "+1d",
-        "--out",
         "s.license",
-    ]);
+    ));
     let out = site.ok(&[
         "check",
         "--license",
@@ -603,37 +607,24 @@ fn real_demo_model_seals_and_checks() {
 fn oversize_license_and_tampered_enrollment_are_clear_errors() {
     let site = Site::new();
     std::fs::write(site.path().join("huge.license"), vec![b'{'; 1 << 20]).unwrap();
-    let out = site.run(&["inspect", "huge.license"]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("larger than the"), "{}", stderr(&out));
+    site.fails(&["inspect", "huge.license"], 1, "larger than the");
 
     let mut enrollment = std::fs::read(site.path().join("node.enroll")).unwrap();
     let i = enrollment.len() / 3;
     enrollment[i] ^= 0x01;
     std::fs::write(site.path().join("bad.enroll"), &enrollment).unwrap();
     let root = repo_path("keys/demo/root.key");
-    let out = site.run(&[
-        "issue",
-        "--key",
-        root.to_str().unwrap(),
-        "--enrollment",
-        "bad.enroll",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-        "--licensee",
-        "X",
-        "--expires",
-        "+1d",
-        "--out",
-        "bad.license",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        stderr(&out).contains("bad.enroll cannot be used"),
-        "{}",
-        stderr(&out)
+    site.fails(
+        &issue_args(
+            root.to_str().unwrap(),
+            "bad.enroll",
+            "m.sealed",
+            "m.key",
+            "+1d",
+            "bad.license",
+        ),
+        1,
+        "bad.enroll cannot be used",
     );
     assert!(!site.path().join("bad.license").exists());
 }
@@ -668,17 +659,19 @@ fn enrollment_can_pin_the_component_set() {
     assert_eq!(enrollment.hardware.policy.min_others, 1);
 
     // A policy that cannot be met is refused with the reason.
-    let out = site.run(&[
-        "enroll",
-        "--node-dir",
-        "node",
-        "--out",
-        "x.enroll",
-        "--bind",
-        "machine-id",
-        "--min-others",
-        "3",
-    ]);
-    assert_eq!(code(&out), 1);
-    assert!(stderr(&out).contains("policy"), "{}", stderr(&out));
+    site.fails(
+        &[
+            "enroll",
+            "--node-dir",
+            "node",
+            "--out",
+            "x.enroll",
+            "--bind",
+            "machine-id",
+            "--min-others",
+            "3",
+        ],
+        1,
+        "policy",
+    );
 }

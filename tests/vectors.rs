@@ -6,13 +6,12 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{TimeZone, Utc};
-use common::repo_path;
+use common::{repo_path, vector_profile};
 use leasehold::crypto::key_wrap;
 use leasehold::crypto::ContentKey;
 use leasehold::format::{DocumentKind, Envelope};
 use leasehold::license::verify::{authenticate, evaluate};
 use leasehold::license::{Authority, Checks, TrustRoots, Verdict};
-use leasehold::node::hardware::{Component, ComponentKind, HardwareProfile};
 use leasehold::node::trusted_time::{self, TimeContext};
 use leasehold::node::{enrollment, NodeIdentity};
 use leasehold::seal::{self, Header, SealedModel};
@@ -63,29 +62,6 @@ fn sealed_vector_reseals_byte_for_byte_and_opens() {
         .decrypt_to_memory(&content_key(), &seal::no_progress)
         .unwrap();
     assert_eq!(&out[..], &plaintext[..]);
-}
-
-fn vector_profile() -> HardwareProfile {
-    HardwareProfile {
-        components: vec![
-            Component {
-                kind: ComponentKind::MachineId,
-                values: vec!["00112233445566778899aabbccddeeff".into()],
-            },
-            Component {
-                kind: ComponentKind::CpuModel,
-                values: vec!["Vector CPU".into()],
-            },
-            Component {
-                kind: ComponentKind::MemoryClass,
-                values: vec!["16GiB".into()],
-            },
-            Component {
-                kind: ComponentKind::Hostname,
-                values: vec!["vector-node".into()],
-            },
-        ],
-    }
 }
 
 #[test]

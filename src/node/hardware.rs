@@ -128,6 +128,20 @@ impl HardwareProfile {
         HardwareProfile { components }
     }
 
+    /// A profile from `(kind, values)` pairs, several values comma-separated
+    /// (`"02:00:00:00:00:01,02:00:00:00:00:02"`): for tests, vectors and tools.
+    pub fn from_pairs(pairs: &[(ComponentKind, &str)]) -> HardwareProfile {
+        HardwareProfile {
+            components: pairs
+                .iter()
+                .map(|(kind, values)| Component {
+                    kind: *kind,
+                    values: values.split(',').map(String::from).collect(),
+                })
+                .collect(),
+        }
+    }
+
     pub fn get(&self, kind: ComponentKind) -> Option<&Component> {
         self.components.iter().find(|c| c.kind == kind)
     }
@@ -352,16 +366,8 @@ pub fn compare(
 mod tests {
     use super::*;
 
-    pub fn profile(pairs: &[(ComponentKind, &str)]) -> HardwareProfile {
-        HardwareProfile {
-            components: pairs
-                .iter()
-                .map(|(k, v)| Component {
-                    kind: *k,
-                    values: v.split(',').map(String::from).collect(),
-                })
-                .collect(),
-        }
+    fn profile(pairs: &[(ComponentKind, &str)]) -> HardwareProfile {
+        HardwareProfile::from_pairs(pairs)
     }
 
     #[test]

@@ -12,7 +12,7 @@ use leasehold::format::Envelope;
 use leasehold::license::issue::{issue, Terms};
 use leasehold::license::{Caps, Checks, TrustRoots};
 use leasehold::node::enrollment::{self, BindingChoice, DeclaredUse, EnrollmentBody};
-use leasehold::node::hardware::{Component, ComponentKind, HardwareProfile};
+use leasehold::node::hardware::{ComponentKind, HardwareProfile};
 use leasehold::node::trusted_time::TimeContext;
 use leasehold::node::{NodeIdentity, NodePublic};
 use leasehold::seal::{self, Header, SealedModel};
@@ -56,15 +56,18 @@ pub fn synthetic_gguf(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn profile(pairs: &[(ComponentKind, &str)]) -> HardwareProfile {
-    HardwareProfile {
-        components: pairs
-            .iter()
-            .map(|(k, v)| Component {
-                kind: *k,
-                values: v.split(',').map(String::from).collect(),
-            })
-            .collect(),
-    }
+    HardwareProfile::from_pairs(pairs)
+}
+
+/// The hardware of the vector node in docs/vectors.
+pub fn vector_profile() -> HardwareProfile {
+    use ComponentKind::*;
+    profile(&[
+        (MachineId, "00112233445566778899aabbccddeeff"),
+        (CpuModel, "Vector CPU"),
+        (MemoryClass, "16GiB"),
+        (Hostname, "vector-node"),
+    ])
 }
 
 pub fn machine_a() -> HardwareProfile {
