@@ -466,25 +466,19 @@ fn certified_issuer_flow_through_the_cli() {
         "--out",
         "issuer.cert",
     ]);
-    site.ok(&[
-        "issue",
-        "--key",
-        "issuer.key",
-        "--issuer-cert",
-        "issuer.cert",
-        "--enrollment",
-        "node.enroll",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-        "--licensee",
-        "Example Org",
-        "--expires",
-        "+2d",
-        "--out",
-        "i.license",
-    ]);
+    let by_issuer = |expires, out| {
+        let mut args = issue_args(
+            "issuer.key",
+            "node.enroll",
+            "m.sealed",
+            "m.key",
+            expires,
+            out,
+        );
+        args.extend_from_slice(&["--issuer-cert", "issuer.cert"]);
+        args
+    };
+    site.ok(&by_issuer("+2d", "i.license"));
     let out = site.ok(&[
         "check",
         "--license",
@@ -500,29 +494,7 @@ fn certified_issuer_flow_through_the_cli() {
         stdout(&out)
     );
     // Beyond the certificate's maximum lease: refused at issue time with the reason.
-    site.fails(
-        &[
-            "issue",
-            "--key",
-            "issuer.key",
-            "--issuer-cert",
-            "issuer.cert",
-            "--enrollment",
-            "node.enroll",
-            "--sealed",
-            "m.sealed",
-            "--content-key",
-            "m.key",
-            "--licensee",
-            "Example Org",
-            "--expires",
-            "+30d",
-            "--out",
-            "long.license",
-        ],
-        1,
-        "maximum lease",
-    );
+    site.fails(&by_issuer("+30d", "long.license"), 1, "maximum lease");
 }
 
 #[test]
