@@ -23,8 +23,8 @@ use leasehold::node::NodeIdentity;
 use leasehold::seal::{self, Header};
 
 // The vector node's hardware, shared with tests/vectors.rs.
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/common/vectors.rs"]
+mod vectors;
 
 fn main() -> anyhow::Result<()> {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vectors");
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
 
     // Node, enrollment, node state.
     let (identity, _) = NodeIdentity::load_or_create(&out.join("node"))?;
-    let profile = common::vector_profile();
+    let profile = vectors::vector_profile();
     let enrollment_envelope = enrollment::create(
         &identity,
         &profile,

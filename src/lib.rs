@@ -21,5 +21,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod license;
 pub mod node;
+pub mod runtime;
 pub mod seal;
+pub mod server;
 pub mod sys;

@@ -17,6 +17,13 @@ pub fn map_readonly(file: &File) -> io::Result<Mmap> {
     unsafe { Mmap::map(file) }
 }
 
+/// Map an anonymous memory file (memfd) read-write.
+pub fn map_memfd(file: &File) -> io::Result<MmapMut> {
+    // SAFETY: the memfd was created by this process, has no name in any filesystem and
+    // is not shared with another process, so nothing else can change it under the map.
+    unsafe { MmapMut::map_mut(file) }
+}
+
 /// Map a file read-write; the caller has sized it and holds the only handle.
 pub fn map_writable(file: &File) -> io::Result<MmapMut> {
     // SAFETY: the file is a fresh temporary file created by this process (not yet

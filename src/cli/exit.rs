@@ -2,6 +2,8 @@
 //! `leasehold --help`, `leasehold inspect --help` and the README.
 
 use crate::license::Verdict;
+use crate::runtime::admission::Refusal;
+use crate::seal::SealError;
 
 pub const OK: u8 = 0;
 /// Bad input, unreadable or unwritable file, refused operation; the message says which.
@@ -53,5 +55,25 @@ pub fn for_verdict(verdict: &Verdict) -> u8 {
         Verdict::UnknownIssuer { .. } => UNKNOWN_ISSUER,
         Verdict::IssuerNotAuthorized { .. } => ISSUER_NOT_AUTHORIZED,
         Verdict::Unsupported { .. } => UNSUPPORTED,
+    }
+}
+
+/// The exit code of a sealed-model error.
+pub fn for_seal_error(error: &SealError) -> u8 {
+    match error {
+        SealError::WrongKey { .. } => MODEL_MISMATCH,
+        SealError::Fs(_) | SealError::NotGguf { .. } | SealError::InvalidModelId(_) => ERROR,
+        _ => SEALED_DAMAGED,
+    }
+}
+
+/// The exit code of a refused admission.
+pub fn for_refusal(refusal: &Refusal) -> u8 {
+    match refusal {
+        Refusal::Verdict { verdict, .. } => for_verdict(verdict),
+        Refusal::Sealed(e) => for_seal_error(e),
+        Refusal::ModelMismatch(_) => MODEL_MISMATCH,
+        Refusal::Unwrap(_) => WRONG_MACHINE,
+        Refusal::Fs(_) | Refusal::State(_) => ERROR,
     }
 }

@@ -5,7 +5,6 @@ use std::path::Path;
 use serde_json::json;
 
 use super::{exit, progress, CheckArgs, InspectArgs, Outcome};
-use crate::crypto::key_wrap;
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
 use crate::license::verify::{Authority, VerifiedLicense};
@@ -13,7 +12,8 @@ use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, MAX_LICENS
 use crate::node::hardware::HardwareProfile;
 use crate::node::trusted_time::{self, TimeContext};
 use crate::node::{clock, NodeIdentity};
-use crate::seal::{SealError, SealedModel};
+use crate::runtime::admission::{self, Refusal};
+use crate::seal::SealError;
 
 /// Assess a license file for this machine, with the node directory when given.
 fn assess_here(
@@ -191,18 +191,26 @@ struct CheckFailure {
     message: String,
 }
 
+impl From<Refusal> for CheckFailure {
+    fn from(refusal: Refusal) -> Self {
+        CheckFailure {
+            code: exit::for_refusal(&refusal),
+            message: refusal.to_string(),
+        }
+    }
+}
+
 impl From<SealError> for CheckFailure {
     fn from(e: SealError) -> Self {
-        let code = match &e {
-            SealError::WrongKey { .. } => exit::MODEL_MISMATCH,
-            SealError::Fs(_) | SealError::NotGguf { .. } | SealError::InvalidModelId(_) => {
-                exit::ERROR
-            }
-            _ => exit::SEALED_DAMAGED,
-        };
+        Refusal::Sealed(e).into()
+    }
+}
+
+impl From<anyhow::Error> for CheckFailure {
+    fn from(e: anyhow::Error) -> Self {
         CheckFailure {
-            code,
-            message: e.to_string(),
+            code: exit::ERROR,
+            message: format!("{e:#}"),
         }
     }
 }
@@ -237,63 +245,32 @@ pub fn check(args: CheckArgs) -> Outcome {
 }
 
 fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckFailure> {
-    let fail = |code: u8, message: String| CheckFailure { code, message };
-    let (assessment, identity) = assess_here(&args.license, Some(&args.node_dir))
-        .map_err(|e| fail(exit::ERROR, format!("{e:#}")))?;
-    let identity = identity.expect("a node dir was given");
+    let identity = NodeIdentity::load(&args.node_dir).map_err(anyhow::Error::from)?;
+    let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")
+        .map_err(anyhow::Error::from)?;
+    let admitted = admission::admit(&bytes, &identity, &args.sealed)?;
     let now = clock::system_now();
-    let verdict = assessment.verdict.clone();
-    let Some(license) = assessment.license.filter(|_| verdict.allows_serving()) else {
-        return Err(fail(exit::for_verdict(&verdict), verdict.explain(now)));
-    };
-    let body = &license.body;
+    let body = &admitted.license.body;
+    let header = admitted.sealed.header();
     steps.push(format!(
         "signature chain verified ({})",
-        authority_line(&license.authority)
+        authority_line(&admitted.license.authority)
     ));
     steps.push(format!(
         "issued to this node ({}) and this hardware",
         body.node.node_id
     ));
-    steps.push(format!("trusted time: {}", verdict.explain(now)));
-
-    let sealed = SealedModel::open(&args.sealed)?;
-    let header = sealed.header();
-    if header.model_id != body.model.model_id
-        || sealed.digest() != body.model.sealed_header_sha256.0
-    {
-        return Err(fail(
-            exit::MODEL_MISMATCH,
-            format!(
-                "{} is model '{}' (header sha256 {}), but the license is for model '{}' (header sha256 {})",
-                args.sealed.display(),
-                header.model_id,
-                hex::encode(sealed.digest()),
-                body.model.model_id,
-                hex::encode(body.model.sealed_header_sha256.0)
-            ),
-        ));
-    }
+    steps.push(format!("trusted time: {}", admitted.verdict.explain(now)));
     steps.push(format!(
         "sealed model '{}' is the one licensed",
         header.model_id
     ));
-
-    let key = key_wrap::unwrap(
-        identity.unwrap_secret(),
-        &body.key_binding_info(),
-        &body.content_key.to_wrapped(),
-    )
-    .map_err(|e| {
-        fail(
-            exit::WRONG_MACHINE,
-            format!("cannot unwrap the content key: {e}"),
-        )
-    })?;
     steps.push("content key unwrapped with this node's key".into());
 
     let bar = progress::bytes(header.plaintext_len, "decrypting");
-    let plaintext = sealed.decrypt_to_memory(&key, &|n| bar.inc(n))?;
+    let plaintext = admitted
+        .sealed
+        .decrypt_to_memory(&admitted.key, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     steps.push(format!(
         "decrypted {} bytes in memory; sha256 matches {}",
@@ -302,20 +279,11 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
     ));
     drop(plaintext);
     let mut message = format!("ok: this node can serve model '{}' now", header.model_id);
-    if let Verdict::InGrace { grace_ends, .. } = verdict {
+    if let Verdict::InGrace { grace_ends, .. } = admitted.verdict {
         message.push_str(&format!(
             " (IN GRACE: the license has expired and serving stops at {}; renew it)",
             rfc3339(grace_ends)
         ));
     }
     Ok(message)
-}
-
-impl From<anyhow::Error> for CheckFailure {
-    fn from(e: anyhow::Error) -> Self {
-        CheckFailure {
-            code: exit::ERROR,
-            message: format!("{e:#}"),
-        }
-    }
 }

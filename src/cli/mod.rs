@@ -5,6 +5,7 @@ pub mod exit;
 mod inspect;
 mod node_cmds;
 mod progress;
+mod runtime_cmds;
 mod vendor;
 
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ pub type Outcome = anyhow::Result<u8>;
     long_about = "leasehold seals GGUF models, issues Ed25519-signed licenses bound to one machine \
 and a validity window, and checks them.\n\n\
 Vendor:   keygen, seal, issue, certify-issuer\n\
-Operator: enroll, fingerprint, check\n\
+Operator: enroll, fingerprint, check, serve, run, status\n\
 Anyone:   inspect\n\n\
 Quick start (demo root, this machine):\n  \
 leasehold enroll --node-dir node --out node.enroll\n  \
@@ -60,7 +61,33 @@ pub enum Command {
     /// Dry run of everything `serve` does before loading: verify, match, unwrap, decrypt, hash.
     #[command(after_help = exit::TABLE)]
     Check(CheckArgs),
+    /// Decrypt the model into memory and serve the OpenAI-compatible API until the license lapses.
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// One-shot generation (--prompt) or an interactive terminal chat (--chat).
+    #[command(after_help = exit::TABLE)]
+    Run(RunArgs),
+    /// Show a running node's license state (exit 0 serving, 10 grace, 12 lapsed).
+    Status(StatusArgs),
 }
+
+const SERVE_HELP: &str = "\
+API (OpenAI-compatible):
+  POST /v1/chat/completions   chat, streamed with \"stream\": true (SSE)
+  POST /v1/completions        raw text completion
+  GET  /v1/models             the served model
+  GET  /v1/license            license state: phase (serving, grace, lapsed), seconds_left, caps
+  GET  /health                200 while serving, 503 once lapsed
+  POST /admin/license         body: a renewed license file (needs the admin token)
+
+Lapse and renewal: at expiry the node keeps serving through the grace period (header
+x-leasehold-license-phase: grace); then new requests get HTTP 403 (code license_expired),
+running streams end with an error event, and the weights are wiped from memory. A renewed
+license (same node and model, higher serial) brings service back without a restart: replace
+the license file and send SIGHUP, or POST it to /admin/license.
+
+Exit codes: 0 clean shutdown; 1 error; 11-18, 20, 21 refused at start (as for check);
+12 lapsed with --exit-on-lapse.";
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
@@ -219,6 +246,79 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, value_name = "X.license")]
+    pub license: PathBuf,
+    #[arg(long, value_name = "M.sealed")]
+    pub sealed: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Context length per sequence, in tokens.
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub ctx: u32,
+    /// CPU threads for inference (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<i32>,
+    /// Sequences decoded together (continuous batching); more requests wait in a queue.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub parallel: u32,
+    /// File of client API keys, one per line; clients then send `Authorization: Bearer KEY`.
+    #[arg(long, value_name = "F")]
+    pub api_key_file: Option<PathBuf>,
+    /// File holding the admin token for /admin endpoints (disabled without it).
+    #[arg(long, value_name = "F")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Exit (code 12) when the license lapses instead of waiting for a renewal.
+    #[arg(long)]
+    pub exit_on_lapse: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["prompt", "chat"])))]
+pub struct RunArgs {
+    #[arg(long, value_name = "X.license")]
+    pub license: PathBuf,
+    #[arg(long, value_name = "M.sealed")]
+    pub sealed: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// Generate one answer to this prompt and exit.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Chat in the terminal; an empty line ends the chat.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_tokens: u32,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7, value_name = "T")]
+    pub temperature: f32,
+    /// Sampling seed (default: random).
+    #[arg(long)]
+    pub seed: Option<u32>,
+    /// Context length, in tokens.
+    #[arg(long, default_value_t = 2048, value_name = "N")]
+    pub ctx: u32,
+    /// CPU threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The node's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Print the JSON from /v1/license.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -249,6 +349,9 @@ pub fn main() -> ExitCode {
         Command::Fingerprint(a) => node_cmds::fingerprint(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Check(a) => inspect::check(a),
+        Command::Serve(a) => runtime_cmds::serve(a),
+        Command::Run(a) => runtime_cmds::run(a),
+        Command::Status(a) => runtime_cmds::status(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

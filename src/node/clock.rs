@@ -7,3 +7,9 @@ use chrono::{DateTime, Utc};
 pub fn system_now() -> DateTime<Utc> {
     Utc::now()
 }
+
+/// The monotonic clock: what lapse deadlines are scheduled on, so that changing the
+/// system clock while running neither extends nor shortens a license.
+pub fn monotonic_now() -> std::time::Instant {
+    std::time::Instant::now()
+}

@@ -18,6 +18,10 @@ use leasehold::node::{NodeIdentity, NodePublic};
 use leasehold::seal::{self, Header, SealedModel};
 use tempfile::TempDir;
 
+pub mod gguf;
+pub mod node;
+pub mod vectors;
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -57,17 +61,6 @@ pub fn synthetic_gguf(len: usize, seed: u64) -> Vec<u8> {
 
 pub fn profile(pairs: &[(ComponentKind, &str)]) -> HardwareProfile {
     HardwareProfile::from_pairs(pairs)
-}
-
-/// The hardware of the vector node in docs/vectors.
-pub fn vector_profile() -> HardwareProfile {
-    use ComponentKind::*;
-    profile(&[
-        (MachineId, "00112233445566778899aabbccddeeff"),
-        (CpuModel, "Vector CPU"),
-        (MemoryClass, "16GiB"),
-        (Hostname, "vector-node"),
-    ])
 }
 
 pub fn machine_a() -> HardwareProfile {

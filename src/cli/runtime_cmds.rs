@@ -1,0 +1,400 @@
+//! serve, run and status: the node at work.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{exit, progress, Outcome, RunArgs, ServeArgs, StatusArgs};
+use crate::fsutil;
+use crate::license::MAX_LICENSE_BYTES;
+use crate::node::NodeIdentity;
+use crate::runtime::engine::{
+    ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, SamplingParams,
+};
+use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
+use crate::runtime::weights::{self, PageBacking};
+use crate::server::{self, validation::Limits, AppState};
+
+/// Read a secrets file: one token per line, `#` comments and blank lines ignored.
+fn read_tokens(path: &Path, what: &'static str) -> anyhow::Result<Vec<String>> {
+    let bytes = fsutil::read_limited(path, 1 << 20, what)?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        bail!("{} holds no {what}", path.display());
+    }
+    Ok(tokens)
+}
+
+fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Result<EngineConfig> {
+    if !(16..=1 << 20).contains(&ctx) {
+        bail!("--ctx {ctx} is outside 16 to 1048576 tokens");
+    }
+    if !(1..=64).contains(&parallel) {
+        bail!("--parallel {parallel} is outside 1 to 64");
+    }
+    let mut config = EngineConfig {
+        ctx,
+        parallel,
+        ..EngineConfig::default()
+    };
+    if let Some(t) = threads {
+        if !(1..=1024).contains(&t) {
+            bail!("--threads {t} is outside 1 to 1024");
+        }
+        config.threads = t;
+    }
+    Ok(config)
+}
+
+/// Start the engine and the lifecycle; a refusal becomes its documented exit code.
+async fn start(
+    license: &Path,
+    sealed: &Path,
+    node_dir: &Path,
+    config: EngineConfig,
+) -> Result<(Arc<Lifecycle>, Engine), (u8, String)> {
+    let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
+    let identity = NodeIdentity::load(node_dir).map_err(|e| fail(e.into()))?;
+    let bytes =
+        fsutil::read_limited(license, MAX_LICENSE_BYTES, "license").map_err(|e| fail(e.into()))?;
+    let engine = Engine::start(config).map_err(|e| fail(anyhow::anyhow!(e)))?;
+    let size = std::fs::metadata(sealed).map(|m| m.len()).unwrap_or(0);
+    let bar = progress::bytes(size, "decrypting");
+    match Lifecycle::start(&bytes, identity, sealed, engine.clone(), Some(bar)).await {
+        Ok((lifecycle, report)) => {
+            tracing::info!(
+                "weights in memory: {} MiB decrypted in {:.2} s, loaded in {:.2} s ({}; {}); {}",
+                report.bytes >> 20,
+                report.decrypt.as_secs_f64(),
+                report.load.as_secs_f64(),
+                match report.backing {
+                    PageBacking::HugePagesAdvised => "huge pages advised",
+                    PageBacking::Regular => "4 KiB pages",
+                },
+                if report.mlocked {
+                    "locked in RAM"
+                } else {
+                    "not locked: raise RLIMIT_MEMLOCK"
+                },
+                report.model_description
+            );
+            Ok((lifecycle, engine))
+        }
+        Err(StartError::Refused(refusal)) => {
+            engine.shutdown();
+            Err((
+                exit::for_refusal(&refusal),
+                format!("refusing to start: {refusal}"),
+            ))
+        }
+        Err(StartError::Load(e)) => {
+            engine.shutdown();
+            Err((exit::ERROR, format!("cannot load the model: {e}")))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn serve(args: ServeArgs) -> Outcome {
+    let config = engine_config(args.ctx, args.threads, args.parallel)?;
+    let api_keys = match &args.api_key_file {
+        Some(p) => read_tokens(p, "API key")?,
+        None => Vec::new(),
+    };
+    let admin_token = match &args.admin_token_file {
+        Some(p) => Some(read_tokens(p, "admin token")?.remove(0)),
+        None => None,
+    };
+    let listen: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen '{}' is not an address like 127.0.0.1:8080",
+            args.listen
+        )
+    })?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (lifecycle, engine) = match start(&args.license, &args.sealed, &args.node_dir, config.clone()).await {
+            Ok(v) => v,
+            Err((code, message)) => {
+                eprintln!("error: {message}");
+                return Ok(code);
+            }
+        };
+        if let Err(e) = weights::forbid_dumps() {
+            tracing::warn!("cannot disable core dumps and same-user ptrace (PR_SET_DUMPABLE): {e}");
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let state = Arc::new(AppState {
+            lifecycle: lifecycle.clone(),
+            engine: engine.clone(),
+            limits: Limits { ctx: config.ctx },
+            api_keys,
+            admin_token,
+        });
+        let status = lifecycle.status();
+        println!(
+            "serving model '{}' on http://{} for '{}' (license {}, serial {}, {}, {} s left)",
+            status.license.body.model.model_id,
+            listener.local_addr().unwrap_or(listen),
+            status.license.body.licensee,
+            status.license.body.license_id,
+            status.license.body.serial,
+            status.phase.as_str(),
+            status.seconds_left
+        );
+        if status.license.authority.is_demo() {
+            eprintln!("warning: this license chains to the DEMO root, whose secret key is public; it protects nothing");
+        }
+
+        let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<u8>();
+        // Deadlines: grace, then lapse and wipe.
+        {
+            let lifecycle = lifecycle.clone();
+            let stop_tx = stop_tx.clone();
+            let exit_on_lapse = args.exit_on_lapse;
+            tokio::spawn(async move {
+                loop {
+                    if let Some(Transition::Lapsed) = lifecycle.next_transition().await {
+                        lifecycle.wipe().await;
+                        if exit_on_lapse {
+                            let _ = stop_tx.send(exit::EXPIRED);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        // SIGHUP: read the license file again and take it over if it is a valid renewal.
+        {
+            let lifecycle = lifecycle.clone();
+            let path = args.license.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match fsutil::read_limited(&path, MAX_LICENSE_BYTES, "license") {
+                        Ok(bytes) => match lifecycle.renew(&bytes).await {
+                            Ok(l) => tracing::warn!("SIGHUP: license serial {} now in force", l.body.serial),
+                            Err(e) => tracing::error!("SIGHUP: renewal refused, the current license stays in force: {e}"),
+                        },
+                        Err(e) => tracing::error!("SIGHUP: cannot read {}: {e}", path.display()),
+                    }
+                }
+            });
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let code = Arc::new(std::sync::atomic::AtomicU8::new(exit::OK));
+        let code_in = code.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+                Some(c) = stop_rx.recv() => { code_in.store(c, std::sync::atomic::Ordering::SeqCst); }
+            }
+        };
+        axum::serve(listener, server::router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the HTTP server failed")?;
+        let _ = engine.unload().await;
+        engine.shutdown();
+        let code = code.load(std::sync::atomic::Ordering::SeqCst);
+        if code == exit::EXPIRED {
+            eprintln!("license lapsed; exiting as --exit-on-lapse asks");
+        }
+        Ok(code)
+    })
+}
+
+pub fn run(args: RunArgs) -> Outcome {
+    let config = engine_config(args.ctx, args.threads, 1)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (lifecycle, engine) =
+            match start(&args.license, &args.sealed, &args.node_dir, config.clone()).await {
+                Ok(v) => v,
+                Err((code, message)) => {
+                    eprintln!("error: {message}");
+                    return Ok(code);
+                }
+            };
+        if let Err(e) = weights::forbid_dumps() {
+            tracing::warn!("cannot disable core dumps (PR_SET_DUMPABLE): {e}");
+        }
+        {
+            let lifecycle = lifecycle.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Some(Transition::Lapsed) = lifecycle.next_transition().await {
+                        lifecycle.wipe().await;
+                    }
+                }
+            });
+        }
+        let params = SamplingParams {
+            max_tokens: args.max_tokens.min(config.ctx),
+            temperature: args.temperature,
+            top_p: 1.0,
+            seed: args.seed,
+            stop: Vec::new(),
+        };
+        let result = match &args.prompt {
+            Some(text) => {
+                generate_to_stdout(&engine, Prompt::Chat(vec![user(text)]), params.clone())
+                    .await
+                    .map(|_| ())
+            }
+            None => chat_loop(&engine, &lifecycle, params).await,
+        };
+        let _ = engine.unload().await;
+        engine.shutdown();
+        match result {
+            Ok(()) => Ok(exit::OK),
+            Err(e) if lifecycle.phase() == Phase::Lapsed => {
+                eprintln!("\nerror: {e}");
+                Ok(exit::EXPIRED)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+fn user(text: &str) -> ChatMessage {
+    ChatMessage {
+        role: "user".into(),
+        content: text.to_string(),
+    }
+}
+
+/// Generate and print tokens as they come; returns the full text.
+async fn generate_to_stdout(
+    engine: &Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+) -> anyhow::Result<String> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    engine.submit(GenerateRequest {
+        prompt,
+        params,
+        events: tx,
+    })?;
+    let mut text = String::new();
+    let mut stdout = std::io::stdout();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => {
+                print!("{t}");
+                let _ = stdout.flush();
+                text.push_str(&t);
+            }
+            Event::Finished { .. } => {
+                println!();
+                return Ok(text);
+            }
+            Event::Failed(e) => bail!("{e}"),
+            Event::Started { .. } => {}
+        }
+    }
+    bail!("the engine stopped")
+}
+
+async fn chat_loop(
+    engine: &Engine,
+    lifecycle: &Lifecycle,
+    params: SamplingParams,
+) -> anyhow::Result<()> {
+    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            match line {
+                Ok(l) => {
+                    if line_tx.send(l).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let mut history: Vec<ChatMessage> = Vec::new();
+    eprintln!(
+        "chat with '{}'; an empty line or end of input quits",
+        lifecycle.status().license.body.model.model_id
+    );
+    loop {
+        eprint!("> ");
+        let Some(line) = line_rx.recv().await else {
+            return Ok(());
+        };
+        let line = line.trim().to_string();
+        if line.is_empty() {
+            return Ok(());
+        }
+        history.push(user(&line));
+        let answer =
+            generate_to_stdout(engine, Prompt::Chat(history.clone()), params.clone()).await?;
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer,
+        });
+    }
+}
+
+pub fn status(args: StatusArgs) -> Outcome {
+    let url = format!("{}/v1/license", args.url.trim_end_matches('/'));
+    let rt = runtime()?;
+    let body: Value = rt.block_on(async {
+        let response = reqwest::get(&url).await.with_context(|| {
+            format!("cannot reach a leasehold node at {url}; is `leasehold serve` running there?")
+        })?;
+        if !response.status().is_success() {
+            bail!("{url} answered HTTP {}", response.status());
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer with license JSON"))
+    })?;
+    let phase = body["phase"].as_str().unwrap_or("unknown").to_string();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        println!(
+            "{phase}: model '{}' for '{}', license {} serial {}, expires {} ({} s left), grace ends {}",
+            body["model_id"].as_str().unwrap_or("?"),
+            body["licensee"].as_str().unwrap_or("?"),
+            body["license_id"].as_str().unwrap_or("?"),
+            body["serial"],
+            body["expires_at"].as_str().unwrap_or("?"),
+            body["seconds_left"],
+            body["grace_ends"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(match phase.as_str() {
+        "serving" => exit::OK,
+        "grace" => exit::IN_GRACE,
+        "lapsed" => exit::EXPIRED,
+        _ => exit::ERROR,
+    })
+}

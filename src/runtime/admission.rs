@@ -1,0 +1,118 @@
+//! Admission: everything that must hold before a node decrypts a model. `check` runs
+//! it as a dry run; `serve` and `run` run it before loading, and again on renewal.
+//!
+//! Verify the license chain and this machine (node keys, hardware, trusted time), match
+//! the sealed model against the license's model binding, and unwrap the content key.
+
+use std::path::Path;
+
+use crate::crypto::key_wrap;
+use crate::crypto::ContentKey;
+use crate::fsutil::{self, FsError};
+use crate::license::{assess, Checks, TrustRoots, Verdict, VerifiedLicense, MAX_LICENSE_BYTES};
+use crate::node::hardware::HardwareProfile;
+use crate::node::trusted_time::{self, StateError, TimeContext};
+use crate::node::{clock, NodeIdentity};
+use crate::seal::{SealError, SealedModel};
+
+/// Why a node may not use a license with a sealed model.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{message}")]
+    Verdict { verdict: Verdict, message: String },
+    #[error("{0}")]
+    Sealed(#[from] SealError),
+    #[error("{0}")]
+    ModelMismatch(String),
+    #[error("cannot unwrap the content key: {0}")]
+    Unwrap(String),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A license admitted for a sealed model on this node, with its content key.
+pub struct Admitted {
+    pub license: VerifiedLicense,
+    pub verdict: Verdict,
+    pub key: ContentKey,
+    pub sealed: SealedModel,
+}
+
+/// Read and assess a license file for this node now.
+pub fn assess_license_file(
+    path: &Path,
+    identity: &NodeIdentity,
+) -> Result<(Verdict, Option<VerifiedLicense>), Refusal> {
+    let bytes = fsutil::read_limited(path, MAX_LICENSE_BYTES, "license")?;
+    Ok(assess_license_bytes(&bytes, identity)?)
+}
+
+/// Assess license bytes for this node now (hardware, node keys, trusted time).
+pub fn assess_license_bytes(
+    bytes: &[u8],
+    identity: &NodeIdentity,
+) -> Result<(Verdict, Option<VerifiedLicense>), StateError> {
+    let public = identity.public();
+    let high_water = trusted_time::load_high_water(identity.dir(), &public)?;
+    let profile = HardwareProfile::collect();
+    let checks = Checks {
+        node: Some(&public),
+        hardware: Some(&profile),
+        time: TimeContext {
+            now: clock::system_now(),
+            high_water,
+        },
+    };
+    let assessment = assess(bytes, &TrustRoots::compiled_in(), &checks);
+    Ok((assessment.verdict, assessment.license))
+}
+
+/// Admit license bytes for `sealed_path`: a verdict that allows serving, the sealed
+/// model the license names, and the content key unwrapped with this node's key.
+pub fn admit(
+    bytes: &[u8],
+    identity: &NodeIdentity,
+    sealed_path: &Path,
+) -> Result<Admitted, Refusal> {
+    let (verdict, license) = assess_license_bytes(bytes, identity)?;
+    let now = clock::system_now();
+    let license = match license {
+        Some(l) if verdict.allows_serving() => l,
+        _ => {
+            return Err(Refusal::Verdict {
+                message: verdict.explain(now),
+                verdict,
+            })
+        }
+    };
+    let sealed = SealedModel::open(sealed_path)?;
+    let body = &license.body;
+    let header = sealed.header();
+    if header.model_id != body.model.model_id
+        || sealed.digest() != body.model.sealed_header_sha256.0
+    {
+        return Err(Refusal::ModelMismatch(format!(
+            "{} is model '{}' (header sha256 {}), but the license is for model '{}' (header sha256 {})",
+            sealed_path.display(),
+            header.model_id,
+            hex::encode(sealed.digest()),
+            body.model.model_id,
+            hex::encode(body.model.sealed_header_sha256.0)
+        )));
+    }
+    let key = key_wrap::unwrap(
+        identity.unwrap_secret(),
+        &body.key_binding_info(),
+        &body.content_key.to_wrapped(),
+    )
+    .map_err(|e| Refusal::Unwrap(e.to_string()))?;
+    sealed.check_key(&key)?;
+    Ok(Admitted {
+        license,
+        verdict,
+        key,
+        sealed,
+    })
+}

@@ -1,0 +1,656 @@
+//! The inference engine: one thread that owns the llama.cpp backend, the model and its
+//! context, fed by a channel. Several sequences decode together in one batch
+//! (continuous batching, `--parallel` slots); requests beyond the slots wait in a queue.
+//!
+//! The engine never sees a license. The lifecycle tells it to load (decrypt into a
+//! memfd and map it) and to unload (drop context, drop model, wipe the memfd), and
+//! every request that is running when it unloads ends with `LicenseExpired`.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use super::text::{StopMatcher, Utf8Collector};
+use super::weights::{self, DecryptedWeights, PageBacking};
+use crate::crypto::ContentKey;
+use crate::seal::{Progress, SealedModel};
+
+/// Engine settings, fixed for its lifetime.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Context length per sequence, in tokens.
+    pub ctx: u32,
+    /// CPU threads for decoding.
+    pub threads: i32,
+    /// Sequences decoded together.
+    pub parallel: u32,
+    /// Largest number of tokens in one decode call.
+    pub batch: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ctx: 2048,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
+            parallel: 4,
+            batch: 512,
+        }
+    }
+}
+
+/// A chat message as the OpenAI API carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Messages rendered through the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text (completions).
+    Text(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct SamplingParams {
+    pub max_tokens: u32,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+/// What a generation reports, in order: `Started`, any number of `Text`, then
+/// `Finished` or `Failed` (`Failed` may also come first).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started {
+        prompt_tokens: u32,
+    },
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+    },
+    Failed(GenerateError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    #[error(
+        "the license has lapsed: the model was unloaded and its weights wiped; renew the license"
+    )]
+    LicenseExpired,
+    #[error("the prompt is {tokens} tokens, but the context holds {limit}; shorten it")]
+    PromptTooLong { tokens: u32, limit: u32 },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the model has no usable chat template: {0}")]
+    Template(String),
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A request to generate; events go to `events` (dropping its receiver cancels).
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    pub events: tokio_mpsc::UnboundedSender<Event>,
+}
+
+/// What loading took.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub bytes: u64,
+    pub decrypt: Duration,
+    pub load: Duration,
+    pub backing: PageBacking,
+    pub mlocked: bool,
+    pub model_description: String,
+}
+
+enum Command {
+    Generate(GenerateRequest),
+    Load {
+        sealed: PathBuf,
+        key: ContentKey,
+        progress: Option<indicatif::ProgressBar>,
+        reply: oneshot::Sender<Result<LoadReport, String>>,
+    },
+    Unload {
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown,
+}
+
+/// The handle the rest of the program holds.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The engine thread has exited (it failed to start, or was shut down).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the inference engine is not running")]
+pub struct EngineGone;
+
+impl Engine {
+    /// Start the engine thread (llama.cpp backend initialised there).
+    pub fn start(config: EngineConfig) -> Result<Engine, String> {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("leasehold-engine".into())
+            .spawn(move || {
+                let backend = match backend() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                engine_main(backend, &config, &rx);
+            })
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "the engine thread died while starting".to_string())??;
+        Ok(Engine { tx })
+    }
+
+    pub fn submit(&self, request: GenerateRequest) -> Result<(), EngineGone> {
+        self.tx
+            .send(Command::Generate(request))
+            .map_err(|_| EngineGone)
+    }
+
+    /// Decrypt `sealed` with `key` into memory and load it. Blocks the caller only
+    /// through the returned receiver.
+    pub fn load(
+        &self,
+        sealed: PathBuf,
+        key: ContentKey,
+        progress: Option<indicatif::ProgressBar>,
+    ) -> oneshot::Receiver<Result<LoadReport, String>> {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Load {
+            sealed,
+            key,
+            progress,
+            reply,
+        };
+        if let Err(mpsc::SendError(Command::Load { reply, .. })) = self.tx.send(command) {
+            let _ = reply.send(Err(EngineGone.to_string()));
+        }
+        rx
+    }
+
+    /// End running requests, drop the model and wipe its weights.
+    pub fn unload(&self) -> oneshot::Receiver<()> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Unload { reply });
+        rx
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+/// llama.cpp's backend is process-global: initialised once, shared by every engine.
+fn backend() -> Result<&'static LlamaBackend, String> {
+    static BACKEND: std::sync::OnceLock<Result<LlamaBackend, String>> = std::sync::OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut backend =
+                LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))?;
+            backend.void_logs();
+            Ok(backend)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// How a loaded session ended.
+enum SessionEnd {
+    Unloaded(oneshot::Sender<()>),
+    Shutdown,
+}
+
+fn engine_main(backend: &LlamaBackend, config: &EngineConfig, rx: &mpsc::Receiver<Command>) {
+    while let Ok(command) = rx.recv() {
+        match command {
+            Command::Generate(req) => {
+                let _ = req
+                    .events
+                    .send(Event::Failed(GenerateError::LicenseExpired));
+            }
+            Command::Unload { reply } => {
+                let _ = reply.send(());
+            }
+            Command::Shutdown => return,
+            Command::Load {
+                sealed,
+                key,
+                progress,
+                reply,
+            } => {
+                let loaded = match &progress {
+                    Some(bar) => load(backend, &sealed, &key, &|n| bar.inc(n)),
+                    None => load(backend, &sealed, &key, &crate::seal::no_progress),
+                };
+                if let Some(bar) = progress {
+                    bar.finish_and_clear();
+                }
+                drop(key);
+                let (weights, model, report) = match loaded {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
+                let end = match new_context(backend, &model, config) {
+                    Ok(mut ctx) => {
+                        let _ = reply.send(Ok(report));
+                        serve(&mut ctx, &model, config, rx)
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        SessionEnd::Unloaded(oneshot::channel().0)
+                    }
+                };
+                // Wipe order: context (dropped above) → model → memfd.
+                drop(model);
+                weights.wipe();
+                match end {
+                    SessionEnd::Unloaded(reply) => {
+                        let _ = reply.send(());
+                    }
+                    SessionEnd::Shutdown => return,
+                }
+            }
+        }
+    }
+}
+
+fn load(
+    backend: &LlamaBackend,
+    sealed_path: &std::path::Path,
+    key: &ContentKey,
+    progress: Progress,
+) -> Result<(DecryptedWeights, LlamaModel, LoadReport), String> {
+    let started = Instant::now();
+    let sealed = SealedModel::open(sealed_path).map_err(|e| e.to_string())?;
+    let weights = DecryptedWeights::decrypt(&sealed, key, progress).map_err(|e| e.to_string())?;
+    drop(sealed);
+    let decrypt = started.elapsed();
+    let mlock = weights::mlock_limit().is_none_or(|limit| limit >= weights.len());
+    if !mlock {
+        tracing::warn!(
+            "the weights ({} MiB) will not be locked in RAM: RLIMIT_MEMLOCK is {} KiB. Raise it (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit) so they can never be swapped out",
+            weights.len() >> 20,
+            weights::mlock_limit().unwrap_or(0) >> 10
+        );
+    }
+    let params = LlamaModelParams::default()
+        .with_use_mmap(true)
+        .with_use_mlock(mlock);
+    let load_started = Instant::now();
+    // llama.cpp opens the path (twice) while loading; `weights` keeps the fd open.
+    let model = LlamaModel::load_from_file(backend, weights.path(), &params)
+        .map_err(|e| format!("llama.cpp could not load the decrypted model: {e}"))?;
+    let report = LoadReport {
+        bytes: weights.len(),
+        decrypt,
+        load: load_started.elapsed(),
+        backing: weights.backing(),
+        mlocked: mlock,
+        model_description: format!(
+            "{} parameters, {} layers",
+            model.n_params(),
+            model.n_layer()
+        ),
+    };
+    Ok((weights, model, report))
+}
+
+fn new_context<'m>(
+    backend: &LlamaBackend,
+    model: &'m LlamaModel,
+    config: &EngineConfig,
+) -> Result<LlamaContext<'m>, String> {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(config.ctx.saturating_mul(config.parallel)))
+        .with_n_seq_max(config.parallel)
+        .with_n_batch(config.batch)
+        .with_n_ubatch(config.batch)
+        .with_n_threads(config.threads)
+        .with_n_threads_batch(config.threads);
+    model
+        .new_context(backend, params)
+        .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
+}
+
+/// One running sequence.
+struct Slot {
+    seq: i32,
+    events: tokio_mpsc::UnboundedSender<Event>,
+    prompt: Vec<LlamaToken>,
+    /// Prompt tokens already decoded.
+    ingested: usize,
+    /// Tokens in this sequence's KV cache.
+    n_past: u32,
+    /// The token to feed next (after the prompt).
+    next: Option<LlamaToken>,
+    /// Index in the current batch whose logits belong to this slot.
+    logits_at: Option<i32>,
+    sampler: LlamaSampler,
+    max_tokens: u32,
+    generated: u32,
+    utf8: Utf8Collector,
+    stop: StopMatcher,
+}
+
+impl Slot {
+    fn prompt_tokens(&self) -> u32 {
+        self.prompt.len() as u32
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        let mut tail = self.utf8.finish();
+        tail.push_str(&self.stop.finish());
+        if !tail.is_empty() {
+            let _ = self.events.send(Event::Text(tail));
+        }
+        let _ = self.events.send(Event::Finished {
+            reason,
+            prompt_tokens: self.prompt_tokens(),
+            completion_tokens: self.generated,
+        });
+    }
+}
+
+fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+    if params.temperature <= 0.0 {
+        return LlamaSampler::greedy();
+    }
+    let seed = params
+        .seed
+        .unwrap_or_else(|| u32::from_le_bytes(crate::crypto::random::bytes::<4>()));
+    LlamaSampler::chain_simple([
+        LlamaSampler::top_p(params.top_p.clamp(0.0, 1.0), 1),
+        LlamaSampler::temp(params.temperature),
+        LlamaSampler::dist(seed),
+    ])
+}
+
+fn render_prompt(model: &LlamaModel, prompt: &Prompt) -> Result<(String, bool), GenerateError> {
+    match prompt {
+        Prompt::Text(text) => Ok((text.clone(), false)),
+        Prompt::Chat(messages) => {
+            let template = model
+                .chat_template(None)
+                .map_err(|e| GenerateError::Template(e.to_string()))?;
+            let messages = messages
+                .iter()
+                .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| GenerateError::Template(e.to_string()))?;
+            let text = model
+                .apply_chat_template(&template, &messages, true)
+                .map_err(|e| GenerateError::Template(e.to_string()))?;
+            Ok((text, true))
+        }
+    }
+}
+
+/// Tokenize and check a request; `Err` has already been reported to the client.
+fn admit(
+    model: &LlamaModel,
+    config: &EngineConfig,
+    seq: i32,
+    req: GenerateRequest,
+) -> Option<Slot> {
+    let fail = |e: GenerateError| {
+        let _ = req.events.send(Event::Failed(e));
+        None
+    };
+    let (text, special) = match render_prompt(model, &req.prompt) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
+    let prompt = model.vocab().tokenize(text.as_bytes(), true, special);
+    if prompt.is_empty() {
+        return fail(GenerateError::EmptyPrompt);
+    }
+    if prompt.len() as u32 >= config.ctx {
+        return fail(GenerateError::PromptTooLong {
+            tokens: prompt.len() as u32,
+            limit: config.ctx,
+        });
+    }
+    let _ = req.events.send(Event::Started {
+        prompt_tokens: prompt.len() as u32,
+    });
+    Some(Slot {
+        seq,
+        sampler: sampler_for(&req.params),
+        events: req.events,
+        prompt,
+        ingested: 0,
+        n_past: 0,
+        next: None,
+        logits_at: None,
+        max_tokens: req.params.max_tokens,
+        generated: 0,
+        utf8: Utf8Collector::default(),
+        stop: StopMatcher::new(req.params.stop),
+    })
+}
+
+fn serve(
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
+    config: &EngineConfig,
+    rx: &mpsc::Receiver<Command>,
+) -> SessionEnd {
+    let mut slots: Vec<Option<Slot>> = (0..config.parallel).map(|_| None).collect();
+    let mut waiting: VecDeque<GenerateRequest> = VecDeque::new();
+    let mut batch = LlamaBatch::new(config.batch as usize, 1);
+    let vocab = model.vocab();
+
+    loop {
+        // 1. Take commands: block when idle, otherwise only drain.
+        let idle = slots.iter().all(Option::is_none) && waiting.is_empty();
+        let mut incoming = Vec::new();
+        if idle {
+            match rx.recv() {
+                Ok(c) => incoming.push(c),
+                Err(_) => {
+                    return end_all(
+                        &mut slots,
+                        waiting,
+                        GenerateError::ShuttingDown,
+                        SessionEnd::Shutdown,
+                    )
+                }
+            }
+        }
+        incoming.extend(rx.try_iter());
+        for command in incoming {
+            match command {
+                Command::Generate(req) => waiting.push_back(req),
+                Command::Load { reply, .. } => {
+                    let _ = reply.send(Err("a model is already loaded".into()));
+                }
+                Command::Unload { reply } => {
+                    return end_all(
+                        &mut slots,
+                        waiting,
+                        GenerateError::LicenseExpired,
+                        SessionEnd::Unloaded(reply),
+                    )
+                }
+                Command::Shutdown => {
+                    return end_all(
+                        &mut slots,
+                        waiting,
+                        GenerateError::ShuttingDown,
+                        SessionEnd::Shutdown,
+                    )
+                }
+            }
+        }
+
+        // 2. Drop cancelled sequences (the client went away) and admit waiting requests.
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|s| s.events.is_closed()) {
+                let s = slot.take().unwrap();
+                let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+            }
+        }
+        waiting.retain(|r| !r.events.is_closed());
+        for (i, slot) in slots.iter_mut().enumerate() {
+            while slot.is_none() {
+                let Some(req) = waiting.pop_front() else {
+                    break;
+                };
+                *slot = admit(model, config, i as i32, req);
+            }
+        }
+
+        // 3. Build one batch: the next token of each generating sequence, then prompt chunks.
+        batch.clear();
+        let capacity = config.batch as usize;
+        for slot in slots.iter_mut().flatten() {
+            slot.logits_at = None;
+            if let Some(token) = slot.next.take() {
+                slot.logits_at = Some(batch.n_tokens());
+                batch
+                    .add(token, slot.n_past as i32, &[slot.seq], true)
+                    .expect("one token per slot fits the batch");
+                slot.n_past += 1;
+            }
+        }
+        for slot in slots.iter_mut().flatten() {
+            while slot.ingested < slot.prompt.len() && (batch.n_tokens() as usize) < capacity {
+                let last = slot.ingested + 1 == slot.prompt.len();
+                if last {
+                    slot.logits_at = Some(batch.n_tokens());
+                }
+                batch
+                    .add(
+                        slot.prompt[slot.ingested],
+                        slot.n_past as i32,
+                        &[slot.seq],
+                        last,
+                    )
+                    .expect("bounded by capacity");
+                slot.ingested += 1;
+                slot.n_past += 1;
+            }
+        }
+        if batch.n_tokens() == 0 {
+            continue;
+        }
+
+        // 4. Decode.
+        if let Err(e) = ctx.decode(&mut batch) {
+            for slot in slots.iter_mut() {
+                if let Some(s) = slot.take() {
+                    let _ = s
+                        .events
+                        .send(Event::Failed(GenerateError::Decode(e.to_string())));
+                    let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                }
+            }
+            continue;
+        }
+
+        // 5. Sample for every sequence that has logits in this batch.
+        for slot_ref in slots.iter_mut() {
+            let Some(slot) = slot_ref.as_mut() else {
+                continue;
+            };
+            let Some(at) = slot.logits_at else { continue };
+            let token = slot.sampler.sample(ctx, at);
+            let finished = if vocab.is_eog(token) {
+                Some(FinishReason::Stop)
+            } else {
+                slot.generated += 1;
+                let piece = vocab.token_to_piece(token, false, None);
+                let text = slot.utf8.push(&piece);
+                let outcome = slot.stop.push(&text);
+                if !outcome.emit.is_empty() {
+                    let _ = slot.events.send(Event::Text(outcome.emit));
+                }
+                if outcome.stopped {
+                    Some(FinishReason::Stop)
+                } else if slot.generated >= slot.max_tokens || slot.n_past + 1 >= config.ctx {
+                    Some(FinishReason::Length)
+                } else {
+                    slot.next = Some(token);
+                    None
+                }
+            };
+            if let Some(reason) = finished {
+                let mut s = slot_ref.take().unwrap();
+                s.finish(reason);
+                let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+            }
+        }
+    }
+}
+
+fn end_all(
+    slots: &mut [Option<Slot>],
+    waiting: VecDeque<GenerateRequest>,
+    error: GenerateError,
+    end: SessionEnd,
+) -> SessionEnd {
+    for slot in slots.iter_mut() {
+        if let Some(s) = slot.take() {
+            let _ = s.events.send(Event::Failed(error.clone()));
+        }
+    }
+    for req in waiting {
+        let _ = req.events.send(Event::Failed(error.clone()));
+    }
+    end
+}

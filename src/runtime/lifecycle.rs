@@ -1,0 +1,317 @@
+//! The license lifecycle of a running node, as an explicit state machine:
+//!
+//! `serving ⇄ (renewed) → grace → lapsed (weights wiped) → serving again on renewal`
+//!
+//! Deadlines are scheduled on the monotonic clock from the moment a license is
+//! verified, so changing the system clock while running neither extends nor shortens
+//! a license. A renewal (same node, same model, higher serial) replaces the lease in
+//! place; after a lapse it also decrypts and loads the weights again.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{watch, Notify};
+
+use super::admission::{self, Refusal};
+use super::engine::{Engine, LoadReport};
+use crate::license::{Verdict, VerifiedLicense};
+use crate::node::{clock, trusted_time, NodeIdentity};
+
+/// Where a node stands with its license.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Within the license's validity: serving.
+    Serving,
+    /// Expired, within grace: serving, with warnings.
+    Grace,
+    /// Past grace (or refused): not serving; weights wiped.
+    Lapsed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Serving => "serving",
+            Phase::Grace => "grace",
+            Phase::Lapsed => "lapsed",
+        }
+    }
+
+    pub fn serves(self) -> bool {
+        self != Phase::Lapsed
+    }
+}
+
+/// The license in force and its deadlines on the monotonic clock.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub license: VerifiedLicense,
+    /// When `expires_at` arrives (grace begins).
+    pub grace_at: Instant,
+    /// When grace ends (lapse).
+    pub lapse_at: Instant,
+}
+
+impl Lease {
+    /// Schedule `license` from now: wall-clock distances, measured once against the
+    /// trusted clock, become monotonic deadlines.
+    pub fn schedule(license: VerifiedLicense) -> Lease {
+        let wall = clock::system_now();
+        let mono = clock::monotonic_now();
+        let after = |t: DateTime<Utc>| mono + (t - wall).to_std().unwrap_or(Duration::ZERO);
+        Lease {
+            grace_at: after(license.body.expires_at),
+            lapse_at: after(license.body.grace_ends()),
+            license,
+        }
+    }
+
+    fn phase_at(&self, now: Instant) -> Phase {
+        if now < self.grace_at {
+            Phase::Serving
+        } else if now < self.lapse_at {
+            Phase::Grace
+        } else {
+            Phase::Lapsed
+        }
+    }
+}
+
+/// A snapshot for `/v1/license`, `status` and response headers.
+#[derive(Debug, Clone)]
+pub struct LicenseStatus {
+    pub phase: Phase,
+    pub license: VerifiedLicense,
+    /// Seconds until expiry (negative once expired), on the monotonic clock.
+    pub seconds_left: i64,
+    /// Seconds until serving stops.
+    pub seconds_to_lapse: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("the new license has serial {new}, not higher than the current {current}; an older license never replaces a newer one")]
+    NotNewer { current: u64, new: u64 },
+    #[error("the new license is for model '{new}', but this node serves '{current}'")]
+    OtherModel { current: String, new: String },
+    #[error("the renewed license was accepted but the model could not be loaded again: {0}")]
+    Reload(String),
+}
+
+/// What happened at a deadline, for the caller (serve) to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    EnteredGrace,
+    Lapsed,
+}
+
+struct State {
+    lease: Lease,
+    phase: Phase,
+}
+
+/// The node's license lifecycle.
+pub struct Lifecycle {
+    state: Mutex<State>,
+    changed: Notify,
+    phase_tx: watch::Sender<Phase>,
+    engine: Engine,
+    identity: NodeIdentity,
+    sealed_path: PathBuf,
+}
+
+impl Lifecycle {
+    /// Admit `license_bytes`, decrypt and load the model; then serve.
+    pub async fn start(
+        license_bytes: &[u8],
+        identity: NodeIdentity,
+        sealed_path: &Path,
+        engine: Engine,
+        progress: Option<indicatif::ProgressBar>,
+    ) -> Result<(Arc<Lifecycle>, LoadReport), StartError> {
+        trusted_time::record(&identity, clock::system_now())
+            .map_err(|e| StartError::Refused(e.into()))?;
+        let admitted = admission::admit(license_bytes, &identity, sealed_path)?;
+        let lease = Lease::schedule(admitted.license);
+        drop(admitted.sealed);
+        let report = engine
+            .load(sealed_path.to_path_buf(), admitted.key, progress)
+            .await
+            .map_err(|_| StartError::Load("the engine stopped".into()))?
+            .map_err(StartError::Load)?;
+        let phase = lease.phase_at(clock::monotonic_now());
+        let (phase_tx, _) = watch::channel(phase);
+        Ok((
+            Arc::new(Lifecycle {
+                state: Mutex::new(State { lease, phase }),
+                changed: Notify::new(),
+                phase_tx,
+                engine,
+                identity,
+                sealed_path: sealed_path.to_path_buf(),
+            }),
+            report,
+        ))
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.lock().unwrap().phase
+    }
+
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase_tx.subscribe()
+    }
+
+    pub fn status(&self) -> LicenseStatus {
+        let state = self.state.lock().unwrap();
+        let now = clock::monotonic_now();
+        let signed = |t: Instant| {
+            if t >= now {
+                (t - now).as_secs() as i64
+            } else {
+                -((now - t).as_secs() as i64)
+            }
+        };
+        LicenseStatus {
+            phase: state.phase,
+            license: state.lease.license.clone(),
+            seconds_left: signed(state.lease.grace_at),
+            seconds_to_lapse: signed(state.lease.lapse_at),
+        }
+    }
+
+    fn set_phase(&self, state: &mut State, phase: Phase) {
+        state.phase = phase;
+        self.phase_tx.send_replace(phase);
+    }
+
+    /// Wait for the next deadline (or a renewal) and apply it. Call in a loop.
+    pub async fn next_transition(&self) -> Option<Transition> {
+        let (deadline, phase) = {
+            let state = self.state.lock().unwrap();
+            let deadline = match state.phase {
+                Phase::Serving => Some(state.lease.grace_at),
+                Phase::Grace => Some(state.lease.lapse_at),
+                Phase::Lapsed => None,
+            };
+            (deadline, state.phase)
+        };
+        // Keep the trusted-time high-water mark moving while running.
+        let heartbeat = Duration::from_secs(60);
+        let wait = deadline.map_or(heartbeat, |d| {
+            d.saturating_duration_since(clock::monotonic_now())
+                .min(heartbeat)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.changed.notified() => return None,
+        }
+        if let Err(e) = trusted_time::record(&self.identity, clock::system_now()) {
+            tracing::warn!("cannot update the trusted-time record: {e}");
+        }
+        let now = clock::monotonic_now();
+        let mut state = self.state.lock().unwrap();
+        let due = state.lease.phase_at(now);
+        if state.phase != phase || due == phase {
+            return None;
+        }
+        match due {
+            Phase::Grace => {
+                self.set_phase(&mut state, Phase::Grace);
+                tracing::warn!(
+                    "license {} expired at {}; serving in grace until {} — renew it now",
+                    state.lease.license.body.license_id,
+                    state.lease.license.body.expires_at,
+                    state.lease.license.body.grace_ends()
+                );
+                Some(Transition::EnteredGrace)
+            }
+            Phase::Lapsed => {
+                self.set_phase(&mut state, Phase::Lapsed);
+                drop(state);
+                Some(Transition::Lapsed)
+            }
+            Phase::Serving => None,
+        }
+    }
+
+    /// Unload the model and wipe its weights (called on lapse).
+    pub async fn wipe(&self) {
+        let _ = self.engine.unload().await;
+        let state = self.state.lock().unwrap();
+        tracing::warn!(
+            "license {} lapsed (grace ended {}): model unloaded, weights wiped; new requests are refused until a renewed license arrives",
+            state.lease.license.body.license_id,
+            state.lease.license.body.grace_ends()
+        );
+    }
+
+    /// Take over a renewed license: same node and model, higher serial. After a lapse
+    /// the weights are decrypted and loaded again.
+    pub async fn renew(&self, license_bytes: &[u8]) -> Result<VerifiedLicense, RenewError> {
+        trusted_time::record(&self.identity, clock::system_now()).map_err(|e| Refusal::from(e))?;
+        let admitted = admission::admit(license_bytes, &self.identity, &self.sealed_path)?;
+        {
+            let state = self.state.lock().unwrap();
+            let current = &state.lease.license.body;
+            let new = &admitted.license.body;
+            if new.model.model_id != current.model.model_id {
+                return Err(RenewError::OtherModel {
+                    current: current.model.model_id.clone(),
+                    new: new.model.model_id.clone(),
+                });
+            }
+            if new.serial <= current.serial {
+                return Err(RenewError::NotNewer {
+                    current: current.serial,
+                    new: new.serial,
+                });
+            }
+        }
+        let was_lapsed = self.phase() == Phase::Lapsed;
+        let lease = Lease::schedule(admitted.license.clone());
+        if was_lapsed {
+            drop(admitted.sealed);
+            self.engine
+                .load(self.sealed_path.clone(), admitted.key, None)
+                .await
+                .map_err(|_| RenewError::Reload("the engine stopped".into()))?
+                .map_err(RenewError::Reload)?;
+        }
+        {
+            let mut state = self.state.lock().unwrap();
+            let phase = lease.phase_at(clock::monotonic_now());
+            state.lease = lease;
+            self.set_phase(&mut state, phase);
+        }
+        self.changed.notify_waiters();
+        tracing::info!(
+            "license renewed: serial {}, expires {}{}",
+            admitted.license.body.serial,
+            admitted.license.body.expires_at,
+            if was_lapsed {
+                "; weights decrypted and loaded again"
+            } else {
+                ""
+            }
+        );
+        Ok(admitted.license)
+    }
+
+    /// Whether the verdict of the license in force still allows serving (for `status`).
+    pub fn verdict_allows(verdict: &Verdict) -> bool {
+        verdict.allows_serving()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("cannot load the model: {0}")]
+    Load(String),
+}

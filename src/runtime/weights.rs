@@ -1,0 +1,160 @@
+//! Decrypted weights, in memory only: an anonymous memfd that llama.cpp maps through
+//! `/proc/self/fd/N`, so the tensors point into these pages (zero copy).
+//!
+//! The plaintext never has a name in a storage-backed filesystem. Decryption goes
+//! straight from a map of the sealed file into a map of the memfd, segments in
+//! parallel, each thread faulting in its own range; no intermediate buffer.
+//!
+//! Wiping (after lapse) zeroes the pages, punches them out of the memfd and closes it.
+//! The caller must have dropped every llama.cpp context and model first: truncating or
+//! punching a file llama.cpp still maps would fault (SIGBUS) on its next access.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use rustix::fs::{FallocateFlags, MemfdFlags};
+
+use crate::crypto::ContentKey;
+use crate::seal::{Progress, SealError, SealedModel};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot create an anonymous memory file (memfd) for the weights: {0}; leasehold needs Linux 3.17 or later and memfd allowed by the sandbox")]
+    Memfd(std::io::Error),
+    #[error("cannot size or map the in-memory weights ({0} bytes): {1}")]
+    Map(u64, std::io::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// How the memfd pages are backed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageBacking {
+    /// Transparent huge pages requested (shmem_enabled allows `advise`).
+    HugePagesAdvised,
+    /// 4 KiB pages.
+    Regular,
+}
+
+/// A model's plaintext in an anonymous memfd.
+pub struct DecryptedWeights {
+    file: File,
+    len: u64,
+    backing: PageBacking,
+}
+
+fn create_memfd() -> Result<File, WeightsError> {
+    // NOEXEC_SEAL (Linux 6.3+) forbids ever making the memfd executable; older kernels
+    // reject the flag, so fall back. No write/shrink seals: they would block the wipe.
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::NOEXEC_SEAL;
+    let fd = match rustix::fs::memfd_create("leasehold-weights", flags) {
+        Ok(fd) => fd,
+        Err(_) => rustix::fs::memfd_create("leasehold-weights", MemfdFlags::CLOEXEC)
+            .map_err(|e| WeightsError::Memfd(e.into()))?,
+    };
+    Ok(File::from(fd))
+}
+
+/// Does the kernel let us ask for huge pages on shmem (memfd) mappings?
+fn shmem_huge_pages_advisable() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .map(|s| {
+            // The active choice is in brackets: "always within_size [advise] never deny force".
+            s.split_whitespace()
+                .find(|w| w.starts_with('['))
+                .is_some_and(|w| matches!(w, "[always]" | "[within_size]" | "[advise]" | "[force]"))
+        })
+        .unwrap_or(false)
+}
+
+impl DecryptedWeights {
+    /// Decrypt `sealed` with `key` into a new memfd, in parallel on the current rayon pool.
+    pub fn decrypt(
+        sealed: &SealedModel,
+        key: &ContentKey,
+        progress: Progress,
+    ) -> Result<DecryptedWeights, WeightsError> {
+        let len = sealed.header().plaintext_len;
+        let file = create_memfd()?;
+        file.set_len(len).map_err(|e| WeightsError::Map(len, e))?;
+        let mut weights = DecryptedWeights {
+            file,
+            len,
+            backing: PageBacking::Regular,
+        };
+        {
+            let mut map =
+                crate::sys::map_memfd(&weights.file).map_err(|e| WeightsError::Map(len, e))?;
+            if shmem_huge_pages_advisable() && map.advise(memmap2::Advice::HugePage).is_ok() {
+                weights.backing = PageBacking::HugePagesAdvised;
+            }
+            if let Err(e) = sealed.decrypt_into(key, &mut map, progress) {
+                // `weights` is wiped on drop; the failing segment was zeroed already.
+                drop(map);
+                return Err(e.into());
+            }
+        }
+        Ok(weights)
+    }
+
+    /// The path llama.cpp opens: `/proc/self/fd/N`. Valid while `self` lives.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn backing(&self) -> PageBacking {
+        self.backing
+    }
+
+    /// Zero the plaintext, release its pages and close the memfd. Every llama.cpp
+    /// model and context using it must be dropped before.
+    pub fn wipe(self) {
+        drop(self);
+    }
+
+    fn wipe_in_place(&mut self) {
+        if self.len == 0 {
+            return;
+        }
+        if let Ok(mut map) = crate::sys::map_memfd(&self.file) {
+            map.fill(0);
+            let _ = map.flush();
+        }
+        if let Err(e) = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            self.len,
+        ) {
+            tracing::warn!("could not punch the weights out of the memfd ({e}); they were zeroed and the memfd is closed");
+        }
+        let _ = self.file.set_len(0);
+        self.len = 0;
+    }
+}
+
+impl Drop for DecryptedWeights {
+    fn drop(&mut self) {
+        self.wipe_in_place();
+    }
+}
+
+/// Lock the process against core dumps and same-uid ptrace or /proc/PID/mem reads.
+pub fn forbid_dumps() -> std::io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(Into::into)
+}
+
+/// The soft RLIMIT_MEMLOCK in bytes (`None`: unlimited).
+pub fn mlock_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Memlock).current
+}

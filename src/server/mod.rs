@@ -1,0 +1,518 @@
+//! The OpenAI-compatible HTTP API (axum on tokio), split by stage as in
+//! text-generation-inference's router: [`openai`] holds the wire types, [`validation`]
+//! checks and bounds every request at the edge, and the handlers here feed the one
+//! engine through its queue and stream its events back (SSE for `stream: true`).
+//!
+//! Every response carries the license phase in `x-leasehold-license-phase`; in grace a
+//! `Warning` header says when serving stops. After lapse, inference requests get
+//! HTTP 403 with error code `license_expired`.
+
+pub mod openai;
+pub mod validation;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::format::time::rfc3339;
+use crate::node::clock;
+use crate::runtime::engine::{
+    Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
+};
+use crate::runtime::lifecycle::{Lifecycle, Phase};
+use openai::{error_body, Endpoint, ResponseMeta, Usage};
+use validation::{Invalid, Limits, MAX_BODY_BYTES};
+
+/// What the handlers share.
+pub struct AppState {
+    pub lifecycle: Arc<Lifecycle>,
+    pub engine: Engine,
+    pub limits: Limits,
+    /// Accepted client API keys; empty means no key is required.
+    pub api_keys: Vec<String>,
+    /// The admin token; `None` disables the admin endpoints.
+    pub admin_token: Option<String>,
+}
+
+type Shared = Arc<AppState>;
+
+/// An error response in the OpenAI shape.
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        message: &str,
+        kind: &str,
+        code: Option<&str>,
+        param: Option<&str>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            body: error_body(message, kind, code, param),
+        }
+    }
+
+    fn invalid(e: Invalid) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            &e.message,
+            "invalid_request_error",
+            None,
+            e.param,
+        )
+    }
+
+    fn license_expired() -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            &GenerateError::LicenseExpired.to_string(),
+            "license_error",
+            Some("license_expired"),
+            None,
+        )
+    }
+
+    fn from_generate(e: &GenerateError) -> ApiError {
+        match e {
+            GenerateError::LicenseExpired => ApiError::license_expired(),
+            GenerateError::PromptTooLong { .. } | GenerateError::EmptyPrompt => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                &e.to_string(),
+                "invalid_request_error",
+                Some("context_length_exceeded")
+                    .filter(|_| matches!(e, GenerateError::PromptTooLong { .. })),
+                Some("messages"),
+            ),
+            GenerateError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+                "server_error",
+                None,
+                None,
+            ),
+            GenerateError::Template(_) | GenerateError::Decode(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &e.to_string(),
+                "server_error",
+                None,
+                None,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+/// Build the router.
+pub fn router(state: Shared) -> Router {
+    let inference = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    let admin = Router::new()
+        .route("/admin/license", post(admin_license))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .merge(inference)
+        .merge(admin)
+        .route("/health", get(health))
+        .route("/v1/license", get(license))
+        .layer(middleware::from_fn_with_state(state.clone(), phase_headers))
+        .with_state(state)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+async fn require_api_key(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if state.api_keys.is_empty()
+        || bearer(request.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k))
+    {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or unknown API key: send 'Authorization: Bearer <key>' with a key from the node's --api-key-file",
+        "invalid_request_error",
+        Some("invalid_api_key"),
+        None,
+    )
+    .into_response()
+}
+
+async fn require_admin(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    match &state.admin_token {
+        Some(token) if bearer(request.headers()) == Some(token.as_str()) => next.run(request).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin endpoints need 'Authorization: Bearer <token>' with the token from --admin-token-file",
+            "invalid_request_error",
+            Some("invalid_admin_token"),
+            None,
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: start serve with --admin-token-file",
+            "invalid_request_error",
+            Some("admin_disabled"),
+            None,
+        )
+        .into_response(),
+    }
+}
+
+async fn phase_headers(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let status = state.lifecycle.status();
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-leasehold-license-phase",
+        HeaderValue::from_static(status.phase.as_str()),
+    );
+    if let Ok(v) = HeaderValue::from_str(&status.seconds_left.to_string()) {
+        headers.insert("x-leasehold-license-seconds-left", v);
+    }
+    if status.phase == Phase::Grace {
+        let warning = format!(
+            "299 leasehold \"license expired at {}; serving in grace for {} more seconds\"",
+            rfc3339(status.license.body.expires_at),
+            status.seconds_to_lapse.max(0)
+        );
+        if let Ok(v) = HeaderValue::from_str(&warning) {
+            headers.insert(header::WARNING, v);
+        }
+    }
+    response
+}
+
+/// Read a request body of at most `limit` bytes. A larger body is drained (up to a
+/// hard bound) so that the client receives the 400 instead of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
+    const DRAIN_LIMIT: usize = 64 << 20;
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+                "invalid_request_error",
+                None,
+                None,
+            )
+        })?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            &format!("the request body is larger than the {limit} bytes this server accepts"),
+            "invalid_request_error",
+            Some("request_too_large"),
+            None,
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            &format!("the request body is not valid JSON for this endpoint: {e}"),
+            "invalid_request_error",
+            None,
+            None,
+        )
+    })
+}
+
+fn check_model(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
+    let served = state.lifecycle.status().license.body.model.model_id;
+    match requested {
+        Some(m) if m != served => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            &format!("model '{m}' is not served here; this node serves '{served}'"),
+            "invalid_request_error",
+            Some("model_not_found"),
+            Some("model"),
+        )),
+        _ => Ok(served),
+    }
+}
+
+async fn chat_completions(State(state): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let req: openai::ChatCompletionRequest = read_json(body).await?;
+    let model = check_model(&state, req.model.as_deref())?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (prompt, params) = validation::chat(req, state.limits).map_err(ApiError::invalid)?;
+    generate(
+        &state,
+        Endpoint::Chat,
+        model,
+        prompt,
+        params,
+        stream,
+        include_usage,
+    )
+    .await
+}
+
+async fn completions(State(state): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let req: openai::CompletionRequest = read_json(body).await?;
+    let model = check_model(&state, req.model.as_deref())?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (prompt, params) = validation::completion(req, state.limits).map_err(ApiError::invalid)?;
+    generate(
+        &state,
+        Endpoint::Completion,
+        model,
+        prompt,
+        params,
+        stream,
+        include_usage,
+    )
+    .await
+}
+
+async fn generate(
+    state: &AppState,
+    endpoint: Endpoint,
+    model: String,
+    prompt: Prompt,
+    params: SamplingParams,
+    stream: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    if !state.lifecycle.phase().serves() {
+        return Err(ApiError::license_expired());
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    state
+        .engine
+        .submit(GenerateRequest {
+            prompt,
+            params,
+            events: tx,
+        })
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &e.to_string(),
+                "server_error",
+                None,
+                None,
+            )
+        })?;
+    // The first event decides the status code: started, or refused before any output.
+    let prompt_tokens = match rx.recv().await {
+        Some(Event::Started { prompt_tokens }) => prompt_tokens,
+        Some(Event::Failed(e)) => return Err(ApiError::from_generate(&e)),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the engine ended the request without a result",
+                "server_error",
+                None,
+                None,
+            ))
+        }
+    };
+    let meta = ResponseMeta::new(endpoint, &model, clock::system_now().timestamp());
+    if stream {
+        return Ok(Sse::new(sse_stream(meta, rx, include_usage))
+            .keep_alive(KeepAlive::default())
+            .into_response());
+    }
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Finished {
+                reason,
+                completion_tokens,
+                ..
+            } => {
+                let usage = Usage::new(prompt_tokens, completion_tokens);
+                return Ok(Json(meta.response(&text, reason.as_str(), usage)).into_response());
+            }
+            Event::Failed(e) => return Err(ApiError::from_generate(&e)),
+            Event::Started { .. } => {}
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the engine ended the request without a result",
+        "server_error",
+        None,
+        None,
+    ))
+}
+
+fn sse_stream(
+    meta: ResponseMeta,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream_like(move |tx| async move {
+        let send = |v: Value| tx.send(SseEvent::default().data(v.to_string())).is_ok();
+        if !send(meta.chunk("", true, None, None)) {
+            return;
+        }
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text(t) => {
+                    if !send(meta.chunk(&t, false, None, None)) {
+                        return; // client gone: dropping `rx` cancels the generation
+                    }
+                }
+                Event::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                } => {
+                    let usage = Usage::new(prompt_tokens, completion_tokens);
+                    send(meta.chunk("", false, Some(reason.as_str()), Some(usage)));
+                    if include_usage {
+                        send(meta.usage_chunk(usage));
+                    }
+                    let _ = tx.send(SseEvent::default().data("[DONE]"));
+                    return;
+                }
+                Event::Failed(e) => {
+                    let err = ApiError::from_generate(&e);
+                    send(err.body);
+                    return;
+                }
+                Event::Started { .. } => {}
+            }
+        }
+    })
+}
+
+/// A stream fed by an async producer through a channel; the producer stops when the
+/// stream (the client connection) is dropped.
+fn async_stream_like<F, Fut>(producer: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(mpsc::UnboundedSender<SseEvent>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(producer(tx));
+    let guard = AbortOnDrop(task);
+    futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|e| (Ok(e), (rx, guard)))
+    })
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn models(State(state): State<Shared>) -> Json<Value> {
+    let status = state.lifecycle.status();
+    let body = &status.license.body;
+    Json(json!({
+        "object": "list",
+        "data": [{"id": body.model.model_id, "object": "model", "created": body.issued_at.timestamp(), "owned_by": body.licensee}],
+    }))
+}
+
+async fn health(State(state): State<Shared>) -> Response {
+    let phase = state.lifecycle.phase();
+    let code = if phase.serves() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"status": if phase.serves() { "ok" } else { "lapsed" }, "phase": phase.as_str()}))).into_response()
+}
+
+/// The license state as JSON (also used by `leasehold status`).
+pub fn license_json(lifecycle: &Lifecycle) -> Value {
+    let status = lifecycle.status();
+    let b = &status.license.body;
+    let caps: serde_json::Map<String, Value> = b
+        .caps
+        .entries()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    json!({
+        "licensee": b.licensee,
+        "license_id": b.license_id,
+        "serial": b.serial,
+        "model_id": b.model.model_id,
+        "node_id": b.node.node_id,
+        "not_before": rfc3339(b.not_before),
+        "expires_at": rfc3339(b.expires_at),
+        "grace_ends": rfc3339(b.grace_ends()),
+        "seconds_left": status.seconds_left,
+        "seconds_to_lapse": status.seconds_to_lapse,
+        "phase": status.phase.as_str(),
+        "caps": caps,
+        "features": b.features,
+        "demo_root": status.license.authority.is_demo(),
+    })
+}
+
+async fn license(State(state): State<Shared>) -> Json<Value> {
+    Json(license_json(&state.lifecycle))
+}
+
+async fn admin_license(State(state): State<Shared>, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, crate::license::MAX_LICENSE_BYTES as usize).await?;
+    match state.lifecycle.renew(&bytes).await {
+        Ok(_) => Ok(Json(license_json(&state.lifecycle))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("renewal refused, the current license stays in force: {e}"),
+            "license_error",
+            Some("renewal_refused"),
+            None,
+        )),
+    }
+}

@@ -1,0 +1,243 @@
+//! A node site on disk (enrolled through the CLI, tiny model sealed through the CLI)
+//! and a running `leasehold serve` process for HTTP tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub fn leasehold(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LEASEHOLD_LOG")
+        .output()
+        .expect("run leasehold")
+}
+
+/// A directory with an enrolled node (`node/`, `node.enroll`) and a sealed model.
+pub struct NodeSite {
+    pub dir: TempDir,
+    pub model_id: String,
+}
+
+impl NodeSite {
+    /// Seal `gguf` (a path, or the tiny test model when `None`).
+    pub fn new(gguf: Option<&Path>) -> NodeSite {
+        let dir = TempDir::new().unwrap();
+        let site = NodeSite {
+            dir,
+            model_id: if gguf.is_some() {
+                "smollm2-135m".into()
+            } else {
+                "tiny".into()
+            },
+        };
+        site.ok(&["enroll", "--node-dir", "node", "--out", "node.enroll"]);
+        let model = match gguf {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let p = site.path().join("tiny.gguf");
+                std::fs::write(&p, super::gguf::tiny_llama(1)).unwrap();
+                p
+            }
+        };
+        site.ok(&[
+            "seal",
+            model.to_str().unwrap(),
+            "--model-id",
+            &site.model_id.clone(),
+            "--out",
+            "m.sealed",
+            "--key-out",
+            "m.key",
+        ]);
+        if gguf.is_none() {
+            std::fs::remove_file(model).unwrap();
+        }
+        site
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = leasehold(self.path(), args);
+        assert!(
+            out.status.success(),
+            "leasehold {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Issue a demo-root license to `out` with extra `issue` flags.
+    pub fn issue(&self, out: &str, expires: &str, extra: &[&str]) {
+        let root = super::repo_path("keys/demo/root.key");
+        let mut args = vec![
+            "issue",
+            "--key",
+            root.to_str().unwrap(),
+            "--enrollment",
+            "node.enroll",
+            "--sealed",
+            "m.sealed",
+            "--content-key",
+            "m.key",
+            "--licensee",
+            "Example Org",
+            "--expires",
+            expires,
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// Start `serve` on a free loopback port with `license` and extra flags.
+    pub fn serve(&self, license: &str, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "serve",
+            "--license",
+            license,
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(self.path(), &args)
+    }
+}
+
+/// A running `leasehold serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub stderr_log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        let stderr_log = dir.join(format!("serve-{}.stderr", std::process::id()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(args)
+            .current_dir(dir)
+            .env("LEASEHOLD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap())
+            .spawn()
+            .expect("start leasehold serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(" on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "serve did not start: {}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                );
+            }
+        };
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            stderr_log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Does the process still map or hold a memfd of weights?
+    pub fn holds_weights(&self) -> bool {
+        let maps =
+            std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .any(|l| l.to_string_lossy().contains("memfd:"))
+            })
+            .unwrap_or(false);
+        maps.contains("memfd:") || fds
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
