@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use super::admission::{self, Refusal};
 use super::engine::{Engine, LoadReport};
-use crate::license::{Verdict, VerifiedLicense};
+use crate::license::VerifiedLicense;
 use crate::node::{clock, trusted_time, NodeIdentity};
 
 /// Where a node stands with its license.
@@ -253,7 +253,7 @@ impl Lifecycle {
     /// Take over a renewed license: same node and model, higher serial. After a lapse
     /// the weights are decrypted and loaded again.
     pub async fn renew(&self, license_bytes: &[u8]) -> Result<VerifiedLicense, RenewError> {
-        trusted_time::record(&self.identity, clock::system_now()).map_err(|e| Refusal::from(e))?;
+        trusted_time::record(&self.identity, clock::system_now()).map_err(Refusal::from)?;
         let admitted = admission::admit(license_bytes, &self.identity, &self.sealed_path)?;
         {
             let state = self.state.lock().unwrap();
@@ -300,11 +300,6 @@ impl Lifecycle {
             }
         );
         Ok(admitted.license)
-    }
-
-    /// Whether the verdict of the license in force still allows serving (for `status`).
-    pub fn verdict_allows(verdict: &Verdict) -> bool {
-        verdict.allows_serving()
     }
 }
 

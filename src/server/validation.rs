@@ -33,16 +33,29 @@ pub struct Limits {
     pub ctx: u32,
 }
 
-fn sampling(
-    limits: Limits,
+/// The sampling fields shared by chat and completion requests, as sent.
+struct SamplingIn {
     max_tokens: Option<u64>,
-    default_max: u32,
     temperature: Option<f64>,
     top_p: Option<f64>,
     seed: Option<i64>,
     stop: Option<super::openai::Stop>,
     n: Option<u64>,
+}
+
+fn sampling(
+    limits: Limits,
+    default_max: u32,
+    input: SamplingIn,
 ) -> Result<SamplingParams, Invalid> {
+    let SamplingIn {
+        max_tokens,
+        temperature,
+        top_p,
+        seed,
+        stop,
+        n,
+    } = input;
     if let Some(n) = n {
         if n != 1 {
             return Err(invalid(
@@ -154,16 +167,17 @@ pub fn chat(
             content,
         });
     }
-    let max = req.max_completion_tokens.or(req.max_tokens);
     let params = sampling(
         limits,
-        max,
         limits.ctx,
-        req.temperature,
-        req.top_p,
-        req.seed,
-        req.stop,
-        req.n,
+        SamplingIn {
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop: req.stop,
+            n: req.n,
+        },
     )?;
     Ok((Prompt::Chat(messages), params))
 }
@@ -188,13 +202,15 @@ pub fn completion(
     }
     let params = sampling(
         limits,
-        req.max_tokens,
         COMPLETION_DEFAULT_TOKENS,
-        req.temperature,
-        req.top_p,
-        req.seed,
-        req.stop,
-        req.n,
+        SamplingIn {
+            max_tokens: req.max_tokens,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop: req.stop,
+            n: req.n,
+        },
     )?;
     Ok((Prompt::Text(prompt), params))
 }
