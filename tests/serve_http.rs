@@ -377,3 +377,45 @@ fn refusals_at_start_use_the_documented_exit_codes() {
     trusted_time::record(&identity, now + chrono::Duration::days(30)).unwrap();
     expect(serve("good.license", "node"), 13, "clock rolled back");
 }
+
+#[test]
+fn run_answers_one_prompt_and_refuses_an_expired_license() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let args = |license: &'static str| {
+        [
+            "run",
+            "--license",
+            license,
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "node",
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+        ]
+    };
+    let out = leasehold(site.path(), &args("x.license"));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.ends_with(b"\n"));
+
+    let now = Utc::now();
+    let rfc = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    site.issue(
+        "old.license",
+        &rfc(now - chrono::Duration::hours(1)),
+        &["--not-before", &rfc(now - chrono::Duration::days(1))],
+    );
+    let out = leasehold(site.path(), &args("old.license"));
+    assert_eq!(out.status.code(), Some(12));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+}

@@ -8,38 +8,16 @@ use super::{exit, progress, CheckArgs, InspectArgs, Outcome};
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
 use crate::license::verify::{Authority, VerifiedLicense};
-use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, MAX_LICENSE_BYTES};
-use crate::node::hardware::HardwareProfile;
-use crate::node::trusted_time::{self, TimeContext};
+use crate::license::{Assessment, Verdict, MAX_LICENSE_BYTES};
 use crate::node::{clock, NodeIdentity};
 use crate::runtime::admission::{self, Refusal};
 use crate::seal::SealError;
 
 /// Assess a license file for this machine, with the node directory when given.
-fn assess_here(
-    license: &Path,
-    node_dir: Option<&Path>,
-) -> anyhow::Result<(Assessment, Option<NodeIdentity>)> {
+fn assess_file(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<Assessment> {
     let bytes = fsutil::read_limited(license, MAX_LICENSE_BYTES, "license")?;
     let identity = node_dir.map(NodeIdentity::load).transpose()?;
-    let public = identity.as_ref().map(|i| i.public());
-    let high_water = match (&identity, &public) {
-        (Some(id), Some(p)) => trusted_time::load_high_water(id.dir(), p)?,
-        _ => None,
-    };
-    let profile = HardwareProfile::collect();
-    let checks = Checks {
-        node: public.as_ref(),
-        hardware: Some(&profile),
-        time: TimeContext {
-            now: clock::system_now(),
-            high_water,
-        },
-    };
-    Ok((
-        assess(&bytes, &TrustRoots::compiled_in(), &checks),
-        identity,
-    ))
+    Ok(admission::assess_here(&bytes, identity.as_ref())?)
 }
 
 fn authority_line(authority: &Authority) -> String {
@@ -160,7 +138,7 @@ fn license_json(license: &VerifiedLicense) -> serde_json::Value {
 }
 
 pub fn inspect(args: InspectArgs) -> Outcome {
-    let (assessment, _) = assess_here(&args.license, args.node_dir.as_deref())?;
+    let assessment = assess_file(&args.license, args.node_dir.as_deref())?;
     let now = clock::system_now();
     let code = exit::for_verdict(&assessment.verdict);
     let message = assessment.verdict.explain(now);

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::crypto::key_wrap;
 use crate::crypto::ContentKey;
-use crate::fsutil::{self, FsError};
-use crate::license::{assess, Checks, TrustRoots, Verdict, VerifiedLicense, MAX_LICENSE_BYTES};
+use crate::fsutil::FsError;
+use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, VerifiedLicense};
 use crate::node::hardware::HardwareProfile;
 use crate::node::trusted_time::{self, StateError, TimeContext};
 use crate::node::{clock, NodeIdentity};
@@ -40,33 +40,27 @@ pub struct Admitted {
     pub sealed: SealedModel,
 }
 
-/// Read and assess a license file for this node now.
-pub fn assess_license_file(
-    path: &Path,
-    identity: &NodeIdentity,
-) -> Result<(Verdict, Option<VerifiedLicense>), Refusal> {
-    let bytes = fsutil::read_limited(path, MAX_LICENSE_BYTES, "license")?;
-    Ok(assess_license_bytes(&bytes, identity)?)
-}
-
-/// Assess license bytes for this node now (hardware, node keys, trusted time).
-pub fn assess_license_bytes(
+/// Assess license bytes on this machine now: its hardware and clock, and, when the
+/// node identity is given, its keys and trusted-time record.
+pub fn assess_here(
     bytes: &[u8],
-    identity: &NodeIdentity,
-) -> Result<(Verdict, Option<VerifiedLicense>), StateError> {
-    let public = identity.public();
-    let high_water = trusted_time::load_high_water(identity.dir(), &public)?;
+    identity: Option<&NodeIdentity>,
+) -> Result<Assessment, StateError> {
+    let public = identity.map(NodeIdentity::public);
+    let high_water = match (identity, &public) {
+        (Some(id), Some(p)) => trusted_time::load_high_water(id.dir(), p)?,
+        _ => None,
+    };
     let profile = HardwareProfile::collect();
     let checks = Checks {
-        node: Some(&public),
+        node: public.as_ref(),
         hardware: Some(&profile),
         time: TimeContext {
             now: clock::system_now(),
             high_water,
         },
     };
-    let assessment = assess(bytes, &TrustRoots::compiled_in(), &checks);
-    Ok((assessment.verdict, assessment.license))
+    Ok(assess(bytes, &TrustRoots::compiled_in(), &checks))
 }
 
 /// Admit license bytes for `sealed_path`: a verdict that allows serving, the sealed
@@ -76,7 +70,7 @@ pub fn admit(
     identity: &NodeIdentity,
     sealed_path: &Path,
 ) -> Result<Admitted, Refusal> {
-    let (verdict, license) = assess_license_bytes(bytes, identity)?;
+    let Assessment { verdict, license } = assess_here(bytes, Some(identity))?;
     let now = clock::system_now();
     let license = match license {
         Some(l) if verdict.allows_serving() => l,

@@ -95,7 +95,12 @@ pub fn encrypt_body(
             let len = chunk.len() - TAG_LEN;
             let (data, tag) = chunk.split_at_mut(len);
             let index = i as u64;
-            tag.copy_from_slice(&cipher.seal_segment(index, index == last_index, &plaintext[start..start + len], data));
+            tag.copy_from_slice(&cipher.seal_segment(
+                index,
+                index == last_index,
+                &plaintext[start..start + len],
+                data,
+            ));
             progress(len as u64);
         });
 }
@@ -134,7 +139,13 @@ pub fn decrypt_body(
             let tag: &[u8; TAG_LEN] = body[start + len..start + len + TAG_LEN].try_into().unwrap();
             let index = i as u64;
             // Straight from the sealed bytes into `out`: no intermediate copy.
-            let result = cipher.open_segment(index, index == last_index, &body[start..start + len], tag, out);
+            let result = cipher.open_segment(
+                index,
+                index == last_index,
+                &body[start..start + len],
+                tag,
+                out,
+            );
             progress(len as u64);
             result
         })

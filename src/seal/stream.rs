@@ -42,7 +42,8 @@ impl SegmentCipher {
     pub fn new(key: &ContentKey, header: &Header) -> Self {
         SegmentCipher {
             aead: LessSafeKey::new(
-                UnboundKey::new(&AES_256_GCM, key.as_bytes()).expect("a 32-byte key is a valid AES-256 key"),
+                UnboundKey::new(&AES_256_GCM, key.as_bytes())
+                    .expect("a 32-byte key is a valid AES-256 key"),
             ),
             nonce_prefix: header.nonce_prefix,
             header_digest: header.digest(),
@@ -68,7 +69,13 @@ impl SegmentCipher {
     }
 
     /// Encrypt `plaintext` as segment `index` into `out` (same length); returns its tag.
-    pub fn seal_segment(&self, index: u64, last: bool, plaintext: &[u8], out: &mut [u8]) -> [u8; TAG_LEN] {
+    pub fn seal_segment(
+        &self,
+        index: u64,
+        last: bool,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
         let mut tag = [0u8; TAG_LEN];
         self.aead
             .seal_out_of_place_scatter(

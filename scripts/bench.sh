@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The runtime benchmarks (figures in the README): cold start and tokens/s, sealed vs
+# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients.
+# Run on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+smollm2="$(scripts/fetch-model.sh smollm2 | tail -n 1)"
+gemma="$(scripts/fetch-model.sh gemma3 | tail -n 1)"
+threads="${BENCH_THREADS:-2}"
+cargo build --quiet --examples
+cargo run --quiet --example bench_runtime -- "$smollm2" "$threads" 7
+cargo run --quiet --example bench_runtime -- "$gemma" "$threads" 7
+
+work="$(mktemp -d)"
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+repo="$PWD"
+lh="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/leasehold"
+(cd "$work" && "$lh" enroll --node-dir node --out node.enroll >/dev/null &&
+  "$lh" seal "$smollm2" --model-id smollm2 --out m.sealed --key-out m.key >/dev/null &&
+  "$lh" issue --key "$repo/keys/demo/root.key" --enrollment node.enroll --sealed m.sealed \
+    --content-key m.key --licensee Bench --expires +2h --out x.license 2>/dev/null)
+"$lh" serve --license "$work/x.license" --sealed "$work/m.sealed" --node-dir "$work/node" \
+  --listen 127.0.0.1:8399 --threads "$threads" --parallel 4 > "$work/serve.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 120); do grep -q "serving model" "$work/serve.log" && break; sleep 0.5; done
+cargo run --quiet --example bench_http -- http://127.0.0.1:8399 smollm2 128 4
