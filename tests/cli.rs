@@ -7,18 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use chrono::{Duration, Utc};
+use common::node::leasehold;
 use common::*;
 use leasehold::node::{trusted_time, NodeIdentity};
 use tempfile::TempDir;
-
-fn leasehold(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_leasehold"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("LEASEHOLD_LOG")
-        .output()
-        .expect("run leasehold")
-}
 
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited normally")

@@ -17,6 +17,10 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn chat_body(content: &str, max_tokens: u64) -> Value {
     json!({"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0})
 }
@@ -32,14 +36,7 @@ async fn serves_the_openai_api_and_reports_the_license() {
     let server = site.serve("x.license", &[]);
     let http = client();
 
-    let models: Value = http
-        .get(server.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&http, &server.url("/v1/models")).await;
     assert_eq!(models["data"][0]["id"], "tiny");
 
     let response = http.get(server.url("/v1/license")).send().await.unwrap();
@@ -264,14 +261,7 @@ async fn lapse_wipes_the_weights_and_a_renewal_brings_service_back() {
     );
     let refused: Value = chat().await.unwrap().json().await.unwrap();
     assert_eq!(refused["error"]["code"], "license_expired");
-    let license: Value = http
-        .get(server.url("/v1/license"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let license: Value = get_json(&http, &server.url("/v1/license")).await;
     assert_eq!(license["phase"], "lapsed");
     assert_eq!(
         http.get(server.url("/health"))
@@ -305,14 +295,7 @@ async fn lapse_wipes_the_weights_and_a_renewal_brings_service_back() {
         server.stderr()
     );
     assert!(server.holds_weights());
-    let license: Value = http
-        .get(server.url("/v1/license"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let license: Value = get_json(&http, &server.url("/v1/license")).await;
     assert_eq!(license["phase"], "serving");
 }
 

@@ -125,8 +125,11 @@ impl IntoResponse for ApiError {
 /// Build the router.
 pub fn router(state: Shared) -> Router {
     let inference = Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/completions", post(completions))
+        .route(
+            "/v1/chat/completions",
+            post(infer::<openai::ChatCompletionRequest>),
+        )
+        .route("/v1/completions", post(infer::<openai::CompletionRequest>))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -278,33 +281,52 @@ fn check_model(state: &AppState, requested: Option<&str>) -> Result<String, ApiE
     }
 }
 
-async fn chat_completions(State(state): State<Shared>, body: Body) -> Result<Response, ApiError> {
-    let req: openai::ChatCompletionRequest = read_json(body).await?;
-    let model = check_model(&state, req.model.as_deref())?;
-    let stream = req.stream;
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (prompt, params) = validation::chat(req, state.limits).map_err(ApiError::invalid)?;
-    generate(
-        &state,
-        Endpoint::Chat,
-        model,
-        prompt,
-        params,
-        stream,
-        include_usage,
-    )
-    .await
+/// What the two inference endpoints have in common.
+trait InferenceRequest: serde::de::DeserializeOwned {
+    const ENDPOINT: Endpoint;
+    fn model(&self) -> Option<&str>;
+    fn sampling(&self) -> &openai::SamplingFields;
+    fn validate(self, limits: Limits) -> Result<(Prompt, SamplingParams), Invalid>;
 }
 
-async fn completions(State(state): State<Shared>, body: Body) -> Result<Response, ApiError> {
-    let req: openai::CompletionRequest = read_json(body).await?;
-    let model = check_model(&state, req.model.as_deref())?;
-    let stream = req.stream;
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (prompt, params) = validation::completion(req, state.limits).map_err(ApiError::invalid)?;
+impl InferenceRequest for openai::ChatCompletionRequest {
+    const ENDPOINT: Endpoint = Endpoint::Chat;
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+    fn sampling(&self) -> &openai::SamplingFields {
+        &self.sampling
+    }
+    fn validate(self, limits: Limits) -> Result<(Prompt, SamplingParams), Invalid> {
+        validation::chat(self, limits)
+    }
+}
+
+impl InferenceRequest for openai::CompletionRequest {
+    const ENDPOINT: Endpoint = Endpoint::Completion;
+    fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+    fn sampling(&self) -> &openai::SamplingFields {
+        &self.sampling
+    }
+    fn validate(self, limits: Limits) -> Result<(Prompt, SamplingParams), Invalid> {
+        validation::completion(self, limits)
+    }
+}
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`.
+async fn infer<R: InferenceRequest>(
+    State(state): State<Shared>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: R = read_json(body).await?;
+    let model = check_model(&state, req.model())?;
+    let (stream, include_usage) = (req.sampling().stream, req.sampling().include_usage());
+    let (prompt, params) = req.validate(state.limits).map_err(ApiError::invalid)?;
     generate(
         &state,
-        Endpoint::Completion,
+        R::ENDPOINT,
         model,
         prompt,
         params,

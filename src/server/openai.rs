@@ -4,12 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+/// Fields the chat and completion endpoints share.
 #[derive(Debug, Deserialize)]
-pub struct ChatCompletionRequest {
-    pub model: Option<String>,
-    pub messages: Vec<ChatMessageIn>,
+pub struct SamplingFields {
     pub max_tokens: Option<u64>,
-    pub max_completion_tokens: Option<u64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub seed: Option<i64>,
@@ -20,19 +18,30 @@ pub struct ChatCompletionRequest {
     pub n: Option<u64>,
 }
 
+impl SamplingFields {
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    /// The newer name for `max_tokens`; wins when both are given.
+    pub max_completion_tokens: Option<u64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: PromptIn,
-    pub max_tokens: Option<u64>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub seed: Option<i64>,
-    pub stop: Option<Stop>,
-    #[serde(default)]
-    pub stream: bool,
-    pub stream_options: Option<StreamOptions>,
-    pub n: Option<u64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
 }
 
 #[derive(Debug, Deserialize)]

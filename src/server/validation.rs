@@ -1,7 +1,9 @@
 //! Every request is checked and bounded here, before it reaches the engine. Each
 //! failure is a 400 with a message that names the field and the limit.
 
-use super::openai::{ChatCompletionRequest, CompletionRequest, ContentIn, PromptIn};
+use super::openai::{
+    ChatCompletionRequest, CompletionRequest, ContentIn, PromptIn, SamplingFields,
+};
 use crate::runtime::engine::{ChatMessage, Prompt, SamplingParams};
 
 /// Largest request body accepted.
@@ -33,28 +35,19 @@ pub struct Limits {
     pub ctx: u32,
 }
 
-/// The sampling fields shared by chat and completion requests, as sent.
-struct SamplingIn {
-    max_tokens: Option<u64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<i64>,
-    stop: Option<super::openai::Stop>,
-    n: Option<u64>,
-}
-
 fn sampling(
     limits: Limits,
     default_max: u32,
-    input: SamplingIn,
+    input: SamplingFields,
 ) -> Result<SamplingParams, Invalid> {
-    let SamplingIn {
+    let SamplingFields {
         max_tokens,
         temperature,
         top_p,
         seed,
         stop,
         n,
+        ..
     } = input;
     if let Some(n) = n {
         if n != 1 {
@@ -167,18 +160,9 @@ pub fn chat(
             content,
         });
     }
-    let params = sampling(
-        limits,
-        limits.ctx,
-        SamplingIn {
-            max_tokens: req.max_completion_tokens.or(req.max_tokens),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-            stop: req.stop,
-            n: req.n,
-        },
-    )?;
+    let mut fields = req.sampling;
+    fields.max_tokens = req.max_completion_tokens.or(fields.max_tokens);
+    let params = sampling(limits, limits.ctx, fields)?;
     Ok((Prompt::Chat(messages), params))
 }
 
@@ -200,18 +184,7 @@ pub fn completion(
     if prompt.is_empty() {
         return Err(invalid("prompt", "the prompt is empty"));
     }
-    let params = sampling(
-        limits,
-        COMPLETION_DEFAULT_TOKENS,
-        SamplingIn {
-            max_tokens: req.max_tokens,
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed,
-            stop: req.stop,
-            n: req.n,
-        },
-    )?;
+    let params = sampling(limits, COMPLETION_DEFAULT_TOKENS, req.sampling)?;
     Ok((Prompt::Text(prompt), params))
 }
 
