@@ -4,7 +4,7 @@
 //!
 //!     cargo run --example bench_runtime -- MODEL.gguf [THREADS] [RUNS]
 //!
-//! Prints medians: time to ready (model + context), time to first token (a 32-token
+//! Runs alternate plain and sealed. Prints medians: time to ready (model + context), time to first token (a 32-token
 //! prompt), prompt processing (512 tokens) and generation (128 tokens) in tokens/s.
 
 use std::num::NonZeroU32;
@@ -124,8 +124,8 @@ fn main() {
     let mut plain_samples = Vec::new();
     let mut sealed_samples = Vec::new();
     let mut decrypt_times = Vec::new();
-    for i in 0..runs {
-        let speed = i == 0 || i == runs - 1;
+    for _ in 0..runs {
+        let speed = true;
         let start = Instant::now();
         let (ready, first_token, pp_tps, tg_tps) = run(&backend, &plain, threads, start, speed);
         plain_samples.push(Sample {
@@ -153,14 +153,10 @@ fn main() {
     let report = |name: &str, s: &[Sample]| {
         let ready = median(s.iter().map(|x| x.ready.as_secs_f64()).collect());
         let first = median(s.iter().map(|x| x.first_token.as_secs_f64()).collect());
-        let pp: Vec<f64> = s.iter().map(|x| x.pp_tps).filter(|v| *v > 0.0).collect();
-        let tg: Vec<f64> = s.iter().map(|x| x.tg_tps).filter(|v| *v > 0.0).collect();
-        println!(
-            "{name:8} ready {ready:.3} s  first token {first:.3} s  pp512 {:.1} t/s  tg128 {:.1} t/s",
-            pp.iter().sum::<f64>() / pp.len() as f64,
-            tg.iter().sum::<f64>() / tg.len() as f64
-        );
-        (ready, first)
+        let pp = median(s.iter().map(|x| x.pp_tps).collect());
+        let tg = median(s.iter().map(|x| x.tg_tps).collect());
+        println!("{name:8} ready {ready:.3} s  first token {first:.3} s  pp512 {pp:.1} t/s  tg128 {tg:.1} t/s");
+        (ready, first, pp, tg)
     };
     println!(
         "model {} ({:.1} MB), {threads} threads, {runs} runs, medians; rayon threads {}",
@@ -168,8 +164,13 @@ fn main() {
         size / 1e6,
         rayon::current_num_threads()
     );
-    let (pr, pf) = report("plain", &plain_samples);
-    let (sr, sf) = report("sealed", &sealed_samples);
+    let (pr, pf, ppp, ptg) = report("plain", &plain_samples);
+    let (sr, sf, spp, stg) = report("sealed", &sealed_samples);
+    println!(
+        "tokens/s sealed/plain: pp512 {:.3}, tg128 {:.3}",
+        spp / ppp,
+        stg / ptg
+    );
     let decrypt = median(decrypt_times);
     println!("sealed/plain: ready {:.2}x, first token {:.2}x; decrypt into memfd {decrypt:.3} s ({:.2} s per GB, {:.0} MB/s); sealed overhead {:.3} s ({:.2} s per GB)",
         sr / pr, sf / pf, decrypt / size * 1e9, size / decrypt / 1e6, sr - pr, (sr - pr) / size * 1e9);
