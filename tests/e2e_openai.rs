@@ -122,7 +122,7 @@ async fn real_model_serves_openai_clients_lapses_and_renews() {
         return;
     };
     let site = NodeSite::new(Some(&model));
-    site.issue("x.license", "+30s", &["--grace", "6s"]);
+    site.issue("x.license", "+1h", &[]);
     let server = site.serve("x.license", &["--parallel", "4", "--ctx", "1024"]);
     let http = reqwest::Client::new();
 
@@ -133,6 +133,10 @@ async fn real_model_serves_openai_clients_lapses_and_renews() {
     assert_eq!(concurrent["completed"], 8);
     assert_no_plaintext_on_storage(&model, &site);
     let rss_serving = server.rss();
+
+    // Switch to a short lease (a renewal: higher serial) to watch grace and lapse.
+    site.issue("x.license", "+12s", &["--grace", "6s"]);
+    server.signal("HUP");
 
     // Grace: served, and marked.
     let license = |http: reqwest::Client, url: String| async move {
