@@ -223,10 +223,10 @@ pub fn check(args: CheckArgs) -> Outcome {
 }
 
 fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckFailure> {
-    let identity = NodeIdentity::load(&args.node_dir).map_err(anyhow::Error::from)?;
-    let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")
+    let identity = NodeIdentity::load(&args.licensed.node_dir).map_err(anyhow::Error::from)?;
+    let bytes = fsutil::read_limited(&args.licensed.license, MAX_LICENSE_BYTES, "license")
         .map_err(anyhow::Error::from)?;
-    let admitted = admission::admit(&bytes, &identity, &args.sealed)?;
+    let admitted = admission::admit(&bytes, &identity, &args.licensed.sealed)?;
     let now = clock::system_now();
     let body = &admitted.license.body;
     let header = admitted.sealed.header();

@@ -233,14 +233,24 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// The license, the sealed model and the node directory that check, serve and run use.
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub struct LicensedModel {
+    /// The license file.
     #[arg(long, value_name = "X.license")]
     pub license: PathBuf,
+    /// The sealed model the license is for.
     #[arg(long, value_name = "M.sealed")]
     pub sealed: PathBuf,
+    /// This node's directory (from `leasehold enroll`).
     #[arg(long, value_name = "DIR")]
     pub node_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub licensed: LicensedModel,
     /// Print JSON instead of a step-by-step report.
     #[arg(long)]
     pub json: bool,
@@ -248,12 +258,8 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    #[arg(long, value_name = "X.license")]
-    pub license: PathBuf,
-    #[arg(long, value_name = "M.sealed")]
-    pub sealed: PathBuf,
-    #[arg(long, value_name = "DIR")]
-    pub node_dir: PathBuf,
+    #[command(flatten)]
+    pub licensed: LicensedModel,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -280,12 +286,8 @@ pub struct ServeArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["prompt", "chat"])))]
 pub struct RunArgs {
-    #[arg(long, value_name = "X.license")]
-    pub license: PathBuf,
-    #[arg(long, value_name = "M.sealed")]
-    pub sealed: PathBuf,
-    #[arg(long, value_name = "DIR")]
-    pub node_dir: PathBuf,
+    #[command(flatten)]
+    pub licensed: LicensedModel,
     /// Generate one answer to this prompt and exit.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{exit, progress, Outcome, RunArgs, ServeArgs, StatusArgs};
+use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
 use crate::license::MAX_LICENSE_BYTES;
 use crate::node::NodeIdentity;
@@ -60,11 +60,14 @@ fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Resul
 
 /// Start the engine and the lifecycle; a refusal becomes its documented exit code.
 async fn start(
-    license: &Path,
-    sealed: &Path,
-    node_dir: &Path,
+    licensed: &LicensedModel,
     config: EngineConfig,
 ) -> Result<(Arc<Lifecycle>, Engine), (u8, String)> {
+    let LicensedModel {
+        license,
+        sealed,
+        node_dir,
+    } = licensed;
     let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
     let identity = NodeIdentity::load(node_dir).map_err(|e| fail(e.into()))?;
     let bytes =
@@ -132,7 +135,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
     })?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (lifecycle, engine) = match start(&args.license, &args.sealed, &args.node_dir, config.clone()).await {
+        let (lifecycle, engine) = match start(&args.licensed, config.clone()).await {
             Ok(v) => v,
             Err((code, message)) => {
                 eprintln!("error: {message}");
@@ -188,7 +191,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
         // SIGHUP: read the license file again and take it over if it is a valid renewal.
         {
             let lifecycle = lifecycle.clone();
-            let path = args.license.clone();
+            let path = args.licensed.license.clone();
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
@@ -230,14 +233,13 @@ pub fn run(args: RunArgs) -> Outcome {
     let config = engine_config(args.ctx, args.threads, 1)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (lifecycle, engine) =
-            match start(&args.license, &args.sealed, &args.node_dir, config.clone()).await {
-                Ok(v) => v,
-                Err((code, message)) => {
-                    eprintln!("error: {message}");
-                    return Ok(code);
-                }
-            };
+        let (lifecycle, engine) = match start(&args.licensed, config.clone()).await {
+            Ok(v) => v,
+            Err((code, message)) => {
+                eprintln!("error: {message}");
+                return Ok(code);
+            }
+        };
         if let Err(e) = weights::forbid_dumps() {
             tracing::warn!("cannot disable core dumps (PR_SET_DUMPABLE): {e}");
         }
