@@ -93,6 +93,12 @@ async fn start(
                 },
                 report.model_description
             );
+            // The plaintext is in this process now: no core dumps, no same-user ptrace.
+            if let Err(e) = weights::forbid_dumps() {
+                tracing::warn!(
+                    "cannot disable core dumps and same-user ptrace (PR_SET_DUMPABLE): {e}"
+                );
+            }
             Ok((lifecycle, engine))
         }
         Err(StartError::Refused(refusal)) => {
@@ -107,6 +113,22 @@ async fn start(
             Err((exit::ERROR, format!("cannot load the model: {e}")))
         }
     }
+}
+
+/// Apply the license deadlines (grace, then lapse and wipe) for as long as the process
+/// runs. With `stop`, a lapse also asks the process to exit with the expired code.
+fn watch_deadlines(lifecycle: Arc<Lifecycle>, stop: Option<mpsc::UnboundedSender<u8>>) {
+    tokio::spawn(async move {
+        loop {
+            if let Some(Transition::Lapsed) = lifecycle.next_transition().await {
+                lifecycle.wipe().await;
+                if let Some(stop) = &stop {
+                    let _ = stop.send(exit::EXPIRED);
+                    return;
+                }
+            }
+        }
+    });
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -142,9 +164,6 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         };
-        if let Err(e) = weights::forbid_dumps() {
-            tracing::warn!("cannot disable core dumps and same-user ptrace (PR_SET_DUMPABLE): {e}");
-        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -171,23 +190,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
         }
 
         let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<u8>();
-        // Deadlines: grace, then lapse and wipe.
-        {
-            let lifecycle = lifecycle.clone();
-            let stop_tx = stop_tx.clone();
-            let exit_on_lapse = args.exit_on_lapse;
-            tokio::spawn(async move {
-                loop {
-                    if let Some(Transition::Lapsed) = lifecycle.next_transition().await {
-                        lifecycle.wipe().await;
-                        if exit_on_lapse {
-                            let _ = stop_tx.send(exit::EXPIRED);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
+        watch_deadlines(lifecycle.clone(), args.exit_on_lapse.then(|| stop_tx.clone()));
         // SIGHUP: read the license file again and take it over if it is a valid renewal.
         {
             let lifecycle = lifecycle.clone();
@@ -240,19 +243,7 @@ pub fn run(args: RunArgs) -> Outcome {
                 return Ok(code);
             }
         };
-        if let Err(e) = weights::forbid_dumps() {
-            tracing::warn!("cannot disable core dumps (PR_SET_DUMPABLE): {e}");
-        }
-        {
-            let lifecycle = lifecycle.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Some(Transition::Lapsed) = lifecycle.next_transition().await {
-                        lifecycle.wipe().await;
-                    }
-                }
-            });
-        }
+        watch_deadlines(lifecycle.clone(), None);
         let params = SamplingParams {
             max_tokens: args.max_tokens.min(config.ctx),
             temperature: args.temperature,
