@@ -1,7 +1,6 @@
 //! Vendor commands: keygen, seal, issue, certify-issuer.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 
@@ -70,7 +69,7 @@ pub fn seal(args: SealArgs) -> Outcome {
         .len();
     let key = ContentKey::generate();
     let bar = progress::bytes(size, "sealing");
-    let started = Instant::now();
+    let started = crate::node::clock::monotonic_now();
     let key_out = args.key_out.clone();
     let model_id = args.model_id.clone();
     let header = seal::seal_file(

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -315,7 +315,7 @@ fn load(
     key: &ContentKey,
     progress: Progress,
 ) -> Result<(DecryptedWeights, LlamaModel, LoadReport), String> {
-    let started = Instant::now();
+    let started = crate::node::clock::monotonic_now();
     let sealed = SealedModel::open(sealed_path).map_err(|e| e.to_string())?;
     let weights = DecryptedWeights::decrypt(&sealed, key, progress).map_err(|e| e.to_string())?;
     drop(sealed);
@@ -331,7 +331,7 @@ fn load(
     let params = LlamaModelParams::default()
         .with_use_mmap(true)
         .with_use_mlock(mlock);
-    let load_started = Instant::now();
+    let load_started = crate::node::clock::monotonic_now();
     // llama.cpp opens the path (twice) while loading; `weights` keeps the fd open.
     let model = LlamaModel::load_from_file(backend, weights.path(), &params)
         .map_err(|e| format!("llama.cpp could not load the decrypted model: {e}"))?;
