@@ -101,6 +101,7 @@ fn license_verification(c: &mut Criterion) {
         &profile,
         &BindingChoice::default(),
         DeclaredUse::default(),
+        None,
         Utc::now(),
     )
     .unwrap();
@@ -129,6 +130,7 @@ fn license_verification(c: &mut Criterion) {
         features: vec![],
         renewal: vec![],
         issued_at: t0,
+        license_id: None,
     };
     let license = issue(&root, None, &enrollment, &header, &key, &terms)
         .unwrap()

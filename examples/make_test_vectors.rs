@@ -75,7 +75,9 @@ fn main() -> anyhow::Result<()> {
         DeclaredUse {
             use_case: "test vectors".into(),
             data_handling: "none".into(),
+            ..Default::default()
         },
+        None,
         t0,
     )?;
     std::fs::write(
@@ -107,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         features: vec![],
         renewal: vec!["https://licenses.example.com".into()],
         issued_at: t0,
+        license_id: None,
     };
     let license = issue(&root, None, &enrollment, &header, &key, &terms)?;
     std::fs::write(out.join("license-v1.license"), license.render())?;

@@ -2,6 +2,7 @@
 # Install what building and testing leasehold needs, when it is missing:
 #   cmake, clang and libclang-dev   (llama.cpp, built from source by llama-cpp-2)
 #   python3 and pip                 (fetching the demo model from its PyPI wheel)
+#   postgresql                      (the license server's replica tests; scripts/postgres.sh)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 set -euo pipefail
 
@@ -12,6 +13,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs, fetches and
 # checks the demo model, prepares a Python virtualenv with the official `openai`
-# client (both cached outside the repo), then runs every test.
+# client (both cached outside the repo), starts PostgreSQL on loopback for the license
+# server's replica tests, then runs every test (none may skip for a missing prerequisite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,5 +17,9 @@ if ! "$venv/bin/python" -c 'import openai' >/dev/null 2>&1; then
   "$venv/bin/pip" install -q 'openai>=1.40,<3'
 fi
 export LEASEHOLD_PYTHON="$venv/bin/python"
+
+LEASEHOLD_TEST_POSTGRES="$(scripts/postgres.sh | tail -n 1)"
+export LEASEHOLD_TEST_POSTGRES
+export LEASEHOLD_REQUIRE_ALL=1
 
 cargo test "$@"

@@ -9,6 +9,12 @@
 //! - [`seal`]: the sealed model container (STREAM over AES-256-GCM segments).
 //! - [`license`]: license and issuer-certificate bodies, issuing, verification and verdicts.
 //! - [`node`]: this machine: identity keys, hardware fingerprint, enrollment, trusted time.
+//! - [`runtime`]: the node at work: admission, memory-only weights, the llama.cpp
+//!   engine, the license lifecycle (serving, grace, lapse) and automatic renewal.
+//! - [`server`]: the node's OpenAI-compatible HTTP API.
+//! - [`protocol`]: signed renewal requests and responses between nodes and servers.
+//! - [`license_server`]: the vendor's license server: enrollments, approvals, short
+//!   leases, revocation, usage checkpoints, on SQLite or PostgreSQL.
 //! - [`cli`]: the `leasehold` command line; thin, over the modules above.
 //!
 //! `unsafe` is confined to [`sys`], one small module with a `// SAFETY:` line per block.
@@ -20,7 +26,9 @@ pub mod format;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod license;
+pub mod license_server;
 pub mod node;
+pub mod protocol;
 pub mod runtime;
 pub mod seal;
 pub mod server;

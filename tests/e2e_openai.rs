@@ -22,6 +22,10 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     match (model, python) {
         (Some(m), Some(p)) => Some((m, p)),
         _ => {
+            assert!(
+                std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
+                "LEASEHOLD_DEMO_MODEL and LEASEHOLD_PYTHON must be set when LEASEHOLD_REQUIRE_ALL is"
+            );
             eprintln!("LEASEHOLD_DEMO_MODEL or LEASEHOLD_PYTHON not set: run scripts/test.sh for the end-to-end test");
             None
         }

@@ -23,6 +23,8 @@ pub const UNSUPPORTED: u8 = 18;
 pub const SEALED_DAMAGED: u8 = 20;
 /// The sealed model or content key is not the one the license is for.
 pub const MODEL_MISMATCH: u8 = 21;
+/// The license server refused a license (revoked, ended, denied, unknown node).
+pub const SERVER_REFUSED: u8 = 22;
 
 /// The exit-code table, as printed in `--help`.
 pub const TABLE: &str = "\
@@ -40,7 +42,8 @@ Exit codes:
   17  issuer not authorized: a certified issuer acted outside its scope
   18  unsupported: a format version or mandated feature this build lacks
   20  sealed model damaged: truncated, extended, edited or reordered (check)
-  21  model mismatch: the sealed model or key is not the one licensed (check)";
+  21  model mismatch: the sealed model or key is not the one licensed (check)
+  22  refused by the license server: revoked, ended, denied, or not enrolled";
 
 /// The exit code of a verdict.
 pub fn for_verdict(verdict: &Verdict) -> u8 {

@@ -6,6 +6,7 @@ mod inspect;
 mod node_cmds;
 mod progress;
 mod runtime_cmds;
+mod server_cmds;
 mod vendor;
 
 use std::path::PathBuf;
@@ -25,8 +26,8 @@ pub type Outcome = anyhow::Result<u8>;
     about = "Time-limited, hardware-bound licenses for sealed LLM weights",
     long_about = "leasehold seals GGUF models, issues Ed25519-signed licenses bound to one machine \
 and a validity window, and checks them.\n\n\
-Vendor:   keygen, seal, issue, certify-issuer\n\
-Operator: enroll, fingerprint, check, serve, run, status\n\
+Vendor:   keygen, seal, issue, certify-issuer, license-server, admin\n\
+Operator: enroll, fingerprint, check, serve, run, status, renew\n\
 Anyone:   inspect\n\n\
 Quick start (demo root, this machine):\n  \
 leasehold enroll --node-dir node --out node.enroll\n  \
@@ -69,7 +70,42 @@ pub enum Command {
     Run(RunArgs),
     /// Show a running node's license state (exit 0 serving, 10 grace, 12 lapsed).
     Status(StatusArgs),
+    /// Air-gapped renewal: write a signed request file, or take in the response file.
+    #[command(after_help = RENEW_HELP)]
+    Renew(RenewArgs),
+    /// Run the license server: enrollments, approvals, short leases, revocation.
+    #[command(after_help = LICENSE_SERVER_HELP)]
+    LicenseServer(LicenseServerArgs),
+    /// Administer a license server: models, entitlements, approvals, revocation, usage.
+    Admin(AdminArgs),
 }
+
+const RENEW_HELP: &str = "\
+For nodes that cannot reach the license server:
+  1. on the node:      leasehold renew --node-dir DIR --license X.license --request-out req.json
+  2. at the vendor:    leasehold admin --server URL --token-file F renew --request req.json --response-out resp.json
+  3. on the node:      leasehold renew --node-dir DIR --license X.license --response resp.json
+Step 3 checks the response (signed by a trusted issuer, for this node, answering the
+request of step 1) and writes the renewed license to X.license atomically; a running
+`serve` takes it over on SIGHUP.
+
+Exit codes: 0 done; 1 error; 22 the license server refused (revoked, ended, denied).";
+
+const LICENSE_SERVER_HELP: &str = "\
+The server signs with an issuer key that the vendor's root certified:
+  leasehold keygen --out issuer
+  leasehold certify-issuer --root root.key --issuer-pub issuer.pub --org 'Example Org' \\
+      --model demo --valid-until +365d --max-lease 7d --out issuer.cert
+  leasehold license-server --issuer-key issuer.key --issuer-cert issuer.cert \\
+      --db sqlite:/var/lib/leasehold/server.db --listen 127.0.0.1:8443 --admin-token-file admin.token
+
+Databases: sqlite:PATH (embedded, WAL, group commit) or postgres://USER:PASS@HOST/DB
+(several replicas behind a load balancer may share one database).
+
+Node API: POST /v1/enrollments, POST /v1/renewals, GET /health. Admin API under /admin
+(Bearer token): use `leasehold admin`. Every node message is signed, so plain HTTP is
+safe on a trusted network; put TLS in front (or terminate it at the load balancer) for
+privacy.";
 
 const SERVE_HELP: &str = "\
 API (OpenAI-compatible):
@@ -86,8 +122,12 @@ running streams end with an error event, and the weights are wiped from memory. 
 license (same node and model, higher serial) brings service back without a restart: replace
 the license file and send SIGHUP, or POST it to /admin/license.
 
+With --license-server URL the node fetches its first license (after `leasehold enroll
+--server URL ...` and the vendor's approval), renews at about half of each lease, retries
+with backoff while the server is unreachable, and lapses at once if the license is revoked.
+
 Exit codes: 0 clean shutdown; 1 error; 11-18, 20, 21 refused at start (as for check);
-12 lapsed with --exit-on-lapse.";
+12 lapsed with --exit-on-lapse; 22 the license server refused a license.";
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
@@ -193,15 +233,28 @@ pub struct EnrollArgs {
     /// The node directory: holds the node's keys (created once, 0600) and trusted time.
     #[arg(long, value_name = "DIR")]
     pub node_dir: PathBuf,
-    /// Where to write the enrollment to send to the vendor.
-    #[arg(long, value_name = "NODE.enroll")]
-    pub out: PathBuf,
+    /// Where to write the enrollment (to send to the vendor, or to keep with --server).
+    #[arg(long, value_name = "NODE.enroll", required_unless_present = "server")]
+    pub out: Option<PathBuf>,
+    /// Submit the enrollment to this license server; its id is printed as the last line
+    /// (the vendor approves it with `leasehold admin approve ID`).
+    #[arg(long, value_name = "URL", requires_all = ["org", "model"])]
+    pub server: Option<String>,
+    /// The organization whose entitlement this node counts against (with --server).
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+    /// The model id this node will serve (with --server).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
     /// What the node will be used for (shown to the approver).
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub use_case: String,
     /// How prompts and outputs are handled (shown to the approver).
     #[arg(long, value_name = "TEXT", default_value = "")]
     pub data_handling: String,
+    /// Security measures around the node: access control, network placement (shown to the approver).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub security_measures: String,
     /// Bind only these components (comma-separated); default: all that this machine has.
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub bind: Option<Vec<ComponentKind>>,
@@ -281,6 +334,11 @@ pub struct ServeArgs {
     /// Exit (code 12) when the license lapses instead of waiting for a renewal.
     #[arg(long)]
     pub exit_on_lapse: bool,
+    /// Get the license from this license server (waiting for approval when the
+    /// --license file does not exist yet) and renew it automatically, writing each
+    /// renewal to the --license file.
+    #[arg(long, value_name = "URL")]
+    pub license_server: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +367,177 @@ pub struct RunArgs {
     /// CPU threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("direction").required(true).args(["request_out", "response"])))]
+pub struct RenewArgs {
+    /// This node's directory.
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// The license in force (read for the request; replaced by the renewal).
+    #[arg(long, value_name = "X.license")]
+    pub license: PathBuf,
+    /// Write a signed renewal request to this file (carry it to the vendor).
+    #[arg(long, value_name = "F")]
+    pub request_out: Option<PathBuf>,
+    /// Take in the vendor's response file and write the renewed license.
+    #[arg(long, value_name = "G")]
+    pub response: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LicenseServerArgs {
+    /// The issuer's secret key (from `leasehold keygen`).
+    #[arg(long, value_name = "K")]
+    pub issuer_key: PathBuf,
+    /// The issuer certificate from the root (`leasehold certify-issuer`).
+    #[arg(long, value_name = "C")]
+    pub issuer_cert: PathBuf,
+    /// The database: sqlite:PATH or postgres://USER:PASSWORD@HOST/DB.
+    #[arg(long, value_name = "URL")]
+    pub db: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    pub listen: String,
+    /// File holding the admin token (first non-comment line).
+    #[arg(long, value_name = "F")]
+    pub admin_token_file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The license server's base URL.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// File holding the admin token.
+    #[arg(long, value_name = "F")]
+    pub token_file: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Models the server can license.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Grant an organization licenses for models, for a number of nodes, until a date.
+    Entitle(EntitleArgs),
+    /// List entitlements.
+    Entitlements,
+    /// List enrollments with each node's declared use (default: pending ones).
+    Enrollments(EnrollmentsArgs),
+    /// Approve a pending enrollment: the node gets its license at its next request.
+    Approve(DecideArgs),
+    /// Deny a pending enrollment (frees its seat on the entitlement).
+    Deny(DecideArgs),
+    /// List licenses: node, serial, expiry, revocation.
+    List,
+    /// Revoke a license, every license of a node, or a whole organization.
+    Revoke(RevokeArgs),
+    /// Usage reported by nodes, per organization and node, over a period.
+    Usage(UsageArgs),
+    /// Answer an air-gapped node's renewal request file.
+    Renew(AdminRenewArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Upload a sealed model's header and its content key (stored encrypted).
+    Add(ModelAddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ModelAddArgs {
+    /// The sealed model (only its header is sent).
+    #[arg(long, value_name = "M.sealed")]
+    pub sealed: PathBuf,
+    /// Its content key (from `leasehold seal`).
+    #[arg(long, value_name = "M.key")]
+    pub content_key: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EntitleArgs {
+    /// The licensee organization.
+    #[arg(long, value_name = "ORG")]
+    pub org: String,
+    /// Model ids covered; repeatable; '*' for any the issuer may license.
+    #[arg(long = "model", value_name = "ID", required = true)]
+    pub models: Vec<String>,
+    /// How many nodes may enroll.
+    #[arg(long, value_name = "N")]
+    pub nodes: u64,
+    /// End of the entitlement: RFC 3339 or +DURATION. No lease runs past it.
+    #[arg(long, value_name = "TIME")]
+    pub term_end: String,
+    /// Length of each lease (renewed at about half), e.g. 1h; at most the issuer's max lease.
+    #[arg(long, value_name = "DURATION")]
+    pub lease: String,
+    /// Grace after a lease expires while the server is unreachable.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub grace: String,
+    /// A usage cap, NAME=N; repeatable (as for `issue`).
+    #[arg(long = "cap", value_name = "NAME=N")]
+    pub caps: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollmentsArgs {
+    /// Show enrollments with this status (pending, approved, denied, revoked) or 'all'.
+    #[arg(long, default_value = "pending")]
+    pub status: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DecideArgs {
+    /// The enrollment id (printed by `leasehold enroll --server`).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// A note kept with the decision (shown to the node when denied).
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["license", "node", "org"])))]
+pub struct RevokeArgs {
+    #[arg(long, value_name = "ID")]
+    pub license: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub node: Option<String>,
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+    /// Why (shown to the node and kept in the record).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// Only this organization.
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+    /// Start of the period (RFC 3339 or -DURATION like -30d); default: the beginning.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// End of the period; default: now.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub to: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminRenewArgs {
+    /// The node's request file (from `leasehold renew --request-out`).
+    #[arg(long, value_name = "F")]
+    pub request: PathBuf,
+    /// Where to write the signed response to carry back to the node.
+    #[arg(long, value_name = "G")]
+    pub response_out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -354,6 +583,9 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => runtime_cmds::serve(a),
         Command::Run(a) => runtime_cmds::run(a),
         Command::Status(a) => runtime_cmds::status(a),
+        Command::Renew(a) => node_cmds::renew(a),
+        Command::LicenseServer(a) => server_cmds::license_server(a),
+        Command::Admin(a) => server_cmds::admin(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

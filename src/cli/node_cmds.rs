@@ -3,11 +3,15 @@
 use anyhow::Context;
 use serde_json::json;
 
-use super::{exit, EnrollArgs, FingerprintArgs, Outcome};
+use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs};
 use crate::fsutil::{self, Replace};
-use crate::node::enrollment::{self, BindingChoice, DeclaredUse};
+use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
+use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
 use crate::node::hardware::{self, HardwareProfile};
 use crate::node::{clock, trusted_time, NodeIdentity};
+use crate::protocol::{self, Decision, LicenseRef, UsageCheckpoint};
+use crate::runtime::admission::assess_here;
+use crate::runtime::renewal;
 
 pub fn enroll(args: EnrollArgs) -> Outcome {
     let now = clock::system_now();
@@ -22,15 +26,26 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
     let declared = DeclaredUse {
         use_case: args.use_case.clone(),
         data_handling: args.data_handling.clone(),
+        security_measures: args.security_measures.clone(),
     };
-    let envelope = enrollment::create(&identity, &profile, &choice, declared, high_water)?;
-    fsutil::write_atomic(
-        &args.out,
-        envelope.render().as_bytes(),
-        fsutil::PUBLIC_MODE,
-        Replace::Allowed,
-    )
-    .with_context(|| format!("cannot write the enrollment to {}", args.out.display()))?;
+    let request = match (&args.org, &args.model) {
+        (Some(org), Some(model)) => Some(LicenseRequest {
+            organization: org.trim().to_string(),
+            model_id: model.trim().to_string(),
+        }),
+        (None, None) => None,
+        _ => anyhow::bail!("--org and --model go together"),
+    };
+    let envelope = enrollment::create(&identity, &profile, &choice, declared, request, high_water)?;
+    if let Some(out) = &args.out {
+        fsutil::write_atomic(
+            out,
+            envelope.render().as_bytes(),
+            fsutil::PUBLIC_MODE,
+            Replace::Allowed,
+        )
+        .with_context(|| format!("cannot write the enrollment to {}", out.display()))?;
+    }
     let body: enrollment::EnrollmentBody = envelope.decode_body()?;
     let public = identity.public();
     println!(
@@ -50,10 +65,22 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
         "  match policy      {}",
         body.hardware.policy.describe(&body.hardware.components)
     );
-    println!(
-        "wrote enrollment {}; send it to the vendor to get a license",
-        args.out.display()
-    );
+    if let Some(out) = &args.out {
+        println!("wrote enrollment {}", out.display());
+    }
+    match &args.server {
+        None => {
+            println!("send the enrollment to the vendor to get a license");
+        }
+        Some(url) => {
+            let submitted = renewal::submit_enrollment(url, envelope.render().into_bytes())?;
+            println!(
+                "submitted to {url}: enrollment {} is {}; once the vendor approves it, start the node with `leasehold serve --license-server {url} ...`",
+                submitted.enrollment_id, submitted.status
+            );
+            println!("{}", submitted.enrollment_id);
+        }
+    }
     Ok(exit::OK)
 }
 
@@ -100,4 +127,149 @@ pub fn fingerprint(args: FingerprintArgs) -> Outcome {
         println!("  not readable here: {}", missing.join(", "));
     }
     Ok(exit::OK)
+}
+
+/// The request an air-gapped node is waiting on: kept in the node directory so that
+/// only the response to it is accepted.
+const PENDING_FILE: &str = "renewal-pending.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingRenewal {
+    nonce: String,
+    license_id: String,
+    serial: u64,
+    licensee: String,
+    model_id: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn renew(args: RenewArgs) -> Outcome {
+    let identity = NodeIdentity::load(&args.node_dir)?;
+    let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")?;
+    let current = assess_here(&bytes, Some(&identity))?
+        .license
+        .with_context(|| {
+            format!(
+                "{} is not a license this build can authenticate (see `leasehold inspect`)",
+                args.license.display()
+            )
+        })?
+        .body;
+    let pending_path = args.node_dir.join(PENDING_FILE);
+    if let Some(out) = &args.request_out {
+        let (request, nonce) = protocol::sign_request(
+            &identity,
+            &current.model.model_id,
+            Some(LicenseRef {
+                license_id: current.license_id.clone(),
+                serial: current.serial,
+            }),
+            UsageCheckpoint::default(),
+            clock::system_now(),
+        );
+        let pending = PendingRenewal {
+            nonce: hex::encode(nonce),
+            license_id: current.license_id.clone(),
+            serial: current.serial,
+            licensee: current.licensee.clone(),
+            model_id: current.model.model_id.clone(),
+            created_at: clock::system_now(),
+        };
+        fsutil::write_atomic(
+            &pending_path,
+            serde_json::to_string_pretty(&pending)?.as_bytes(),
+            fsutil::SECRET_MODE,
+            Replace::Allowed,
+        )?;
+        fsutil::write_atomic(
+            out,
+            request.render().as_bytes(),
+            fsutil::PUBLIC_MODE,
+            Replace::Allowed,
+        )
+        .with_context(|| format!("cannot write {}", out.display()))?;
+        println!(
+            "wrote renewal request {} for license {} (serial {}); carry it to the vendor: leasehold admin ... renew --request {}",
+            out.display(),
+            current.license_id,
+            current.serial,
+            out.display()
+        );
+        return Ok(exit::OK);
+    }
+    let response_path = args.response.as_ref().expect("clap requires one direction");
+    let pending_bytes = fsutil::read_limited(&pending_path, 64 * 1024, "pending renewal")
+        .with_context(|| {
+            format!(
+                "no renewal request is pending for this node ({}); write one first with --request-out",
+                pending_path.display()
+            )
+        })?;
+    let pending: PendingRenewal = serde_json::from_slice(&pending_bytes)
+        .with_context(|| format!("{} is damaged; write a new request", pending_path.display()))?;
+    let nonce: [u8; 16] = hex::decode(&pending.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .with_context(|| format!("{} is damaged; write a new request", pending_path.display()))?;
+    let response = fsutil::read_limited(
+        response_path,
+        crate::format::envelope::MAX_DOCUMENT_BYTES,
+        "renewal response",
+    )?;
+    let node_id = identity.public().node_id();
+    let opened = protocol::open_response(
+        &response,
+        &TrustRoots::compiled_in(),
+        &protocol::Expected {
+            node_id: &node_id,
+            nonce,
+            scope: Some((&pending.licensee, &pending.model_id)),
+        },
+    )
+    .with_context(|| format!("{} is refused", response_path.display()))?;
+    match opened.body.decision {
+        Decision::Renewed { license } => {
+            let assessment = assess_here(license.as_bytes(), Some(&identity))?;
+            let renewed = match (assessment.verdict.allows_serving(), assessment.license) {
+                (true, Some(l)) => l.body,
+                _ => anyhow::bail!(
+                    "the renewed license in the response is not usable here: {}",
+                    assessment.verdict.explain(clock::system_now())
+                ),
+            };
+            if renewed.serial <= current.serial {
+                anyhow::bail!(
+                    "the response's license has serial {}, not higher than the current {}; it is an old response",
+                    renewed.serial,
+                    current.serial
+                );
+            }
+            fsutil::write_atomic(
+                &args.license,
+                license.as_bytes(),
+                fsutil::PUBLIC_MODE,
+                Replace::Allowed,
+            )?;
+            let _ = std::fs::remove_file(&pending_path);
+            println!(
+                "renewed: {} now holds serial {}, expires {}; a running `leasehold serve` takes it over on SIGHUP",
+                args.license.display(),
+                renewed.serial,
+                renewed.expires_at
+            );
+            Ok(exit::OK)
+        }
+        Decision::Refused { reason, message } => {
+            let _ = std::fs::remove_file(&pending_path);
+            eprintln!(
+                "the license server refused ({}): {message}",
+                reason.as_str()
+            );
+            Ok(exit::SERVER_REFUSED)
+        }
+        Decision::Pending { message, .. } => {
+            eprintln!("not renewed yet: {message}");
+            Ok(exit::ERROR)
+        }
+    }
 }

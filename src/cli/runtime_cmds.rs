@@ -13,11 +13,15 @@ use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusAr
 use crate::fsutil;
 use crate::license::MAX_LICENSE_BYTES;
 use crate::node::NodeIdentity;
+use crate::protocol::LicenseRef;
+use crate::runtime::admission::assess_here;
 use crate::runtime::engine::{
     ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
+use crate::runtime::renewal::{fetch_license, FetchError, Renewer, ServerClient};
 use crate::runtime::weights::{self, PageBacking};
+use crate::seal::SealedModel;
 use crate::server::{self, validation::Limits, AppState};
 
 /// Read a secrets file: one token per line, `#` comments and blank lines ignored.
@@ -115,6 +119,63 @@ async fn start(
     }
 }
 
+/// With a license server: make sure the license file holds a license this node can
+/// serve under, fetching one (and waiting for approval) when it does not.
+async fn obtain_license(
+    client: &ServerClient,
+    licensed: &LicensedModel,
+) -> Result<(), (u8, String)> {
+    let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
+    let identity = NodeIdentity::load(&licensed.node_dir).map_err(|e| fail(e.into()))?;
+    let sealed = SealedModel::open(&licensed.sealed).map_err(|e| fail(e.into()))?;
+    let model_id = sealed.header().model_id.clone();
+    drop(sealed);
+    let mut current = None;
+    if licensed.license.exists() {
+        let bytes = fsutil::read_limited(&licensed.license, MAX_LICENSE_BYTES, "license")
+            .map_err(|e| fail(e.into()))?;
+        let assessment = assess_here(&bytes, Some(&identity)).map_err(|e| fail(e.into()))?;
+        if assessment.verdict.allows_serving() {
+            return Ok(());
+        }
+        if let Some(l) = assessment.license {
+            current = Some((
+                LicenseRef {
+                    license_id: l.body.license_id.clone(),
+                    serial: l.body.serial,
+                },
+                l.body.licensee.clone(),
+            ));
+        }
+        eprintln!(
+            "the license in {} cannot be served ({}); asking {} for a fresh one",
+            licensed.license.display(),
+            assessment.verdict.name(),
+            client.url()
+        );
+    } else {
+        eprintln!(
+            "no license at {}; asking {} for one",
+            licensed.license.display(),
+            client.url()
+        );
+    }
+    fetch_license(
+        client,
+        &identity,
+        &model_id,
+        current,
+        &licensed.license,
+        std::time::Duration::from_secs(2),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| match e {
+        FetchError::Refused { .. } => (exit::SERVER_REFUSED, e.to_string()),
+        FetchError::Write { .. } => (exit::ERROR, e.to_string()),
+    })
+}
+
 /// Apply the license deadlines (grace, then lapse and wipe) for as long as the process
 /// runs. With `stop`, a lapse also asks the process to exit with the expired code.
 fn watch_deadlines(lifecycle: Arc<Lifecycle>, stop: Option<mpsc::UnboundedSender<u8>>) {
@@ -157,6 +218,13 @@ pub fn serve(args: ServeArgs) -> Outcome {
     })?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let client = args.license_server.as_deref().map(ServerClient::new);
+        if let Some(client) = &client {
+            if let Err((code, message)) = obtain_license(client, &args.licensed).await {
+                eprintln!("error: {message}");
+                return Ok(code);
+            }
+        }
         let (lifecycle, engine) = match start(&args.licensed, config.clone()).await {
             Ok(v) => v,
             Err((code, message)) => {
@@ -164,6 +232,11 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         };
+        let renewer = client.map(|client| {
+            let renewer = Renewer::new(client, lifecycle.clone(), args.licensed.license.clone());
+            tokio::spawn(renewer.clone().run());
+            renewer
+        });
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -173,6 +246,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             limits: Limits { ctx: config.ctx },
             api_keys,
             admin_token,
+            renewal: renewer,
         });
         let status = lifecycle.status();
         println!(

@@ -160,6 +160,7 @@ pub fn issue(args: IssueArgs) -> Outcome {
         features: Vec::new(),
         renewal: args.renewal.clone(),
         issued_at: now,
+        license_id: None,
     };
     let license = issuing::issue(
         &signer,

@@ -7,6 +7,7 @@
 //!
 //! Secret key types zeroize their bytes on drop.
 
+pub mod at_rest;
 pub mod key_wrap;
 pub mod keyfile;
 pub mod random;

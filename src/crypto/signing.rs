@@ -17,6 +17,8 @@ pub enum Domain {
     IssuerCertificate,
     Enrollment,
     NodeState,
+    RenewalRequest,
+    RenewalResponse,
 }
 
 impl Domain {
@@ -26,6 +28,8 @@ impl Domain {
             Domain::IssuerCertificate => b"leasehold issuer certificate\0",
             Domain::Enrollment => b"leasehold enrollment\0",
             Domain::NodeState => b"leasehold node state\0",
+            Domain::RenewalRequest => b"leasehold renewal request\0",
+            Domain::RenewalResponse => b"leasehold renewal response\0",
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum DocumentKind {
     IssuerCertificate,
     Enrollment,
     NodeState,
+    RenewalRequest,
+    RenewalResponse,
 }
 
 impl DocumentKind {
@@ -44,6 +46,8 @@ impl DocumentKind {
             DocumentKind::IssuerCertificate => Domain::IssuerCertificate,
             DocumentKind::Enrollment => Domain::Enrollment,
             DocumentKind::NodeState => Domain::NodeState,
+            DocumentKind::RenewalRequest => Domain::RenewalRequest,
+            DocumentKind::RenewalResponse => Domain::RenewalResponse,
         }
     }
 
@@ -53,12 +57,14 @@ impl DocumentKind {
             DocumentKind::IssuerCertificate => "issuer certificate",
             DocumentKind::Enrollment => "enrollment",
             DocumentKind::NodeState => "node state",
+            DocumentKind::RenewalRequest => "renewal request",
+            DocumentKind::RenewalResponse => "renewal response",
         }
     }
 }
 
 /// A parsed, not yet verified, signed document.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     #[serde(rename = "leasehold")]

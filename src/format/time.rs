@@ -2,8 +2,16 @@
 
 use chrono::{DateTime, Duration, SecondsFormat, TimeZone, Utc};
 
-/// A point in time: RFC 3339 (`2027-01-31T00:00:00Z`) or relative to `now` (`+30d`, `+90s`).
+/// A point in time: RFC 3339 (`2027-01-31T00:00:00Z`) or relative to `now` (`+30d`,
+/// `+90s`, or `-7d` for the past).
 pub fn parse_instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Some(rel) = text.strip_prefix('-') {
+        let duration = parse_duration(rel)?;
+        return now
+            .checked_sub_signed(duration)
+            .map(whole_seconds)
+            .ok_or_else(|| format!("'{text}' is too far in the past"));
+    }
     if let Some(rel) = text.strip_prefix('+') {
         let duration = parse_duration(rel)?;
         return now

@@ -23,6 +23,8 @@ pub enum IssueError {
     KeyMismatch { key: String, sealed: String },
     #[error("the license would expire ({expires}) before it starts ({not_before})")]
     EmptyWindow { not_before: String, expires: String },
+    #[error("license id '{0}' is not 32 hex digits")]
+    LicenseId(String),
     #[error("invalid licensee: {0}")]
     Licensee(String),
     #[error("feature '{0}' is not one this build can enforce")]
@@ -45,6 +47,8 @@ pub struct Terms {
     pub features: Vec<String>,
     pub renewal: Vec<String>,
     pub issued_at: DateTime<Utc>,
+    /// Keep this license id (a renewal of an existing license); `None` draws a new one.
+    pub license_id: Option<String>,
 }
 
 /// Sign a license for the enrolled node and sealed model. `chain` carries the issuer
@@ -84,7 +88,11 @@ pub fn issue(
     {
         return Err(IssueError::UnknownFeature(f.clone()));
     }
-    let license_id = hex::encode(random::bytes::<16>());
+    let license_id = match &terms.license_id {
+        Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => id.clone(),
+        Some(id) => return Err(IssueError::LicenseId(id.clone())),
+        None => hex::encode(random::bytes::<16>()),
+    };
     let license_salt = random::bytes::<16>();
     let components = enrollment
         .hardware

@@ -209,8 +209,39 @@ fn body_verdict(e: BodyError) -> Verdict {
 /// Check format, signature chain and issuer scope.
 pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense, Verdict> {
     let envelope = Envelope::parse(bytes, DocumentKind::License).map_err(tampered)?;
+    let (authority, certificate) = authenticate_signer(&envelope, roots)?;
+    let body: LicenseBody = envelope.decode_body().map_err(body_verdict)?;
+    if let Some(cert) = certificate {
+        cert.authorizes(&body)
+            .map_err(|reason| Verdict::IssuerNotAuthorized { reason })?;
+    }
+    if let Some(ext) = body.extensions.iter().find(|e| e.critical) {
+        return Err(Verdict::Unsupported {
+            reason: format!("the license has critical extension '{}', which this build does not implement; upgrade leasehold", ext.name),
+        });
+    }
+    if let Some(feature) = body
+        .features
+        .iter()
+        .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+    {
+        return Err(Verdict::Unsupported {
+            reason: format!("the license mandates feature '{feature}', which this build does not implement; upgrade leasehold"),
+        });
+    }
+    Ok(VerifiedLicense { body, authority })
+}
+
+/// Check that an envelope's signer is a compiled-in root, or an issuer certified by one
+/// (the chain holds exactly that certificate), and that the envelope's own signature
+/// verifies. Scope is the caller's to check against the returned certificate. Used for
+/// licenses and for the license server's signed responses.
+pub fn authenticate_signer(
+    envelope: &Envelope,
+    roots: &TrustRoots,
+) -> Result<(Authority, Option<IssuerCertBody>), Verdict> {
     let signer = envelope.signer_key().map_err(tampered)?;
-    let (authority, certificate) = match envelope.chain.as_slice() {
+    let found = match envelope.chain.as_slice() {
         [] => {
             let root = roots.find(&signer).ok_or_else(|| Verdict::UnknownIssuer {
                 key_id: signer.key_id(),
@@ -259,26 +290,7 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
         }
     };
     envelope.verify_signature().map_err(tampered)?;
-    let body: LicenseBody = envelope.decode_body().map_err(body_verdict)?;
-    if let Some(cert) = certificate {
-        cert.authorizes(&body)
-            .map_err(|reason| Verdict::IssuerNotAuthorized { reason })?;
-    }
-    if let Some(ext) = body.extensions.iter().find(|e| e.critical) {
-        return Err(Verdict::Unsupported {
-            reason: format!("the license has critical extension '{}', which this build does not implement; upgrade leasehold", ext.name),
-        });
-    }
-    if let Some(feature) = body
-        .features
-        .iter()
-        .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
-    {
-        return Err(Verdict::Unsupported {
-            reason: format!("the license mandates feature '{feature}', which this build does not implement; upgrade leasehold"),
-        });
-    }
-    Ok(VerifiedLicense { body, authority })
+    Ok(found)
 }
 
 /// Check an authenticated license against this machine and the time.

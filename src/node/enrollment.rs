@@ -28,6 +28,18 @@ pub struct HardwareClaim {
 pub struct DeclaredUse {
     pub use_case: String,
     pub data_handling: String,
+    /// Security measures around the node (access control, network placement).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub security_measures: String,
+}
+
+/// What an enrollment submitted to a license server asks for: which organization's
+/// entitlement it counts against and which model it wants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseRequest {
+    pub organization: String,
+    pub model_id: String,
 }
 
 /// The signed body of an enrollment file.
@@ -43,6 +55,8 @@ pub struct EnrollmentBody {
     pub created_at: DateTime<Utc>,
     pub hardware: HardwareClaim,
     pub declared_use: DeclaredUse,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<LicenseRequest>,
 }
 
 impl Body for EnrollmentBody {
@@ -75,6 +89,7 @@ pub fn create(
     profile: &HardwareProfile,
     choice: &BindingChoice,
     declared_use: DeclaredUse,
+    request: Option<LicenseRequest>,
     now: DateTime<Utc>,
 ) -> Result<Envelope, EnrollmentError> {
     let salt = random::bytes::<16>();
@@ -119,6 +134,7 @@ pub fn create(
             policy,
         },
         declared_use,
+        request,
     };
     Ok(Envelope::sign(&body, identity.signing_key(), vec![]))
 }

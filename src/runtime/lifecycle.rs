@@ -16,6 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use super::admission::{self, Refusal};
 use super::engine::{Engine, LoadReport};
+use super::usage::UsageCounters;
 use crate::license::VerifiedLicense;
 use crate::node::{clock, trusted_time, NodeIdentity};
 
@@ -98,6 +99,8 @@ pub enum RenewError {
     NotNewer { current: u64, new: u64 },
     #[error("the new license is for model '{new}', but this node serves '{current}'")]
     OtherModel { current: String, new: String },
+    #[error("license {0} was revoked; it is not taken back")]
+    Revoked(String),
     #[error("the renewed license was accepted but the model could not be loaded again: {0}")]
     Reload(String),
 }
@@ -112,6 +115,8 @@ pub enum Transition {
 struct State {
     lease: Lease,
     phase: Phase,
+    /// Set when the license server revoked the license: it is never taken back.
+    revoked: Option<String>,
 }
 
 /// The node's license lifecycle.
@@ -122,6 +127,7 @@ pub struct Lifecycle {
     engine: Engine,
     identity: NodeIdentity,
     sealed_path: PathBuf,
+    usage: UsageCounters,
 }
 
 impl Lifecycle {
@@ -147,15 +153,54 @@ impl Lifecycle {
         let (phase_tx, _) = watch::channel(phase);
         Ok((
             Arc::new(Lifecycle {
-                state: Mutex::new(State { lease, phase }),
+                state: Mutex::new(State {
+                    lease,
+                    phase,
+                    revoked: None,
+                }),
                 changed: Notify::new(),
                 phase_tx,
                 engine,
                 identity,
                 sealed_path: sealed_path.to_path_buf(),
+                usage: UsageCounters::new(clock::system_now()),
             }),
             report,
         ))
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    /// Why the license was revoked, once it was.
+    pub fn revoked(&self) -> Option<String> {
+        self.state.lock().unwrap().revoked.clone()
+    }
+
+    /// The license server revoked the license: lapse now, wipe the weights, and never
+    /// take this license id back.
+    pub async fn revoke(&self, reason: &str) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.revoked.is_some() {
+                return;
+            }
+            state.revoked = Some(state.lease.license.body.license_id.clone());
+            self.set_phase(&mut state, Phase::Lapsed);
+            tracing::warn!(
+                "license {} revoked by the license server ({reason}): serving stops now",
+                state.lease.license.body.license_id
+            );
+        }
+        self.changed.notify_waiters();
+        let _ = self.engine.unload().await;
+        tracing::warn!("model unloaded, weights wiped after the revocation");
+    }
+
+    /// Usage since this process started.
+    pub fn usage(&self) -> &UsageCounters {
+        &self.usage
     }
 
     pub fn phase(&self) -> Phase {
@@ -259,6 +304,9 @@ impl Lifecycle {
             let state = self.state.lock().unwrap();
             let current = &state.lease.license.body;
             let new = &admitted.license.body;
+            if state.revoked.as_deref() == Some(new.license_id.as_str()) {
+                return Err(RenewError::Revoked(new.license_id.clone()));
+            }
             if new.model.model_id != current.model.model_id {
                 return Err(RenewError::OtherModel {
                     current: current.model.model_id.clone(),

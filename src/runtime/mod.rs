@@ -4,6 +4,9 @@
 //! - [`engine`]: the one thread that owns llama.cpp (model, context, batching).
 //! - [`lifecycle`]: the license state machine (serving, grace, lapsed) on the
 //!   monotonic clock, renewal without restart.
+//! - [`renewal`]: the node's side of the license server protocol: first license,
+//!   automatic renewal with backoff, obeying revocations.
+//! - [`usage`]: usage counters reported with renewals.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //!
 //! The runtime never writes plaintext weights to storage.
@@ -11,5 +14,7 @@
 pub mod admission;
 pub mod engine;
 pub mod lifecycle;
+pub mod renewal;
 pub mod text;
+pub mod usage;
 pub mod weights;

@@ -31,6 +31,7 @@ use crate::runtime::engine::{
     Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase};
+use crate::runtime::renewal::Renewer;
 use openai::{error_body, Endpoint, ResponseMeta, Usage};
 use validation::{Invalid, Limits, MAX_BODY_BYTES};
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     /// The admin token; `None` disables the admin endpoints.
     pub admin_token: Option<String>,
+    /// Automatic renewal from a license server, when configured.
+    pub renewal: Option<Arc<Renewer>>,
 }
 
 type Shared = Arc<AppState>;
@@ -381,9 +384,11 @@ async fn generate(
     };
     let meta = ResponseMeta::new(endpoint, &model, clock::system_now().timestamp());
     if stream {
-        return Ok(Sse::new(sse_stream(meta, rx, include_usage))
-            .keep_alive(KeepAlive::default())
-            .into_response());
+        return Ok(
+            Sse::new(sse_stream(meta, rx, include_usage, state.lifecycle.clone()))
+                .keep_alive(KeepAlive::default())
+                .into_response(),
+        );
     }
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
@@ -395,6 +400,10 @@ async fn generate(
                 ..
             } => {
                 let usage = Usage::new(prompt_tokens, completion_tokens);
+                state
+                    .lifecycle
+                    .usage()
+                    .record(prompt_tokens, completion_tokens);
                 return Ok(Json(meta.response(&text, reason.as_str(), usage)).into_response());
             }
             Event::Failed(e) => return Err(ApiError::from_generate(&e)),
@@ -414,6 +423,7 @@ fn sse_stream(
     meta: ResponseMeta,
     mut rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
+    lifecycle: Arc<Lifecycle>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream_like(move |tx| async move {
         let send = |v: Value| tx.send(SseEvent::default().data(v.to_string())).is_ok();
@@ -433,6 +443,7 @@ fn sse_stream(
                     completion_tokens,
                 } => {
                     let usage = Usage::new(prompt_tokens, completion_tokens);
+                    lifecycle.usage().record(prompt_tokens, completion_tokens);
                     send(meta.chunk("", false, Some(reason.as_str()), Some(usage)));
                     if include_usage {
                         send(meta.usage_chunk(usage));
@@ -518,11 +529,16 @@ pub fn license_json(lifecycle: &Lifecycle) -> Value {
         "caps": caps,
         "features": b.features,
         "demo_root": status.license.authority.is_demo(),
+        "revoked": lifecycle.revoked().is_some(),
     })
 }
 
 async fn license(State(state): State<Shared>) -> Json<Value> {
-    Json(license_json(&state.lifecycle))
+    let mut body = license_json(&state.lifecycle);
+    if let Some(renewer) = &state.renewal {
+        body["renewal"] = json!(renewer.status());
+    }
+    Json(body)
 }
 
 async fn admin_license(State(state): State<Shared>, body: Body) -> Result<Json<Value>, ApiError> {

@@ -103,7 +103,9 @@ impl Fixture {
             DeclaredUse {
                 use_case: "tests".into(),
                 data_handling: "none".into(),
+                ..Default::default()
             },
+            None,
             now(),
         )
         .unwrap();
@@ -153,6 +155,7 @@ impl Fixture {
             features: vec![],
             renewal: vec![],
             issued_at: now() - Duration::hours(1),
+            license_id: None,
         }
     }
 

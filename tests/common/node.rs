@@ -127,7 +127,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path, args: &[&str]) -> Server {
+    pub fn start(dir: &Path, args: &[&str]) -> Server {
         let stderr_log = dir.join(format!("serve-{}.stderr", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .args(args)

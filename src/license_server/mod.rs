@@ -1,0 +1,386 @@
+//! The license server: vendors (or their delegated service in a customer's datacenter)
+//! run it to approve enrollments and hand out short leases that nodes renew by
+//! themselves, so a long entitlement stays revocable and usage flows back.
+//!
+//! - [`store`]: SQLite (embedded, group-committed) or PostgreSQL (replicas), migrations.
+//! - [`registry`]: the records and rules, written once for both databases.
+//! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`) and the admin API.
+//!
+//! The server signs with an issuer key that the vendor's root certified (`leasehold
+//! certify-issuer`); the root key stays offline. Content keys are stored encrypted
+//! under a key derived from the issuer key (`crypto::at_rest`).
+
+pub mod http;
+pub mod registry;
+pub mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Duration, Utc};
+
+use crate::crypto::at_rest;
+use crate::crypto::keyfile;
+use crate::crypto::signing::SecretKey;
+use crate::crypto::ContentKey;
+use crate::format::{DocumentKind, Envelope};
+use crate::fsutil;
+use crate::license::issue::{self as issuing, Terms};
+use crate::license::issuer::ANY;
+use crate::license::verify::authenticate_signer;
+use crate::license::{IssuerCertBody, TrustRoots};
+use crate::node::{clock, enrollment};
+use crate::protocol::{self, Decision, RenewalResponseBody};
+use crate::seal::Header;
+use registry::{Entitlement, IssuerLimits, Renewal, RenewalInput};
+use store::{Store, StoreError};
+
+/// The issuer key and its root-signed certificate.
+pub struct Issuer {
+    key: SecretKey,
+    certificate: Envelope,
+    scope: IssuerCertBody,
+}
+
+impl Issuer {
+    /// Load and check: the certificate chains to a root compiled into this build,
+    /// names this key, and is valid now.
+    pub fn load(key_path: &Path, cert_path: &Path) -> anyhow::Result<Issuer> {
+        let key = keyfile::read_secret_key(key_path)?;
+        let bytes = fsutil::read_limited(
+            cert_path,
+            crate::format::envelope::MAX_DOCUMENT_BYTES,
+            "issuer certificate",
+        )?;
+        let certificate = Envelope::parse(&bytes, DocumentKind::IssuerCertificate)
+            .with_context(|| format!("{} is not an issuer certificate", cert_path.display()))?;
+        let now = clock::system_now();
+        authenticate_signer(&certificate, &TrustRoots::compiled_in()).map_err(|v| {
+            anyhow::anyhow!(
+                "the issuer certificate {} is not trusted: {}",
+                cert_path.display(),
+                v.explain(now)
+            )
+        })?;
+        let scope: IssuerCertBody = certificate.decode_body()?;
+        if scope.issuer_key != key.public_key().to_bytes() {
+            bail!(
+                "the issuer certificate {} certifies key {}, not the key in {} ({})",
+                cert_path.display(),
+                crate::crypto::signing::PublicKey::from_bytes(&scope.issuer_key)
+                    .map(|k| k.key_id())
+                    .unwrap_or_else(|_| "?".into()),
+                key_path.display(),
+                key.public_key().key_id()
+            );
+        }
+        if now >= scope.not_after {
+            bail!(
+                "the issuer certificate expired at {}; ask the vendor's root holder for a new one (`leasehold certify-issuer`)",
+                scope.not_after
+            );
+        }
+        Ok(Issuer {
+            key,
+            certificate,
+            scope,
+        })
+    }
+
+    pub fn key_id(&self) -> String {
+        self.key.public_key().key_id()
+    }
+
+    pub fn scope(&self) -> &IssuerCertBody {
+        &self.scope
+    }
+
+    fn limits(&self) -> IssuerLimits {
+        IssuerLimits {
+            not_after: self.scope.not_after,
+            max_lease_seconds: self.scope.max_lease_seconds,
+        }
+    }
+
+    fn covers(list: &[String], item: &str) -> bool {
+        list.iter().any(|x| x == ANY || x == item)
+    }
+
+    fn sign(&self, body: &RenewalResponseBody) -> String {
+        protocol::sign_response(&self.key, Some(&self.certificate), body).render()
+    }
+}
+
+/// An error for an API caller: HTTP status class and a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused(m) => ApiError::Forbidden(m),
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What `admin entitle` asks for.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EntitleRequest {
+    pub org: String,
+    pub models: Vec<String>,
+    pub nodes: u64,
+    pub term_end: DateTime<Utc>,
+    pub lease_seconds: u64,
+    pub grace_seconds: u64,
+    #[serde(default)]
+    pub caps: crate::license::Caps,
+}
+
+/// The server's logic, shared by its HTTP handlers.
+pub struct Service {
+    pub store: Store,
+    pub issuer: Issuer,
+}
+
+impl Service {
+    pub fn new(store: Store, issuer: Issuer) -> Arc<Service> {
+        Arc::new(Service { store, issuer })
+    }
+
+    /// Store a model's header and content key (encrypted at rest).
+    pub async fn add_model(
+        &self,
+        header_bytes: Vec<u8>,
+        key: ContentKey,
+    ) -> Result<Header, ApiError> {
+        let header = Header::parse(&header_bytes)
+            .map_err(|e| ApiError::BadRequest(format!("not a sealed model header: {e}")))?;
+        if key.key_id() != header.key_id {
+            return Err(ApiError::BadRequest(format!(
+                "the content key (key id {}) does not belong to model '{}' (sealed with key id {}); pass the .key file written when it was sealed",
+                hex::encode(key.key_id()),
+                header.model_id,
+                hex::encode(header.key_id)
+            )));
+        }
+        if !Issuer::covers(&self.issuer.scope.models, &header.model_id) {
+            return Err(ApiError::Forbidden(format!(
+                "this server's issuer certificate does not cover model '{}' (it covers: {})",
+                header.model_id,
+                self.issuer.scope.models.join(", ")
+            )));
+        }
+        let stored = at_rest::seal(&self.issuer.key, &header.model_id, &key);
+        let model_id = header.model_id.clone();
+        let encoded = header.encode();
+        self.store
+            .transact(move |sql| {
+                registry::add_model(sql, &model_id, encoded, stored, clock::system_now())
+            })
+            .await?;
+        Ok(header)
+    }
+
+    pub async fn entitle(&self, request: EntitleRequest) -> Result<Entitlement, ApiError> {
+        let org = request.org.trim().to_string();
+        if org.is_empty() || org.len() > 256 || org.chars().any(char::is_control) {
+            return Err(ApiError::BadRequest(
+                "--org must be 1 to 256 printable characters".into(),
+            ));
+        }
+        if request.models.is_empty() {
+            return Err(ApiError::BadRequest("name at least one --model".into()));
+        }
+        if request.nodes == 0 {
+            return Err(ApiError::BadRequest("--nodes must be at least 1".into()));
+        }
+        if request.lease_seconds == 0 {
+            return Err(ApiError::BadRequest(
+                "--lease must be longer than 0 s".into(),
+            ));
+        }
+        let scope = &self.issuer.scope;
+        if !Issuer::covers(&scope.orgs, &org) {
+            return Err(ApiError::Forbidden(format!(
+                "this server's issuer certificate does not cover organization '{org}' (it covers: {})",
+                scope.orgs.join(", ")
+            )));
+        }
+        if let Some(m) = request.models.iter().find(|m| {
+            m.as_str() == ANY && !scope.models.iter().any(|s| s == ANY)
+                || m.as_str() != ANY && !Issuer::covers(&scope.models, m)
+        }) {
+            return Err(ApiError::Forbidden(format!(
+                "this server's issuer certificate does not cover model '{m}' (it covers: {})",
+                scope.models.join(", ")
+            )));
+        }
+        if request.lease_seconds > scope.max_lease_seconds {
+            return Err(ApiError::Forbidden(format!(
+                "--lease {} s is longer than the issuer certificate's maximum lease of {} s",
+                request.lease_seconds, scope.max_lease_seconds
+            )));
+        }
+        let now = clock::system_now();
+        if request.term_end <= now {
+            return Err(ApiError::BadRequest(format!(
+                "--term-end {} is in the past",
+                request.term_end
+            )));
+        }
+        let entitlement = Entitlement {
+            id: String::new(),
+            org,
+            models: request.models,
+            nodes: request.nodes,
+            enrolled: 0,
+            term_end: crate::format::time::whole_seconds(request.term_end),
+            lease_seconds: request.lease_seconds,
+            grace_seconds: request.grace_seconds,
+            caps: request.caps,
+            created_at: now,
+            revoked_at: None,
+        };
+        Ok(self
+            .store
+            .transact(move |sql| registry::entitle(sql, entitlement, now))
+            .await?)
+    }
+
+    /// A node submits its enrollment.
+    pub async fn enroll(&self, bytes: &[u8]) -> Result<registry::Submitted, ApiError> {
+        let body = enrollment::verify(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let document = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::BadRequest("the enrollment is not UTF-8".into()))?;
+        let submitted = self
+            .store
+            .transact(move |sql| {
+                registry::submit_enrollment(sql, &document, &body, clock::system_now())
+            })
+            .await?;
+        if submitted.new {
+            tracing::info!(
+                "enrollment {} submitted (pending approval)",
+                submitted.enrollment_id
+            );
+        }
+        Ok(submitted)
+    }
+
+    /// A node asks for its first license or a renewal. Always answers with a signed
+    /// response unless the request itself is malformed or forged.
+    pub async fn renew(&self, bytes: &[u8]) -> Result<String, ApiError> {
+        let (envelope, body) =
+            protocol::parse_request(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        protocol::verify_request(&envelope, &body, &body.node_key)
+            .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+        let input = RenewalInput {
+            node_id: body.node_id.clone(),
+            node_key: body.node_key,
+            model_id: body.model_id.clone(),
+            license: body.license.clone(),
+            usage: body.usage.clone(),
+        };
+        if crate::crypto::signing::PublicKey::from_bytes(&body.node_key)
+            .map(|k| k.key_id())
+            .ok()
+            .as_deref()
+            != Some(body.node_id.as_str())
+        {
+            return Err(ApiError::BadRequest(
+                "the request's node id does not match its node key".into(),
+            ));
+        }
+        let limits = self.issuer.limits();
+        let now = clock::system_now();
+        let decision = self
+            .store
+            .transact(move |sql| registry::renew(sql, &input, limits, now))
+            .await?;
+        let decision = match decision {
+            Renewal::Grant(grant) => {
+                let license = self.sign_license(&grant, now)?;
+                tracing::info!(
+                    "renewed license {} for node {} (serial {}, expires {})",
+                    grant.license_id,
+                    body.node_id,
+                    grant.serial,
+                    grant.expires_at
+                );
+                Decision::Renewed { license }
+            }
+            Renewal::Pending { enrollment_id } => Decision::Pending {
+                message: format!(
+                    "enrollment {enrollment_id} waits for the vendor's approval (`leasehold admin approve {enrollment_id}`)"
+                ),
+                enrollment_id,
+            },
+            Renewal::Refused(reason, message) => {
+                tracing::info!(
+                    "refused node {} ({}): {message}",
+                    body.node_id,
+                    reason.as_str()
+                );
+                Decision::Refused { reason, message }
+            }
+        };
+        Ok(self.issuer.sign(&RenewalResponseBody {
+            version: 1,
+            node_id: body.node_id,
+            request_nonce: body.nonce,
+            server_time: now,
+            decision,
+        }))
+    }
+
+    fn sign_license(
+        &self,
+        grant: &registry::Grant,
+        now: DateTime<Utc>,
+    ) -> Result<String, ApiError> {
+        let internal = |e: String| ApiError::Internal(e);
+        let enrollment = enrollment::verify(grant.enrollment_document.as_bytes())
+            .map_err(|e| internal(format!("stored enrollment: {e}")))?;
+        let header = Header::parse(&grant.header)
+            .map_err(|e| internal(format!("stored header of '{}': {e}", grant.model_id)))?;
+        let key = at_rest::open(&self.issuer.key, &grant.model_id, &grant.stored_key)
+            .map_err(|e| internal(e.to_string()))?;
+        let terms = Terms {
+            licensee: grant.org.clone(),
+            not_before: grant.not_before,
+            expires_at: grant.expires_at,
+            grace: Duration::seconds(i64::try_from(grant.grace_seconds).unwrap_or(0)),
+            serial: grant.serial,
+            caps: grant.caps.clone(),
+            features: Vec::new(),
+            renewal: Vec::new(),
+            issued_at: now,
+            license_id: Some(grant.license_id.clone()),
+        };
+        let license = issuing::issue(
+            &self.issuer.key,
+            Some(self.issuer.certificate.clone()),
+            &enrollment,
+            &header,
+            &key,
+            &terms,
+        )
+        .map_err(|e| internal(e.to_string()))?;
+        Ok(license.render())
+    }
+}

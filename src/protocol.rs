@@ -1,0 +1,275 @@
+//! The renewal protocol between nodes and license servers.
+//!
+//! Every message is a signed document (see `format::envelope`): a request is signed by
+//! the node's key, a response by the issuer key with its root-signed certificate in the
+//! chain. Plain HTTP therefore cannot forge or alter them; TLS adds privacy. A request
+//! carries a fresh nonce that the response must echo, so a captured old response is
+//! refused; a renewed license must also carry a higher serial than the one in force.
+//!
+//! The same messages travel as files for air-gapped sites (`leasehold renew
+//! --request-out`, `leasehold admin renew`, `leasehold renew --response`).
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::random;
+use crate::crypto::signing::SecretKey;
+use crate::format::encoding::{base64_array, hex_array};
+use crate::format::{Body, DocumentKind, Envelope};
+use crate::license::issuer::ANY;
+use crate::license::verify::authenticate_signer;
+use crate::license::{Authority, TrustRoots};
+use crate::node::NodeIdentity;
+
+/// The license a node holds now (absent when it asks for its first one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicenseRef {
+    pub license_id: String,
+    pub serial: u64,
+}
+
+/// Usage counters the node reports with each renewal (totals since `since`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageCheckpoint {
+    pub since: Option<DateTime<Utc>>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A renewal request, signed by the node key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalRequestBody {
+    pub version: u32,
+    pub node_id: String,
+    #[serde(with = "base64_array")]
+    pub node_key: [u8; 32],
+    /// The model the node serves (from its sealed file).
+    pub model_id: String,
+    pub license: Option<LicenseRef>,
+    #[serde(with = "hex_array")]
+    pub nonce: [u8; 16],
+    /// The node's clock when it signed the request.
+    pub sent_at: DateTime<Utc>,
+    pub usage: UsageCheckpoint,
+}
+
+impl Body for RenewalRequestBody {
+    const KIND: DocumentKind = DocumentKind::RenewalRequest;
+    const VERSION: u32 = 1;
+}
+
+/// Why a license server will not renew. The node obeys: `revoked` lapses at once,
+/// `ended` at the end of the current lease, the others keep the node from starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalReason {
+    /// The license, node or organization was revoked.
+    Revoked,
+    /// The entitlement's term is over (or it was withdrawn).
+    Ended,
+    /// The enrollment was denied by the vendor.
+    Denied,
+    /// The server knows no enrollment for this node (enroll with --server first).
+    UnknownNode,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Revoked => "revoked",
+            RefusalReason::Ended => "ended",
+            RefusalReason::Denied => "denied",
+            RefusalReason::UnknownNode => "unknown-node",
+        }
+    }
+}
+
+/// What the server decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Decision {
+    /// A new license (the full license document text).
+    Renewed { license: String },
+    /// The enrollment waits for approval.
+    Pending {
+        enrollment_id: String,
+        message: String,
+    },
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+}
+
+/// A renewal response, signed by the issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalResponseBody {
+    pub version: u32,
+    pub node_id: String,
+    /// The request's nonce, echoed: binds this response to one request.
+    #[serde(with = "hex_array")]
+    pub request_nonce: [u8; 16],
+    /// The server's clock when it answered.
+    pub server_time: DateTime<Utc>,
+    pub decision: Decision,
+}
+
+impl Body for RenewalResponseBody {
+    const KIND: DocumentKind = DocumentKind::RenewalResponse;
+    const VERSION: u32 = 1;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("not a valid {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error("the renewal request is not signed by the node key it names")]
+    WrongSigner,
+    #[error("the response is not signed by a trusted issuer: {0}")]
+    Untrusted(String),
+    #[error("the response is for node {found}, not this node ({expected})")]
+    WrongNode { expected: String, found: String },
+    #[error("the response does not answer this request (nonce mismatch): a replayed or misdirected response")]
+    Replayed,
+    #[error("the response's issuer is out of scope: {0}")]
+    OutOfScope(String),
+}
+
+/// Sign a renewal request with the node key. Returns the document and its nonce.
+pub fn sign_request(
+    identity: &NodeIdentity,
+    model_id: &str,
+    license: Option<LicenseRef>,
+    usage: UsageCheckpoint,
+    now: DateTime<Utc>,
+) -> (Envelope, [u8; 16]) {
+    let public = identity.public();
+    let nonce = random::bytes::<16>();
+    let body = RenewalRequestBody {
+        version: RenewalRequestBody::VERSION,
+        node_id: public.node_id(),
+        node_key: public.signing_key.to_bytes(),
+        model_id: model_id.to_string(),
+        license,
+        nonce,
+        sent_at: crate::format::time::whole_seconds(now),
+        usage,
+    };
+    (Envelope::sign(&body, identity.signing_key(), vec![]), nonce)
+}
+
+/// Parse a request without trusting it yet: the server looks up the node's enrolled
+/// key by the body's node id, then calls [`verify_request`].
+pub fn parse_request(bytes: &[u8]) -> Result<(Envelope, RenewalRequestBody), ProtocolError> {
+    let malformed = |reason: String| ProtocolError::Malformed {
+        what: "renewal request",
+        reason,
+    };
+    let envelope = Envelope::parse(bytes, DocumentKind::RenewalRequest)
+        .map_err(|e| malformed(e.to_string()))?;
+    let body: RenewalRequestBody = envelope
+        .decode_body()
+        .map_err(|e| malformed(e.to_string()))?;
+    Ok((envelope, body))
+}
+
+/// Check a parsed request against the node key the server enrolled.
+pub fn verify_request(
+    envelope: &Envelope,
+    body: &RenewalRequestBody,
+    enrolled_key: &[u8; 32],
+) -> Result<(), ProtocolError> {
+    if envelope.signer != *enrolled_key || body.node_key != *enrolled_key {
+        return Err(ProtocolError::WrongSigner);
+    }
+    envelope
+        .verify_signature()
+        .map_err(|_| ProtocolError::WrongSigner)?;
+    Ok(())
+}
+
+/// Sign a response with the issuer key (its certificate rides in the chain).
+pub fn sign_response(
+    issuer: &SecretKey,
+    certificate: Option<&Envelope>,
+    body: &RenewalResponseBody,
+) -> Envelope {
+    Envelope::sign(body, issuer, certificate.cloned().into_iter().collect())
+}
+
+/// What the node expects of a response.
+#[derive(Debug, Clone)]
+pub struct Expected<'a> {
+    pub node_id: &'a str,
+    pub nonce: [u8; 16],
+    /// The organization and model of the license in force, when there is one: the
+    /// issuer's certificate must cover them.
+    pub scope: Option<(&'a str, &'a str)>,
+}
+
+/// A response that checked out.
+#[derive(Debug, Clone)]
+pub struct OpenedResponse {
+    pub body: RenewalResponseBody,
+    pub authority: Authority,
+}
+
+impl OpenedResponse {
+    /// Server clock minus node clock (positive: the node is behind).
+    pub fn clock_offset(&self, now: DateTime<Utc>) -> Duration {
+        self.body.server_time - now
+    }
+}
+
+/// Verify a response: signed by a trusted root or an issuer certified by one, within
+/// the certificate's scope and validity, for this node, answering this request.
+pub fn open_response(
+    bytes: &[u8],
+    roots: &TrustRoots,
+    expected: &Expected,
+) -> Result<OpenedResponse, ProtocolError> {
+    let malformed = |reason: String| ProtocolError::Malformed {
+        what: "renewal response",
+        reason,
+    };
+    let envelope = Envelope::parse(bytes, DocumentKind::RenewalResponse)
+        .map_err(|e| malformed(e.to_string()))?;
+    let (authority, certificate) = authenticate_signer(&envelope, roots)
+        .map_err(|v| ProtocolError::Untrusted(v.explain(crate::node::clock::system_now())))?;
+    let body: RenewalResponseBody = envelope
+        .decode_body()
+        .map_err(|e| malformed(e.to_string()))?;
+    if body.node_id != expected.node_id {
+        return Err(ProtocolError::WrongNode {
+            expected: expected.node_id.to_string(),
+            found: body.node_id,
+        });
+    }
+    if body.request_nonce != expected.nonce {
+        return Err(ProtocolError::Replayed);
+    }
+    if let Some(cert) = certificate {
+        if body.server_time < cert.not_before || body.server_time > cert.not_after {
+            return Err(ProtocolError::OutOfScope(format!(
+                "the issuer certificate is valid from {} to {}, and the response was made at {}",
+                cert.not_before, cert.not_after, body.server_time
+            )));
+        }
+        if let Some((org, model)) = expected.scope {
+            let covers = |list: &[String], item: &str| list.iter().any(|x| x == ANY || x == item);
+            if !covers(&cert.orgs, org) || !covers(&cert.models, model) {
+                return Err(ProtocolError::OutOfScope(format!(
+                    "the issuer is certified for organizations [{}] and models [{}], not '{org}' / '{model}'",
+                    cert.orgs.join(", "),
+                    cert.models.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(OpenedResponse { body, authority })
+}

@@ -1,0 +1,416 @@
+//! The node's side of the license server protocol.
+//!
+//! - [`fetch_license`]: at start, get a license (waiting for the vendor's approval).
+//! - [`Renewer`]: renew at about half the lease; on failure retry with exponential
+//!   backoff and jitter. While the server is unreachable the node serves until lease +
+//!   grace end, then lapses; the next successful renewal revives it without a restart.
+//!   A "revoked" answer lapses the node at once; "ended" lets the lease run out.
+//!
+//! Every response is verified (`protocol::open_response`): signed by a trusted issuer in
+//! scope, for this node, echoing this request's nonce. The license inside then goes
+//! through the same admission as any license file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::lifecycle::{Lifecycle, Phase};
+use crate::crypto::random;
+use crate::fsutil::{self, Replace};
+use crate::license::TrustRoots;
+use crate::node::trusted_time::rollback_tolerance;
+use crate::node::{clock, NodeIdentity};
+use crate::protocol::{
+    self, Decision, Expected, LicenseRef, OpenedResponse, RefusalReason, UsageCheckpoint,
+};
+
+/// A license server's HTTP endpoint.
+#[derive(Clone)]
+pub struct ServerClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Talking to the license server failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the license server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the license server answered HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+}
+
+impl ServerClient {
+    pub fn new(base: &str) -> ServerClient {
+        ServerClient {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .expect("the HTTP client builds with default settings"),
+            base: base.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// POST a document; the response body on 2xx, the server's message otherwise.
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+            return Err(ClientError::Http {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Send a signed request and verify the signed response.
+    pub async fn exchange(
+        &self,
+        identity: &NodeIdentity,
+        model_id: &str,
+        current: Option<(&LicenseRef, &str)>,
+        usage: UsageCheckpoint,
+    ) -> Result<OpenedResponse, ClientError> {
+        let (request, nonce) = protocol::sign_request(
+            identity,
+            model_id,
+            current.map(|(r, _)| r.clone()),
+            usage,
+            clock::system_now(),
+        );
+        let bytes = self
+            .post("/v1/renewals", request.render().into_bytes())
+            .await?;
+        let node_id = identity.public().node_id();
+        let opened = protocol::open_response(
+            &bytes,
+            &TrustRoots::compiled_in(),
+            &Expected {
+                node_id: &node_id,
+                nonce,
+                scope: current.map(|(_, org)| (org, model_id)),
+            },
+        )?;
+        report_clock(&opened);
+        Ok(opened)
+    }
+}
+
+/// Warn (once per response) when this node's clock is far from the server's.
+fn report_clock(opened: &OpenedResponse) {
+    let offset = opened.clock_offset(clock::system_now());
+    if offset.abs() > rollback_tolerance() {
+        tracing::warn!(
+            "this node's clock is {} s {} the license server's; fix the time (NTP): licenses are checked against this clock",
+            offset.num_seconds().abs(),
+            if offset.num_seconds() > 0 { "behind" } else { "ahead of" }
+        );
+    }
+}
+
+/// What a server answers to an enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    pub enrollment_id: String,
+    pub status: String,
+    pub new: bool,
+}
+
+/// Submit an enrollment document (blocking; for the `enroll` command).
+pub fn submit_enrollment(url: &str, document: Vec<u8>) -> anyhow::Result<Submitted> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = ServerClient::new(url);
+    let bytes = rt.block_on(client.post("/v1/enrollments", document))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Why no license could be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the license server refused ({}): {message}", reason.as_str())]
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+    #[error("cannot write the license to {path}: {reason}")]
+    Write { path: String, reason: String },
+}
+
+/// Sleep about `d`, ±20 %, so a fleet does not renew in lockstep.
+async fn sleep_jittered(d: Duration) {
+    let unit = u32::from_le_bytes(random::bytes::<4>()) as f64 / u32::MAX as f64;
+    tokio::time::sleep(d.mul_f64(0.8 + 0.4 * unit)).await;
+}
+
+fn write_license(path: &Path, license: &str) -> Result<(), FetchError> {
+    fsutil::write_atomic(
+        path,
+        license.as_bytes(),
+        fsutil::PUBLIC_MODE,
+        Replace::Allowed,
+    )
+    .map_err(|e| FetchError::Write {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Get a license from the server into `path`, waiting for approval and retrying while
+/// the server is unreachable. `current` names the license held (possibly expired).
+pub async fn fetch_license(
+    client: &ServerClient,
+    identity: &NodeIdentity,
+    model_id: &str,
+    current: Option<(LicenseRef, String)>,
+    path: &Path,
+    poll: Duration,
+) -> Result<String, FetchError> {
+    let mut announced_wait = false;
+    let mut failures = 0u32;
+    loop {
+        let scope = current.as_ref().map(|(r, org)| (r, org.as_str()));
+        match client
+            .exchange(identity, model_id, scope, UsageCheckpoint::default())
+            .await
+        {
+            Ok(opened) => {
+                failures = 0;
+                match opened.body.decision {
+                    Decision::Renewed { license } => {
+                        write_license(path, &license)?;
+                        eprintln!(
+                            "license received from {} into {}",
+                            client.url(),
+                            path.display()
+                        );
+                        return Ok(license);
+                    }
+                    Decision::Pending {
+                        enrollment_id,
+                        message,
+                    } => {
+                        if !announced_wait {
+                            eprintln!("waiting for approval: {message}");
+                            tracing::info!("enrollment {enrollment_id} pending");
+                            announced_wait = true;
+                        }
+                    }
+                    Decision::Refused { reason, message } => {
+                        return Err(FetchError::Refused { reason, message })
+                    }
+                }
+                sleep_jittered(poll).await;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    eprintln!("{e}; retrying");
+                }
+                sleep_jittered(backoff(failures, Duration::from_secs(30))).await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 1 s, capped.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(16);
+    Duration::from_secs(secs)
+        .min(cap)
+        .max(Duration::from_millis(500))
+}
+
+/// Renewal state, shown in `/v1/license`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RenewalStatus {
+    pub server: String,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub renewals: u64,
+    /// Server clock minus node clock at the last answer, in seconds.
+    pub clock_offset_seconds: Option<i64>,
+    /// The server's last refusal (revoked, ended, …).
+    pub refused: Option<String>,
+}
+
+/// Renews the license in force for as long as the node runs.
+pub struct Renewer {
+    client: ServerClient,
+    lifecycle: Arc<Lifecycle>,
+    license_path: PathBuf,
+    status: Mutex<RenewalStatus>,
+}
+
+impl Renewer {
+    pub fn new(
+        client: ServerClient,
+        lifecycle: Arc<Lifecycle>,
+        license_path: PathBuf,
+    ) -> Arc<Renewer> {
+        Arc::new(Renewer {
+            status: Mutex::new(RenewalStatus {
+                server: client.url().to_string(),
+                ..RenewalStatus::default()
+            }),
+            client,
+            lifecycle,
+            license_path,
+        })
+    }
+
+    pub fn status(&self) -> RenewalStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    /// The lease length of the license in force.
+    fn lease(&self) -> Duration {
+        let body = &self.lifecycle.status().license.body;
+        (body.expires_at - body.not_before)
+            .to_std()
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// When to try next after a success: half of what is left of the lease.
+    fn next_after_success(&self) -> Duration {
+        let status = self.lifecycle.status();
+        if status.phase == Phase::Serving {
+            Duration::from_secs((status.seconds_left.max(2) / 2) as u64)
+        } else {
+            self.lease() / 2
+        }
+    }
+
+    /// Run until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let mut wait = self.next_after_success();
+        loop {
+            sleep_jittered(wait.max(Duration::from_millis(500))).await;
+            wait = match self.attempt().await {
+                Ok(()) => self.next_after_success(),
+                Err(e) => {
+                    let failures = {
+                        let mut s = self.status.lock().unwrap();
+                        s.consecutive_failures += 1;
+                        s.last_error = Some(e.clone());
+                        s.consecutive_failures
+                    };
+                    if failures == 1 || failures % 10 == 0 {
+                        tracing::warn!(
+                            "renewal failed ({failures} in a row): {e}; serving continues until the lease and grace end"
+                        );
+                    }
+                    let cap = (self.lease() / 4).max(Duration::from_secs(2));
+                    backoff(failures, cap)
+                }
+            };
+        }
+    }
+
+    /// One renewal attempt. `Err` only for failures worth retrying soon.
+    async fn attempt(&self) -> Result<(), String> {
+        let status = self.lifecycle.status();
+        let body = &status.license.body;
+        let current = LicenseRef {
+            license_id: body.license_id.clone(),
+            serial: body.serial,
+        };
+        let now = clock::system_now();
+        self.status.lock().unwrap().last_attempt = Some(now);
+        let opened = self
+            .client
+            .exchange(
+                self.lifecycle.identity(),
+                &body.model.model_id,
+                Some((&current, &body.licensee)),
+                self.lifecycle.usage().checkpoint(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let offset = opened.clock_offset(clock::system_now()).num_seconds();
+        let record = |refused: Option<String>| {
+            let mut s = self.status.lock().unwrap();
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            s.last_success = Some(clock::system_now());
+            s.clock_offset_seconds = Some(offset);
+            s.refused = refused;
+        };
+        match opened.body.decision {
+            Decision::Renewed { license } => {
+                let accepted = self
+                    .lifecycle
+                    .renew(license.as_bytes())
+                    .await
+                    .map_err(|e| format!("the renewed license was refused: {e}"))?;
+                write_license(&self.license_path, &license).map_err(|e| e.to_string())?;
+                record(None);
+                self.status.lock().unwrap().renewals += 1;
+                tracing::info!(
+                    "renewed from {}: serial {}, expires {}",
+                    self.client.url(),
+                    accepted.body.serial,
+                    accepted.body.expires_at
+                );
+                Ok(())
+            }
+            Decision::Refused { reason, message } => {
+                record(Some(format!("{}: {message}", reason.as_str())));
+                match reason {
+                    RefusalReason::Revoked if self.lifecycle.revoked().is_none() => {
+                        self.lifecycle.revoke(&message).await;
+                        let mut revoked = self.license_path.clone().into_os_string();
+                        revoked.push(".revoked");
+                        if let Err(e) = std::fs::rename(&self.license_path, &revoked) {
+                            tracing::warn!(
+                                "cannot move the revoked license {} aside: {e}",
+                                self.license_path.display()
+                            );
+                        }
+                    }
+                    RefusalReason::Revoked => {}
+                    _ => tracing::warn!(
+                        "the license server will not renew ({}): {message}; serving continues until the lease and grace end",
+                        reason.as_str()
+                    ),
+                }
+                Ok(())
+            }
+            Decision::Pending { message, .. } => {
+                record(Some(format!("pending: {message}")));
+                Ok(())
+            }
+        }
+    }
+}

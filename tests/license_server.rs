@@ -1,0 +1,876 @@
+//! The license server with real nodes on loopback: a real `leasehold license-server`
+//! process (SQLite, and two replicas on a real PostgreSQL), real `leasehold serve`
+//! nodes with the tiny test model, the `admin` and `enroll --server` commands.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::node::{eventually, leasehold, Server};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const ORG: &str = "Acme Corp";
+
+/// The vendor's side: an issuer certified by the demo root, a sealed tiny model, an
+/// admin token, and a running license server.
+struct Vendor {
+    dir: TempDir,
+    db: String,
+    server: Option<Server>,
+    addr: Option<String>,
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Vendor {
+    /// `certify` adds flags to certify-issuer (scope, validity, max lease).
+    fn new(db: Option<String>, certify: &[&str]) -> Vendor {
+        let dir = TempDir::new().unwrap();
+        let p = dir.path();
+        ok(&leasehold(p, &["keygen", "--out", "issuer"]), "keygen");
+        let root = common::repo_path("keys/demo/root.key");
+        let mut args = vec![
+            "certify-issuer",
+            "--root",
+            root.to_str().unwrap(),
+            "--issuer-pub",
+            "issuer.pub",
+            "--valid-until",
+            "+30d",
+            "--out",
+            "issuer.cert",
+        ];
+        if certify.is_empty() {
+            args.extend(["--org", ORG, "--model", "tiny", "--max-lease", "1h"]);
+        }
+        args.extend_from_slice(certify);
+        ok(&leasehold(p, &args), "certify-issuer");
+        std::fs::write(p.join("admin.token"), "test-admin-token-0123456789abcdef\n").unwrap();
+        std::fs::write(p.join("tiny.gguf"), common::gguf::tiny_llama(1)).unwrap();
+        ok(
+            &leasehold(
+                p,
+                &[
+                    "seal",
+                    "tiny.gguf",
+                    "--model-id",
+                    "tiny",
+                    "--out",
+                    "m.sealed",
+                    "--key-out",
+                    "m.key",
+                ],
+            ),
+            "seal",
+        );
+        let db = db.unwrap_or_else(|| format!("sqlite:{}", p.join("server.db").display()));
+        Vendor {
+            dir,
+            db,
+            server: None,
+            addr: None,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Start the server (on the same port as before, after a restart).
+    fn start(&mut self) {
+        let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let server = Server::start(
+            self.path(),
+            &[
+                "license-server",
+                "--issuer-key",
+                "issuer.key",
+                "--issuer-cert",
+                "issuer.cert",
+                "--db",
+                &self.db,
+                "--listen",
+                &listen,
+                "--admin-token-file",
+                "admin.token",
+            ],
+        );
+        self.addr = Some(server.base.trim_start_matches("http://").to_string());
+        self.server = Some(server);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr.as_ref().expect("started"))
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        let url = self.url();
+        let mut all = vec!["admin", "--server", &url, "--token-file", "admin.token"];
+        all.extend_from_slice(args);
+        leasehold(self.path(), &all)
+    }
+
+    fn admin_ok(&self, args: &[&str]) -> String {
+        ok(&self.admin(args), &format!("admin {args:?}"))
+    }
+
+    fn admin_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.admin_ok(&all)).unwrap()
+    }
+
+    /// Add the model and an entitlement.
+    fn entitle(&self, nodes: u32, lease: &str, grace: &str) {
+        self.admin_ok(&[
+            "model",
+            "add",
+            "--sealed",
+            "m.sealed",
+            "--content-key",
+            "m.key",
+        ]);
+        self.admin_ok(&[
+            "entitle",
+            "--org",
+            ORG,
+            "--model",
+            "tiny",
+            "--nodes",
+            &nodes.to_string(),
+            "--term-end",
+            "+1d",
+            "--lease",
+            lease,
+            "--grace",
+            grace,
+        ]);
+    }
+}
+
+impl Drop for Vendor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node at a customer site: its own directory with the sealed model.
+struct Node {
+    dir: TempDir,
+}
+
+impl Node {
+    fn new(vendor: &Vendor) -> Node {
+        let dir = TempDir::new().unwrap();
+        std::fs::copy(vendor.path().join("m.sealed"), dir.path().join("m.sealed")).unwrap();
+        Node { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn enroll(&self, vendor: &Vendor) -> Output {
+        leasehold(
+            self.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--server",
+                &vendor.url(),
+                "--org",
+                ORG,
+                "--model",
+                "tiny",
+                "--use-case",
+                "support chat",
+                "--data-handling",
+                "prompts stay in the EU",
+                "--security-measures",
+                "VPN only",
+            ],
+        )
+    }
+
+    /// Enroll; the enrollment id (the last line of output).
+    fn enroll_ok(&self, vendor: &Vendor) -> String {
+        let out = ok(&self.enroll(vendor), "enroll --server");
+        out.lines().last().unwrap().trim().to_string()
+    }
+
+    fn serve(&self, vendor: &Vendor) -> Server {
+        let url = vendor.url();
+        Server::start(
+            self.path(),
+            &[
+                "serve",
+                "--license",
+                "node.license",
+                "--sealed",
+                "m.sealed",
+                "--node-dir",
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--license-server",
+                &url,
+            ],
+        )
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn license_state(http: &reqwest::Client, node: &Server) -> Value {
+    http.get(node.url("/v1/license"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn chat(http: &reqwest::Client, node: &Server) -> (u16, Value) {
+    let response = http
+        .post(node.url("/v1/chat/completions"))
+        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn phase(http: &reqwest::Client, node: &Server) -> String {
+    license_state(http, node).await["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "10s", "5s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+
+    // The approver sees the declared use.
+    let pending = vendor.admin_ok(&["enrollments"]);
+    assert!(pending.contains(&id), "{pending}");
+    assert!(
+        pending.contains("support chat")
+            && pending.contains("prompts stay in the EU")
+            && pending.contains("VPN only"),
+        "{pending}"
+    );
+
+    // The node waits for approval with a clear message, then serves.
+    let (node_tx, node_rx) = std::sync::mpsc::channel();
+    {
+        let dir = node.path().to_path_buf();
+        let url = vendor.url();
+        std::thread::spawn(move || {
+            let server = Server::start(
+                &dir,
+                &[
+                    "serve",
+                    "--license",
+                    "node.license",
+                    "--sealed",
+                    "m.sealed",
+                    "--node-dir",
+                    "node",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--threads",
+                    "1",
+                    "--license-server",
+                    &url,
+                ],
+            );
+            node_tx.send(server).unwrap();
+        });
+    }
+    let stderr_log = node
+        .path()
+        .join(format!("serve-{}.stderr", std::process::id()));
+    let waiting = eventually(Duration::from_secs(30), async || {
+        std::fs::read_to_string(&stderr_log)
+            .unwrap_or_default()
+            .contains("waiting for approval")
+    })
+    .await;
+    assert!(waiting, "the node should say it waits for approval");
+    vendor.admin_ok(&["approve", &id]);
+    let server = node_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(node.path().join("node.license").exists());
+
+    let http = client();
+    let start = Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        let (status, body) = chat(&http, &server).await;
+        assert_eq!(
+            status,
+            200,
+            "request {requests} failed at {:?}: {body}",
+            start.elapsed()
+        );
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let state = license_state(&http, &server).await;
+    assert_eq!(state["phase"], "serving");
+    let serial = state["serial"].as_u64().unwrap();
+    assert!(
+        serial >= 10,
+        "a 10 s lease renewed at about half should reach serial 10 in 60 s, got {serial}"
+    );
+    assert_eq!(state["renewal"]["consecutive_failures"], 0);
+
+    // The server saw the renewals and the usage.
+    let licenses = vendor.admin_json(&["list"]);
+    assert!(licenses["licenses"][0]["serial"].as_u64().unwrap() >= serial);
+    let usage = vendor.admin_json(&["usage", "--org", ORG]);
+    let reported = usage["nodes"][0]["requests"].as_u64().unwrap();
+    assert!(
+        reported > 0 && reported <= requests,
+        "usage {reported} of {requests}"
+    );
+    // The license file on disk is the one in force.
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(node.path().join("node.license")).unwrap()).unwrap();
+    assert!(on_disk["body"]["serial"].as_u64().unwrap() >= serial);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_lapses_the_node_and_its_return_revives_it() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "6s", "3s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    let server = node.serve(&vendor);
+    let http = client();
+    assert_eq!(chat(&http, &server).await.0, 200);
+
+    vendor.stop();
+    let stopped = Instant::now();
+    // Serving continues through lease + grace, then 403 license_expired.
+    assert!(
+        eventually(Duration::from_secs(20), async || phase(&http, &server)
+            .await
+            == "lapsed")
+        .await
+    );
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(3),
+        "lapsed too early"
+    );
+    let (status, body) = chat(&http, &server).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "license_expired");
+    let state = license_state(&http, &server).await;
+    assert!(state["renewal"]["consecutive_failures"].as_u64().unwrap() > 0);
+
+    // The server returns on the same address: service comes back, no node restart.
+    let pid = server.pid();
+    vendor.start();
+    assert!(
+        eventually(Duration::from_secs(20), async || phase(&http, &server)
+            .await
+            == "serving")
+        .await
+    );
+    assert_eq!(chat(&http, &server).await.0, 200);
+    assert_eq!(server.pid(), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_node_stops_it_and_spares_the_others() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(2, "6s", "30s");
+    let (a, b) = (Node::new(&vendor), Node::new(&vendor));
+    for n in [&a, &b] {
+        let id = n.enroll_ok(&vendor);
+        vendor.admin_ok(&["approve", &id]);
+    }
+    let (sa, sb) = (a.serve(&vendor), b.serve(&vendor));
+    let http = client();
+    let node_a = license_state(&http, &sa).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    vendor.admin_ok(&["revoke", "--node", &node_a, "--reason", "contract ended"]);
+    let revoked_at = Instant::now();
+    // Within one renewal interval (half of the 6 s lease, plus jitter), not grace.
+    assert!(
+        eventually(Duration::from_secs(8), async || phase(&http, &sa).await
+            == "lapsed")
+        .await
+    );
+    assert!(revoked_at.elapsed() < Duration::from_secs(8));
+    let state = license_state(&http, &sa).await;
+    assert_eq!(state["revoked"], true);
+    assert!(state["renewal"]["refused"]
+        .as_str()
+        .unwrap()
+        .contains("contract ended"));
+    let (status, body) = chat(&http, &sa).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("license_expired"))
+    );
+    assert!(
+        !a.path().join("node.license").exists(),
+        "the revoked license is moved aside"
+    );
+
+    // The other node renews on and serves.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(phase(&http, &sb).await, "serving");
+    assert_eq!(chat(&http, &sb).await.0, 200);
+    let listed = vendor.admin_json(&["list"]);
+    let statuses: Vec<bool> = listed["licenses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["revoked_at"].is_null())
+        .collect();
+    assert_eq!(statuses.iter().filter(|active| **active).count(), 1);
+
+    // A restarted revoked node is refused with its own exit code.
+    drop(sa);
+    let out = leasehold(
+        a.path(),
+        &[
+            "serve",
+            "--license",
+            "node.license",
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--license-server",
+            &vendor.url(),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(22),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+}
+
+#[test]
+fn an_entitlement_for_n_nodes_refuses_the_next_enrollment() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(2, "1h", "0s");
+    for _ in 0..2 {
+        Node::new(&vendor).enroll_ok(&vendor);
+    }
+    let third = Node::new(&vendor);
+    let out = third.enroll(&vendor);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("covers 2 node(s), and all are enrolled"),
+        "{stderr}"
+    );
+    // Submitting the same enrollment again is not a new seat.
+    let entitlements = vendor.admin_json(&["entitlements"]);
+    assert_eq!(entitlements["entitlements"][0]["enrolled"], 2);
+    // Another organization has no entitlement at all.
+    let out = leasehold(
+        third.path(),
+        &[
+            "enroll",
+            "--node-dir",
+            "node",
+            "--server",
+            &vendor.url(),
+            "--org",
+            "Other Org",
+            "--model",
+            "tiny",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no current entitlement"));
+}
+
+#[test]
+fn air_gapped_renewal_by_files_and_replays_refused() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "1h", "0s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    let p = node.path();
+    // First license, by request file too.
+    let first = {
+        let vendor_url = vendor.url();
+        let mut server = Server::start(
+            p,
+            &[
+                "serve",
+                "--license",
+                "node.license",
+                "--sealed",
+                "m.sealed",
+                "--node-dir",
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--license-server",
+                &vendor_url,
+            ],
+        );
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        std::fs::read(p.join("node.license")).unwrap()
+    };
+    let renew = |args: &[&str]| {
+        let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
+        all.extend_from_slice(args);
+        leasehold(p, &all)
+    };
+    ok(
+        &renew(&["--request-out", "req1.json"]),
+        "renew --request-out",
+    );
+    std::fs::copy(p.join("req1.json"), vendor.path().join("req1.json")).unwrap();
+    vendor.admin_ok(&[
+        "renew",
+        "--request",
+        "req1.json",
+        "--response-out",
+        "resp1.json",
+    ]);
+    std::fs::copy(vendor.path().join("resp1.json"), p.join("resp1.json")).unwrap();
+    let out = ok(&renew(&["--response", "resp1.json"]), "renew --response");
+    assert!(out.contains("serial 2"), "{out}");
+    assert_ne!(std::fs::read(p.join("node.license")).unwrap(), first);
+
+    // The same response again: no request is pending.
+    let out = renew(&["--response", "resp1.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    // A new request, answered with the old response: nonce mismatch.
+    ok(&renew(&["--request-out", "req2.json"]), "second request");
+    let out = renew(&["--response", "resp1.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replayed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A forged response (one signature byte changed) is refused.
+    std::fs::copy(p.join("req2.json"), vendor.path().join("req2.json")).unwrap();
+    vendor.admin_ok(&[
+        "renew",
+        "--request",
+        "req2.json",
+        "--response-out",
+        "resp2.json",
+    ]);
+    let mut doc: Value =
+        serde_json::from_slice(&std::fs::read(vendor.path().join("resp2.json")).unwrap()).unwrap();
+    let sig = doc["signature"].as_str().unwrap().to_string();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    doc["signature"] = Value::String(format!("{flipped}{}", &sig[1..]));
+    let mut text = serde_json::to_string_pretty(&doc).unwrap();
+    text.push('\n');
+    std::fs::write(p.join("forged.json"), text).unwrap();
+    let out = renew(&["--response", "forged.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not signed by a trusted issuer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The genuine one still works.
+    std::fs::copy(vendor.path().join("resp2.json"), p.join("resp2.json")).unwrap();
+    let out = ok(
+        &renew(&["--response", "resp2.json"]),
+        "renew --response resp2",
+    );
+    assert!(out.contains("serial 3"), "{out}");
+}
+
+#[test]
+fn an_issuer_out_of_scope_is_refused() {
+    // Certified for another organization: the server refuses to entitle ours.
+    let mut other_org = Vendor::new(
+        None,
+        &[
+            "--org",
+            "Someone Else",
+            "--model",
+            "tiny",
+            "--max-lease",
+            "1h",
+        ],
+    );
+    other_org.start();
+    other_org.admin_ok(&[
+        "model",
+        "add",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+    ]);
+    let out = other_org.admin(&[
+        "entitle",
+        "--org",
+        ORG,
+        "--model",
+        "tiny",
+        "--nodes",
+        "1",
+        "--term-end",
+        "+1d",
+        "--lease",
+        "1h",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not cover organization"));
+
+    // A lease longer than the certificate's maximum is refused at entitle time.
+    let mut short = Vendor::new(
+        None,
+        &["--org", ORG, "--model", "tiny", "--max-lease", "10m"],
+    );
+    short.start();
+    short.admin_ok(&[
+        "model",
+        "add",
+        "--sealed",
+        "m.sealed",
+        "--content-key",
+        "m.key",
+    ]);
+    let out = short.admin(&[
+        "entitle",
+        "--org",
+        ORG,
+        "--model",
+        "tiny",
+        "--nodes",
+        "1",
+        "--term-end",
+        "+1d",
+        "--lease",
+        "1h",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maximum lease"));
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("LEASEHOLD_TEST_POSTGRES") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
+                "LEASEHOLD_TEST_POSTGRES must be set when LEASEHOLD_REQUIRE_ALL is (scripts/test.sh)"
+            );
+            eprintln!(
+                "LEASEHOLD_TEST_POSTGRES not set: run scripts/test.sh for the PostgreSQL test"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh database on the test server; dropped at the end.
+struct TempDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl TempDatabase {
+    fn create(admin_url: &str) -> TempDatabase {
+        let name = format!("leasehold_test_{}_{}", std::process::id(), rand_suffix());
+        admin_sql(admin_url, format!("CREATE DATABASE {name}")).unwrap();
+        TempDatabase {
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+
+    fn url(&self) -> String {
+        let base = self.admin_url.rsplit_once('/').unwrap().0;
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for TempDatabase {
+    fn drop(&mut self) {
+        let _ = admin_sql(
+            &self.admin_url,
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// Run one statement on its own thread (the sync client must not run inside tokio).
+fn admin_sql(url: &str, statement: String) -> Result<(), postgres::Error> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&statement)
+    })
+    .join()
+    .unwrap()
+}
+
+fn rand_suffix() -> String {
+    hex::encode(leasehold::crypto::random::bytes::<4>())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
+    use leasehold::license::TrustRoots;
+    use leasehold::node::{clock, NodeIdentity};
+    use leasehold::protocol::{self, Decision, Expected, LicenseRef, UsageCheckpoint};
+
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let mut a = Vendor::new(Some(db.url()), &[]);
+    a.start();
+    // Replica B: the same issuer, database and token, its own process and port.
+    let mut b = Vendor {
+        dir: TempDir::new().unwrap(),
+        db: db.url(),
+        server: None,
+        addr: None,
+    };
+    for f in [
+        "issuer.key",
+        "issuer.cert",
+        "admin.token",
+        "m.sealed",
+        "m.key",
+    ] {
+        std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
+    }
+    b.start();
+    a.entitle(2, "1h", "0s");
+
+    // Enroll through B, approve through A.
+    let node = Node::new(&a);
+    let id = node.enroll_ok(&b);
+    assert!(a.admin_ok(&["enrollments"]).contains(&id));
+    a.admin_ok(&["approve", &id]);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    let node_id = identity.public().node_id();
+
+    // Renewals through either replica, many at once.
+    let http = client();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 { a.url() } else { b.url() };
+        let http = http.clone();
+        let (request, nonce) = protocol::sign_request(
+            &identity,
+            "tiny",
+            Some(LicenseRef {
+                license_id: "0".repeat(32),
+                serial: 0,
+            }),
+            UsageCheckpoint::default(),
+            clock::system_now(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let bytes = http
+                .post(format!("{url}/v1/renewals"))
+                .body(request.render())
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            (bytes.to_vec(), nonce)
+        }));
+    }
+    let mut serials = Vec::new();
+    let mut license_ids = std::collections::HashSet::new();
+    for t in tasks {
+        let (bytes, nonce) = t.await.unwrap();
+        let opened = protocol::open_response(
+            &bytes,
+            &TrustRoots::compiled_in(),
+            &Expected {
+                node_id: &node_id,
+                nonce,
+                scope: Some((ORG, "tiny")),
+            },
+        )
+        .unwrap();
+        let Decision::Renewed { license } = opened.body.decision else {
+            panic!("not renewed: {:?}", opened.body.decision);
+        };
+        let verified = leasehold::license::verify::authenticate(
+            license.as_bytes(),
+            &TrustRoots::compiled_in(),
+        )
+        .unwrap();
+        serials.push(verified.body.serial);
+        license_ids.insert(verified.body.license_id);
+    }
+    serials.sort_unstable();
+    let n = serials.len();
+    serials.dedup();
+    assert_eq!(serials.len(), n, "a serial was handed out twice");
+    assert_eq!(license_ids.len(), 1, "one license per enrollment");
+    // Both replicas see the same state.
+    let (la, lb) = (a.admin_json(&["list"]), b.admin_json(&["list"]));
+    assert_eq!(la, lb);
+    assert_eq!(
+        la["licenses"][0]["serial"].as_u64().unwrap(),
+        *serials.last().unwrap()
+    );
+}
