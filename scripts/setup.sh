@@ -3,11 +3,13 @@
 #   cmake, clang and libclang-dev   (llama.cpp, built from source by llama-cpp-2)
 #   python3 and pip                 (fetching the demo model from its PyPI wheel)
 #   postgresql                      (the license server's replica tests; scripts/postgres.sh)
+#   openssl                         (test certificates for the license server's TLS test)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 set -euo pipefail
 
 missing=()
 command -v cmake   >/dev/null 2>&1 || missing+=(cmake)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v clang   >/dev/null 2>&1 || missing+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

@@ -21,6 +21,8 @@ struct Vendor {
     db: String,
     server: Option<Server>,
     addr: Option<String>,
+    /// Serve HTTPS with tls.crt / tls.key from the vendor directory.
+    tls: bool,
 }
 
 fn ok(out: &Output, what: &str) -> String {
@@ -80,6 +82,7 @@ impl Vendor {
             db,
             server: None,
             addr: None,
+            tls: false,
         }
     }
 
@@ -90,23 +93,24 @@ impl Vendor {
     /// Start the server (on the same port as before, after a restart).
     fn start(&mut self) {
         let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
-        let server = Server::start(
-            self.path(),
-            &[
-                "license-server",
-                "--issuer-key",
-                "issuer.key",
-                "--issuer-cert",
-                "issuer.cert",
-                "--db",
-                &self.db,
-                "--listen",
-                &listen,
-                "--admin-token-file",
-                "admin.token",
-            ],
-        );
-        self.addr = Some(server.base.trim_start_matches("http://").to_string());
+        let mut args = vec![
+            "license-server",
+            "--issuer-key",
+            "issuer.key",
+            "--issuer-cert",
+            "issuer.cert",
+            "--db",
+            &self.db,
+            "--listen",
+            &listen,
+            "--admin-token-file",
+            "admin.token",
+        ];
+        if self.tls {
+            args.extend(["--tls-cert", "tls.crt", "--tls-key", "tls.key"]);
+        }
+        let server = Server::start(self.path(), &args);
+        self.addr = Some(server.base.split_once("://").unwrap().1.to_string());
         self.server = Some(server);
     }
 
@@ -118,7 +122,13 @@ impl Vendor {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr.as_ref().expect("started"))
+        let addr = self.addr.as_ref().expect("started");
+        if self.tls {
+            // The test certificate names localhost.
+            format!("https://localhost:{}", addr.rsplit_once(':').unwrap().1)
+        } else {
+            format!("http://{addr}")
+        }
     }
 
     fn admin(&self, args: &[&str]) -> Output {
@@ -768,53 +778,25 @@ fn rand_suffix() -> String {
     hex::encode(leasehold::crypto::random::bytes::<4>())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
+/// Send `n` signed renewal requests at once, spread over `urls`; the serials and
+/// license ids of the licenses that came back (each response verified).
+async fn renew_concurrently(
+    identity: &leasehold::node::NodeIdentity,
+    urls: &[String],
+    n: usize,
+) -> (Vec<u64>, std::collections::HashSet<String>) {
     use leasehold::license::TrustRoots;
-    use leasehold::node::{clock, NodeIdentity};
+    use leasehold::node::clock;
     use leasehold::protocol::{self, Decision, Expected, LicenseRef, UsageCheckpoint};
 
-    let Some(admin_url) = postgres_url() else {
-        return;
-    };
-    let db = TempDatabase::create(&admin_url);
-    let mut a = Vendor::new(Some(db.url()), &[]);
-    a.start();
-    // Replica B: the same issuer, database and token, its own process and port.
-    let mut b = Vendor {
-        dir: TempDir::new().unwrap(),
-        db: db.url(),
-        server: None,
-        addr: None,
-    };
-    for f in [
-        "issuer.key",
-        "issuer.cert",
-        "admin.token",
-        "m.sealed",
-        "m.key",
-    ] {
-        std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
-    }
-    b.start();
-    a.entitle(2, "1h", "0s");
-
-    // Enroll through B, approve through A.
-    let node = Node::new(&a);
-    let id = node.enroll_ok(&b);
-    assert!(a.admin_ok(&["enrollments"]).contains(&id));
-    a.admin_ok(&["approve", &id]);
-    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
-    let node_id = identity.public().node_id();
-
-    // Renewals through either replica, many at once.
     let http = client();
+    let node_id = identity.public().node_id();
     let mut tasks = Vec::new();
-    for i in 0..40 {
-        let url = if i % 2 == 0 { a.url() } else { b.url() };
+    for i in 0..n {
+        let url = urls[i % urls.len()].clone();
         let http = http.clone();
         let (request, nonce) = protocol::sign_request(
-            &identity,
+            identity,
             "tiny",
             Some(LicenseRef {
                 license_id: "0".repeat(32),
@@ -824,22 +806,22 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
             clock::system_now(),
         );
         tasks.push(tokio::spawn(async move {
-            let bytes = http
+            let response = http
                 .post(format!("{url}/v1/renewals"))
                 .body(request.render())
                 .send()
                 .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            (bytes.to_vec(), nonce)
+                .ok()?;
+            Some((response.bytes().await.ok()?.to_vec(), nonce))
         }));
     }
     let mut serials = Vec::new();
     let mut license_ids = std::collections::HashSet::new();
     for t in tasks {
-        let (bytes, nonce) = t.await.unwrap();
+        // A request cut off by a killed server has no answer: it was not acknowledged.
+        let Some((bytes, nonce)) = t.await.unwrap() else {
+            continue;
+        };
         let opened = protocol::open_response(
             &bytes,
             &TrustRoots::compiled_in(),
@@ -861,6 +843,92 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
         serials.push(verified.body.serial);
         license_ids.insert(verified.body.license_id);
     }
+    (serials, license_ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_loses_no_acknowledged_renewal_on_kill_9() {
+    use leasehold::node::NodeIdentity;
+
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "1h", "0s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    let url = vendor.url();
+    // Kill -9 while renewals are in flight.
+    let load = {
+        let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+        tokio::spawn(async move { renew_concurrently(&identity, &[url], 300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = vendor.server.as_ref().unwrap().pid();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let (acknowledged, _) = load.await.unwrap();
+    vendor.stop();
+    vendor.start();
+    let listed = vendor.admin_json(&["list"]);
+    let stored = listed["licenses"][0]["serial"].as_u64().unwrap();
+    let highest = acknowledged.iter().copied().max().unwrap_or(0);
+    assert!(
+        stored >= highest,
+        "serial {highest} was acknowledged but the database holds {stored} after kill -9"
+    );
+    // And the next renewal continues above everything handed out.
+    let (next, _) = renew_concurrently(&identity, &[vendor.url()], 1).await;
+    assert!(next[0] > highest);
+    eprintln!(
+        "{} renewals acknowledged before kill -9; stored serial {stored}",
+        acknowledged.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
+    use leasehold::node::NodeIdentity;
+
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let mut a = Vendor::new(Some(db.url()), &[]);
+    a.start();
+    // Replica B: the same issuer, database and token, its own process and port.
+    let mut b = Vendor {
+        dir: TempDir::new().unwrap(),
+        db: db.url(),
+        server: None,
+        addr: None,
+        tls: false,
+    };
+    for f in [
+        "issuer.key",
+        "issuer.cert",
+        "admin.token",
+        "m.sealed",
+        "m.key",
+    ] {
+        std::fs::copy(a.path().join(f), b.path().join(f)).unwrap();
+    }
+    b.start();
+    a.entitle(2, "1h", "0s");
+
+    // Enroll through B, approve through A.
+    let node = Node::new(&a);
+    let id = node.enroll_ok(&b);
+    assert!(a.admin_ok(&["enrollments"]).contains(&id));
+    a.admin_ok(&["approve", &id]);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+
+    // Renewals through either replica, many at once.
+    let (serials, license_ids) = renew_concurrently(&identity, &[a.url(), b.url()], 40).await;
+    let mut serials = serials;
     serials.sort_unstable();
     let n = serials.len();
     serials.dedup();
@@ -873,4 +941,125 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
         la["licenses"][0]["serial"].as_u64().unwrap(),
         *serials.last().unwrap()
     );
+}
+
+#[test]
+fn tls_listener_with_a_private_ca() {
+    let mut vendor = Vendor::new(None, &[]);
+    let p = vendor.path().to_path_buf();
+    std::fs::write(
+        p.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<&str>> = vec![
+        [
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Test CA",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    ];
+    for step in steps {
+        let made = std::process::Command::new("openssl")
+            .args(&step)
+            .current_dir(&p)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    vendor.tls = true;
+    vendor.start();
+    assert!(vendor.server.as_ref().unwrap().base.starts_with("https://"));
+
+    // Without trusting the private CA the client refuses the server.
+    let url = vendor.url();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args([
+            "admin",
+            "--server",
+            &url,
+            "--token-file",
+            "admin.token",
+            "list",
+        ])
+        .current_dir(&p)
+        .env_remove("LEASEHOLD_TLS_CA")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // With it, the whole flow runs over HTTPS.
+    std::env::set_var("LEASEHOLD_TLS_CA", p.join("ca.crt"));
+    vendor.entitle(1, "1h", "0s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    let out = leasehold(
+        node.path(),
+        &[
+            "renew",
+            "--node-dir",
+            "node",
+            "--license",
+            "node.license",
+            "--request-out",
+            "r.json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "no license yet");
+    let server = node.serve(&vendor);
+    assert!(server
+        .stderr()
+        .contains("license received from https://localhost:"));
 }

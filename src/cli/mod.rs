@@ -103,9 +103,10 @@ Databases: sqlite:PATH (embedded, WAL, group commit) or postgres://USER:PASS@HOS
 (several replicas behind a load balancer may share one database).
 
 Node API: POST /v1/enrollments, POST /v1/renewals, GET /health. Admin API under /admin
-(Bearer token): use `leasehold admin`. Every node message is signed, so plain HTTP is
-safe on a trusted network; put TLS in front (or terminate it at the load balancer) for
-privacy.";
+(Bearer token): use `leasehold admin`. Every node message is signed, so plain HTTP
+cannot forge or replay them; use --tls-cert/--tls-key (rustls) on production listeners
+for privacy and to protect the admin token. Clients (nodes, `admin`) trust the system's
+CA roots plus the PEM file named by LEASEHOLD_TLS_CA.";
 
 const SERVE_HELP: &str = "\
 API (OpenAI-compatible):
@@ -403,6 +404,12 @@ pub struct LicenseServerArgs {
     /// File holding the admin token (first non-comment line).
     #[arg(long, value_name = "F")]
     pub admin_token_file: PathBuf,
+    /// Serve HTTPS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -218,7 +218,11 @@ pub fn serve(args: ServeArgs) -> Outcome {
     })?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let client = args.license_server.as_deref().map(ServerClient::new);
+        let client = args
+            .license_server
+            .as_deref()
+            .map(ServerClient::new)
+            .transpose()?;
         if let Some(client) = &client {
             if let Err((code, message)) = obtain_license(client, &args.licensed).await {
                 eprintln!("error: {message}");

@@ -57,11 +57,26 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
         let scope = issuer.scope().clone();
         let key_id = issuer.key_id();
         let service = Service::new(store, issuer);
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot load the TLS certificate {} and key {} (PEM)",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
+        let listener = std::net::TcpListener::bind(listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
+        listener.set_nonblocking(true)?;
         println!(
-            "license server on http://{} (issuer {key_id}, {} database; certified for organizations [{}], models [{}], leases up to {} s, until {})",
+            "license server on {}://{} (issuer {key_id}, {} database; certified for organizations [{}], models [{}], leases up to {} s, until {})",
+            if tls.is_some() { "https" } else { "http" },
             listener.local_addr().unwrap_or(listen),
             service.store.kind(),
             scope.orgs.join(", "),
@@ -74,15 +89,26 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
             admin_token,
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
+        let handle = axum_server::Handle::new();
+        {
+            let handle = handle.clone();
+            tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
-            })
-            .await
-            .context("the HTTP server failed")?;
+                handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+        }
+        let app = http::router(state).into_make_service();
+        match tls {
+            Some(config) => axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(app)
+                .await,
+            None => axum_server::from_tcp(listener).handle(handle).serve(app).await,
+        }
+        .context("the license server failed")?;
         Ok(exit::OK)
     })
 }
@@ -101,9 +127,7 @@ impl Admin {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            http: crate::runtime::renewal::http_client(std::time::Duration::from_secs(30))?,
             base: args.server.trim_end_matches('/').to_string(),
             token: read_token(&args.token_file)?,
         })

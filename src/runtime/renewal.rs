@@ -45,16 +45,37 @@ pub enum ClientError {
     Protocol(#[from] protocol::ProtocolError),
 }
 
+/// Environment variable naming a PEM file of extra CA certificates to trust for
+/// `https://` license servers (a private CA, or a self-signed server certificate).
+pub const TLS_CA_ENV: &str = "LEASEHOLD_TLS_CA";
+
+/// The HTTP client for license server traffic (node and admin): rustls with the
+/// system's roots, plus those in `$LEASEHOLD_TLS_CA`.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(path) = std::env::var_os(TLS_CA_ENV) {
+        let path = PathBuf::from(path);
+        let pem = fsutil::read_limited(&path, 1 << 20, "CA certificates")?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "{} (from {TLS_CA_ENV}) holds no PEM certificates",
+                path.display()
+            )
+        })?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().context("cannot set up the HTTPS client")
+}
+
 impl ServerClient {
-    pub fn new(base: &str) -> ServerClient {
-        ServerClient {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .expect("the HTTP client builds with default settings"),
+    pub fn new(base: &str) -> anyhow::Result<ServerClient> {
+        Ok(ServerClient {
+            http: http_client(Duration::from_secs(15))?,
             base: base.trim_end_matches('/').to_string(),
-        }
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -149,7 +170,7 @@ pub fn submit_enrollment(url: &str, document: Vec<u8>) -> anyhow::Result<Submitt
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = ServerClient::new(url);
+    let client = ServerClient::new(url)?;
     let bytes = rt.block_on(client.post("/v1/enrollments", document))?;
     Ok(serde_json::from_slice(&bytes)?)
 }

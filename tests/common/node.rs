@@ -141,9 +141,11 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split(" on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    let _ = tx.send(addr);
+                for scheme in ["http", "https"] {
+                    if let Some(rest) = line.split(&format!(" on {scheme}://")).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send(format!("{scheme}://{addr}"));
+                    }
                 }
             }
         });
@@ -159,7 +161,7 @@ impl Server {
         };
         Server {
             child,
-            base: format!("http://{addr}"),
+            base: addr,
             stderr_log,
         }
     }
