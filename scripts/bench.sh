@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runtime benchmarks (figures in the README): cold start and tokens/s, sealed vs
-# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients.
+# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients; then
+# license server renewals/s on SQLite and PostgreSQL.
 # Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ scripts/setup.sh
 smollm2="$(scripts/fetch-model.sh smollm2 | tail -n 1)"
 gemma="$(scripts/fetch-model.sh gemma3 | tail -n 1)"
 threads="${BENCH_THREADS:-2}"
-cargo build --quiet --examples
+cargo build --quiet --bins --examples
 cargo run --quiet --example bench_runtime -- "$smollm2" "$threads" 7
 cargo run --quiet --example bench_runtime -- "$gemma" "$threads" 7
 
@@ -25,3 +26,13 @@ lh="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/leasehold"
 pid=$!
 for _ in $(seq 1 120); do grep -q "serving model" "$work/serve.log" && break; sleep 0.5; done
 cargo run --quiet --example bench_http -- http://127.0.0.1:8399 smollm2 128 4
+
+kill "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+
+# License server: renewals/s with 1,000 simulated nodes, SQLite then PostgreSQL.
+cargo run --quiet --example bench_renewals -- sqlite 1000 16 10
+cargo run --quiet --example bench_renewals -- sqlite 1000 64 10
+pg="$(scripts/postgres.sh | tail -n 1)"
+psql "$pg" -qc "DROP DATABASE IF EXISTS leasehold_bench" -c "CREATE DATABASE leasehold_bench"
+cargo run --quiet --example bench_renewals -- "${pg%/*}/leasehold_bench" 1000 64 10

@@ -273,3 +273,117 @@ pub fn open_response(
     }
     Ok(OpenedResponse { body, authority })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keyfile;
+    use crate::license::issue::certify;
+    use crate::license::IssuerCertBody;
+    use crate::node::clock;
+
+    fn demo_root() -> SecretKey {
+        keyfile::read_secret_key(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/demo/root.key"),
+        )
+        .unwrap()
+    }
+
+    fn issuer(orgs: &[&str], valid_days: i64) -> (SecretKey, Envelope) {
+        let key = SecretKey::generate();
+        let now = crate::format::time::whole_seconds(clock::system_now());
+        let cert = certify(
+            &demo_root(),
+            &IssuerCertBody {
+                version: 1,
+                issuer_key: key.public_key().to_bytes(),
+                orgs: orgs.iter().map(|s| s.to_string()).collect(),
+                models: vec!["m".into()],
+                not_before: now - Duration::days(10),
+                not_after: now + Duration::days(valid_days),
+                max_lease_seconds: 3600,
+            },
+        )
+        .unwrap();
+        (key, cert)
+    }
+
+    fn response(key: &SecretKey, cert: Option<&Envelope>, node: &str, nonce: [u8; 16]) -> String {
+        sign_response(
+            key,
+            cert,
+            &RenewalResponseBody {
+                version: 1,
+                node_id: node.into(),
+                request_nonce: nonce,
+                server_time: crate::format::time::whole_seconds(clock::system_now()),
+                decision: Decision::Refused {
+                    reason: RefusalReason::Revoked,
+                    message: "test".into(),
+                },
+            },
+        )
+        .render()
+    }
+
+    fn open(text: &str, nonce: [u8; 16]) -> Result<OpenedResponse, ProtocolError> {
+        open_response(
+            text.as_bytes(),
+            &TrustRoots::compiled_in(),
+            &Expected {
+                node_id: "n1",
+                nonce,
+                scope: Some(("Org", "m")),
+            },
+        )
+    }
+
+    #[test]
+    fn a_response_in_scope_for_this_request_is_accepted() {
+        let (key, cert) = issuer(&["Org"], 30);
+        let opened = open(&response(&key, Some(&cert), "n1", [1; 16]), [1; 16]).unwrap();
+        assert!(matches!(opened.body.decision, Decision::Refused { .. }));
+    }
+
+    #[test]
+    fn replayed_forged_misdirected_and_out_of_scope_responses_are_refused() {
+        let (key, cert) = issuer(&["Org"], 30);
+        let good = response(&key, Some(&cert), "n1", [1; 16]);
+        assert_eq!(open(&good, [2; 16]).unwrap_err(), ProtocolError::Replayed);
+        let other_node = response(&key, Some(&cert), "n2", [1; 16]);
+        assert!(matches!(
+            open(&other_node, [1; 16]),
+            Err(ProtocolError::WrongNode { .. })
+        ));
+        let mut flipped: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let sig = flipped["signature"].as_str().unwrap().to_string();
+        let first = if sig.starts_with('A') { "B" } else { "A" };
+        flipped["signature"] = format!("{first}{}", &sig[1..]).into();
+        let mut text = serde_json::to_string_pretty(&flipped).unwrap();
+        text.push('\n');
+        assert!(matches!(
+            open(&text, [1; 16]),
+            Err(ProtocolError::Untrusted(_))
+        ));
+        // Not certified by a trusted root.
+        let uncertified = response(&SecretKey::generate(), None, "n1", [1; 16]);
+        assert!(matches!(
+            open(&uncertified, [1; 16]),
+            Err(ProtocolError::Untrusted(_))
+        ));
+        // Certified for another organization.
+        let (key, cert) = issuer(&["Someone Else"], 30);
+        let other_org = response(&key, Some(&cert), "n1", [1; 16]);
+        assert!(matches!(
+            open(&other_org, [1; 16]),
+            Err(ProtocolError::OutOfScope(_))
+        ));
+        // Certificate expired before the response was made.
+        let (key, cert) = issuer(&["Org"], -1);
+        let expired = response(&key, Some(&cert), "n1", [1; 16]);
+        assert!(matches!(
+            open(&expired, [1; 16]),
+            Err(ProtocolError::OutOfScope(_))
+        ));
+    }
+}

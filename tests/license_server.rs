@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::node::{eventually, leasehold, Server};
+use common::node::{eventually, leasehold, leasehold_env, Server};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -21,9 +21,11 @@ struct Vendor {
     db: String,
     server: Option<Server>,
     addr: Option<String>,
-    /// Serve HTTPS with tls.crt / tls.key from the vendor directory.
+    /// Serve HTTPS with tls.crt / tls.key from the vendor directory; clients trust ca.crt.
     tls: bool,
 }
+
+const CA_ENV: &str = "LEASEHOLD_TLS_CA";
 
 fn ok(out: &Output, what: &str) -> String {
     assert!(
@@ -131,11 +133,27 @@ impl Vendor {
         }
     }
 
+    /// The environment clients need: the private CA when serving TLS.
+    fn client_env(&self) -> Vec<(&'static str, std::path::PathBuf)> {
+        if self.tls {
+            vec![(CA_ENV, self.path().join("ca.crt"))]
+        } else {
+            vec![]
+        }
+    }
+
+    /// Run leasehold as a client of this server.
+    fn client(&self, dir: &Path, args: &[&str]) -> Output {
+        let env = self.client_env();
+        let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        leasehold_env(dir, args, &env)
+    }
+
     fn admin(&self, args: &[&str]) -> Output {
         let url = self.url();
         let mut all = vec!["admin", "--server", &url, "--token-file", "admin.token"];
         all.extend_from_slice(args);
-        leasehold(self.path(), &all)
+        self.client(self.path(), &all)
     }
 
     fn admin_ok(&self, args: &[&str]) -> String {
@@ -199,7 +217,7 @@ impl Node {
     }
 
     fn enroll(&self, vendor: &Vendor) -> Output {
-        leasehold(
+        vendor.client(
             self.path(),
             &[
                 "enroll",
@@ -229,7 +247,9 @@ impl Node {
 
     fn serve(&self, vendor: &Vendor) -> Server {
         let url = vendor.url();
-        Server::start(
+        let env = vendor.client_env();
+        let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        Server::start_env(
             self.path(),
             &[
                 "serve",
@@ -246,6 +266,7 @@ impl Node {
                 "--license-server",
                 &url,
             ],
+            &env,
         )
     }
 }
@@ -1034,13 +1055,12 @@ fn tls_listener_with_a_private_ca() {
             "list",
         ])
         .current_dir(&p)
-        .env_remove("LEASEHOLD_TLS_CA")
+        .env_remove(CA_ENV)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 
     // With it, the whole flow runs over HTTPS.
-    std::env::set_var("LEASEHOLD_TLS_CA", p.join("ca.crt"));
     vendor.entitle(1, "1h", "0s");
     let node = Node::new(&vendor);
     let id = node.enroll_ok(&vendor);

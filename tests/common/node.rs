@@ -9,10 +9,16 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 pub fn leasehold(dir: &Path, args: &[&str]) -> Output {
+    leasehold_env(dir, args, &[])
+}
+
+/// Run leasehold with extra environment variables.
+pub fn leasehold_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(args)
         .current_dir(dir)
         .env_remove("LEASEHOLD_LOG")
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
         .output()
         .expect("run leasehold")
 }
@@ -128,11 +134,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, args: &[&str]) -> Server {
+        Self::start_env(dir, args, &[])
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
         let stderr_log = dir.join(format!("serve-{}.stderr", std::process::id()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .args(args)
             .current_dir(dir)
             .env("LEASEHOLD_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
             .spawn()
