@@ -166,8 +166,7 @@ impl Vendor {
         serde_json::from_str(&self.admin_ok(&all)).unwrap()
     }
 
-    /// Add the model and an entitlement.
-    fn entitle(&self, nodes: u32, lease: &str, grace: &str) {
+    fn add_model(&self) {
         self.admin_ok(&[
             "model",
             "add",
@@ -176,21 +175,32 @@ impl Vendor {
             "--content-key",
             "m.key",
         ]);
-        self.admin_ok(&[
+    }
+
+    /// `admin entitle` for our organization and the tiny model.
+    fn try_entitle(&self, nodes: u32, lease: &str, grace: &str) -> Output {
+        let nodes = nodes.to_string();
+        self.admin(&[
             "entitle",
             "--org",
             ORG,
             "--model",
             "tiny",
             "--nodes",
-            &nodes.to_string(),
+            &nodes,
             "--term-end",
             "+1d",
             "--lease",
             lease,
             "--grace",
             grace,
-        ]);
+        ])
+    }
+
+    /// Add the model and an entitlement.
+    fn entitle(&self, nodes: u32, lease: &str, grace: &str) {
+        self.add_model();
+        ok(&self.try_entitle(nodes, lease, grace), "admin entitle");
     }
 }
 
@@ -683,27 +693,8 @@ fn an_issuer_out_of_scope_is_refused() {
         ],
     );
     other_org.start();
-    other_org.admin_ok(&[
-        "model",
-        "add",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-    ]);
-    let out = other_org.admin(&[
-        "entitle",
-        "--org",
-        ORG,
-        "--model",
-        "tiny",
-        "--nodes",
-        "1",
-        "--term-end",
-        "+1d",
-        "--lease",
-        "1h",
-    ]);
+    other_org.add_model();
+    let out = other_org.try_entitle(1, "1h", "0s");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not cover organization"));
 
@@ -713,27 +704,8 @@ fn an_issuer_out_of_scope_is_refused() {
         &["--org", ORG, "--model", "tiny", "--max-lease", "10m"],
     );
     short.start();
-    short.admin_ok(&[
-        "model",
-        "add",
-        "--sealed",
-        "m.sealed",
-        "--content-key",
-        "m.key",
-    ]);
-    let out = short.admin(&[
-        "entitle",
-        "--org",
-        ORG,
-        "--model",
-        "tiny",
-        "--nodes",
-        "1",
-        "--term-end",
-        "+1d",
-        "--lease",
-        "1h",
-    ]);
+    short.add_model();
+    let out = short.try_entitle(1, "1h", "0s");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("maximum lease"));
 }
