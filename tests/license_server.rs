@@ -259,26 +259,45 @@ impl Node {
         let url = vendor.url();
         let env = vendor.client_env();
         let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-        Server::start_env(
-            self.path(),
-            &[
-                "serve",
-                "--license",
-                "node.license",
-                "--sealed",
-                "m.sealed",
-                "--node-dir",
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--license-server",
-                &url,
-            ],
-            &env,
-        )
+        let args = serve_args(&url);
+        Server::start_env(self.path(), &as_strs(&args), &env)
     }
+}
+
+/// `serve` with a license server, as a node runs it.
+fn serve_args(url: &str) -> Vec<String> {
+    [
+        "serve",
+        "--license",
+        "node.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--license-server",
+        url,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A started vendor with one entitled, enrolled and approved node.
+fn vendor_with_node(lease: &str, grace: &str) -> (Vendor, Node) {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, lease, grace);
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    (vendor, node)
 }
 
 fn client() -> reqwest::Client {
@@ -340,24 +359,7 @@ async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
         let dir = node.path().to_path_buf();
         let url = vendor.url();
         std::thread::spawn(move || {
-            let server = Server::start(
-                &dir,
-                &[
-                    "serve",
-                    "--license",
-                    "node.license",
-                    "--sealed",
-                    "m.sealed",
-                    "--node-dir",
-                    "node",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--threads",
-                    "1",
-                    "--license-server",
-                    &url,
-                ],
-            );
+            let server = Server::start(&dir, &as_strs(&serve_args(&url)));
             node_tx.send(server).unwrap();
         });
     }
@@ -415,12 +417,7 @@ async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_lapses_the_node_and_its_return_revives_it() {
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "6s", "3s");
-    let node = Node::new(&vendor);
-    let id = node.enroll_ok(&vendor);
-    vendor.admin_ok(&["approve", &id]);
+    let (mut vendor, node) = vendor_with_node("6s", "3s");
     let server = node.serve(&vendor);
     let http = client();
     assert_eq!(chat(&http, &server).await.0, 200);
@@ -514,22 +511,7 @@ async fn revoking_a_node_stops_it_and_spares_the_others() {
 
     // A restarted revoked node is refused with its own exit code.
     drop(sa);
-    let out = leasehold(
-        a.path(),
-        &[
-            "serve",
-            "--license",
-            "node.license",
-            "--sealed",
-            "m.sealed",
-            "--node-dir",
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--license-server",
-            &vendor.url(),
-        ],
-    );
+    let out = leasehold(a.path(), &as_strs(&serve_args(&vendor.url())));
     assert_eq!(
         out.status.code(),
         Some(22),
@@ -579,34 +561,11 @@ fn an_entitlement_for_n_nodes_refuses_the_next_enrollment() {
 
 #[test]
 fn air_gapped_renewal_by_files_and_replays_refused() {
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "1h", "0s");
-    let node = Node::new(&vendor);
-    let id = node.enroll_ok(&vendor);
-    vendor.admin_ok(&["approve", &id]);
+    let (vendor, node) = vendor_with_node("1h", "0s");
     let p = node.path();
     // First license, by request file too.
     let first = {
-        let vendor_url = vendor.url();
-        let mut server = Server::start(
-            p,
-            &[
-                "serve",
-                "--license",
-                "node.license",
-                "--sealed",
-                "m.sealed",
-                "--node-dir",
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--license-server",
-                &vendor_url,
-            ],
-        );
+        let mut server = node.serve(&vendor);
         let _ = server.child.kill();
         let _ = server.child.wait();
         std::fs::read(p.join("node.license")).unwrap()
@@ -843,12 +802,7 @@ async fn renew_concurrently(
 async fn sqlite_loses_no_acknowledged_renewal_on_kill_9() {
     use leasehold::node::NodeIdentity;
 
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "1h", "0s");
-    let node = Node::new(&vendor);
-    let id = node.enroll_ok(&vendor);
-    vendor.admin_ok(&["approve", &id]);
+    let (mut vendor, node) = vendor_with_node("1h", "0s");
     let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
     let url = vendor.url();
     // Kill -9 while renewals are in flight.
