@@ -12,6 +12,7 @@
 //! - [`runtime`]: the node at work: admission, memory-only weights, the llama.cpp
 //!   engine, the license lifecycle (serving, grace, lapse) and automatic renewal.
 //! - [`server`]: the node's OpenAI-compatible HTTP API.
+//! - [`ledger`]: the node's usage ledger: hash-chained records, signed checkpoints.
 //! - [`protocol`]: signed renewal requests and responses between nodes and servers.
 //! - [`license_server`]: the vendor's license server: enrollments, approvals, short
 //!   leases, revocation, usage checkpoints, on SQLite or PostgreSQL.
@@ -25,6 +26,7 @@ pub mod crypto;
 pub mod format;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod ledger;
 pub mod license;
 pub mod license_server;
 pub mod node;

@@ -25,6 +25,8 @@ pub const SEALED_DAMAGED: u8 = 20;
 pub const MODEL_MISMATCH: u8 = 21;
 /// The license server refused a license (revoked, ended, denied, unknown node).
 pub const SERVER_REFUSED: u8 = 22;
+/// A usage ledger failed verification (`audit verify`).
+pub const LEDGER_DAMAGED: u8 = 23;
 
 /// The exit-code table, as printed in `--help`.
 pub const TABLE: &str = "\
@@ -43,7 +45,8 @@ Exit codes:
   18  unsupported: a format version or mandated feature this build lacks
   20  sealed model damaged: truncated, extended, edited or reordered (check)
   21  model mismatch: the sealed model or key is not the one licensed (check)
-  22  refused by the license server: revoked, ended, denied, or not enrolled";
+  22  refused by the license server: revoked, ended, denied, or not enrolled
+  23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify)";
 
 /// The exit code of a verdict.
 pub fn for_verdict(verdict: &Verdict) -> u8 {

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{exit, progress, CheckArgs, InspectArgs, Outcome};
+use anyhow::Context;
+
+use super::{exit, progress, AuditVerifyArgs, CheckArgs, InspectArgs, Outcome};
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
 use crate::license::verify::{Authority, VerifiedLicense};
@@ -264,4 +266,65 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
         ));
     }
     Ok(message)
+}
+
+pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
+    let key = match (&args.node_pub, &args.enrollment) {
+        (Some(p), _) => crate::crypto::keyfile::read_public_key(p)?,
+        (None, Some(e)) => {
+            let bytes =
+                fsutil::read_limited(e, crate::format::envelope::MAX_DOCUMENT_BYTES, "enrollment")?;
+            let body = crate::node::enrollment::verify(&bytes)?;
+            crate::crypto::signing::PublicKey::from_bytes(&body.signing_key)?
+        }
+        (None, None) => anyhow::bail!("give --node-pub or --enrollment"),
+    };
+    let node_id = key.key_id();
+    let bytes = std::fs::read(&args.ledger)
+        .with_context(|| format!("cannot read {}", args.ledger.display()))?;
+    let (summary, problem) = crate::ledger::verify::verify(&bytes, &key, &node_id);
+    let after_checkpoint = summary.head_seq - summary.last_checkpoint.unwrap_or(0);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "intact": problem.is_none(),
+                "problem": problem.as_ref().map(|p| p.kind()),
+                "message": problem.as_ref().map(|p| p.explain()),
+                "node_id": node_id,
+                "records": summary.records,
+                "checkpoints": summary.checkpoints,
+                "last_checkpoint_seq": summary.last_checkpoint,
+                "head_seq": summary.head_seq,
+                "head_hash": hex::encode(summary.head_hash),
+                "requests": summary.totals.requests,
+                "prompt_tokens": summary.totals.prompt_tokens,
+                "completion_tokens": summary.totals.completion_tokens,
+            }))?
+        );
+    } else {
+        match &problem {
+            None => println!(
+                "intact: {} records of node {node_id} ({} requests, {} prompt and {} completion tokens), {} signed checkpoints; {} record(s) after the last checkpoint",
+                summary.records,
+                summary.totals.requests,
+                summary.totals.prompt_tokens,
+                summary.totals.completion_tokens,
+                summary.checkpoints,
+                after_checkpoint
+            ),
+            Some(p) => {
+                println!("DAMAGED: {}", p.explain());
+                println!(
+                    "  verified before it: {} records up to record {} ({} signed checkpoints)",
+                    summary.records, summary.head_seq, summary.checkpoints
+                );
+            }
+        }
+    }
+    Ok(if problem.is_none() {
+        exit::OK
+    } else {
+        exit::LEDGER_DAMAGED
+    })
 }

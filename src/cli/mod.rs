@@ -78,6 +78,35 @@ pub enum Command {
     LicenseServer(LicenseServerArgs),
     /// Administer a license server: models, entitlements, approvals, revocation, usage.
     Admin(AdminArgs),
+    /// Auditor tools: check a node's usage ledger with public keys only.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify a usage ledger: hash chain, order, checkpoint signatures (exit 0 intact, 23 damaged).
+    #[command(
+        after_help = "Names the first bad record and what is wrong: edited, deleted, reordered, truncated,\nforked, bad checkpoint signature. Needs only the node's public key (node.pub in the node\ndirectory) or its enrollment file."
+    )]
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["node_pub", "enrollment"])))]
+pub struct AuditVerifyArgs {
+    /// The ledger file (NODE_DIR/usage.ledger on the node).
+    #[arg(value_name = "LEDGER")]
+    pub ledger: PathBuf,
+    /// The node's public signing key (NODE_DIR/node.pub).
+    #[arg(long, value_name = "NODE.pub")]
+    pub node_pub: Option<PathBuf>,
+    /// The node's enrollment (carries its public key).
+    #[arg(long, value_name = "NODE.enroll")]
+    pub enrollment: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const RENEW_HELP: &str = "\
@@ -340,6 +369,10 @@ pub struct ServeArgs {
     /// renewal to the --license file.
     #[arg(long, value_name = "URL")]
     pub license_server: Option<String>,
+    /// The usage ledger (default: NODE_DIR/usage.ledger). Every request is recorded
+    /// there, durably, before it is answered.
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -593,6 +626,7 @@ pub fn main() -> ExitCode {
         Command::Renew(a) => node_cmds::renew(a),
         Command::LicenseServer(a) => server_cmds::license_server(a),
         Command::Admin(a) => server_cmds::admin(a),
+        Command::Audit(AuditCommand::Verify(a)) => inspect::audit_verify(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

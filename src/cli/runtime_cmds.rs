@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
+use crate::ledger::{CheckpointPolicy, Ledger, LEDGER_FILE};
 use crate::license::MAX_LICENSE_BYTES;
 use crate::node::NodeIdentity;
 use crate::protocol::LicenseRef;
@@ -236,6 +237,26 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         };
+        let ledger_path = args
+            .ledger
+            .clone()
+            .unwrap_or_else(|| args.licensed.node_dir.join(LEDGER_FILE));
+        let ledger = match Ledger::open(&ledger_path, lifecycle.identity(), CheckpointPolicy::default()) {
+            Ok((ledger, opened)) => {
+                tracing::info!(
+                    "usage ledger {}: {} records, {} requests so far",
+                    ledger_path.display(),
+                    opened.records,
+                    opened.totals.requests
+                );
+                Arc::new(ledger)
+            }
+            Err(e) => {
+                engine.shutdown();
+                eprintln!("error: {e}");
+                return Ok(exit::ERROR);
+            }
+        };
         let renewer = client.map(|client| {
             let renewer = Renewer::new(client, lifecycle.clone(), args.licensed.license.clone());
             tokio::spawn(renewer.clone().run());
@@ -251,6 +272,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             api_keys,
             admin_token,
             renewal: renewer,
+            ledger: ledger.clone(),
         });
         let status = lifecycle.status();
         println!(
@@ -300,6 +322,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;
+        ledger.close().await;
         let _ = engine.unload().await;
         engine.shutdown();
         let code = code.load(std::sync::atomic::Ordering::SeqCst);

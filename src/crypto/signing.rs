@@ -19,6 +19,7 @@ pub enum Domain {
     NodeState,
     RenewalRequest,
     RenewalResponse,
+    LedgerCheckpoint,
 }
 
 impl Domain {
@@ -30,6 +31,7 @@ impl Domain {
             Domain::NodeState => b"leasehold node state\0",
             Domain::RenewalRequest => b"leasehold renewal request\0",
             Domain::RenewalResponse => b"leasehold renewal response\0",
+            Domain::LedgerCheckpoint => b"leasehold ledger checkpoint\0",
         }
     }
 }

@@ -26,6 +26,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::format::time::rfc3339;
+use crate::ledger::record::Entry;
+use crate::ledger::Ledger;
 use crate::node::clock;
 use crate::runtime::engine::{
     Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
@@ -46,6 +48,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Automatic renewal from a license server, when configured.
     pub renewal: Option<Arc<Renewer>>,
+    /// The usage ledger: every request is recorded before it is answered.
+    pub ledger: Arc<Ledger>,
 }
 
 type Shared = Arc<AppState>;
@@ -68,6 +72,11 @@ impl ApiError {
             status,
             body: error_body(message, kind, code, param),
         }
+    }
+
+    /// The error's `code`, if it has one (for the ledger's outcome).
+    fn code(&self) -> Option<&str> {
+        self.body["error"]["code"].as_str()
     }
 
     fn invalid(e: Invalid) -> ApiError {
@@ -321,74 +330,163 @@ impl InferenceRequest for openai::CompletionRequest {
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
 async fn infer<R: InferenceRequest>(
     State(state): State<Shared>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: R = read_json(body).await?;
     let model = check_model(&state, req.model())?;
     let (stream, include_usage) = (req.sampling().stream, req.sampling().include_usage());
     let (prompt, params) = req.validate(state.limits).map_err(ApiError::invalid)?;
-    generate(
-        &state,
-        R::ENDPOINT,
-        model,
-        prompt,
-        params,
-        stream,
-        include_usage,
-    )
-    .await
+    let meta = ResponseMeta::new(R::ENDPOINT, &model, clock::system_now().timestamp());
+    let usage = UsageRecord::new(&state, &meta, client_key_id(&headers));
+    generate(state, meta, usage, prompt, params, stream, include_usage).await
+}
+
+/// A short, stable id of the client's API key for the ledger (never the key itself).
+fn client_key_id(headers: &HeaderMap) -> String {
+    match bearer(headers) {
+        Some(key) => hex::encode(&crate::crypto::sha256(&[key.as_bytes()])[..4]),
+        None => "-".into(),
+    }
+}
+
+/// The ledger record of one request, written once: `ok` when it finished, `refused`
+/// when it was turned down, and `cancelled` if it is dropped unfinished (the client
+/// went away), from the drop itself so that no path escapes it.
+struct UsageRecord {
+    state: Shared,
+    request_id: String,
+    client_key: String,
+    license_id: String,
+    model_id: String,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    written: bool,
+}
+
+impl UsageRecord {
+    fn new(state: &Shared, meta: &ResponseMeta, client_key: String) -> UsageRecord {
+        let license = state.lifecycle.status().license.body;
+        UsageRecord {
+            state: state.clone(),
+            request_id: meta.id.clone(),
+            client_key,
+            license_id: license.license_id,
+            model_id: license.model.model_id,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            written: false,
+        }
+    }
+
+    fn entry(&self, outcome: &str) -> Entry {
+        Entry::Request {
+            request_id: self.request_id.clone(),
+            license_id: self.license_id.clone(),
+            model_id: self.model_id.clone(),
+            prompt_tokens: u64::from(self.prompt_tokens),
+            completion_tokens: u64::from(self.completion_tokens),
+            outcome: outcome.to_string(),
+            client_key: self.client_key.clone(),
+        }
+    }
+
+    /// Write the record; returns once it is durable.
+    async fn write(&mut self, outcome: &str) -> Result<(), ApiError> {
+        self.written = true;
+        if outcome == "ok" {
+            self.state
+                .lifecycle
+                .usage()
+                .record(self.prompt_tokens, self.completion_tokens);
+        }
+        self.state
+            .ledger
+            .append(self.entry(outcome))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("the usage ledger cannot record this request ({e}); the node answers nothing it cannot record"),
+                    "server_error",
+                    Some("ledger_unavailable"),
+                    None,
+                )
+            })
+    }
+}
+
+impl Drop for UsageRecord {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        let entry = self.entry("cancelled");
+        let state = self.state.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = state.ledger.append(entry).await {
+                    tracing::error!("cannot record a cancelled request in the usage ledger: {e}");
+                }
+            });
+        }
+    }
 }
 
 async fn generate(
-    state: &AppState,
-    endpoint: Endpoint,
-    model: String,
+    state: Shared,
+    meta: ResponseMeta,
+    mut usage: UsageRecord,
     prompt: Prompt,
     params: SamplingParams,
     stream: bool,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     if !state.lifecycle.phase().serves() {
+        usage.write("refused:license_expired").await?;
         return Err(ApiError::license_expired());
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    state
-        .engine
-        .submit(GenerateRequest {
-            prompt,
-            params,
-            events: tx,
-        })
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &e.to_string(),
-                "server_error",
-                None,
-                None,
-            )
-        })?;
+    if let Err(e) = state.engine.submit(GenerateRequest {
+        prompt,
+        params,
+        events: tx,
+    }) {
+        usage.write("refused:engine_unavailable").await?;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+            "server_error",
+            None,
+            None,
+        ));
+    }
     // The first event decides the status code: started, or refused before any output.
-    let prompt_tokens = match rx.recv().await {
-        Some(Event::Started { prompt_tokens }) => prompt_tokens,
-        Some(Event::Failed(e)) => return Err(ApiError::from_generate(&e)),
+    match rx.recv().await {
+        Some(Event::Started { prompt_tokens }) => usage.prompt_tokens = prompt_tokens,
+        Some(Event::Failed(e)) => {
+            let error = ApiError::from_generate(&e);
+            usage
+                .write(&format!("refused:{}", error.code().unwrap_or("error")))
+                .await?;
+            return Err(error);
+        }
         _ => {
+            usage.write("refused:engine_stopped").await?;
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the engine ended the request without a result",
                 "server_error",
                 None,
                 None,
-            ))
+            ));
         }
     };
-    let meta = ResponseMeta::new(endpoint, &model, clock::system_now().timestamp());
     if stream {
-        return Ok(
-            Sse::new(sse_stream(meta, rx, include_usage, state.lifecycle.clone()))
-                .keep_alive(KeepAlive::default())
-                .into_response(),
-        );
+        return Ok(Sse::new(sse_stream(meta, rx, include_usage, usage))
+            .keep_alive(KeepAlive::default())
+            .into_response());
     }
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
@@ -399,17 +497,22 @@ async fn generate(
                 completion_tokens,
                 ..
             } => {
-                let usage = Usage::new(prompt_tokens, completion_tokens);
-                state
-                    .lifecycle
-                    .usage()
-                    .record(prompt_tokens, completion_tokens);
-                return Ok(Json(meta.response(&text, reason.as_str(), usage)).into_response());
+                usage.completion_tokens = completion_tokens;
+                usage.write("ok").await?;
+                let totals = Usage::new(usage.prompt_tokens, completion_tokens);
+                return Ok(Json(meta.response(&text, reason.as_str(), totals)).into_response());
             }
-            Event::Failed(e) => return Err(ApiError::from_generate(&e)),
+            Event::Failed(e) => {
+                let error = ApiError::from_generate(&e);
+                usage
+                    .write(&format!("refused:{}", error.code().unwrap_or("error")))
+                    .await?;
+                return Err(error);
+            }
             Event::Started { .. } => {}
         }
     }
+    usage.write("refused:engine_stopped").await?;
     Err(ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the engine ended the request without a result",
@@ -423,7 +526,7 @@ fn sse_stream(
     meta: ResponseMeta,
     mut rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
-    lifecycle: Arc<Lifecycle>,
+    mut record: UsageRecord,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream_like(move |tx| async move {
         let send = |v: Value| tx.send(SseEvent::default().data(v.to_string())).is_ok();
@@ -433,6 +536,7 @@ fn sse_stream(
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Text(t) => {
+                    record.completion_tokens += 1;
                     if !send(meta.chunk(&t, false, None, None)) {
                         return; // client gone: dropping `rx` cancels the generation
                     }
@@ -442,8 +546,13 @@ fn sse_stream(
                     prompt_tokens,
                     completion_tokens,
                 } => {
+                    record.completion_tokens = completion_tokens;
+                    // The end of the answer goes out only once its record is durable.
+                    if let Err(e) = record.write("ok").await {
+                        send(e.body);
+                        return;
+                    }
                     let usage = Usage::new(prompt_tokens, completion_tokens);
-                    lifecycle.usage().record(prompt_tokens, completion_tokens);
                     send(meta.chunk("", false, Some(reason.as_str()), Some(usage)));
                     if include_usage {
                         send(meta.usage_chunk(usage));
@@ -453,6 +562,9 @@ fn sse_stream(
                 }
                 Event::Failed(e) => {
                     let err = ApiError::from_generate(&e);
+                    let _ = record
+                        .write(&format!("refused:{}", err.code().unwrap_or("error")))
+                        .await;
                     send(err.body);
                     return;
                 }

@@ -1,0 +1,327 @@
+//! The node's usage ledger: an append-only file of hash-chained records, one per
+//! request, with checkpoints signed by the node key every N records or T seconds and at
+//! shutdown. An auditor checks it with the node's public key alone
+//! (`leasehold audit verify`).
+//!
+//! - [`record`]: the line format (hash chain, signed checkpoints).
+//! - [`verify`]: checking a ledger and naming the first thing wrong with it.
+//!
+//! Durability: one writer thread appends and `fdatasync`s in groups; [`Ledger::append`]
+//! returns only once its record is on disk, and the server answers a request only
+//! after that. A crash can therefore leave at most an incomplete last line (no record of
+//! an answered request): at the next start that torn tail is moved to a side file and a
+//! `recovered` record names its size and hash, so it is neither accepted nor silently
+//! dropped.
+
+pub mod record;
+pub mod verify;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::crypto::sha256;
+use crate::crypto::signing::SecretKey;
+use crate::fsutil::{self, FsError, Replace};
+use crate::node::{clock, NodeIdentity};
+use record::{Entry, RecordBody, Totals};
+
+/// The ledger's file name in the node directory.
+pub const LEDGER_FILE: &str = "usage.ledger";
+
+/// When to sign a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_records: u64,
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_records: 100,
+            every: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the usage ledger {path} is damaged ({problem}); the node will not add to it. Check it with `leasehold audit verify`, and restore it from a backup or ask the vendor how to proceed")]
+    Damaged { path: String, problem: String },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("cannot write the usage ledger: {0}")]
+    Write(String),
+}
+
+enum Op {
+    Append(Entry, oneshot::Sender<Result<u64, String>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// What opening found.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub records: u64,
+    pub totals: Totals,
+    /// A torn tail moved aside: (bytes, where).
+    pub recovered: Option<(u64, PathBuf)>,
+}
+
+/// An open ledger; appends go through its writer thread.
+pub struct Ledger {
+    ops: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+struct Writer {
+    file: File,
+    key: SecretKey,
+    seq: u64,
+    head: [u8; 32],
+    totals: Totals,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    policy: CheckpointPolicy,
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn push(&mut self, out: &mut String, entry: Entry) -> u64 {
+        self.seq += 1;
+        self.totals.add(&entry);
+        let checkpoint = matches!(entry, Entry::Checkpoint { .. });
+        let body = RecordBody {
+            seq: self.seq,
+            prev: self.head,
+            at: clock::system_now(),
+            entry,
+        };
+        let (line, hash) = record::encode(&body, Some(&self.key));
+        out.push_str(&line);
+        self.head = hash;
+        if checkpoint {
+            self.since_checkpoint = 0;
+            self.last_checkpoint = Instant::now();
+        } else {
+            self.since_checkpoint += 1;
+        }
+        self.seq
+    }
+
+    fn checkpoint(&mut self, out: &mut String) {
+        let totals = self.totals;
+        self.push(out, Entry::Checkpoint { totals });
+    }
+
+    fn flush(&mut self, text: &str) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let result = self
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|_| self.file.sync_data())
+            .map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            // The file may now end in a partial line; stop adding to it.
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+
+    fn run(mut self, ops: mpsc::Receiver<Op>) {
+        loop {
+            let due = self
+                .policy
+                .every
+                .saturating_sub(self.last_checkpoint.elapsed());
+            let first = match ops.recv_timeout(due.max(Duration::from_millis(10))) {
+                Ok(op) => Some(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.close();
+                    return;
+                }
+            };
+            let mut batch: Vec<Op> = first.into_iter().collect();
+            while let Ok(op) = ops.try_recv() {
+                batch.push(op);
+            }
+            let mut text = String::new();
+            let mut replies = Vec::new();
+            let mut closing = None;
+            for op in batch {
+                match op {
+                    Op::Append(entry, reply) => {
+                        let seq = self.push(&mut text, entry);
+                        replies.push((reply, seq));
+                    }
+                    Op::Close(done) => closing = Some(done),
+                }
+            }
+            let due = self.since_checkpoint > 0
+                && (self.since_checkpoint >= self.policy.every_records
+                    || self.last_checkpoint.elapsed() >= self.policy.every
+                    || closing.is_some());
+            if due {
+                self.checkpoint(&mut text);
+            }
+            let result = if text.is_empty() {
+                Ok(())
+            } else {
+                self.flush(&text)
+            };
+            if let Err(e) = &result {
+                tracing::error!(
+                    "cannot write the usage ledger: {e}; requests are refused until it is fixed"
+                );
+            }
+            for (reply, seq) in replies {
+                let _ = reply.send(result.clone().map(|_| seq));
+            }
+            if let Some(done) = closing {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if self.since_checkpoint > 0 {
+            let mut text = String::new();
+            self.checkpoint(&mut text);
+            let _ = self.flush(&text);
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, LedgerError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| LedgerError::Fs(FsError::io(path, e)))
+}
+
+impl Ledger {
+    /// Open the ledger at `path` (creating it), check it with the node's key, move a
+    /// torn tail aside, and start the writer.
+    pub fn open(
+        path: &Path,
+        identity: &NodeIdentity,
+        policy: CheckpointPolicy,
+    ) -> Result<(Ledger, Opened), LedgerError> {
+        let public = identity.public();
+        let node_id = public.node_id();
+        let key = SecretKey::from_bytes(&identity.signing_key().to_bytes());
+        if !path.exists() {
+            let genesis = RecordBody {
+                seq: 0,
+                prev: [0; 32],
+                at: clock::system_now(),
+                entry: Entry::Genesis {
+                    node_id: node_id.clone(),
+                },
+            };
+            let (line, _) = record::encode(&genesis, None);
+            fsutil::write_atomic(path, line.as_bytes(), fsutil::SECRET_MODE, Replace::Never)?;
+        }
+        let bytes = std::fs::read(path).map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
+        let (summary, problem) = verify::verify(&bytes, &public.signing_key, &node_id);
+        let mut recovered = None;
+        match problem {
+            None => {}
+            Some(verify::Problem::Truncated { bytes: torn, .. }) => {
+                let tail = &bytes[summary.valid_len as usize..];
+                let mut side = path.as_os_str().to_owned();
+                side.push(format!(".torn-{}", clock::system_now().timestamp()));
+                let side = PathBuf::from(side);
+                fsutil::write_atomic(&side, tail, fsutil::SECRET_MODE, Replace::Never)?;
+                let file = open_append(path)?;
+                file.set_len(summary.valid_len)
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
+                tracing::warn!(
+                    "the usage ledger {} ended in an incomplete record ({torn} bytes, a write cut by a crash); moved to {} and recorded",
+                    path.display(),
+                    side.display()
+                );
+                recovered = Some((torn, side, sha256(&[tail])));
+            }
+            Some(p) => {
+                return Err(LedgerError::Damaged {
+                    path: path.display().to_string(),
+                    problem: p.explain(),
+                })
+            }
+        }
+        let mut writer = Writer {
+            file: open_append(path)?,
+            key,
+            seq: summary.head_seq,
+            head: summary.head_hash,
+            totals: summary.totals,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            policy,
+            failed: None,
+        };
+        if let Some((torn, side, digest)) = &recovered {
+            let mut text = String::new();
+            writer.push(
+                &mut text,
+                Entry::Recovered {
+                    torn_bytes: *torn,
+                    torn_sha256: *digest,
+                    moved_to: side.display().to_string(),
+                },
+            );
+            writer.flush(&text).map_err(LedgerError::Write)?;
+        }
+        let opened = Opened {
+            records: summary.records,
+            totals: summary.totals,
+            recovered: recovered.map(|(n, side, _)| (n, side)),
+        };
+        let (ops, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("leasehold-ledger".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LedgerError::Write(format!("cannot start the ledger thread: {e}")))?;
+        Ok((
+            Ledger {
+                ops,
+                path: path.to_path_buf(),
+            },
+            opened,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append a record; resolves once it is durable, with its sequence number.
+    pub async fn append(&self, entry: Entry) -> Result<u64, LedgerError> {
+        let (reply, done) = oneshot::channel();
+        self.ops
+            .send(Op::Append(entry, reply))
+            .map_err(|_| LedgerError::Write("the ledger is closed".into()))?;
+        done.await
+            .map_err(|_| LedgerError::Write("the ledger thread stopped".into()))?
+            .map_err(LedgerError::Write)
+    }
+
+    /// Sign a final checkpoint and stop the writer.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.ops.send(Op::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Checking a ledger with the node's public key alone (auditors, and the node at start).
+
+use super::record::{self, Entry, Totals};
+use crate::crypto::signing::PublicKey;
+
+/// The first thing wrong with a ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The file ends inside a record (a write cut short, or bytes removed).
+    Truncated { line: u64, offset: u64, bytes: u64 },
+    /// A line that is not a ledger record at all.
+    Malformed { line: u64, reason: String },
+    /// A record whose content no longer matches its hash.
+    Edited { line: u64, seq: u64 },
+    /// Records missing: the sequence jumps.
+    Deleted {
+        line: u64,
+        expected: u64,
+        found: u64,
+    },
+    /// A record out of order (or repeated).
+    Reordered {
+        line: u64,
+        expected: u64,
+        found: u64,
+    },
+    /// A record that chains to a different history than the one before it.
+    Forked { line: u64, seq: u64 },
+    /// A checkpoint not signed by this node's key.
+    BadCheckpointSignature { line: u64, seq: u64 },
+    /// A checkpoint whose totals disagree with the records before it.
+    CheckpointTotals { line: u64, seq: u64 },
+    /// Not this node's ledger, or no genesis record.
+    Foreign { reason: String },
+}
+
+impl Problem {
+    /// The stable name (JSON, exit messages).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::Truncated { .. } => "truncated",
+            Problem::Malformed { .. } => "malformed",
+            Problem::Edited { .. } => "edited",
+            Problem::Deleted { .. } => "deleted",
+            Problem::Reordered { .. } => "reordered",
+            Problem::Forked { .. } => "forked",
+            Problem::BadCheckpointSignature { .. } => "bad-checkpoint-signature",
+            Problem::CheckpointTotals { .. } => "edited",
+            Problem::Foreign { .. } => "foreign",
+        }
+    }
+
+    pub fn explain(&self) -> String {
+        match self {
+            Problem::Truncated { line, offset, bytes } => format!(
+                "truncated: line {line} (byte {offset}) is an incomplete record of {bytes} bytes: the file was cut"
+            ),
+            Problem::Malformed { line, reason } => {
+                format!("edited: line {line} is not a ledger record ({reason})")
+            }
+            Problem::Edited { line, seq } => {
+                format!("edited: record {seq} (line {line}) does not match its hash")
+            }
+            Problem::Deleted { line, expected, found } => format!(
+                "deleted: line {line} holds record {found} where record {expected} should be; {} record(s) are missing",
+                found - expected
+            ),
+            Problem::Reordered { line, expected, found } => format!(
+                "reordered: line {line} holds record {found} where record {expected} should be"
+            ),
+            Problem::Forked { line, seq } => format!(
+                "forked: record {seq} (line {line}) chains to another history than the record before it"
+            ),
+            Problem::BadCheckpointSignature { line, seq } => format!(
+                "bad checkpoint signature: checkpoint {seq} (line {line}) is not signed by this node's key"
+            ),
+            Problem::CheckpointTotals { line, seq } => format!(
+                "edited: checkpoint {seq} (line {line}) signs totals that the records before it do not add up to"
+            ),
+            Problem::Foreign { reason } => format!("not this node's ledger: {reason}"),
+        }
+    }
+}
+
+/// What a ledger holds, up to its first problem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read (genesis included).
+    pub records: u64,
+    pub checkpoints: u64,
+    /// Sequence number and hash of the last good record.
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    pub totals: Totals,
+    /// The last signed checkpoint's sequence number.
+    pub last_checkpoint: Option<u64>,
+    /// Bytes of the file up to the end of the last good record.
+    pub valid_len: u64,
+}
+
+/// Verify `bytes` as the ledger of node `node_id` with signing key `key`.
+pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<Problem>) {
+    let mut summary = Summary::default();
+    let mut offset = 0usize;
+    let mut line_no = 0u64;
+    while offset < bytes.len() {
+        line_no += 1;
+        let rest = &bytes[offset..];
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            let problem = Problem::Truncated {
+                line: line_no,
+                offset: offset as u64,
+                bytes: rest.len() as u64,
+            };
+            return (summary, Some(problem));
+        };
+        let text = match std::str::from_utf8(&rest[..end]) {
+            Ok(t) => t,
+            Err(_) => {
+                let reason = "not UTF-8".to_string();
+                return (
+                    summary,
+                    Some(Problem::Malformed {
+                        line: line_no,
+                        reason,
+                    }),
+                );
+            }
+        };
+        let parsed = match record::parse(text) {
+            Ok(p) => p,
+            Err(reason) => {
+                return (
+                    summary,
+                    Some(Problem::Malformed {
+                        line: line_no,
+                        reason,
+                    }),
+                )
+            }
+        };
+        let body = &parsed.body;
+        if parsed.actual_hash != parsed.written_hash {
+            return (
+                summary,
+                Some(Problem::Edited {
+                    line: line_no,
+                    seq: body.seq,
+                }),
+            );
+        }
+        let expected = if summary.records == 0 {
+            0
+        } else {
+            summary.head_seq + 1
+        };
+        if body.seq > expected {
+            // Missing here: moved further down (reordered), or gone (deleted)?
+            let later = &rest[end + 1..];
+            let moved = later
+                .split(|&b| b == b'\n')
+                .filter_map(|l| std::str::from_utf8(l).ok())
+                .filter_map(|l| record::parse(l).ok())
+                .any(|p| p.body.seq == expected);
+            let problem = if moved {
+                Problem::Reordered {
+                    line: line_no,
+                    expected,
+                    found: body.seq,
+                }
+            } else {
+                Problem::Deleted {
+                    line: line_no,
+                    expected,
+                    found: body.seq,
+                }
+            };
+            return (summary, Some(problem));
+        }
+        if body.seq < expected {
+            let problem = Problem::Reordered {
+                line: line_no,
+                expected,
+                found: body.seq,
+            };
+            return (summary, Some(problem));
+        }
+        if summary.records == 0 {
+            match &body.entry {
+                Entry::Genesis { node_id: n } if n == node_id && body.prev == [0; 32] => {}
+                Entry::Genesis { node_id: n } => {
+                    let reason = format!("it was started by node {n}, not {node_id}");
+                    return (summary, Some(Problem::Foreign { reason }));
+                }
+                _ => {
+                    let reason = "it does not start with a genesis record".to_string();
+                    return (summary, Some(Problem::Foreign { reason }));
+                }
+            }
+        } else if body.prev != summary.head_hash {
+            return (
+                summary,
+                Some(Problem::Forked {
+                    line: line_no,
+                    seq: body.seq,
+                }),
+            );
+        }
+        if let Entry::Checkpoint { totals } = &body.entry {
+            if !parsed.signature_ok(key) {
+                let problem = Problem::BadCheckpointSignature {
+                    line: line_no,
+                    seq: body.seq,
+                };
+                return (summary, Some(problem));
+            }
+            if *totals != summary.totals {
+                let problem = Problem::CheckpointTotals {
+                    line: line_no,
+                    seq: body.seq,
+                };
+                return (summary, Some(problem));
+            }
+            summary.checkpoints += 1;
+            summary.last_checkpoint = Some(body.seq);
+        }
+        summary.totals.add(&body.entry);
+        summary.records += 1;
+        summary.head_seq = body.seq;
+        summary.head_hash = parsed.actual_hash;
+        offset += end + 1;
+        summary.valid_len = offset as u64;
+    }
+    if summary.records == 0 {
+        let reason = "it is empty".to_string();
+        return (summary, Some(Problem::Foreign { reason }));
+    }
+    (summary, None)
+}

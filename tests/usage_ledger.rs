@@ -1,0 +1,292 @@
+//! The usage ledger: every kind of tampering named by `audit verify`, durability under
+//! kill -9 during load, and the records matching what clients were told.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::node::{leasehold, NodeSite};
+use leasehold::crypto::signing::SecretKey;
+use leasehold::ledger::record::{self, Entry, RecordBody};
+use leasehold::ledger::{CheckpointPolicy, Ledger};
+use leasehold::node::NodeIdentity;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+fn request(i: u64) -> Entry {
+    Entry::Request {
+        request_id: format!("chatcmpl-{i}"),
+        license_id: "0".repeat(32),
+        model_id: "tiny".into(),
+        prompt_tokens: 10 + i,
+        completion_tokens: 5,
+        outcome: "ok".into(),
+        client_key: "-".into(),
+    }
+}
+
+/// A node directory and a ledger of 12 requests with a checkpoint every 5 records.
+async fn written_ledger() -> (TempDir, PathBuf, Vec<String>) {
+    let dir = TempDir::new().unwrap();
+    let (identity, _) = NodeIdentity::load_or_create(&dir.path().join("node")).unwrap();
+    let path = dir.path().join("node/usage.ledger");
+    let policy = CheckpointPolicy {
+        every_records: 5,
+        every: Duration::from_secs(3600),
+    };
+    let (ledger, opened) = Ledger::open(&path, &identity, policy).unwrap();
+    assert_eq!(opened.records, 1, "a new ledger holds its genesis record");
+    for i in 0..12 {
+        // One at a time, so checkpoints fall every 5 records.
+        ledger.append(request(i)).await.unwrap();
+    }
+    ledger.close().await;
+    let lines = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    (dir, path, lines)
+}
+
+fn audit(dir: &Path, ledger: &Path) -> (i32, Value) {
+    let out = leasehold(
+        dir,
+        &[
+            "audit",
+            "verify",
+            ledger.to_str().unwrap(),
+            "--node-pub",
+            "node/node.pub",
+            "--json",
+        ],
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap(), json)
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+fn is_checkpoint(line: &str) -> bool {
+    line.contains("\"type\":\"checkpoint\"")
+}
+
+#[tokio::test]
+async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
+    let (dir, path, lines) = written_ledger().await;
+    // genesis + 12 requests + checkpoints after 5, 10 and at close (2 more).
+    assert_eq!(lines.iter().filter(|l| is_checkpoint(l)).count(), 3);
+    let (code, report) = audit(dir.path(), &path);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["intact"], true);
+    assert_eq!(report["requests"], 12);
+    assert_eq!(report["prompt_tokens"], (10..22).sum::<u64>());
+
+    let tampered = dir.path().join("tampered.ledger");
+    let check = |lines: &[String], kind: &str, what: &str| {
+        write_lines(&tampered, lines);
+        let (code, report) = audit(dir.path(), &tampered);
+        assert_eq!(code, 23, "{what}: {report}");
+        assert_eq!(report["problem"], kind, "{what}: {report}");
+        report
+    };
+
+    // Edited: one token count changed.
+    let mut edited = lines.clone();
+    edited[3] = edited[3].replace("\"completion_tokens\":5", "\"completion_tokens\":4");
+    let report = check(&edited, "edited", "edited record");
+    assert!(report["message"].as_str().unwrap().contains("record 3"));
+
+    // Deleted: a request record removed.
+    let mut deleted = lines.clone();
+    deleted.remove(4);
+    let report = check(&deleted, "deleted", "deleted record");
+    assert!(report["message"]
+        .as_str()
+        .unwrap()
+        .contains("record 4 should be"));
+
+    // Reordered: two records swapped.
+    let mut reordered = lines.clone();
+    reordered.swap(2, 3);
+    check(&reordered, "reordered", "swapped records");
+
+    // Truncated: the file cut inside a record.
+    let text = std::fs::read(&path).unwrap();
+    std::fs::write(&tampered, &text[..text.len() - 20]).unwrap();
+    let (code, report) = audit(dir.path(), &tampered);
+    assert_eq!((code, report["problem"].as_str()), (23, Some("truncated")));
+
+    // Forked: record 2 replaced by a different, correctly hashed record of the same
+    // number; record 3 still chains to the original.
+    let original = record::parse(&lines[2]).unwrap().body;
+    let forged = RecordBody {
+        entry: Entry::Request {
+            request_id: "chatcmpl-forged".into(),
+            license_id: "0".repeat(32),
+            model_id: "tiny".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            outcome: "ok".into(),
+            client_key: "-".into(),
+        },
+        ..original
+    };
+    let (line, _) = record::encode(&forged, None);
+    let mut forked = lines.clone();
+    forked[2] = line.trim_end().to_string();
+    check(&forked, "forked", "forked history");
+
+    // Bad checkpoint signature: a checkpoint re-signed by another key.
+    let at = lines.iter().position(|l| is_checkpoint(l)).unwrap();
+    let body = record::parse(&lines[at]).unwrap().body;
+    let (resigned, _) = record::encode(&body, Some(&SecretKey::generate()));
+    let mut bad_sig = lines.clone();
+    bad_sig[at] = resigned.trim_end().to_string();
+    check(&bad_sig, "bad-checkpoint-signature", "re-signed checkpoint");
+
+    // Another node's key: every checkpoint fails.
+    let other = TempDir::new().unwrap();
+    NodeIdentity::load_or_create(&other.path().join("node")).unwrap();
+    let out = leasehold(
+        dir.path(),
+        &[
+            "audit",
+            "verify",
+            path.to_str().unwrap(),
+            "--node-pub",
+            other.path().join("node/node.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(23));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED"));
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_moved_aside_and_recorded_at_the_next_start() {
+    let (dir, path, _) = written_ledger().await;
+    let identity = NodeIdentity::load(&dir.path().join("node")).unwrap();
+    let mut text = std::fs::read(&path).unwrap();
+    text.extend_from_slice(b"{\"body\":{\"seq\":17,\"pr");
+    std::fs::write(&path, &text).unwrap();
+    let (ledger, opened) = Ledger::open(&path, &identity, CheckpointPolicy::default()).unwrap();
+    let (bytes, side) = opened.recovered.expect("the torn tail is reported");
+    assert_eq!(bytes, 21);
+    assert_eq!(std::fs::read(&side).unwrap(), b"{\"body\":{\"seq\":17,\"pr");
+    ledger.append(request(99)).await.unwrap();
+    ledger.close().await;
+    let (code, report) = audit(dir.path(), &path);
+    assert_eq!(code, 0, "{report}");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"type\":\"recovered\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_keeps_every_answered_request() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let server = site.serve("x.license", &["--parallel", "4"]);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64, u64)>::new()));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let http = http.clone();
+        let url = server.url("/v1/chat/completions");
+        let answered = answered.clone();
+        tasks.push(tokio::spawn(async move {
+            for r in 0..25 {
+                let body = json!({"model": "tiny", "messages": [{"role": "user", "content": format!("hello {c} {r}")}], "max_tokens": 6, "temperature": 0});
+                let Ok(response) = http.post(&url).json(&body).send().await else {
+                    return;
+                };
+                let Ok(v) = response.json::<Value>().await else {
+                    return;
+                };
+                answered.lock().unwrap().push((
+                    v["id"].as_str().unwrap().to_string(),
+                    v["usage"]["prompt_tokens"].as_u64().unwrap(),
+                    v["usage"]["completion_tokens"].as_u64().unwrap(),
+                ));
+            }
+        }));
+    }
+    // Let about half of the 200 requests finish, then kill -9.
+    common::node::eventually(Duration::from_secs(60), async || {
+        answered.lock().unwrap().len() >= 100
+    })
+    .await;
+    server.signal("KILL");
+    for t in tasks {
+        let _ = t.await;
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() >= 100);
+
+    let ledger = site.path().join("node/usage.ledger");
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let recorded: HashSet<(String, u64, u64)> = text
+        .lines()
+        .filter_map(|l| record::parse(l).ok())
+        .filter_map(|p| match p.body.entry {
+            Entry::Request {
+                request_id,
+                prompt_tokens,
+                completion_tokens,
+                outcome,
+                ..
+            } if outcome == "ok" => Some((request_id, prompt_tokens, completion_tokens)),
+            _ => None,
+        })
+        .collect();
+    for a in &answered {
+        assert!(
+            recorded.contains(a),
+            "answered request {a:?} is not in the ledger"
+        );
+    }
+    // Whatever the kill left, the ledger verifies up to its last complete record.
+    let out = audit(site.path(), Path::new("node/usage.ledger"));
+    let (code, report) = out;
+    assert!(
+        code == 0 || report["problem"] == "truncated",
+        "after kill -9: {report}"
+    );
+
+    // A restart takes the ledger over (moving a torn tail aside), and it verifies.
+    drop(server);
+    let server = site.serve("x.license", &[]);
+    let ok = http
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "again"}], "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    server.signal("TERM");
+    let mut server = server;
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    let (code, report) = audit(site.path(), Path::new("node/usage.ledger"));
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["requests"].as_u64().unwrap() as usize,
+        recorded.len() + 1
+    );
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains("\"type\":\"checkpoint\""),
+        "a clean shutdown ends with a signed checkpoint"
+    );
+}
