@@ -290,3 +290,80 @@ async fn kill_9_under_load_keeps_every_answered_request() {
         "a clean shutdown ends with a signed checkpoint"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_are_enforced_from_the_ledger_across_a_restart() {
+    let site = NodeSite::new(None);
+    site.issue(
+        "x.license",
+        "+1h",
+        &["--cap", "requests-per-day=3", "--cap", "context=64"],
+    );
+    let http = reqwest::Client::new();
+    let chat = |max_tokens: u64| json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens});
+    let server = site.serve("x.license", &[]);
+    // The context cap bounds the context: 100 new tokens do not fit in 64.
+    let too_long = http
+        .post(server.url("/v1/chat/completions"))
+        .json(&chat(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 400);
+    for _ in 0..3 {
+        let r = http
+            .post(server.url("/v1/chat/completions"))
+            .json(&chat(4))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let check_refused = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(retry > 0 && retry <= 86_400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "license_cap_exceeded");
+        assert_eq!(v["error"]["cap"], "requests-per-day");
+        assert!(v["error"]["resets_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"));
+    };
+    check_refused(
+        http.post(server.url("/v1/chat/completions"))
+            .json(&chat(4))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let state: Value = http
+        .get(server.url("/v1/license"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["usage"]["requests_today"], 3);
+
+    // After a restart the count comes back from the ledger.
+    drop(server);
+    let server = site.serve("x.license", &[]);
+    check_refused(
+        http.post(server.url("/v1/chat/completions"))
+            .json(&chat(4))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
+    assert_eq!(text.matches("refused:license_cap_exceeded").count(), 2);
+}

@@ -12,10 +12,12 @@ use tokio::sync::mpsc;
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
 use crate::ledger::{CheckpointPolicy, Ledger, LEDGER_FILE};
-use crate::license::MAX_LICENSE_BYTES;
+use crate::license::verify::authenticate;
+use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::NodeIdentity;
 use crate::protocol::LicenseRef;
 use crate::runtime::admission::assess_here;
+use crate::runtime::caps::{self, CapGate};
 use crate::runtime::engine::{
     ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, SamplingParams,
 };
@@ -66,7 +68,7 @@ fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Resul
 /// Start the engine and the lifecycle; a refusal becomes its documented exit code.
 async fn start(
     licensed: &LicensedModel,
-    config: EngineConfig,
+    config: &mut EngineConfig,
 ) -> Result<(Arc<Lifecycle>, Engine), (u8, String)> {
     let LicensedModel {
         license,
@@ -77,7 +79,20 @@ async fn start(
     let identity = NodeIdentity::load(node_dir).map_err(|e| fail(e.into()))?;
     let bytes =
         fsutil::read_limited(license, MAX_LICENSE_BYTES, "license").map_err(|e| fail(e.into()))?;
-    let engine = Engine::start(config).map_err(|e| fail(anyhow::anyhow!(e)))?;
+    // The license's context cap bounds the context the engine is built with.
+    if let Ok(license) = authenticate(&bytes, &TrustRoots::compiled_in()) {
+        if let Some(cap) = license.body.caps.context {
+            let cap = u32::try_from(cap).unwrap_or(u32::MAX).max(16);
+            if cap < config.ctx {
+                tracing::warn!(
+                    "the license caps the context at {cap} tokens: using {cap} instead of --ctx {}",
+                    config.ctx
+                );
+                config.ctx = cap;
+            }
+        }
+    }
+    let engine = Engine::start(config.clone()).map_err(|e| fail(anyhow::anyhow!(e)))?;
     let size = std::fs::metadata(sealed).map(|m| m.len()).unwrap_or(0);
     let bar = progress::bytes(size, "decrypting");
     match Lifecycle::start(&bytes, identity, sealed, engine.clone(), Some(bar)).await {
@@ -202,7 +217,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(args: ServeArgs) -> Outcome {
-    let config = engine_config(args.ctx, args.threads, args.parallel)?;
+    let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
     let api_keys = match &args.api_key_file {
         Some(p) => read_tokens(p, "API key")?,
         None => Vec::new(),
@@ -230,7 +245,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         }
-        let (lifecycle, engine) = match start(&args.licensed, config.clone()).await {
+        let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
             Ok(v) => v,
             Err((code, message)) => {
                 eprintln!("error: {message}");
@@ -257,6 +272,10 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(exit::ERROR);
             }
         };
+        let caps = CapGate::new(caps::windows_from_ledger(
+            &std::fs::read(&ledger_path).unwrap_or_default(),
+            crate::node::clock::system_now(),
+        ));
         let renewer = client.map(|client| {
             let renewer = Renewer::new(client, lifecycle.clone(), args.licensed.license.clone());
             tokio::spawn(renewer.clone().run());
@@ -273,6 +292,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             admin_token,
             renewal: renewer,
             ledger: ledger.clone(),
+            caps,
         });
         let status = lifecycle.status();
         println!(
@@ -334,10 +354,10 @@ pub fn serve(args: ServeArgs) -> Outcome {
 }
 
 pub fn run(args: RunArgs) -> Outcome {
-    let config = engine_config(args.ctx, args.threads, 1)?;
+    let mut config = engine_config(args.ctx, args.threads, 1)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (lifecycle, engine) = match start(&args.licensed, config.clone()).await {
+        let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
             Ok(v) => v,
             Err((code, message)) => {
                 eprintln!("error: {message}");

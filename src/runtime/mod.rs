@@ -7,11 +7,13 @@
 //! - [`renewal`]: the node's side of the license server protocol: first license,
 //!   automatic renewal with backoff, obeying revocations.
 //! - [`usage`]: usage counters reported with renewals.
+//! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //!
 //! The runtime never writes plaintext weights to storage.
 
 pub mod admission;
+pub mod caps;
 pub mod engine;
 pub mod lifecycle;
 pub mod renewal;

@@ -29,6 +29,7 @@ use crate::format::time::rfc3339;
 use crate::ledger::record::Entry;
 use crate::ledger::Ledger;
 use crate::node::clock;
+use crate::runtime::caps::{CapExceeded, CapGate, Permit};
 use crate::runtime::engine::{
     Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
 };
@@ -50,6 +51,8 @@ pub struct AppState {
     pub renewal: Option<Arc<Renewer>>,
     /// The usage ledger: every request is recorded before it is answered.
     pub ledger: Arc<Ledger>,
+    /// License caps, counted from the ledger.
+    pub caps: CapGate,
 }
 
 type Shared = Arc<AppState>;
@@ -58,6 +61,8 @@ type Shared = Arc<AppState>;
 pub struct ApiError {
     status: StatusCode,
     body: Value,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -71,7 +76,25 @@ impl ApiError {
         ApiError {
             status,
             body: error_body(message, kind, code, param),
+            retry_after: None,
         }
+    }
+
+    fn cap_exceeded(e: &CapExceeded) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            &e.to_string(),
+            "license_error",
+            Some("license_cap_exceeded"),
+            None,
+        );
+        error.body["error"]["cap"] = json!(e.cap);
+        error.body["error"]["resets_at"] = json!(e.resets_at.map(rfc3339));
+        let retry = e
+            .resets_at
+            .map_or(1, |t| (t - clock::system_now()).num_seconds().max(1));
+        error.retry_after = Some(retry as u64);
+        error
     }
 
     /// The error's `code`, if it has one (for the ledger's outcome).
@@ -130,7 +153,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -362,6 +391,8 @@ struct UsageRecord {
     prompt_tokens: u32,
     completion_tokens: u32,
     written: bool,
+    /// The concurrency slot, held until the record is written.
+    permit: Option<Permit>,
 }
 
 impl UsageRecord {
@@ -376,6 +407,7 @@ impl UsageRecord {
             prompt_tokens: 0,
             completion_tokens: 0,
             written: false,
+            permit: None,
         }
     }
 
@@ -394,11 +426,13 @@ impl UsageRecord {
     /// Write the record; returns once it is durable.
     async fn write(&mut self, outcome: &str) -> Result<(), ApiError> {
         self.written = true;
+        self.permit = None;
         if outcome == "ok" {
             self.state
                 .lifecycle
                 .usage()
                 .record(self.prompt_tokens, self.completion_tokens);
+            self.count_for_caps();
         }
         self.state
             .ledger
@@ -417,11 +451,19 @@ impl UsageRecord {
     }
 }
 
+impl UsageRecord {
+    fn count_for_caps(&self) {
+        let tokens = u64::from(self.prompt_tokens) + u64::from(self.completion_tokens);
+        self.state.caps.record(clock::system_now(), tokens);
+    }
+}
+
 impl Drop for UsageRecord {
     fn drop(&mut self) {
         if self.written {
             return;
         }
+        self.count_for_caps();
         let entry = self.entry("cancelled");
         let state = self.state.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -446,6 +488,14 @@ async fn generate(
     if !state.lifecycle.phase().serves() {
         usage.write("refused:license_expired").await?;
         return Err(ApiError::license_expired());
+    }
+    let caps = state.lifecycle.status().license.body.caps;
+    match state.caps.admit(&caps, clock::system_now()) {
+        Ok(permit) => usage.permit = Some(permit),
+        Err(exceeded) => {
+            usage.write("refused:license_cap_exceeded").await?;
+            return Err(ApiError::cap_exceeded(&exceeded));
+        }
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Err(e) = state.engine.submit(GenerateRequest {
@@ -647,6 +697,13 @@ pub fn license_json(lifecycle: &Lifecycle) -> Value {
 
 async fn license(State(state): State<Shared>) -> Json<Value> {
     let mut body = license_json(&state.lifecycle);
+    let w = state.caps.windows(clock::system_now());
+    body["usage"] = json!({
+        "requests_today": w.day_requests,
+        "tokens_today": w.day_tokens,
+        "requests_this_month": w.month_requests,
+        "tokens_this_month": w.month_tokens,
+    });
     if let Some(renewer) = &state.renewal {
         body["renewal"] = json!(renewer.status());
     }
