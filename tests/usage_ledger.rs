@@ -300,24 +300,18 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
         &["--cap", "requests-per-day=3", "--cap", "context=64"],
     );
     let http = reqwest::Client::new();
-    let chat = |max_tokens: u64| json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens});
-    let server = site.serve("x.license", &[]);
-    // The context cap bounds the context: 100 new tokens do not fit in 64.
-    let too_long = http
-        .post(server.url("/v1/chat/completions"))
-        .json(&chat(100))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(too_long.status(), 400);
-    for _ in 0..3 {
-        let r = http
-            .post(server.url("/v1/chat/completions"))
-            .json(&chat(4))
+    let chat = async |server: &common::node::Server, max_tokens: u64| {
+        http.post(server.url("/v1/chat/completions"))
+            .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}))
             .send()
             .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+            .unwrap()
+    };
+    let server = site.serve("x.license", &[]);
+    // The context cap bounds the context: 100 new tokens do not fit in 64.
+    assert_eq!(chat(&server, 100).await.status(), 400);
+    for _ in 0..3 {
+        assert_eq!(chat(&server, 4).await.status(), 200);
     }
     let check_refused = |r: reqwest::Response| async move {
         assert_eq!(r.status(), 429);
@@ -335,14 +329,7 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
             .unwrap()
             .ends_with("T00:00:00Z"));
     };
-    check_refused(
-        http.post(server.url("/v1/chat/completions"))
-            .json(&chat(4))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    check_refused(chat(&server, 4).await).await;
     let state: Value = http
         .get(server.url("/v1/license"))
         .send()
@@ -356,14 +343,7 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
     // After a restart the count comes back from the ledger.
     drop(server);
     let server = site.serve("x.license", &[]);
-    check_refused(
-        http.post(server.url("/v1/chat/completions"))
-            .json(&chat(4))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    check_refused(chat(&server, 4).await).await;
     let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
     assert_eq!(text.matches("refused:license_cap_exceeded").count(), 2);
 }
