@@ -347,3 +347,47 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
     let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
     assert_eq!(text.matches("refused:license_cap_exceeded").count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_rolled_back_ledger_is_refused_at_start() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let http = reqwest::Client::new();
+    let session = async |requests: usize| {
+        let mut server = site.serve("x.license", &[]);
+        for _ in 0..requests {
+            let r = http
+                .post(server.url("/v1/completions"))
+                .json(&json!({"model": "tiny", "prompt": "once upon", "max_tokens": 3}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        server.signal("TERM");
+        assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    };
+    let ledger = site.path().join("node/usage.ledger");
+    session(2).await;
+    let old = std::fs::read(&ledger).unwrap();
+    session(2).await;
+    let current = std::fs::read(&ledger).unwrap();
+    let serve = || leasehold(site.path(), &NodeSite::serve_args("x.license", &[]));
+
+    // Rolled back to the earlier copy.
+    std::fs::write(&ledger, &old).unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(23));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rolled back"));
+    // Deleted.
+    std::fs::remove_file(&ledger).unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(23));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was deleted"));
+    // The real one back: the node starts and goes on with it.
+    std::fs::write(&ledger, &current).unwrap();
+    session(1).await;
+    let (code, report) = audit(site.path(), Path::new("node/usage.ledger"));
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["requests"], 5);
+}

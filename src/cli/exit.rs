@@ -46,7 +46,8 @@ Exit codes:
   20  sealed model damaged: truncated, extended, edited or reordered (check)
   21  model mismatch: the sealed model or key is not the one licensed (check)
   22  refused by the license server: revoked, ended, denied, or not enrolled
-  23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify)";
+  23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify);
+      for serve: the ledger is damaged, deleted or rolled back";
 
 /// The exit code of a verdict.
 pub fn for_verdict(verdict: &Verdict) -> u8 {

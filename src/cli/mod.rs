@@ -157,7 +157,9 @@ With --license-server URL the node fetches its first license (after `leasehold e
 with backoff while the server is unreachable, and lapses at once if the license is revoked.
 
 Exit codes: 0 clean shutdown; 1 error; 11-18, 20, 21 refused at start (as for check);
-12 lapsed with --exit-on-lapse; 22 the license server refused a license.";
+12 lapsed with --exit-on-lapse; 22 the license server refused a license; 23 the usage
+ledger is damaged, deleted or rolled back (NODE_DIR/ledger.head remembers its last
+signed checkpoint).";
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {

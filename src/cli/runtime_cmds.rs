@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
-use crate::ledger::{CheckpointPolicy, Ledger, LEDGER_FILE};
+use crate::ledger::{CheckpointPolicy, Ledger, LedgerError, LEDGER_FILE};
 use crate::license::verify::authenticate;
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::NodeIdentity;
@@ -269,7 +269,12 @@ pub fn serve(args: ServeArgs) -> Outcome {
             Err(e) => {
                 engine.shutdown();
                 eprintln!("error: {e}");
-                return Ok(exit::ERROR);
+                return Ok(match e {
+                    LedgerError::Damaged { .. } | LedgerError::RolledBack { .. } => {
+                        exit::LEDGER_DAMAGED
+                    }
+                    _ => exit::ERROR,
+                });
             }
         };
         let caps = CapGate::new(caps::windows_from_ledger(

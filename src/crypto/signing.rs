@@ -20,6 +20,7 @@ pub enum Domain {
     RenewalRequest,
     RenewalResponse,
     LedgerCheckpoint,
+    LedgerHead,
 }
 
 impl Domain {
@@ -32,6 +33,7 @@ impl Domain {
             Domain::RenewalRequest => b"leasehold renewal request\0",
             Domain::RenewalResponse => b"leasehold renewal response\0",
             Domain::LedgerCheckpoint => b"leasehold ledger checkpoint\0",
+            Domain::LedgerHead => b"leasehold ledger head\0",
         }
     }
 }

@@ -37,6 +37,7 @@ pub enum DocumentKind {
     NodeState,
     RenewalRequest,
     RenewalResponse,
+    LedgerHead,
 }
 
 impl DocumentKind {
@@ -48,6 +49,7 @@ impl DocumentKind {
             DocumentKind::NodeState => Domain::NodeState,
             DocumentKind::RenewalRequest => Domain::RenewalRequest,
             DocumentKind::RenewalResponse => Domain::RenewalResponse,
+            DocumentKind::LedgerHead => Domain::LedgerHead,
         }
     }
 
@@ -59,6 +61,7 @@ impl DocumentKind {
             DocumentKind::NodeState => "node state",
             DocumentKind::RenewalRequest => "renewal request",
             DocumentKind::RenewalResponse => "renewal response",
+            DocumentKind::LedgerHead => "ledger head",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! `recovered` record names its size and hash, so it is neither accepted nor silently
 //! dropped.
 
+pub mod head;
 pub mod record;
 pub mod verify;
 
@@ -53,6 +54,13 @@ impl Default for CheckpointPolicy {
 pub enum LedgerError {
     #[error("the usage ledger {path} is damaged ({problem}); the node will not add to it. Check it with `leasehold audit verify`, and restore it from a backup or ask the vendor how to proceed")]
     Damaged { path: String, problem: String },
+    #[error("the usage ledger {path} was {what}: this node last signed record {seq} into it (see {head}). Restore the ledger from a backup; a node does not start a new ledger over an old one")]
+    RolledBack {
+        path: String,
+        what: &'static str,
+        seq: u64,
+        head: String,
+    },
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("cannot write the usage ledger: {0}")]
@@ -82,6 +90,9 @@ pub struct Ledger {
 struct Writer {
     file: File,
     key: SecretKey,
+    identity: NodeIdentity,
+    /// The checkpoint to record in `ledger.head` once it is on disk.
+    pending_head: Option<(u64, [u8; 32])>,
     seq: u64,
     head: [u8; 32],
     totals: Totals,
@@ -116,7 +127,8 @@ impl Writer {
 
     fn checkpoint(&mut self, out: &mut String) {
         let totals = self.totals;
-        self.push(out, Entry::Checkpoint { totals });
+        let seq = self.push(out, Entry::Checkpoint { totals });
+        self.pending_head = Some((seq, self.head));
     }
 
     fn flush(&mut self, text: &str) -> Result<(), String> {
@@ -128,9 +140,18 @@ impl Writer {
             .write_all(text.as_bytes())
             .and_then(|_| self.file.sync_data())
             .map_err(|e| e.to_string());
-        if let Err(e) = &result {
-            // The file may now end in a partial line; stop adding to it.
-            self.failed = Some(e.clone());
+        match &result {
+            Err(e) => {
+                // The file may now end in a partial line; stop adding to it.
+                self.failed = Some(e.clone());
+            }
+            Ok(()) => {
+                if let Some((seq, hash)) = self.pending_head.take() {
+                    if let Err(e) = head::write(&self.identity, seq, hash, clock::system_now()) {
+                        tracing::error!("cannot record the ledger head: {e}");
+                    }
+                }
+            }
         }
         result
     }
@@ -219,7 +240,21 @@ impl Ledger {
         let public = identity.public();
         let node_id = public.node_id();
         let key = SecretKey::from_bytes(&identity.signing_key().to_bytes());
+        let head_path = identity.dir().join(head::HEAD_FILE);
+        let recorded = head::read(identity).map_err(|problem| LedgerError::Damaged {
+            path: head_path.display().to_string(),
+            problem,
+        })?;
+        let rolled_back = |what: &'static str, seq: u64| LedgerError::RolledBack {
+            path: path.display().to_string(),
+            what,
+            seq,
+            head: head_path.display().to_string(),
+        };
         if !path.exists() {
+            if let Some(h) = &recorded {
+                return Err(rolled_back("deleted", h.seq));
+            }
             let genesis = RecordBody {
                 seq: 0,
                 prev: [0; 32],
@@ -260,9 +295,25 @@ impl Ledger {
                 })
             }
         }
+        if let Some(h) = &recorded {
+            let valid = &bytes[..summary.valid_len as usize];
+            let found = valid
+                .split(|&b| b == b'\n')
+                .filter_map(|l| std::str::from_utf8(l).ok())
+                .filter_map(|l| record::parse(l).ok())
+                .find(|p| p.body.seq == h.seq);
+            match found {
+                Some(p) if p.actual_hash == h.hash => {}
+                Some(_) => return Err(rolled_back("replaced by another history", h.seq)),
+                None => return Err(rolled_back("rolled back or truncated", h.seq)),
+            }
+        }
         let mut writer = Writer {
             file: open_append(path)?,
             key,
+            identity: NodeIdentity::load(identity.dir())
+                .map_err(|e| LedgerError::Write(format!("cannot load the node identity: {e}")))?,
+            pending_head: None,
             seq: summary.head_seq,
             head: summary.head_hash,
             totals: summary.totals,

@@ -105,8 +105,8 @@ impl NodeSite {
         self.ok(&args);
     }
 
-    /// Start `serve` on a free loopback port with `license` and extra flags.
-    pub fn serve(&self, license: &str, extra: &[&str]) -> Server {
+    /// `serve` on a free loopback port with `license` and extra flags.
+    pub fn serve_args<'a>(license: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "serve",
             "--license",
@@ -121,7 +121,12 @@ impl NodeSite {
             "2",
         ];
         args.extend_from_slice(extra);
-        Server::start(self.path(), &args)
+        args
+    }
+
+    /// Start `serve` (see [`NodeSite::serve_args`]) and wait until it listens.
+    pub fn serve(&self, license: &str, extra: &[&str]) -> Server {
+        Server::start(self.path(), &Self::serve_args(license, extra))
     }
 }
 
