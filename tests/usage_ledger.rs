@@ -391,3 +391,96 @@ async fn a_deleted_or_rolled_back_ledger_is_refused_at_start() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["requests"], 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_report_totals_equal_what_clients_were_told() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    std::fs::write(
+        site.path().join("keys.txt"),
+        "key-one-0123456789\nkey-two-0123456789\n",
+    )
+    .unwrap();
+    let mut server = site.serve("x.license", &["--api-key-file", "keys.txt"]);
+    let http = reqwest::Client::new();
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    for i in 0..6u64 {
+        let key = if i % 2 == 0 {
+            "key-one-0123456789"
+        } else {
+            "key-two-0123456789"
+        };
+        let stream = i == 5;
+        let (path, body) = if i % 3 == 1 {
+            (
+                "/v1/completions",
+                json!({"model": "tiny", "prompt": format!("story {i}"), "max_tokens": 5}),
+            )
+        } else {
+            (
+                "/v1/chat/completions",
+                json!({"model": "tiny", "messages": [{"role": "user", "content": format!("hi {i}")}], "max_tokens": 4 + i,
+                       "stream": stream, "stream_options": {"include_usage": true}}),
+            )
+        };
+        let text = http
+            .post(server.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let usage = if stream {
+            text.lines()
+                .rev()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .find(|v| v["usage"].is_object())
+                .unwrap()["usage"]
+                .clone()
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+        };
+        prompt += usage["prompt_tokens"].as_u64().unwrap();
+        completion += usage["completion_tokens"].as_u64().unwrap();
+    }
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+
+    let report = |extra: &[&str]| {
+        let mut args = vec!["audit", "report", "node/usage.ledger"];
+        args.extend_from_slice(extra);
+        let out = leasehold(site.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&report(&["--format", "json", "--by", "day"])).unwrap();
+    assert_eq!(json["totals"]["requests"], 6);
+    assert_eq!(json["totals"]["prompt_tokens"], prompt);
+    assert_eq!(json["totals"]["completion_tokens"], completion);
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one row per client key: {json}");
+    assert!(rows
+        .iter()
+        .all(|r| r["period"].as_str().unwrap().len() == 10));
+    let csv = report(&["--format", "csv", "--by", "quarter"]);
+    assert!(csv.starts_with("period,license_id,model_id,client_key,requests"));
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.lines().nth(1).unwrap().contains("-Q"));
+    // A window that ends before the records holds nothing.
+    let empty: Value = serde_json::from_str(&report(&[
+        "--format",
+        "json",
+        "--to",
+        "2000-01-01T00:00:00Z",
+    ]))
+    .unwrap();
+    assert_eq!(empty["totals"]["requests"], 0);
+}

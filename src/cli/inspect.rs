@@ -6,7 +6,10 @@ use serde_json::json;
 
 use anyhow::Context;
 
-use super::{exit, progress, AuditVerifyArgs, CheckArgs, InspectArgs, Outcome};
+use super::{
+    exit, progress, AuditReportArgs, AuditVerifyArgs, CheckArgs, InspectArgs, Outcome, Period,
+    ReportFormat,
+};
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
 use crate::license::verify::{Authority, VerifiedLicense};
@@ -327,4 +330,175 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
     } else {
         exit::LEDGER_DAMAGED
     })
+}
+
+/// One row of `audit report`.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct ReportRow {
+    period: String,
+    license_id: String,
+    model_id: String,
+    client_key: String,
+    requests: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cancelled: u64,
+    refused: u64,
+}
+
+const REPORT_COLUMNS: [&str; 9] = [
+    "period",
+    "license_id",
+    "model_id",
+    "client_key",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cancelled",
+    "refused",
+];
+
+impl ReportRow {
+    fn cells(&self) -> [String; 9] {
+        [
+            self.period.clone(),
+            self.license_id.clone(),
+            self.model_id.clone(),
+            self.client_key.clone(),
+            self.requests.to_string(),
+            self.prompt_tokens.to_string(),
+            self.completion_tokens.to_string(),
+            self.cancelled.to_string(),
+            self.refused.to_string(),
+        ]
+    }
+}
+
+/// Text columns left-aligned, counts right-aligned.
+fn table_line(cells: &[String; 9]) -> String {
+    const WIDTHS: [usize; 9] = [10, 32, 16, 10, 9, 13, 17, 9, 7];
+    cells
+        .iter()
+        .zip(WIDTHS)
+        .enumerate()
+        .map(|(i, (c, w))| {
+            if i < 4 {
+                format!("{c:w$}")
+            } else {
+                format!("{c:>w$}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn audit_report(args: AuditReportArgs) -> Outcome {
+    use crate::ledger::record::{self, Entry};
+    use chrono::Datelike;
+
+    let now = clock::system_now();
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| crate::format::time::parse_instant(t, now).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let (from, to) = (parse(&args.from)?, parse(&args.to)?);
+    let text = std::fs::read(&args.ledger)
+        .with_context(|| format!("cannot read {}", args.ledger.display()))?;
+    let mut rows: std::collections::BTreeMap<(String, String, String, String), ReportRow> =
+        Default::default();
+    let mut unreadable = 0u64;
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(parsed) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| record::parse(l).ok())
+            .filter(|p| p.actual_hash == p.written_hash)
+        else {
+            unreadable += 1;
+            continue;
+        };
+        let at = parsed.body.at;
+        if from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t) {
+            continue;
+        }
+        let Entry::Request {
+            license_id,
+            model_id,
+            client_key,
+            prompt_tokens,
+            completion_tokens,
+            outcome,
+            ..
+        } = parsed.body.entry
+        else {
+            continue;
+        };
+        let period = match args.by {
+            Period::Day => at.format("%Y-%m-%d").to_string(),
+            Period::Month => at.format("%Y-%m").to_string(),
+            Period::Quarter => format!("{}-Q{}", at.year(), (at.month() - 1) / 3 + 1),
+        };
+        let key = (
+            period.clone(),
+            license_id.clone(),
+            model_id.clone(),
+            client_key.clone(),
+        );
+        let row = rows.entry(key).or_insert_with(|| ReportRow {
+            period,
+            license_id,
+            model_id,
+            client_key,
+            ..ReportRow::default()
+        });
+        if outcome.starts_with("refused") {
+            row.refused += 1;
+            continue;
+        }
+        row.requests += 1;
+        row.prompt_tokens += prompt_tokens;
+        row.completion_tokens += completion_tokens;
+        if outcome == "cancelled" {
+            row.cancelled += 1;
+        }
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "warning: {unreadable} line(s) of {} are not intact records and were left out; run `leasehold audit verify`",
+            args.ledger.display()
+        );
+    }
+    let rows: Vec<ReportRow> = rows.into_values().collect();
+    match args.format {
+        ReportFormat::Json => {
+            let total = |f: fn(&ReportRow) -> u64| rows.iter().map(f).sum::<u64>();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({
+                    "rows": rows,
+                    "totals": {
+                        "requests": total(|r| r.requests),
+                        "prompt_tokens": total(|r| r.prompt_tokens),
+                        "completion_tokens": total(|r| r.completion_tokens),
+                        "cancelled": total(|r| r.cancelled),
+                        "refused": total(|r| r.refused),
+                    },
+                }))?
+            );
+        }
+        ReportFormat::Csv => {
+            println!("{}", REPORT_COLUMNS.join(","));
+            for r in &rows {
+                println!("{}", r.cells().join(","));
+            }
+        }
+        ReportFormat::Table => {
+            let header = REPORT_COLUMNS.map(|c| c.replace('_', " ").to_uppercase());
+            println!("{}", table_line(&header));
+            for r in &rows {
+                println!("{}", table_line(&r.cells()));
+            }
+        }
+    }
+    Ok(exit::OK)
 }

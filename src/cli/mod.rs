@@ -90,6 +90,42 @@ pub enum AuditCommand {
         after_help = "Names the first bad record and what is wrong: edited, deleted, reordered, truncated,\nforked, bad checkpoint signature. Needs only the node's public key (node.pub in the node\ndirectory) or its enrollment file."
     )]
     Verify(AuditVerifyArgs),
+    /// Requests and tokens per period, license, model and client key, from a ledger.
+    Report(AuditReportArgs),
+}
+
+/// How `audit report` groups records in time.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+    Quarter,
+}
+
+/// Output format of `audit report`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditReportArgs {
+    /// The ledger file.
+    #[arg(value_name = "LEDGER")]
+    pub ledger: PathBuf,
+    /// Only records at or after this time (RFC 3339, or -30d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub from: Option<String>,
+    /// Only records before this time.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub to: Option<String>,
+    /// Group by UTC day, month or quarter.
+    #[arg(long, value_enum, default_value = "month")]
+    pub by: Period,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
 }
 
 #[derive(Args, Debug)]
@@ -629,6 +665,7 @@ pub fn main() -> ExitCode {
         Command::LicenseServer(a) => server_cmds::license_server(a),
         Command::Admin(a) => server_cmds::admin(a),
         Command::Audit(AuditCommand::Verify(a)) => inspect::audit_verify(a),
+        Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
