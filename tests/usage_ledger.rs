@@ -67,6 +67,19 @@ fn audit(dir: &Path, ledger: &Path) -> (i32, Value) {
     (out.status.code().unwrap(), json)
 }
 
+/// `n` short completions, each answered with 200.
+async fn complete(http: &reqwest::Client, server: &common::node::Server, n: usize) {
+    for _ in 0..n {
+        let r = http
+            .post(server.url("/v1/completions"))
+            .json(&json!({"model": "tiny", "prompt": "once upon", "max_tokens": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 fn write_lines(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");
     text.push('\n');
@@ -355,15 +368,7 @@ async fn a_deleted_or_rolled_back_ledger_is_refused_at_start() {
     let http = reqwest::Client::new();
     let session = async |requests: usize| {
         let mut server = site.serve("x.license", &[]);
-        for _ in 0..requests {
-            let r = http
-                .post(server.url("/v1/completions"))
-                .json(&json!({"model": "tiny", "prompt": "once upon", "max_tokens": 3}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
+        complete(&http, &server, requests).await;
         server.signal("TERM");
         assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
     };
@@ -483,4 +488,59 @@ async fn audit_report_totals_equal_what_clients_were_told() {
     ]))
     .unwrap();
     assert_eq!(empty["totals"]["requests"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_attestation_checks_out_offline_and_edits_do_not() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let server = site.serve("x.license", &[]);
+    let http = reqwest::Client::new();
+    complete(&http, &server, 2).await;
+    let text = http
+        .get(server.url("/v1/license/attestation"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    std::fs::write(site.path().join("att.json"), &text).unwrap();
+    let verify = |file: &str| {
+        leasehold(
+            site.path(),
+            &[
+                "audit",
+                "verify-attestation",
+                file,
+                "--enrollment",
+                "node.enroll",
+                "--json",
+            ],
+        )
+    };
+    let out = verify("att.json");
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["attestation"]["phase"], "serving");
+    assert_eq!(v["attestation"]["totals"]["requests"], 2);
+    assert_eq!(v["attestation"]["model_id"], "tiny");
+    // The ledger head it names is the ledger's last durable record.
+    let ledger = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
+    let last = record::parse(ledger.lines().last().unwrap()).unwrap();
+    assert_eq!(v["attestation"]["ledger_seq"], last.body.seq);
+    assert_eq!(
+        v["attestation"]["ledger_head"],
+        hex::encode(last.actual_hash)
+    );
+    // Edited: the request count raised.
+    std::fs::write(
+        site.path().join("edited.json"),
+        text.replace("\"requests\":2", "\"requests\":1"),
+    )
+    .unwrap();
+    let out = verify("edited.json");
+    assert_eq!(out.status.code(), Some(15));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
 }

@@ -7,8 +7,8 @@ use serde_json::json;
 use anyhow::Context;
 
 use super::{
-    exit, progress, AuditReportArgs, AuditVerifyArgs, CheckArgs, InspectArgs, Outcome, Period,
-    ReportFormat,
+    exit, progress, AuditReportArgs, AuditVerifyArgs, CheckArgs, InspectArgs, NodeKeyArgs, Outcome,
+    Period, ReportFormat, VerifyAttestationArgs,
 };
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
@@ -271,8 +271,9 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
     Ok(message)
 }
 
-pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
-    let key = match (&args.node_pub, &args.enrollment) {
+/// The node key an auditor names: a public key file or an enrollment.
+fn auditor_node_key(key: &NodeKeyArgs) -> anyhow::Result<crate::crypto::signing::PublicKey> {
+    Ok(match (&key.node_pub, &key.enrollment) {
         (Some(p), _) => crate::crypto::keyfile::read_public_key(p)?,
         (None, Some(e)) => {
             let bytes =
@@ -281,7 +282,59 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
             crate::crypto::signing::PublicKey::from_bytes(&body.signing_key)?
         }
         (None, None) => anyhow::bail!("give --node-pub or --enrollment"),
-    };
+    })
+}
+
+pub fn verify_attestation(args: VerifyAttestationArgs) -> Outcome {
+    let key = auditor_node_key(&args.key)?;
+    let bytes = fsutil::read_limited(
+        &args.file,
+        crate::format::envelope::MAX_DOCUMENT_BYTES,
+        "attestation",
+    )?;
+    match crate::ledger::attestation::verify(&bytes, &key) {
+        Ok(a) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"valid": true, "attestation": a}))?
+                );
+            } else {
+                println!(
+                    "valid: node {} attested at {}: license {} serial {} for '{}' (model '{}'), {} until {}, ledger record {} (head {}), {} requests, {} prompt and {} completion tokens",
+                    a.node_id,
+                    rfc3339(a.at),
+                    a.license_id,
+                    a.serial,
+                    a.licensee,
+                    a.model_id,
+                    a.phase,
+                    rfc3339(a.expires_at),
+                    a.ledger_seq,
+                    &hex::encode(a.ledger_head)[..16],
+                    a.totals.requests,
+                    a.totals.prompt_tokens,
+                    a.totals.completion_tokens
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(reason) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"valid": false, "reason": reason}))?
+                );
+            } else {
+                println!("INVALID: {reason}");
+            }
+            Ok(exit::TAMPERED)
+        }
+    }
+}
+
+pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
+    let key = auditor_node_key(&args.key)?;
     let node_id = key.key_id();
     let bytes = std::fs::read(&args.ledger)
         .with_context(|| format!("cannot read {}", args.ledger.display()))?;

@@ -92,6 +92,20 @@ pub enum AuditCommand {
     Verify(AuditVerifyArgs),
     /// Requests and tokens per period, license, model and client key, from a ledger.
     Report(AuditReportArgs),
+    /// Check a node's signed attestation (from GET /v1/license/attestation) offline.
+    VerifyAttestation(VerifyAttestationArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyAttestationArgs {
+    /// The attestation file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub key: NodeKeyArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// How `audit report` groups records in time.
@@ -128,18 +142,25 @@ pub struct AuditReportArgs {
     pub format: ReportFormat,
 }
 
+/// The node key an auditor checks against.
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("key").required(true).args(["node_pub", "enrollment"])))]
-pub struct AuditVerifyArgs {
-    /// The ledger file (NODE_DIR/usage.ledger on the node).
-    #[arg(value_name = "LEDGER")]
-    pub ledger: PathBuf,
+#[group(required = true, multiple = false)]
+pub struct NodeKeyArgs {
     /// The node's public signing key (NODE_DIR/node.pub).
     #[arg(long, value_name = "NODE.pub")]
     pub node_pub: Option<PathBuf>,
     /// The node's enrollment (carries its public key).
     #[arg(long, value_name = "NODE.enroll")]
     pub enrollment: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditVerifyArgs {
+    /// The ledger file (NODE_DIR/usage.ledger on the node).
+    #[arg(value_name = "LEDGER")]
+    pub ledger: PathBuf,
+    #[command(flatten)]
+    pub key: NodeKeyArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -666,6 +687,7 @@ pub fn main() -> ExitCode {
         Command::Admin(a) => server_cmds::admin(a),
         Command::Audit(AuditCommand::Verify(a)) => inspect::audit_verify(a),
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
+        Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -21,6 +21,7 @@ pub enum Domain {
     RenewalResponse,
     LedgerCheckpoint,
     LedgerHead,
+    Attestation,
 }
 
 impl Domain {
@@ -34,6 +35,7 @@ impl Domain {
             Domain::RenewalResponse => b"leasehold renewal response\0",
             Domain::LedgerCheckpoint => b"leasehold ledger checkpoint\0",
             Domain::LedgerHead => b"leasehold ledger head\0",
+            Domain::Attestation => b"leasehold attestation\0",
         }
     }
 }

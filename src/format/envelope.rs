@@ -38,6 +38,7 @@ pub enum DocumentKind {
     RenewalRequest,
     RenewalResponse,
     LedgerHead,
+    Attestation,
 }
 
 impl DocumentKind {
@@ -50,6 +51,7 @@ impl DocumentKind {
             DocumentKind::RenewalRequest => Domain::RenewalRequest,
             DocumentKind::RenewalResponse => Domain::RenewalResponse,
             DocumentKind::LedgerHead => Domain::LedgerHead,
+            DocumentKind::Attestation => Domain::Attestation,
         }
     }
 
@@ -62,6 +64,7 @@ impl DocumentKind {
             DocumentKind::RenewalRequest => "renewal request",
             DocumentKind::RenewalResponse => "renewal response",
             DocumentKind::LedgerHead => "ledger head",
+            DocumentKind::Attestation => "attestation",
         }
     }
 }

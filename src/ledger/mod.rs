@@ -13,6 +13,7 @@
 //! `recovered` record names its size and hash, so it is neither accepted nor silently
 //! dropped.
 
+pub mod attestation;
 pub mod head;
 pub mod record;
 pub mod verify;
@@ -20,7 +21,7 @@ pub mod verify;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -85,6 +86,15 @@ pub struct Opened {
 pub struct Ledger {
     ops: mpsc::Sender<Op>,
     path: PathBuf,
+    durable: Arc<Mutex<Head>>,
+}
+
+/// The last record on disk: its sequence number and hash, and the totals up to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub totals: Totals,
 }
 
 struct Writer {
@@ -93,6 +103,7 @@ struct Writer {
     identity: NodeIdentity,
     /// The checkpoint to record in `ledger.head` once it is on disk.
     pending_head: Option<(u64, [u8; 32])>,
+    durable: Arc<Mutex<Head>>,
     seq: u64,
     head: [u8; 32],
     totals: Totals,
@@ -146,6 +157,11 @@ impl Writer {
                 self.failed = Some(e.clone());
             }
             Ok(()) => {
+                *self.durable.lock().unwrap() = Head {
+                    seq: self.seq,
+                    hash: self.head,
+                    totals: self.totals,
+                };
                 if let Some((seq, hash)) = self.pending_head.take() {
                     if let Err(e) = head::write(&self.identity, seq, hash, clock::system_now()) {
                         tracing::error!("cannot record the ledger head: {e}");
@@ -308,12 +324,18 @@ impl Ledger {
                 None => return Err(rolled_back("rolled back or truncated", h.seq)),
             }
         }
+        let durable = Arc::new(Mutex::new(Head {
+            seq: summary.head_seq,
+            hash: summary.head_hash,
+            totals: summary.totals,
+        }));
         let mut writer = Writer {
             file: open_append(path)?,
             key,
             identity: NodeIdentity::load(identity.dir())
                 .map_err(|e| LedgerError::Write(format!("cannot load the node identity: {e}")))?,
             pending_head: None,
+            durable: durable.clone(),
             seq: summary.head_seq,
             head: summary.head_hash,
             totals: summary.totals,
@@ -348,6 +370,7 @@ impl Ledger {
             Ledger {
                 ops,
                 path: path.to_path_buf(),
+                durable,
             },
             opened,
         ))
@@ -355,6 +378,11 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The last record on disk.
+    pub fn head(&self) -> Head {
+        *self.durable.lock().unwrap()
     }
 
     /// Append a record; resolves once it is durable, with its sequence number.

@@ -26,6 +26,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::format::time::rfc3339;
+use crate::format::Body as _;
+use crate::ledger::attestation::AttestationBody;
 use crate::ledger::record::Entry;
 use crate::ledger::Ledger;
 use crate::node::clock;
@@ -184,6 +186,7 @@ pub fn router(state: Shared) -> Router {
         .merge(admin)
         .route("/health", get(health))
         .route("/v1/license", get(license))
+        .route("/v1/license/attestation", get(attestation))
         .layer(middleware::from_fn_with_state(state.clone(), phase_headers))
         .with_state(state)
 }
@@ -708,6 +711,31 @@ async fn license(State(state): State<Shared>) -> Json<Value> {
         body["renewal"] = json!(renewer.status());
     }
     Json(body)
+}
+
+/// `GET /v1/license/attestation`: license state and ledger head, signed by the node key.
+async fn attestation(State(state): State<Shared>) -> Response {
+    let status = state.lifecycle.status();
+    let b = &status.license.body;
+    let head = state.ledger.head();
+    let identity = state.lifecycle.identity();
+    let body = AttestationBody {
+        version: AttestationBody::VERSION,
+        node_id: identity.public().node_id(),
+        at: crate::format::time::whole_seconds(clock::system_now()),
+        license_id: b.license_id.clone(),
+        serial: b.serial,
+        licensee: b.licensee.clone(),
+        model_id: b.model.model_id.clone(),
+        phase: status.phase.as_str().to_string(),
+        expires_at: b.expires_at,
+        grace_ends: b.grace_ends(),
+        ledger_seq: head.seq,
+        ledger_head: head.hash,
+        totals: head.totals,
+    };
+    let document = crate::format::Envelope::sign(&body, identity.signing_key(), vec![]).render();
+    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 async fn admin_license(State(state): State<Shared>, body: Body) -> Result<Json<Value>, ApiError> {
