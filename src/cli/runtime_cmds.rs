@@ -28,7 +28,7 @@ use crate::seal::SealedModel;
 use crate::server::{self, validation::Limits, AppState};
 
 /// Read a secrets file: one token per line, `#` comments and blank lines ignored.
-fn read_tokens(path: &Path, what: &'static str) -> anyhow::Result<Vec<String>> {
+pub(super) fn read_tokens(path: &Path, what: &'static str) -> anyhow::Result<Vec<String>> {
     let bytes = fsutil::read_limited(path, 1 << 20, what)?;
     let text = String::from_utf8(bytes)
         .with_context(|| format!("{} is not UTF-8 text", path.display()))?;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::runtime_cmds::read_tokens;
 use super::{exit, AdminArgs, AdminCommand, LicenseServerArgs, ModelCommand, Outcome};
 use crate::crypto::keyfile::{self, KeyKind};
 use crate::format::time::{parse_duration, parse_instant, rfc3339};
@@ -17,25 +18,19 @@ use crate::license_server::http::{self, ServerState};
 use crate::license_server::store::{DbUrl, Store};
 use crate::license_server::{EntitleRequest, Issuer, Service};
 use crate::node::clock;
+use crate::runtime::renewal::error_message;
 use crate::seal::SealedModel;
 
-/// The first non-comment line of a token file.
-pub(super) fn read_token(path: &Path) -> anyhow::Result<String> {
-    let bytes = fsutil::read_limited(path, 64 * 1024, "token file")?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .with_context(|| format!("{} holds no token", path.display()))?;
+/// The first token of a token file (see `read_tokens`), at least 16 characters long.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = read_tokens(path, "admin token")?.remove(0);
     if token.len() < 16 {
         bail!(
             "the token in {} is shorter than 16 characters; use a long random one (openssl rand -hex 32)",
             path.display()
         );
     }
-    Ok(token.to_string())
+    Ok(token)
 }
 
 pub fn license_server(args: LicenseServerArgs) -> Outcome {
@@ -145,13 +140,10 @@ impl Admin {
             if status.is_success() {
                 return Ok((true, bytes));
             }
-            let message = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             bail!(
-                "the license server answered HTTP {}: {message}",
-                status.as_u16()
+                "the license server answered HTTP {}: {}",
+                status.as_u16(),
+                error_message(&bytes)
             )
         })
     }

@@ -28,6 +28,7 @@ use super::registry::{self, RevokeTarget};
 use super::{ApiError, EntitleRequest, Service};
 use crate::crypto::ContentKey;
 use crate::node::clock;
+use crate::server::{bearer, token_matches};
 
 /// Largest request body (signed documents are at most 256 KiB).
 const MAX_BODY: usize = 512 * 1024;
@@ -80,20 +81,8 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn token_matches(given: &str, expected: &str) -> bool {
-    // Constant time in the token's content.
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_admin(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
+    match bearer(request.headers()) {
         Some(t) if token_matches(t, &state.admin_token) => next.run(request).await,
         _ => (
             StatusCode::UNAUTHORIZED,

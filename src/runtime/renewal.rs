@@ -70,6 +70,15 @@ pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot set up the HTTPS client")
 }
 
+/// The message of a license server's error answer (`{"error": {"message": …}}`), or the
+/// start of the body when it is not one.
+pub fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect())
+}
+
 impl ServerClient {
     pub fn new(base: &str) -> anyhow::Result<ServerClient> {
         Ok(ServerClient {
@@ -100,13 +109,9 @@ impl ServerClient {
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
             return Err(ClientError::Http {
                 status: status.as_u16(),
-                message,
+                message: error_message(&bytes),
             });
         }
         Ok(bytes.to_vec())

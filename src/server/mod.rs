@@ -191,12 +191,19 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header (also used by the license server).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
+}
+
+/// Compare a presented token with the expected one in constant time in its content.
+pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn require_api_key(State(state): State<Shared>, request: Request, next: Next) -> Response {
@@ -217,7 +224,9 @@ async fn require_api_key(State(state): State<Shared>, request: Request, next: Ne
 
 async fn require_admin(State(state): State<Shared>, request: Request, next: Next) -> Response {
     match &state.admin_token {
-        Some(token) if bearer(request.headers()) == Some(token.as_str()) => next.run(request).await,
+        Some(token) if bearer(request.headers()).is_some_and(|t| token_matches(t, token)) => {
+            next.run(request).await
+        }
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "admin endpoints need 'Authorization: Bearer <token>' with the token from --admin-token-file",
