@@ -49,6 +49,7 @@ async fn main() {
                             completion_tokens: 128,
                             outcome: "ok".into(),
                             client_key: "1a2b3c4d".into(),
+                            prompt_sha256: None,
                         })
                         .await
                         .unwrap();

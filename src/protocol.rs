@@ -29,7 +29,8 @@ pub struct LicenseRef {
     pub serial: u64,
 }
 
-/// Usage counters the node reports with each renewal (totals since `since`).
+/// Usage counters the node reports with each renewal: its ledger's totals since
+/// `since` (the ledger's first record), and where its ledger stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageCheckpoint {
@@ -37,6 +38,34 @@ pub struct UsageCheckpoint {
     pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Absent when the node had no ledger open (a first license fetched at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerPosition>,
+}
+
+/// A signed checkpoint in the node's usage ledger, named so the license server can
+/// compare it with the ones it received before (`admin usage` flags a ledger that was
+/// replaced, went backwards or forked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerPosition {
+    /// Hash of the ledger's genesis record: which ledger this is.
+    #[serde(with = "hex_array")]
+    pub ledger_id: [u8; 32],
+    /// Sequence number and hash of the checkpoint the counters above come from.
+    pub seq: u64,
+    #[serde(with = "hex_array")]
+    pub hash: [u8; 32],
+    /// The last checkpoint a license server acknowledged, as the ledger records it.
+    pub reported: Option<LedgerAnchor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerAnchor {
+    pub seq: u64,
+    #[serde(with = "hex_array")]
+    pub hash: [u8; 32],
 }
 
 /// A renewal request, signed by the node key.

@@ -405,6 +405,7 @@ async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
     assert!(licenses["licenses"][0]["serial"].as_u64().unwrap() >= serial);
     let usage = vendor.admin_json(&["usage", "--org", ORG]);
     let reported = usage["nodes"][0]["requests"].as_u64().unwrap();
+    assert_eq!(usage["nodes"][0]["ledger_findings"], json!([]));
     assert!(
         reported > 0 && reported <= requests,
         "usage {reported} of {requests}"
@@ -413,6 +414,87 @@ async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
     let on_disk: Value =
         serde_json::from_slice(&std::fs::read(node.path().join("node.license")).unwrap()).unwrap();
     assert!(on_disk["body"]["serial"].as_u64().unwrap() >= serial);
+}
+
+/// The ledger findings `admin usage` lists for the (one) node.
+fn ledger_findings(vendor: &Vendor) -> Vec<String> {
+    let usage = vendor.admin_json(&["usage"]);
+    usage["nodes"][0]["ledger_findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no ledger_findings in {usage}"))
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Serve until `renewals` more renewals went through (each reports the ledger), after
+/// `requests` answered chats; then stop the node.
+async fn serve_session(vendor: &Vendor, node: &Node, requests: usize, renewals: u64) {
+    let http = client();
+    let mut server = node.serve(vendor);
+    for _ in 0..requests {
+        assert_eq!(chat(&http, &server).await.0, 200);
+    }
+    let first = license_state(&http, &server).await["renewal"]["renewals"]
+        .as_u64()
+        .unwrap();
+    let renewed = eventually(Duration::from_secs(40), async || {
+        license_state(&http, &server).await["renewal"]["renewals"]
+            .as_u64()
+            .unwrap()
+            >= first + renewals
+    })
+    .await;
+    assert!(
+        renewed,
+        "{renewals} renewal(s) expected: {}",
+        server.stderr()
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_or_deleted_ledger_is_flagged_at_renewal() {
+    let (vendor, node) = vendor_with_node("6s", "60s");
+    let ledger = node.path().join("node/usage.ledger");
+    let head = node.path().join("node/ledger.head");
+
+    serve_session(&vendor, &node, 3, 2).await;
+    // The head first: it is written after the ledger, so this copy of the ledger
+    // holds the checkpoint it names (a consistent backup).
+    let backup = (
+        std::fs::read(&head).unwrap(),
+        std::fs::read(&ledger).unwrap(),
+    );
+    serve_session(&vendor, &node, 3, 2).await;
+    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
+
+    // Rolled back to the backup, head included: the node itself cannot tell...
+    std::fs::write(&head, &backup.0).unwrap();
+    std::fs::write(&ledger, &backup.1).unwrap();
+    serve_session(&vendor, &node, 0, 1).await;
+    // ...but the license server can.
+    let findings = ledger_findings(&vendor);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].contains("went-backwards"), "{findings:?}");
+
+    // Deleted, head and all: the node starts a new ledger, the server notices.
+    std::fs::remove_file(&ledger).unwrap();
+    std::fs::remove_file(&head).unwrap();
+    serve_session(&vendor, &node, 1, 1).await;
+    let findings = ledger_findings(&vendor);
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert!(
+        findings[1].contains("replaced") && findings[1].contains("deleted"),
+        "{findings:?}"
+    );
+    // Renewals went on (flagged, not refused); the table says what to do.
+    let table = vendor.admin_ok(&["usage"]);
+    assert!(
+        table.contains("LEDGER FLAGGED") && table.contains("audit verify"),
+        "{table}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@ fn request(i: u64) -> Entry {
         completion_tokens: 5,
         outcome: "ok".into(),
         client_key: "-".into(),
+        prompt_sha256: None,
     }
 }
 
@@ -148,6 +149,7 @@ async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
             completion_tokens: 1,
             outcome: "ok".into(),
             client_key: "-".into(),
+            prompt_sha256: None,
         },
         ..original
     };
@@ -410,7 +412,7 @@ async fn audit_report_totals_equal_what_clients_were_told() {
     let http = reqwest::Client::new();
     let (mut prompt, mut completion) = (0u64, 0u64);
     for i in 0..6u64 {
-        let key = if i % 2 == 0 {
+        let key = if i.is_multiple_of(2) {
             "key-one-0123456789"
         } else {
             "key-two-0123456789"
@@ -543,4 +545,101 @@ async fn a_signed_attestation_checks_out_offline_and_edits_do_not() {
     assert_eq!(out.status.code(), Some(15));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_in_prompt_hashes_find_a_prompt_without_storing_it() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let http = reqwest::Client::new();
+    let secret = "what is the launch date of project albatross?";
+    let chat = |server: &common::node::Server| {
+        http.post(server.url("/v1/chat/completions"))
+            .json(&json!({"model": "tiny", "max_tokens": 3,
+                          "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": secret}]}))
+            .send()
+    };
+    // Without the opt-in: no hash in the records.
+    let mut server = site.serve("x.license", &[]);
+    let plain: Value = chat(&server).await.unwrap().json().await.unwrap();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    // With it: one hash per request, and neither the prompt nor the salt in the ledger.
+    let mut server = site.serve("x.license", &["--ledger-prompt-hash"]);
+    let hashed: Value = chat(&server).await.unwrap().json().await.unwrap();
+    complete(&http, &server, 1).await;
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
+    assert!(!text.contains("albatross"));
+    assert_eq!(text.matches("prompt_sha256").count(), 2);
+    let salt = std::fs::read(site.path().join("node/ledger.salt")).unwrap();
+    assert!(!text.contains(&hex::encode(&salt)));
+    let (code, report) = audit(site.path(), Path::new("node/usage.ledger"));
+    assert_eq!(code, 0, "{report}");
+
+    // The operator, with the salt, finds the request that carried the prompt.
+    let messages =
+        json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": secret}]);
+    std::fs::write(site.path().join("asked.json"), messages.to_string()).unwrap();
+    let find = |chat_file: &str| {
+        leasehold(
+            site.path(),
+            &[
+                "audit",
+                "prompt-hash",
+                "--salt",
+                "node/ledger.salt",
+                "--chat",
+                chat_file,
+                "--ledger",
+                "node/usage.ledger",
+                "--json",
+            ],
+        )
+    };
+    let out = find("asked.json");
+    assert_eq!(out.status.code(), Some(0));
+    let found: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = found["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{found}");
+    assert_eq!(records[0]["request_id"], hashed["id"]);
+    assert_ne!(records[0]["request_id"], plain["id"]);
+    // Another prompt is not there (exit 1).
+    let other = json!([{"role": "user", "content": secret}]);
+    std::fs::write(site.path().join("other.json"), other.to_string()).unwrap();
+    assert_eq!(find("other.json").status.code(), Some(1));
+    // The completions prompt too.
+    let out = leasehold(
+        site.path(),
+        &[
+            "audit",
+            "prompt-hash",
+            "--salt",
+            "node/ledger.salt",
+            "--text",
+            "once upon",
+            "--ledger",
+            "node/usage.ledger",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": cmpl-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ledger_serves_one_process() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &[]);
+    let mut server = site.serve("x.license", &[]);
+    // A second node process on the same directory would interleave records.
+    let out = leasehold(site.path(), &NodeSite::serve_args("x.license", &[]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another leasehold process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
 }

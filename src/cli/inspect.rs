@@ -339,7 +339,7 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
     let bytes = std::fs::read(&args.ledger)
         .with_context(|| format!("cannot read {}", args.ledger.display()))?;
     let (summary, problem) = crate::ledger::verify::verify(&bytes, &key, &node_id);
-    let after_checkpoint = summary.head_seq - summary.last_checkpoint.unwrap_or(0);
+    let after_checkpoint = summary.head_seq - summary.last_checkpoint.map_or(0, |c| c.0);
     if args.json {
         println!(
             "{}",
@@ -350,7 +350,7 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
                 "node_id": node_id,
                 "records": summary.records,
                 "checkpoints": summary.checkpoints,
-                "last_checkpoint_seq": summary.last_checkpoint,
+                "last_checkpoint_seq": summary.last_checkpoint.map(|c| c.0),
                 "head_seq": summary.head_seq,
                 "head_hash": hex::encode(summary.head_hash),
                 "requests": summary.totals.requests,

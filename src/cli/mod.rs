@@ -5,6 +5,7 @@ pub mod exit;
 mod inspect;
 mod node_cmds;
 mod progress;
+mod prompt_hash;
 mod runtime_cmds;
 mod server_cmds;
 mod vendor;
@@ -94,6 +95,32 @@ pub enum AuditCommand {
     Report(AuditReportArgs),
     /// Check a node's signed attestation (from GET /v1/license/attestation) offline.
     VerifyAttestation(VerifyAttestationArgs),
+    /// The salted hash of a prompt (nodes run with --ledger-prompt-hash), and which
+    /// ledger records carry it (exit 0 found or no ledger given, 1 not found).
+    #[command(
+        after_help = "Needs the node's secret salt (NODE_DIR/ledger.salt), so only the operator, or someone\nthe operator hands it to, can tell which requests carried a prompt. --chat takes the\nrequest's messages as a JSON array of {\"role\", \"content\"} objects (content as text)."
+    )]
+    PromptHash(PromptHashArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("prompt").required(true).args(["text", "chat"])))]
+pub struct PromptHashArgs {
+    /// The salt file (NODE_DIR/ledger.salt).
+    #[arg(long, value_name = "FILE")]
+    pub salt: PathBuf,
+    /// A completions prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub text: Option<String>,
+    /// A chat request's messages (JSON array).
+    #[arg(long, value_name = "FILE.json")]
+    pub chat: Option<PathBuf>,
+    /// A ledger to search for records with this prompt.
+    #[arg(long, value_name = "LEDGER")]
+    pub ledger: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -430,8 +457,17 @@ pub struct ServeArgs {
     pub license_server: Option<String>,
     /// The usage ledger (default: NODE_DIR/usage.ledger). Every request is recorded
     /// there, durably, before it is answered.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_ledger")]
     pub ledger: Option<PathBuf>,
+    /// Also record in each ledger record a salted SHA-256 of the prompt (never the
+    /// text). The salt is a secret in NODE_DIR/ledger.salt; with it, `leasehold audit
+    /// prompt-hash` shows whether a given prompt was served.
+    #[arg(long)]
+    pub ledger_prompt_hash: bool,
+    /// Run without a usage ledger, for benchmarks: refused unless the license chains to
+    /// the DEMO root (whose key is public, so it protects nothing anyway).
+    #[arg(long, hide = true)]
+    pub no_ledger: bool,
 }
 
 #[derive(Args, Debug)]
@@ -688,6 +724,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Verify(a)) => inspect::audit_verify(a),
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
         Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
+        Command::Audit(AuditCommand::PromptHash(a)) => prompt_hash::run(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
+use crate::ledger::prompt_hash::PromptSalt;
 use crate::ledger::{CheckpointPolicy, Ledger, LedgerError, LEDGER_FILE};
 use crate::license::verify::authenticate;
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
@@ -216,6 +217,49 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The ledger `serve` records into, and its bytes as read at start (for the caps).
+type OpenedLedger = (Option<Arc<Ledger>>, Vec<u8>);
+
+/// Open the usage ledger `serve` records into (none with `--no-ledger`, which only a
+/// demo-root license allows).
+fn open_ledger(args: &ServeArgs, lifecycle: &Lifecycle) -> Result<OpenedLedger, (u8, String)> {
+    if args.no_ledger {
+        if !lifecycle.status().license.authority.is_demo() {
+            return Err((
+                exit::USAGE,
+                "--no-ledger is for benchmarks with DEMO-root licenses only; this license comes from a vendor who requires the usage ledger".into(),
+            ));
+        }
+        eprintln!("warning: --no-ledger: requests are not recorded (benchmark mode)");
+        return Ok((None, Vec::new()));
+    }
+    let path = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| args.licensed.node_dir.join(LEDGER_FILE));
+    match Ledger::open(&path, lifecycle.identity(), CheckpointPolicy::default()) {
+        Ok((ledger, opened)) => {
+            tracing::info!(
+                "usage ledger {}: {} records, {} requests so far",
+                path.display(),
+                opened.records,
+                opened.totals.requests
+            );
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            Ok((Some(Arc::new(ledger)), bytes))
+        }
+        Err(e) => {
+            let code = match e {
+                LedgerError::Damaged { .. } | LedgerError::RolledBack { .. } => {
+                    exit::LEDGER_DAMAGED
+                }
+                _ => exit::ERROR,
+            };
+            Err((code, e.to_string()))
+        }
+    }
+}
+
 pub fn serve(args: ServeArgs) -> Outcome {
     let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
     let api_keys = match &args.api_key_file {
@@ -252,37 +296,30 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         };
-        let ledger_path = args
-            .ledger
-            .clone()
-            .unwrap_or_else(|| args.licensed.node_dir.join(LEDGER_FILE));
-        let ledger = match Ledger::open(&ledger_path, lifecycle.identity(), CheckpointPolicy::default()) {
-            Ok((ledger, opened)) => {
-                tracing::info!(
-                    "usage ledger {}: {} records, {} requests so far",
-                    ledger_path.display(),
-                    opened.records,
-                    opened.totals.requests
-                );
-                Arc::new(ledger)
-            }
-            Err(e) => {
+        let (ledger, ledger_bytes) = match open_ledger(&args, &lifecycle) {
+            Ok(v) => v,
+            Err((code, message)) => {
                 engine.shutdown();
-                eprintln!("error: {e}");
-                return Ok(match e {
-                    LedgerError::Damaged { .. } | LedgerError::RolledBack { .. } => {
-                        exit::LEDGER_DAMAGED
-                    }
-                    _ => exit::ERROR,
-                });
+                eprintln!("error: {message}");
+                return Ok(code);
             }
         };
+        let prompt_salt = if args.ledger_prompt_hash {
+            Some(PromptSalt::load_or_create(&args.licensed.node_dir)?)
+        } else {
+            None
+        };
         let caps = CapGate::new(caps::windows_from_ledger(
-            &std::fs::read(&ledger_path).unwrap_or_default(),
+            &ledger_bytes,
             crate::node::clock::system_now(),
         ));
         let renewer = client.map(|client| {
-            let renewer = Renewer::new(client, lifecycle.clone(), args.licensed.license.clone());
+            let renewer = Renewer::new(
+                client,
+                lifecycle.clone(),
+                args.licensed.license.clone(),
+                ledger.clone(),
+            );
             tokio::spawn(renewer.clone().run());
             renewer
         });
@@ -297,6 +334,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             admin_token,
             renewal: renewer,
             ledger: ledger.clone(),
+            prompt_salt,
             caps,
         });
         let status = lifecycle.status();
@@ -347,7 +385,9 @@ pub fn serve(args: ServeArgs) -> Outcome {
             .with_graceful_shutdown(shutdown)
             .await
             .context("the HTTP server failed")?;
-        ledger.close().await;
+        if let Some(ledger) = &ledger {
+            ledger.close().await;
+        }
         let _ = engine.unload().await;
         engine.shutdown();
         let code = code.load(std::sync::atomic::Ordering::SeqCst);

@@ -407,7 +407,9 @@ pub fn admin(args: AdminArgs) -> Outcome {
                     "{:20} {:16} {:>9} {:>12} {:>12} {:>11}",
                     "ORG", "NODE", "REQUESTS", "PROMPT TOK", "OUTPUT TOK", "CHECKPOINTS"
                 );
+                let mut flagged = 0;
                 for n in v["nodes"].as_array().into_iter().flatten() {
+                    let findings = n["ledger_findings"].as_array().cloned().unwrap_or_default();
                     println!(
                         "{:20} {:16} {:>9} {:>12} {:>12} {:>11}{}",
                         s(&n["org"]),
@@ -416,12 +418,19 @@ pub fn admin(args: AdminArgs) -> Outcome {
                         s(&n["prompt_tokens"]),
                         s(&n["completion_tokens"]),
                         s(&n["checkpoints"]),
-                        if n["went_backwards"] == json!(true) {
-                            "  COUNTERS WENT BACKWARDS"
+                        if findings.is_empty() && n["went_backwards"] != json!(true) {
+                            String::new()
                         } else {
-                            ""
+                            flagged += 1;
+                            "  LEDGER FLAGGED".to_string()
                         }
                     );
+                    for f in &findings {
+                        println!("    ! {}", s(f));
+                    }
+                }
+                if flagged > 0 {
+                    println!("{flagged} node(s) flagged: their usage ledger was replaced, went backwards or forked; ask the operator for the ledger and check it with `leasehold audit verify`");
                 }
             }
         }

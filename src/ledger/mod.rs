@@ -15,6 +15,7 @@
 
 pub mod attestation;
 pub mod head;
+pub mod prompt_hash;
 pub mod record;
 pub mod verify;
 
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use crate::crypto::sha256;
@@ -70,7 +72,22 @@ pub enum LedgerError {
 
 enum Op {
     Append(Entry, oneshot::Sender<Result<u64, String>>),
+    Checkpoint(oneshot::Sender<Result<Position, String>>),
     Close(oneshot::Sender<()>),
+}
+
+/// Where the ledger stands at a signed checkpoint (what a renewal reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The genesis record's hash and time: which ledger this is, and since when.
+    pub ledger_id: [u8; 32],
+    pub since: DateTime<Utc>,
+    /// The checkpoint's sequence number and hash, and the totals it signs.
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub totals: Totals,
+    /// The last checkpoint a license server acknowledged.
+    pub reported: Option<(u64, [u8; 32])>,
 }
 
 /// What opening found.
@@ -107,8 +124,11 @@ struct Writer {
     seq: u64,
     head: [u8; 32],
     totals: Totals,
+    genesis: ([u8; 32], DateTime<Utc>),
+    last_checkpoint: Option<(u64, [u8; 32])>,
+    reported: Option<(u64, [u8; 32])>,
     since_checkpoint: u64,
-    last_checkpoint: Instant,
+    last_checkpoint_at: Instant,
     policy: CheckpointPolicy,
     failed: Option<String>,
 }
@@ -118,6 +138,9 @@ impl Writer {
         self.seq += 1;
         self.totals.add(&entry);
         let checkpoint = matches!(entry, Entry::Checkpoint { .. });
+        if let Entry::Reported { seq, hash } = &entry {
+            self.reported = Some((*seq, *hash));
+        }
         let body = RecordBody {
             seq: self.seq,
             prev: self.head,
@@ -128,8 +151,9 @@ impl Writer {
         out.push_str(&line);
         self.head = hash;
         if checkpoint {
+            self.last_checkpoint = Some((self.seq, hash));
             self.since_checkpoint = 0;
-            self.last_checkpoint = Instant::now();
+            self.last_checkpoint_at = Instant::now();
         } else {
             self.since_checkpoint += 1;
         }
@@ -140,6 +164,18 @@ impl Writer {
         let totals = self.totals;
         let seq = self.push(out, Entry::Checkpoint { totals });
         self.pending_head = Some((seq, self.head));
+    }
+
+    fn position(&self) -> Option<Position> {
+        let (seq, hash) = self.last_checkpoint?;
+        Some(Position {
+            ledger_id: self.genesis.0,
+            since: self.genesis.1,
+            seq,
+            hash,
+            totals: self.totals,
+            reported: self.reported,
+        })
     }
 
     fn flush(&mut self, text: &str) -> Result<(), String> {
@@ -177,7 +213,7 @@ impl Writer {
             let due = self
                 .policy
                 .every
-                .saturating_sub(self.last_checkpoint.elapsed());
+                .saturating_sub(self.last_checkpoint_at.elapsed());
             let first = match ops.recv_timeout(due.max(Duration::from_millis(10))) {
                 Ok(op) => Some(op),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -192,6 +228,7 @@ impl Writer {
             }
             let mut text = String::new();
             let mut replies = Vec::new();
+            let mut positions = Vec::new();
             let mut closing = None;
             for op in batch {
                 match op {
@@ -199,13 +236,16 @@ impl Writer {
                         let seq = self.push(&mut text, entry);
                         replies.push((reply, seq));
                     }
+                    Op::Checkpoint(reply) => positions.push(reply),
                     Op::Close(done) => closing = Some(done),
                 }
             }
-            let due = self.since_checkpoint > 0
+            let due = (self.since_checkpoint > 0
                 && (self.since_checkpoint >= self.policy.every_records
-                    || self.last_checkpoint.elapsed() >= self.policy.every
-                    || closing.is_some());
+                    || self.last_checkpoint_at.elapsed() >= self.policy.every
+                    || closing.is_some()
+                    || !positions.is_empty()))
+                || (!positions.is_empty() && self.last_checkpoint.is_none());
             if due {
                 self.checkpoint(&mut text);
             }
@@ -221,6 +261,13 @@ impl Writer {
             }
             for (reply, seq) in replies {
                 let _ = reply.send(result.clone().map(|_| seq));
+            }
+            for reply in positions {
+                let position = result.clone().and_then(|()| {
+                    self.position()
+                        .ok_or_else(|| "the ledger has no checkpoint".to_string())
+                });
+                let _ = reply.send(position);
             }
             if let Some(done) = closing {
                 let _ = done.send(());
@@ -282,6 +329,18 @@ impl Ledger {
             let (line, _) = record::encode(&genesis, None);
             fsutil::write_atomic(path, line.as_bytes(), fsutil::SECRET_MODE, Replace::Never)?;
         }
+        let file = open_append(path)?;
+        if let Err(e) = file.try_lock() {
+            return Err(LedgerError::Write(match e {
+                std::fs::TryLockError::WouldBlock => format!(
+                    "the usage ledger {} is in use by another leasehold process; one node directory serves one process at a time (or give each its own --ledger)",
+                    path.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    format!("cannot lock the usage ledger {}: {e}", path.display())
+                }
+            }));
+        }
         let bytes = std::fs::read(path).map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
         let (summary, problem) = verify::verify(&bytes, &public.signing_key, &node_id);
         let mut recovered = None;
@@ -293,7 +352,6 @@ impl Ledger {
                 side.push(format!(".torn-{}", clock::system_now().timestamp()));
                 let side = PathBuf::from(side);
                 fsutil::write_atomic(&side, tail, fsutil::SECRET_MODE, Replace::Never)?;
-                let file = open_append(path)?;
                 file.set_len(summary.valid_len)
                     .and_then(|_| file.sync_all())
                     .map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
@@ -312,25 +370,28 @@ impl Ledger {
             }
         }
         if let Some(h) = &recorded {
-            let valid = &bytes[..summary.valid_len as usize];
-            let found = valid
-                .split(|&b| b == b'\n')
-                .filter_map(|l| std::str::from_utf8(l).ok())
-                .filter_map(|l| record::parse(l).ok())
-                .find(|p| p.body.seq == h.seq);
+            // The head always names a checkpoint.
+            let found = summary.checkpoint_hashes.iter().find(|c| c.0 == h.seq);
             match found {
-                Some(p) if p.actual_hash == h.hash => {}
+                Some(c) if c.1 == h.hash => {}
                 Some(_) => return Err(rolled_back("replaced by another history", h.seq)),
+                None if summary.head_seq >= h.seq => {
+                    return Err(rolled_back("replaced by another history", h.seq))
+                }
                 None => return Err(rolled_back("rolled back or truncated", h.seq)),
             }
         }
+        let genesis = summary.genesis.ok_or_else(|| LedgerError::Damaged {
+            path: path.display().to_string(),
+            problem: "it has no genesis record".into(),
+        })?;
         let durable = Arc::new(Mutex::new(Head {
             seq: summary.head_seq,
             hash: summary.head_hash,
             totals: summary.totals,
         }));
         let mut writer = Writer {
-            file: open_append(path)?,
+            file,
             key,
             identity: NodeIdentity::load(identity.dir())
                 .map_err(|e| LedgerError::Write(format!("cannot load the node identity: {e}")))?,
@@ -339,8 +400,11 @@ impl Ledger {
             seq: summary.head_seq,
             head: summary.head_hash,
             totals: summary.totals,
+            genesis,
+            last_checkpoint: summary.last_checkpoint,
+            reported: summary.reported,
             since_checkpoint: 0,
-            last_checkpoint: Instant::now(),
+            last_checkpoint_at: Instant::now(),
             policy,
             failed: None,
         };
@@ -385,15 +449,29 @@ impl Ledger {
         *self.durable.lock().unwrap()
     }
 
-    /// Append a record; resolves once it is durable, with its sequence number.
-    pub async fn append(&self, entry: Entry) -> Result<u64, LedgerError> {
+    /// Send `op` to the writer and wait for its answer.
+    async fn call<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Op,
+    ) -> Result<T, LedgerError> {
         let (reply, done) = oneshot::channel();
         self.ops
-            .send(Op::Append(entry, reply))
+            .send(op(reply))
             .map_err(|_| LedgerError::Write("the ledger is closed".into()))?;
         done.await
             .map_err(|_| LedgerError::Write("the ledger thread stopped".into()))?
             .map_err(LedgerError::Write)
+    }
+
+    /// Append a record; resolves once it is durable, with its sequence number.
+    pub async fn append(&self, entry: Entry) -> Result<u64, LedgerError> {
+        self.call(|reply| Op::Append(entry, reply)).await
+    }
+
+    /// Sign a checkpoint now (unless the last record is one) and say where the ledger
+    /// stands: what a renewal reports to the license server.
+    pub async fn checkpoint(&self) -> Result<Position, LedgerError> {
+        self.call(Op::Checkpoint).await
     }
 
     /// Sign a final checkpoint and stop the writer.

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::crypto::sha256;
 use crate::crypto::signing::{Domain, PublicKey, SecretKey};
-use crate::format::encoding::{base64_array, hex_array};
+use crate::format::encoding::{base64_array, hex_array, Digest};
 
 const HASH_TAG: &[u8] = b"leasehold ledger record\0";
 
@@ -59,9 +59,22 @@ pub enum Entry {
         outcome: String,
         /// Short id of the client's API key (`-` without keys).
         client_key: String,
+        /// With `serve --ledger-prompt-hash` only: SHA-256 of the node's secret salt
+        /// and the prompt as given to the model. Proves which prompt a record is about
+        /// to someone holding the salt; tells an auditor without it nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt_sha256: Option<Digest>,
     },
     /// Signed by the node key: the chain up to here and the totals.
     Checkpoint { totals: Totals },
+    /// A license server acknowledged (renewed against) the checkpoint at `seq` with
+    /// hash `hash`. The next renewal names it, so the server can tell that the ledger
+    /// it hears from continues the one it heard from before.
+    Reported {
+        seq: u64,
+        #[serde(with = "hex_array")]
+        hash: [u8; 32],
+    },
     /// A torn tail (a write cut by a crash) found at start and moved aside, not dropped.
     Recovered {
         torn_bytes: u64,

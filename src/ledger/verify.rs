@@ -1,5 +1,7 @@
 //! Checking a ledger with the node's public key alone (auditors, and the node at start).
 
+use chrono::{DateTime, Utc};
+
 use super::record::{self, Entry, Totals};
 use crate::crypto::signing::PublicKey;
 
@@ -92,8 +94,14 @@ pub struct Summary {
     pub head_seq: u64,
     pub head_hash: [u8; 32],
     pub totals: Totals,
-    /// The last signed checkpoint's sequence number.
-    pub last_checkpoint: Option<u64>,
+    /// The last signed checkpoint's sequence number and hash.
+    pub last_checkpoint: Option<(u64, [u8; 32])>,
+    /// Every checkpoint's sequence number and hash, in order.
+    pub checkpoint_hashes: Vec<(u64, [u8; 32])>,
+    /// The genesis record's hash (which ledger this is) and time.
+    pub genesis: Option<([u8; 32], DateTime<Utc>)>,
+    /// The last checkpoint a license server acknowledged (`reported` records).
+    pub reported: Option<(u64, [u8; 32])>,
     /// Bytes of the file up to the end of the last good record.
     pub valid_len: u64,
 }
@@ -222,7 +230,15 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
                 return (summary, Some(problem));
             }
             summary.checkpoints += 1;
-            summary.last_checkpoint = Some(body.seq);
+            summary.last_checkpoint = Some((body.seq, parsed.actual_hash));
+            summary
+                .checkpoint_hashes
+                .push((body.seq, parsed.actual_hash));
+        }
+        match &body.entry {
+            Entry::Genesis { .. } => summary.genesis = Some((parsed.actual_hash, body.at)),
+            Entry::Reported { seq, hash } => summary.reported = Some((*seq, *hash)),
+            _ => {}
         }
         summary.totals.add(&body.entry);
         summary.records += 1;

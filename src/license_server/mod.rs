@@ -11,6 +11,7 @@
 //! under a key derived from the issuer key (`crypto::at_rest`).
 
 pub mod http;
+pub mod ledger_check;
 pub mod registry;
 pub mod store;
 

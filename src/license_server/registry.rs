@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::ledger_check::{self, FindingKind};
 use super::store::{Row, Sql, StoreError, Value};
 use crate::crypto::random;
 use crate::license::Caps;
@@ -603,9 +604,24 @@ pub fn renew(
         )?
         .ok_or_else(|| StoreError::Corrupt(format!("license {license_id} vanished")))?
         .int(0)?;
+    let finding = ledger_check::check(sql, &input.node_id, &input.usage)?;
+    if let Some(f) = &finding {
+        tracing::warn!(
+            "node {} ({org}) reported a usage ledger that {}: {}",
+            input.node_id,
+            match f.kind {
+                FindingKind::Replaced => "was replaced",
+                FindingKind::WentBackwards => "went backwards",
+                FindingKind::Forked => "forked",
+                FindingKind::Unconfirmed => "cannot be confirmed",
+            },
+            f.detail
+        );
+    }
+    let ledger = input.usage.ledger.as_ref();
     sql.execute(
-        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             (&input.node_id).into(),
             (&license_id).into(),
@@ -615,6 +631,10 @@ pub fn renew(
             int(input.usage.requests),
             int(input.usage.prompt_tokens),
             int(input.usage.completion_tokens),
+            ledger.map_or(Value::Null, |l| hex::encode(l.ledger_id).into()),
+            ledger.map_or(Value::Null, |l| int(l.seq)),
+            ledger.map_or(Value::Null, |l| hex::encode(l.hash).into()),
+            finding.map_or(Value::Null, |f| f.render().into()),
         ],
     )?;
     let model = sql
@@ -657,6 +677,8 @@ pub struct NodeUsage {
     pub completion_tokens: u64,
     /// A checkpoint reported lower counters than an earlier one of the same run.
     pub went_backwards: bool,
+    /// What renewals found wrong with the node's ledger (`kind: detail`, with the time).
+    pub ledger_findings: Vec<String>,
 }
 
 /// Sum usage per node: counters are totals since the node's `since` (its process
@@ -668,7 +690,7 @@ pub fn usage(
     to: DateTime<Utc>,
 ) -> Result<Vec<NodeUsage>, StoreError> {
     let rows = sql.query(
-        "SELECT org, node_id, license_id, received_at, since, requests, prompt_tokens, completion_tokens
+        "SELECT org, node_id, license_id, received_at, since, requests, prompt_tokens, completion_tokens, finding
          FROM checkpoints WHERE received_at >= $1 AND received_at < $2 ORDER BY org, node_id, id",
         &[ts(from), ts(to)],
     )?;
@@ -702,6 +724,13 @@ pub fn usage(
         let at = time(row.int(3)?);
         u.license_id = row.text(2)?;
         u.checkpoints += 1;
+        if let Some(finding) = row.opt_text(8)? {
+            if finding.starts_with("went-backwards") {
+                u.went_backwards = true;
+            }
+            u.ledger_findings
+                .push(format!("{}: {finding}", crate::format::time::rfc3339(at)));
+        }
         u.first = u.first.or(Some(at));
         u.last = Some(at);
         let since = row.opt_int(4)?.unwrap_or(0);

@@ -16,7 +16,6 @@ use tokio::sync::{watch, Notify};
 
 use super::admission::{self, Refusal};
 use super::engine::{Engine, LoadReport};
-use super::usage::UsageCounters;
 use crate::license::VerifiedLicense;
 use crate::node::{clock, trusted_time, NodeIdentity};
 
@@ -127,7 +126,6 @@ pub struct Lifecycle {
     engine: Engine,
     identity: NodeIdentity,
     sealed_path: PathBuf,
-    usage: UsageCounters,
 }
 
 impl Lifecycle {
@@ -163,7 +161,6 @@ impl Lifecycle {
                 engine,
                 identity,
                 sealed_path: sealed_path.to_path_buf(),
-                usage: UsageCounters::new(clock::system_now()),
             }),
             report,
         ))
@@ -196,11 +193,6 @@ impl Lifecycle {
         self.changed.notify_waiters();
         let _ = self.engine.unload().await;
         tracing::warn!("model unloaded, weights wiped after the revocation");
-    }
-
-    /// Usage since this process started.
-    pub fn usage(&self) -> &UsageCounters {
-        &self.usage
     }
 
     pub fn phase(&self) -> Phase {

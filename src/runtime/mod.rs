@@ -6,7 +6,6 @@
 //!   monotonic clock, renewal without restart.
 //! - [`renewal`]: the node's side of the license server protocol: first license,
 //!   automatic renewal with backoff, obeying revocations.
-//! - [`usage`]: usage counters reported with renewals.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //!
@@ -18,5 +17,4 @@ pub mod engine;
 pub mod lifecycle;
 pub mod renewal;
 pub mod text;
-pub mod usage;
 pub mod weights;

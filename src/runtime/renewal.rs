@@ -20,11 +20,14 @@ use serde::{Deserialize, Serialize};
 use super::lifecycle::{Lifecycle, Phase};
 use crate::crypto::random;
 use crate::fsutil::{self, Replace};
+use crate::ledger::record::Entry;
+use crate::ledger::{Ledger, Position};
 use crate::license::TrustRoots;
 use crate::node::trusted_time::rollback_tolerance;
 use crate::node::{clock, NodeIdentity};
 use crate::protocol::{
-    self, Decision, Expected, LicenseRef, OpenedResponse, RefusalReason, UsageCheckpoint,
+    self, Decision, Expected, LedgerAnchor, LedgerPosition, LicenseRef, OpenedResponse,
+    RefusalReason, UsageCheckpoint,
 };
 
 /// A license server's HTTP endpoint.
@@ -259,7 +262,7 @@ pub async fn fetch_license(
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     eprintln!("{e}; retrying");
                 }
                 sleep_jittered(backoff(failures, Duration::from_secs(30))).await;
@@ -291,11 +294,30 @@ pub struct RenewalStatus {
     pub refused: Option<String>,
 }
 
+/// What a renewal reports: the ledger's totals at a fresh checkpoint, and where the
+/// ledger stands.
+fn usage_report(p: Position) -> UsageCheckpoint {
+    UsageCheckpoint {
+        since: Some(crate::format::time::whole_seconds(p.since)),
+        requests: p.totals.requests,
+        prompt_tokens: p.totals.prompt_tokens,
+        completion_tokens: p.totals.completion_tokens,
+        ledger: Some(LedgerPosition {
+            ledger_id: p.ledger_id,
+            seq: p.seq,
+            hash: p.hash,
+            reported: p.reported.map(|(seq, hash)| LedgerAnchor { seq, hash }),
+        }),
+    }
+}
+
 /// Renews the license in force for as long as the node runs.
 pub struct Renewer {
     client: ServerClient,
     lifecycle: Arc<Lifecycle>,
     license_path: PathBuf,
+    /// The usage ledger whose checkpoints ride on each renewal.
+    ledger: Option<Arc<Ledger>>,
     status: Mutex<RenewalStatus>,
 }
 
@@ -304,6 +326,7 @@ impl Renewer {
         client: ServerClient,
         lifecycle: Arc<Lifecycle>,
         license_path: PathBuf,
+        ledger: Option<Arc<Ledger>>,
     ) -> Arc<Renewer> {
         Arc::new(Renewer {
             status: Mutex::new(RenewalStatus {
@@ -313,6 +336,7 @@ impl Renewer {
             client,
             lifecycle,
             license_path,
+            ledger,
         })
     }
 
@@ -352,7 +376,7 @@ impl Renewer {
                         s.last_error = Some(e.clone());
                         s.consecutive_failures
                     };
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(
                             "renewal failed ({failures} in a row): {e}; serving continues until the lease and grace end"
                         );
@@ -374,13 +398,23 @@ impl Renewer {
         };
         let now = clock::system_now();
         self.status.lock().unwrap().last_attempt = Some(now);
+        let position = match &self.ledger {
+            Some(ledger) => match ledger.checkpoint().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!("cannot checkpoint the usage ledger for the renewal: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         let opened = self
             .client
             .exchange(
                 self.lifecycle.identity(),
                 &body.model.model_id,
                 Some((&current, &body.licensee)),
-                self.lifecycle.usage().checkpoint(),
+                position.map(usage_report).unwrap_or_default(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -395,6 +429,16 @@ impl Renewer {
         };
         match opened.body.decision {
             Decision::Renewed { license } => {
+                if let (Some(ledger), Some(p)) = (&self.ledger, position) {
+                    // The server now holds this checkpoint; the next renewal names it.
+                    let reported = Entry::Reported {
+                        seq: p.seq,
+                        hash: p.hash,
+                    };
+                    if let Err(e) = ledger.append(reported).await {
+                        tracing::error!("cannot record the renewal in the usage ledger: {e}");
+                    }
+                }
                 let accepted = self
                     .lifecycle
                     .renew(license.as_bytes())

@@ -25,9 +25,11 @@ use futures_util::stream::Stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::format::encoding::Digest;
 use crate::format::time::rfc3339;
 use crate::format::Body as _;
 use crate::ledger::attestation::AttestationBody;
+use crate::ledger::prompt_hash::{PromptParts, PromptSalt};
 use crate::ledger::record::Entry;
 use crate::ledger::Ledger;
 use crate::node::clock;
@@ -51,8 +53,11 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Automatic renewal from a license server, when configured.
     pub renewal: Option<Arc<Renewer>>,
-    /// The usage ledger: every request is recorded before it is answered.
-    pub ledger: Arc<Ledger>,
+    /// The usage ledger: every request is recorded before it is answered. `None` only
+    /// with `serve --no-ledger`, which only demo-root licenses allow (benchmarks).
+    pub ledger: Option<Arc<Ledger>>,
+    /// With `--ledger-prompt-hash`: the salt for each record's prompt hash.
+    pub prompt_salt: Option<PromptSalt>,
     /// License caps, counted from the ledger.
     pub caps: CapGate,
 }
@@ -379,7 +384,19 @@ async fn infer<R: InferenceRequest>(
     let (stream, include_usage) = (req.sampling().stream, req.sampling().include_usage());
     let (prompt, params) = req.validate(state.limits).map_err(ApiError::invalid)?;
     let meta = ResponseMeta::new(R::ENDPOINT, &model, clock::system_now().timestamp());
-    let usage = UsageRecord::new(&state, &meta, client_key_id(&headers));
+    let mut usage = UsageRecord::new(&state, &meta, client_key_id(&headers));
+    if let Some(salt) = &state.prompt_salt {
+        let parts = match &prompt {
+            Prompt::Chat(messages) => PromptParts::Chat(
+                messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str()))
+                    .collect(),
+            ),
+            Prompt::Text(text) => PromptParts::Text(text),
+        };
+        usage.prompt_sha256 = Some(salt.hash(&parts));
+    }
     generate(state, meta, usage, prompt, params, stream, include_usage).await
 }
 
@@ -402,6 +419,7 @@ struct UsageRecord {
     model_id: String,
     prompt_tokens: u32,
     completion_tokens: u32,
+    prompt_sha256: Option<Digest>,
     written: bool,
     /// The concurrency slot, held until the record is written.
     permit: Option<Permit>,
@@ -418,6 +436,7 @@ impl UsageRecord {
             model_id: license.model.model_id,
             prompt_tokens: 0,
             completion_tokens: 0,
+            prompt_sha256: None,
             written: false,
             permit: None,
         }
@@ -432,6 +451,7 @@ impl UsageRecord {
             completion_tokens: u64::from(self.completion_tokens),
             outcome: outcome.to_string(),
             client_key: self.client_key.clone(),
+            prompt_sha256: self.prompt_sha256,
         }
     }
 
@@ -440,14 +460,12 @@ impl UsageRecord {
         self.written = true;
         self.permit = None;
         if outcome == "ok" {
-            self.state
-                .lifecycle
-                .usage()
-                .record(self.prompt_tokens, self.completion_tokens);
             self.count_for_caps();
         }
-        self.state
-            .ledger
+        let Some(ledger) = &self.state.ledger else {
+            return Ok(());
+        };
+        ledger
             .append(self.entry(outcome))
             .await
             .map(|_| ())
@@ -477,10 +495,12 @@ impl Drop for UsageRecord {
         }
         self.count_for_caps();
         let entry = self.entry("cancelled");
-        let state = self.state.clone();
+        let Some(ledger) = self.state.ledger.clone() else {
+            return;
+        };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = state.ledger.append(entry).await {
+                if let Err(e) = ledger.append(entry).await {
                     tracing::error!("cannot record a cancelled request in the usage ledger: {e}");
                 }
             });
@@ -723,10 +743,19 @@ async fn license(State(state): State<Shared>) -> Json<Value> {
 }
 
 /// `GET /v1/license/attestation`: license state and ledger head, signed by the node key.
-async fn attestation(State(state): State<Shared>) -> Response {
+async fn attestation(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let Some(ledger) = &state.ledger else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this node runs without a usage ledger (--no-ledger), so it has nothing to attest",
+            "invalid_request_error",
+            Some("no_ledger"),
+            None,
+        ));
+    };
     let status = state.lifecycle.status();
     let b = &status.license.body;
-    let head = state.ledger.head();
+    let head = ledger.head();
     let identity = state.lifecycle.identity();
     let body = AttestationBody {
         version: AttestationBody::VERSION,
@@ -744,7 +773,7 @@ async fn attestation(State(state): State<Shared>) -> Response {
         totals: head.totals,
     };
     let document = crate::format::Envelope::sign(&body, identity.signing_key(), vec![]).render();
-    ([(header::CONTENT_TYPE, "application/json")], document).into_response()
+    Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
 }
 
 async fn admin_license(State(state): State<Shared>, body: Body) -> Result<Json<Value>, ApiError> {

@@ -171,9 +171,10 @@ enum Dialect {
 }
 
 /// Schema migrations, in order. `{blob}` and `{id}` are spelled per database.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE models (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE models (
         model_id TEXT PRIMARY KEY,
         header {blob} NOT NULL,
         stored_key {blob} NOT NULL,
@@ -235,7 +236,15 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         completion_tokens BIGINT NOT NULL
     );
     CREATE INDEX checkpoints_node ON checkpoints (node_id, received_at);",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE checkpoints ADD COLUMN ledger_id TEXT;
+    ALTER TABLE checkpoints ADD COLUMN ledger_seq BIGINT;
+    ALTER TABLE checkpoints ADD COLUMN ledger_hash TEXT;
+    ALTER TABLE checkpoints ADD COLUMN finding TEXT",
+    ),
+];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {
     if dialect == Dialect::Postgres {
