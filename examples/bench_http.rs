@@ -5,14 +5,8 @@
 //!
 //! scripts/bench.sh starts `leasehold serve` and runs this against it.
 
-use std::time::{Duration, Instant};
-
-use serde_json::{json, Value};
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+#[path = "support/load.rs"]
+mod load;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -24,50 +18,18 @@ async fn main() {
     let model = args.get(2).expect("model id").clone();
     let max_tokens: u64 = args.get(3).map_or(128, |v| v.parse().unwrap());
     let per_client: usize = args.get(4).map_or(4, |v| v.parse().unwrap());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
+    let http = load::http_client();
     println!("{base} model {model}, max_tokens {max_tokens}, {per_client} requests per client");
     for clients in [1usize, 4, 8] {
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|c| {
-                let http = http.clone();
-                let url = format!("{base}/v1/chat/completions");
-                let model = model.clone();
-                tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    for r in 0..per_client {
-                        let body = json!({
-                            "model": model, "max_tokens": max_tokens, "temperature": 0.7, "seed": (c * 100 + r) as u64,
-                            "messages": [{"role": "user", "content": format!("Tell me a story about lighthouse number {}.", c * 100 + r)}],
-                        });
-                        let t = Instant::now();
-                        let v: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-                        let tokens = v["usage"]["completion_tokens"].as_u64().expect("usage in every response");
-                        out.push((t.elapsed().as_secs_f64(), tokens));
-                    }
-                    out
-                })
-            })
-            .collect();
-        let mut latencies = Vec::new();
-        let mut tokens = 0u64;
-        for t in tasks {
-            for (latency, n) in t.await.unwrap() {
-                latencies.push(latency);
-                tokens += n;
-            }
-        }
-        let wall = started.elapsed().as_secs_f64();
-        latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let l = load::chat_clients(&http, &base, &model, clients, per_client, max_tokens).await;
         println!(
-            "{clients} client(s): {} requests, {tokens} tokens in {wall:.1} s = {:.1} tokens/s total; latency p50 {:.2} s, p99 {:.2} s",
-            latencies.len(),
-            tokens as f64 / wall,
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99)
+            "{clients} client(s): {} requests, {} tokens in {:.1} s = {:.1} tokens/s total; latency p50 {:.2} s, p99 {:.2} s",
+            l.requests,
+            l.tokens,
+            l.wall,
+            l.tokens_per_s(),
+            l.p(0.5),
+            l.p(0.99)
         );
     }
 }

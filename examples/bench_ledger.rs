@@ -11,9 +11,9 @@ use leasehold::ledger::record::Entry;
 use leasehold::ledger::{CheckpointPolicy, Ledger};
 use leasehold::node::NodeIdentity;
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+#[path = "support/load.rs"]
+mod load;
+use load::percentile;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

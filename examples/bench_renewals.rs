@@ -26,10 +26,9 @@ use leasehold::protocol::{self, LicenseRef, UsageCheckpoint};
 use leasehold::seal::Header;
 use serde_json::{json, Value};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+#[path = "support/load.rs"]
+mod load;
+use load::percentile;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

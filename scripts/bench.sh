@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runtime benchmarks (figures in the README): cold start and tokens/s, sealed vs
-# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients; then
-# license server renewals/s on SQLite and PostgreSQL.
+# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients; the
+# usage ledger's cost; then license server renewals/s on SQLite and PostgreSQL.
 # Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,12 @@ cargo run --quiet --example bench_http -- http://127.0.0.1:8399 smollm2 128 4
 
 kill "$pid" 2>/dev/null || true
 wait "$pid" 2>/dev/null || true
+
+# The usage ledger's cost: the same 8-client load with and without it, alternating.
+cargo run --quiet --example bench_ledger_http -- "$lh" "$work" smollm2 32 4 20 "$threads"
+cargo run --quiet --example bench_ledger_http -- "$lh" "$work" smollm2 1 16 6 "$threads"
+cargo run --quiet --example bench_ledger -- 1 2000
+cargo run --quiet --example bench_ledger -- 8 2000
 
 # License server: renewals/s with 1,000 simulated nodes, SQLite then PostgreSQL.
 cargo run --quiet --example bench_renewals -- sqlite 1000 16 10

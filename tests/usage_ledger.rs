@@ -643,3 +643,53 @@ async fn one_ledger_serves_one_process() {
     server.signal("TERM");
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn run_records_each_answer_and_obeys_the_caps() {
+    let site = NodeSite::new(None);
+    site.issue("x.license", "+1h", &["--cap", "requests-per-day=2"]);
+    let run = || {
+        leasehold(
+            site.path(),
+            &[
+                "run",
+                "--license",
+                "x.license",
+                "--sealed",
+                "m.sealed",
+                "--node-dir",
+                "node",
+                "--prompt",
+                "hello",
+                "--max-tokens",
+                "3",
+                "--threads",
+                "1",
+            ],
+        )
+    };
+    for _ in 0..2 {
+        let out = run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The cap counts `run` like `serve`, and survives the process: the third is refused.
+    let out = run();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("requests-per-day"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
+    assert_eq!(text.matches("\"client_key\":\"cli\"").count(), 3);
+    assert_eq!(text.matches("\"outcome\":\"ok\"").count(), 2);
+    assert_eq!(text.matches("refused:license_cap_exceeded").count(), 1);
+    let (code, report) = audit(site.path(), Path::new("node/usage.ledger"));
+    assert_eq!(code, 0, "{report}");
+    // Checkpoint totals count request records, the refused one included.
+    assert_eq!(report["requests"], 3);
+}

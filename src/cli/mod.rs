@@ -475,6 +475,9 @@ pub struct ServeArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub licensed: LicensedModel,
+    /// The usage ledger (default: NODE_DIR/usage.ledger); every answer is recorded.
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
     /// Generate one answer to this prompt and exit.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,

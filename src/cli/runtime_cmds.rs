@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
 use crate::ledger::prompt_hash::PromptSalt;
+use crate::ledger::record::Entry;
 use crate::ledger::{CheckpointPolicy, Ledger, LedgerError, LEDGER_FILE};
 use crate::license::verify::authenticate;
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
@@ -20,7 +21,8 @@ use crate::protocol::LicenseRef;
 use crate::runtime::admission::assess_here;
 use crate::runtime::caps::{self, CapGate};
 use crate::runtime::engine::{
-    ChatMessage, Engine, EngineConfig, Event, GenerateRequest, Prompt, SamplingParams,
+    ChatMessage, Engine, EngineConfig, Event, GenerateError, GenerateRequest, Prompt,
+    SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
 use crate::runtime::renewal::{fetch_license, FetchError, Renewer, ServerClient};
@@ -222,8 +224,13 @@ type OpenedLedger = (Option<Arc<Ledger>>, Vec<u8>);
 
 /// Open the usage ledger `serve` records into (none with `--no-ledger`, which only a
 /// demo-root license allows).
-fn open_ledger(args: &ServeArgs, lifecycle: &Lifecycle) -> Result<OpenedLedger, (u8, String)> {
-    if args.no_ledger {
+fn open_ledger(
+    path: Option<&Path>,
+    no_ledger: bool,
+    node_dir: &Path,
+    lifecycle: &Lifecycle,
+) -> Result<OpenedLedger, (u8, String)> {
+    if no_ledger {
         if !lifecycle.status().license.authority.is_demo() {
             return Err((
                 exit::USAGE,
@@ -233,10 +240,7 @@ fn open_ledger(args: &ServeArgs, lifecycle: &Lifecycle) -> Result<OpenedLedger, 
         eprintln!("warning: --no-ledger: requests are not recorded (benchmark mode)");
         return Ok((None, Vec::new()));
     }
-    let path = args
-        .ledger
-        .clone()
-        .unwrap_or_else(|| args.licensed.node_dir.join(LEDGER_FILE));
+    let path = path.map_or_else(|| node_dir.join(LEDGER_FILE), Path::to_path_buf);
     match Ledger::open(&path, lifecycle.identity(), CheckpointPolicy::default()) {
         Ok((ledger, opened)) => {
             tracing::info!(
@@ -296,7 +300,13 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 return Ok(code);
             }
         };
-        let (ledger, ledger_bytes) = match open_ledger(&args, &lifecycle) {
+        let opened = open_ledger(
+            args.ledger.as_deref(),
+            args.no_ledger,
+            &args.licensed.node_dir,
+            &lifecycle,
+        );
+        let (ledger, ledger_bytes) = match opened {
             Ok(v) => v,
             Err((code, message)) => {
                 engine.shutdown();
@@ -409,6 +419,26 @@ pub fn run(args: RunArgs) -> Outcome {
                 return Ok(code);
             }
         };
+        let recorder = match open_ledger(
+            args.ledger.as_deref(),
+            false,
+            &args.licensed.node_dir,
+            &lifecycle,
+        ) {
+            Ok((ledger, bytes)) => Recorder {
+                ledger: ledger.expect("run always opens its ledger"),
+                caps: CapGate::new(caps::windows_from_ledger(
+                    &bytes,
+                    crate::node::clock::system_now(),
+                )),
+                lifecycle: lifecycle.clone(),
+            },
+            Err((code, message)) => {
+                engine.shutdown();
+                eprintln!("error: {message}");
+                return Ok(code);
+            }
+        };
         watch_deadlines(lifecycle.clone(), None);
         let params = SamplingParams {
             max_tokens: args.max_tokens.min(config.ctx),
@@ -419,12 +449,14 @@ pub fn run(args: RunArgs) -> Outcome {
         };
         let result = match &args.prompt {
             Some(text) => {
-                generate_to_stdout(&engine, Prompt::Chat(vec![user(text)]), params.clone())
+                let prompt = Prompt::Chat(vec![user(text)]);
+                generate_to_stdout(&engine, &recorder, prompt, params.clone())
                     .await
                     .map(|_| ())
             }
-            None => chat_loop(&engine, &lifecycle, params).await,
+            None => chat_loop(&engine, &recorder, params).await,
         };
+        recorder.ledger.close().await;
         let _ = engine.unload().await;
         engine.shutdown();
         match result {
@@ -445,12 +477,62 @@ fn user(text: &str) -> ChatMessage {
     }
 }
 
-/// Generate and print tokens as they come; returns the full text.
+/// `run` records each answer in the usage ledger and obeys the license's caps, as
+/// `serve` does for each request.
+struct Recorder {
+    ledger: Arc<Ledger>,
+    caps: CapGate,
+    lifecycle: Arc<Lifecycle>,
+}
+
+impl Recorder {
+    async fn record(
+        &self,
+        prompt_tokens: u32,
+        completion_tokens: u32,
+        outcome: &str,
+    ) -> anyhow::Result<()> {
+        let license = self.lifecycle.status().license.body;
+        let now = crate::node::clock::system_now();
+        if outcome != "refused:license_cap_exceeded" {
+            self.caps
+                .record(now, u64::from(prompt_tokens) + u64::from(completion_tokens));
+        }
+        let entry = Entry::Request {
+            request_id: format!("run-{}", hex::encode(crate::crypto::random::bytes::<12>())),
+            license_id: license.license_id,
+            model_id: license.model.model_id,
+            prompt_tokens: u64::from(prompt_tokens),
+            completion_tokens: u64::from(completion_tokens),
+            outcome: outcome.to_string(),
+            client_key: "cli".into(),
+            prompt_sha256: None,
+        };
+        self.ledger
+            .append(entry)
+            .await
+            .map(|_| ())
+            .context("the usage ledger cannot record this answer")
+    }
+}
+
+/// Generate and print tokens as they come, then record the answer; returns the text.
 async fn generate_to_stdout(
     engine: &Engine,
+    recorder: &Recorder,
     prompt: Prompt,
     params: SamplingParams,
 ) -> anyhow::Result<String> {
+    let caps = recorder.lifecycle.status().license.body.caps;
+    let _permit = match recorder.caps.admit(&caps, crate::node::clock::system_now()) {
+        Ok(permit) => permit,
+        Err(exceeded) => {
+            recorder
+                .record(0, 0, "refused:license_cap_exceeded")
+                .await?;
+            bail!("{exceeded}");
+        }
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
     engine.submit(GenerateRequest {
         prompt,
@@ -459,6 +541,7 @@ async fn generate_to_stdout(
     })?;
     let mut text = String::new();
     let mut stdout = std::io::stdout();
+    let mut prompt_tokens = 0;
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text(t) => {
@@ -466,12 +549,27 @@ async fn generate_to_stdout(
                 let _ = stdout.flush();
                 text.push_str(&t);
             }
-            Event::Finished { .. } => {
+            Event::Finished {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => {
                 println!();
+                recorder
+                    .record(prompt_tokens, completion_tokens, "ok")
+                    .await?;
                 return Ok(text);
             }
-            Event::Failed(e) => bail!("{e}"),
-            Event::Started { .. } => {}
+            Event::Failed(e) => {
+                let outcome = match e {
+                    GenerateError::LicenseExpired => "refused:license_expired",
+                    GenerateError::PromptTooLong { .. } => "refused:context_length_exceeded",
+                    _ => "refused:engine_error",
+                };
+                recorder.record(prompt_tokens, 0, outcome).await?;
+                bail!("{e}")
+            }
+            Event::Started { prompt_tokens: n } => prompt_tokens = n,
         }
     }
     bail!("the engine stopped")
@@ -479,9 +577,10 @@ async fn generate_to_stdout(
 
 async fn chat_loop(
     engine: &Engine,
-    lifecycle: &Lifecycle,
+    recorder: &Recorder,
     params: SamplingParams,
 ) -> anyhow::Result<()> {
+    let lifecycle = &recorder.lifecycle;
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -511,8 +610,8 @@ async fn chat_loop(
             return Ok(());
         }
         history.push(user(&line));
-        let answer =
-            generate_to_stdout(engine, Prompt::Chat(history.clone()), params.clone()).await?;
+        let prompt = Prompt::Chat(history.clone());
+        let answer = generate_to_stdout(engine, recorder, prompt, params.clone()).await?;
         history.push(ChatMessage {
             role: "assistant".into(),
             content: answer,

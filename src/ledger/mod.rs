@@ -214,7 +214,13 @@ impl Writer {
                 .policy
                 .every
                 .saturating_sub(self.last_checkpoint_at.elapsed());
-            let first = match ops.recv_timeout(due.max(Duration::from_millis(10))) {
+            // Nothing to checkpoint: sleep until the next operation.
+            let wait = if self.since_checkpoint == 0 {
+                Duration::from_secs(3600)
+            } else {
+                due.max(Duration::from_millis(10))
+            };
+            let first = match ops.recv_timeout(wait) {
                 Ok(op) => Some(op),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
