@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::node::{eventually, leasehold, leasehold_env, Server};
+use leasehold::protocol::{LedgerPosition, UsageCheckpoint};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -819,9 +820,19 @@ async fn renew_concurrently(
     urls: &[String],
     n: usize,
 ) -> (Vec<u64>, std::collections::HashSet<String>) {
+    renew_reporting(identity, urls, n, UsageCheckpoint::default()).await
+}
+
+/// As [`renew_concurrently`], each request reporting `usage`.
+async fn renew_reporting(
+    identity: &leasehold::node::NodeIdentity,
+    urls: &[String],
+    n: usize,
+    usage: UsageCheckpoint,
+) -> (Vec<u64>, std::collections::HashSet<String>) {
     use leasehold::license::TrustRoots;
     use leasehold::node::clock;
-    use leasehold::protocol::{self, Decision, Expected, LicenseRef, UsageCheckpoint};
+    use leasehold::protocol::{self, Decision, Expected, LicenseRef};
 
     let http = client();
     let node_id = identity.public().node_id();
@@ -836,7 +847,7 @@ async fn renew_concurrently(
                 license_id: "0".repeat(32),
                 serial: 0,
             }),
-            UsageCheckpoint::default(),
+            usage.clone(),
             clock::system_now(),
         );
         tasks.push(tokio::spawn(async move {
@@ -970,6 +981,28 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
         la["licenses"][0]["serial"].as_u64().unwrap(),
         *serials.last().unwrap()
     );
+
+    // Ledger checkpoints compared across replicas: reported through A, then an older
+    // one through B is flagged, and both replicas list the finding.
+    let at = |seq: u64, requests: u64| UsageCheckpoint {
+        since: None,
+        requests,
+        prompt_tokens: 10 * requests,
+        completion_tokens: 10 * requests,
+        ledger: Some(LedgerPosition {
+            ledger_id: [7; 32],
+            seq,
+            hash: [seq as u8; 32],
+            reported: None,
+        }),
+    };
+    renew_reporting(&identity, &[a.url()], 1, at(9, 4)).await;
+    renew_reporting(&identity, &[b.url()], 1, at(5, 2)).await;
+    let usage = b.admin_json(&["usage"]);
+    let findings = usage["nodes"][0]["ledger_findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{usage}");
+    assert!(findings[0].as_str().unwrap().contains("went-backwards"));
+    assert_eq!(usage["nodes"], a.admin_json(&["usage"])["nodes"]);
 }
 
 #[test]

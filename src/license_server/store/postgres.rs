@@ -118,11 +118,29 @@ fn params(values: &[Value]) -> Result<Vec<&(dyn ToSql + Sync)>, StoreError> {
             Value::Int(i) => Ok(i as &(dyn ToSql + Sync)),
             Value::Text(t) => Ok(t as &(dyn ToSql + Sync)),
             Value::Blob(b) => Ok(b as &(dyn ToSql + Sync)),
-            Value::Null => Err(StoreError::Database(
-                "NULL parameters are not supported; write NULL in the statement".into(),
-            )),
+            Value::Null => Ok(&SqlNull as &(dyn ToSql + Sync)),
         })
         .collect()
+}
+
+/// A NULL parameter of whatever type the statement expects.
+#[derive(Debug)]
+struct SqlNull;
+
+impl ToSql for SqlNull {
+    fn to_sql(
+        &self,
+        _: &Type,
+        _: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(postgres::types::IsNull::Yes)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
 }
 
 impl Sql for Tx<'_, '_> {
