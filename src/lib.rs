@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod ledger;
 pub mod license;
 pub mod license_server;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod runtime;

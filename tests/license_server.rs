@@ -496,6 +496,30 @@ async fn a_rolled_back_or_deleted_ledger_is_flagged_at_renewal() {
         table.contains("LEDGER FLAGGED") && table.contains("audit verify"),
         "{table}"
     );
+    // The server's metrics count the findings and the renewals.
+    let metrics = client()
+        .get(format!("{}/metrics", vendor.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "leasehold_server_ledger_findings_total{kind=\"replaced\"} 1",
+        "leasehold_server_ledger_findings_total{kind=\"went-backwards\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let renewed: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("leasehold_server_renewals_total{decision=\"renewed\",reason=\"\"} ")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(renewed >= 6.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! The `leasehold` command line. Each command is a thin layer over the library: parse
 //! flags, call the module that does the work, print the outcome, choose the exit code.
 
+mod config;
 pub mod exit;
+mod generated;
 mod inspect;
 mod node_cmds;
 mod progress;
@@ -39,8 +41,39 @@ leasehold check --license demo.license --sealed demo.sealed --node-dir node",
     after_help = exit::TABLE
 )]
 pub struct Cli {
+    /// Log lines as text for people, or as JSON objects (one per line) for collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "LEASEHOLD_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write leasehold.1 and one page per command (leasehold-serve.1, …) into this
+    /// directory instead of printing leasehold.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +115,44 @@ pub enum Command {
     /// Auditor tools: check a node's usage ledger with public keys only.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script (e.g. `leasehold completions bash > /etc/bash_completion.d/leasehold`).
+    Completions(CompletionsArgs),
+    /// Print the man page, or write all of them with --out-dir.
+    Man(ManArgs),
+    /// Config files for `serve` and `license-server`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate a config file: tables, keys and values, with line numbers (exit 0 valid, 2 not).
+    #[command(after_help = CONFIG_HELP)]
+    Check(ConfigCheckArgs),
+}
+
+const CONFIG_HELP: &str = "\
+A config file has a [serve] and/or a [license-server] table; keys are the command's long
+flag names, values what the flag takes (true for a switch, an array for a repeated flag):
+
+  [serve]
+  license = \"/var/lib/leasehold/node.license\"
+  sealed = \"/var/lib/leasehold/model.sealed\"
+  node-dir = \"/var/lib/leasehold/node\"
+  listen = \"0.0.0.0:8080\"
+  parallel = 8
+
+Precedence: command-line flag > environment (LEASEHOLD_LISTEN, LEASEHOLD_NODE_DIR, ...)
+> config file (--config FILE or LEASEHOLD_CONFIG) > built-in default.";
+
+#[derive(Args, Debug)]
+pub struct ConfigCheckArgs {
+    /// The config file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -429,6 +500,11 @@ pub struct CheckArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub licensed: LicensedModel,
+    /// Read settings from this TOML file ([serve] table; keys are the long flag
+    /// names). A flag beats the environment (LEASEHOLD_<FLAG>), which beats the file.
+    #[arg(long, value_name = "FILE", env = "LEASEHOLD_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -541,6 +617,10 @@ pub struct LicenseServerArgs {
     /// The TLS private key (PEM).
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Read settings from this TOML file ([license-server] table; keys are the long flag
+    /// names). A flag beats the environment (LEASEHOLD_<FLAG>), which beats the file.
+    #[arg(long, value_name = "FILE", env = "LEASEHOLD_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -688,9 +768,29 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `--log-format json` is in force: errors go out as log events too.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Report the error a command ends with: `error: …` for people, a JSON log event for
+/// collectors.
+pub(crate) fn report_error(message: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let argv = match config::layer(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -701,14 +801,25 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+    // Daemons log their events (renewals, lapses, refusals, caps) at info; one-shot
+    // commands only warnings. LEASEHOLD_LOG overrides (e.g. `debug`).
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::LicenseServer(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            logs.json().flatten_event(true).init()
+        }
+    }
     let outcome = match cli.command {
         Command::Keygen(a) => vendor::keygen(a),
         Command::Seal(a) => vendor::seal(a),
@@ -728,11 +839,14 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
         Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
         Command::Audit(AuditCommand::PromptHash(a)) => prompt_hash::run(a),
+        Command::Completions(a) => generated::completions(a),
+        Command::Man(a) => generated::man(a),
+        Command::Config(ConfigCommand::Check(a)) => config::check(a),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report_error(&format!("{e:#}"));
             ExitCode::from(exit::ERROR)
         }
     }

@@ -166,14 +166,14 @@ async fn obtain_license(
                 l.body.licensee.clone(),
             ));
         }
-        eprintln!(
+        tracing::info!(
             "the license in {} cannot be served ({}); asking {} for a fresh one",
             licensed.license.display(),
             assessment.verdict.name(),
             client.url()
         );
     } else {
-        eprintln!(
+        tracing::info!(
             "no license at {}; asking {} for one",
             licensed.license.display(),
             client.url()
@@ -237,7 +237,7 @@ fn open_ledger(
                 "--no-ledger is for benchmarks with DEMO-root licenses only; this license comes from a vendor who requires the usage ledger".into(),
             ));
         }
-        eprintln!("warning: --no-ledger: requests are not recorded (benchmark mode)");
+        tracing::warn!("--no-ledger: requests are not recorded (benchmark mode)");
         return Ok((None, Vec::new()));
     }
     let path = path.map_or_else(|| node_dir.join(LEDGER_FILE), Path::to_path_buf);
@@ -289,14 +289,14 @@ pub fn serve(args: ServeArgs) -> Outcome {
             .transpose()?;
         if let Some(client) = &client {
             if let Err((code, message)) = obtain_license(client, &args.licensed).await {
-                eprintln!("error: {message}");
+                super::report_error(&message);
                 return Ok(code);
             }
         }
         let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
             Ok(v) => v,
             Err((code, message)) => {
-                eprintln!("error: {message}");
+                super::report_error(&message);
                 return Ok(code);
             }
         };
@@ -310,7 +310,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             Ok(v) => v,
             Err((code, message)) => {
                 engine.shutdown();
-                eprintln!("error: {message}");
+                super::report_error(&message);
                 return Ok(code);
             }
         };
@@ -346,7 +346,20 @@ pub fn serve(args: ServeArgs) -> Outcome {
             ledger: ledger.clone(),
             prompt_salt,
             caps,
+            metrics: Default::default(),
         });
+        // Sample the engine's token counter each second for the decode rate.
+        {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let generated = state.engine.stats().generated_tokens.load(std::sync::atomic::Ordering::Relaxed);
+                    state.metrics.decode.observe(generated);
+                }
+            });
+        }
         let status = lifecycle.status();
         println!(
             "serving model '{}' on http://{} for '{}' (license {}, serial {}, {}, {} s left)",
@@ -359,7 +372,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
             status.seconds_left
         );
         if status.license.authority.is_demo() {
-            eprintln!("warning: this license chains to the DEMO root, whose secret key is public; it protects nothing");
+            tracing::warn!("this license chains to the DEMO root, whose secret key is public; it protects nothing");
         }
 
         let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<u8>();
@@ -373,7 +386,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 while hup.recv().await.is_some() {
                     match fsutil::read_limited(&path, MAX_LICENSE_BYTES, "license") {
                         Ok(bytes) => match lifecycle.renew(&bytes).await {
-                            Ok(l) => tracing::warn!("SIGHUP: license serial {} now in force", l.body.serial),
+                            Ok(l) => tracing::debug!("SIGHUP: license serial {} taken in", l.body.serial),
                             Err(e) => tracing::error!("SIGHUP: renewal refused, the current license stays in force: {e}"),
                         },
                         Err(e) => tracing::error!("SIGHUP: cannot read {}: {e}", path.display()),
@@ -402,7 +415,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
         engine.shutdown();
         let code = code.load(std::sync::atomic::Ordering::SeqCst);
         if code == exit::EXPIRED {
-            eprintln!("license lapsed; exiting as --exit-on-lapse asks");
+            tracing::warn!("license lapsed; exiting as --exit-on-lapse asks");
         }
         Ok(code)
     })
@@ -415,7 +428,7 @@ pub fn run(args: RunArgs) -> Outcome {
         let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
             Ok(v) => v,
             Err((code, message)) => {
-                eprintln!("error: {message}");
+                super::report_error(&message);
                 return Ok(code);
             }
         };
@@ -435,7 +448,7 @@ pub fn run(args: RunArgs) -> Outcome {
             },
             Err((code, message)) => {
                 engine.shutdown();
-                eprintln!("error: {message}");
+                super::report_error(&message);
                 return Ok(code);
             }
         };

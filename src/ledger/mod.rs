@@ -104,6 +104,8 @@ pub struct Ledger {
     ops: mpsc::Sender<Op>,
     path: PathBuf,
     durable: Arc<Mutex<Head>>,
+    /// Operations sent to the writer and not answered yet.
+    pending: std::sync::atomic::AtomicU64,
 }
 
 /// The last record on disk: its sequence number and hash, and the totals up to it.
@@ -441,6 +443,7 @@ impl Ledger {
                 ops,
                 path: path.to_path_buf(),
                 durable,
+                pending: std::sync::atomic::AtomicU64::new(0),
             },
             opened,
         ))
@@ -460,13 +463,22 @@ impl Ledger {
         &self,
         op: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Op,
     ) -> Result<T, LedgerError> {
+        use std::sync::atomic::Ordering;
         let (reply, done) = oneshot::channel();
         self.ops
             .send(op(reply))
             .map_err(|_| LedgerError::Write("the ledger is closed".into()))?;
-        done.await
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let answer = done.await;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        answer
             .map_err(|_| LedgerError::Write("the ledger thread stopped".into()))?
             .map_err(LedgerError::Write)
+    }
+
+    /// Operations waiting for the writer (records not yet durable).
+    pub fn pending(&self) -> u64 {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Append a record; resolves once it is durable, with its sequence number.

@@ -4,6 +4,7 @@
 //!   POST /v1/enrollments   body: an enrollment document → {enrollment_id, status}
 //!   POST /v1/renewals      body: a renewal request → a signed renewal response
 //!   GET  /health           {status, server_time, issuer, database}
+//!   GET  /metrics          Prometheus text format (leasehold_server_*)
 //!
 //! Admin (`Authorization: Bearer <token from --admin-token-file>`):
 //!   POST /admin/models, POST|GET /admin/entitlements, GET /admin/enrollments,
@@ -40,16 +41,26 @@ pub struct ServerState {
 
 type Shared = Arc<ServerState>;
 
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_page(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        super::metrics::render(&state.service),
+    )
+        .into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "refused"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        let status = self.status();
+        let code = match &self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Forbidden(_) => "refused",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Internal(m) => {
                 tracing::error!("internal error: {m}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                "internal"
             }
         };
         (
@@ -57,6 +68,18 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
         )
             .into_response()
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 }
 
@@ -76,6 +99,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/enrollments", post(enroll))
         .route("/v1/renewals", post(renew))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
         .merge(admin)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -101,8 +125,16 @@ async fn health(State(state): State<Shared>) -> Json<Value> {
     }))
 }
 
+/// Count an error answer for `/metrics`.
+fn counted<T>(state: &ServerState, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        state.service.metrics.error(e.status().as_u16());
+    }
+    result
+}
+
 async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let submitted = state.service.enroll(&body).await?;
+    let submitted = counted(&state, state.service.enroll(&body).await)?;
     let status = if submitted.new {
         StatusCode::CREATED
     } else {
@@ -112,7 +144,7 @@ async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, Ap
 }
 
 async fn renew(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let document = state.service.renew(&body).await?;
+    let document = counted(&state, state.service.renew(&body).await)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
 }
 

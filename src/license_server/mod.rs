@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod ledger_check;
+pub mod metrics;
 pub mod registry;
 pub mod store;
 
@@ -97,6 +98,11 @@ impl Issuer {
         &self.scope
     }
 
+    /// When the issuer certificate expires.
+    pub fn not_after(&self) -> DateTime<Utc> {
+        self.scope.not_after
+    }
+
     fn limits(&self) -> IssuerLimits {
         IssuerLimits {
             not_after: self.scope.not_after,
@@ -156,11 +162,16 @@ pub struct EntitleRequest {
 pub struct Service {
     pub store: Store,
     pub issuer: Issuer,
+    pub metrics: metrics::ServerMetrics,
 }
 
 impl Service {
     pub fn new(store: Store, issuer: Issuer) -> Arc<Service> {
-        Arc::new(Service { store, issuer })
+        Arc::new(Service {
+            store,
+            issuer,
+            metrics: Default::default(),
+        })
     }
 
     /// Store a model's header and content key (encrypted at rest).
@@ -274,6 +285,7 @@ impl Service {
                 registry::submit_enrollment(sql, &document, &body, clock::system_now())
             })
             .await?;
+        self.metrics.enrollment(submitted.new);
         if submitted.new {
             tracing::info!(
                 "enrollment {} submitted (pending approval)",
@@ -286,6 +298,7 @@ impl Service {
     /// A node asks for its first license or a renewal. Always answers with a signed
     /// response unless the request itself is malformed or forged.
     pub async fn renew(&self, bytes: &[u8]) -> Result<String, ApiError> {
+        let started = std::time::Instant::now();
         let (envelope, body) =
             protocol::parse_request(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         protocol::verify_request(&envelope, &body, &body.node_key)
@@ -316,6 +329,9 @@ impl Service {
         let decision = match decision {
             Renewal::Grant(grant) => {
                 let license = self.sign_license(&grant, now)?;
+                if let Some(f) = &grant.finding {
+                    self.metrics.finding(f.kind.as_str());
+                }
                 tracing::info!(
                     "renewed license {} for node {} (serial {}, expires {})",
                     grant.license_id,
@@ -340,6 +356,12 @@ impl Service {
                 Decision::Refused { reason, message }
             }
         };
+        let label = match &decision {
+            Decision::Renewed { .. } => "renewed".to_string(),
+            Decision::Pending { .. } => "pending".to_string(),
+            Decision::Refused { reason, .. } => format!("refused:{}", reason.as_str()),
+        };
+        self.metrics.renewal(&label, started.elapsed());
         Ok(self.issuer.sign(&RenewalResponseBody {
             version: 1,
             node_id: body.node_id,

@@ -434,6 +434,8 @@ pub struct IssuerLimits {
 /// A license to sign: everything the issuer needs beyond its keys.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// What the ledger comparison found, if anything.
+    pub finding: Option<ledger_check::Finding>,
     pub license_id: String,
     pub serial: u64,
     pub org: String,
@@ -619,6 +621,7 @@ pub fn renew(
         );
     }
     let ledger = input.usage.ledger.as_ref();
+    let finding_kept = finding.clone();
     sql.execute(
         "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -634,7 +637,7 @@ pub fn renew(
             ledger.map_or(Value::Null, |l| hex::encode(l.ledger_id).into()),
             ledger.map_or(Value::Null, |l| int(l.seq)),
             ledger.map_or(Value::Null, |l| hex::encode(l.hash).into()),
-            finding.map_or(Value::Null, |f| f.render().into()),
+            finding.as_ref().map_or(Value::Null, |f| f.render().into()),
         ],
     )?;
     let model = sql
@@ -649,6 +652,7 @@ pub fn renew(
             ))
         })?;
     Ok(Renewal::Grant(Box::new(Grant {
+        finding: finding_kept,
         license_id,
         serial: serial.max(0) as u64,
         org,

@@ -9,7 +9,8 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -157,10 +158,24 @@ enum Command {
     Shutdown,
 }
 
+/// Live counters of the engine thread (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Tokens generated since start.
+    pub generated_tokens: AtomicU64,
+    /// Prompt tokens ingested since start.
+    pub prompt_tokens: AtomicU64,
+    /// Requests waiting for a sequence slot.
+    pub waiting: AtomicU64,
+    /// Sequences generating now.
+    pub active: AtomicU64,
+}
+
 /// The handle the rest of the program holds.
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Command>,
+    stats: Arc<EngineStats>,
 }
 
 /// The engine thread has exited (it failed to start, or was shut down).
@@ -173,6 +188,8 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Engine, String> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let stats = Arc::new(EngineStats::default());
+        let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("leasehold-engine".into())
             .spawn(move || {
@@ -184,13 +201,17 @@ impl Engine {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                engine_main(backend, &config, &rx);
+                engine_main(backend, &config, &rx, &thread_stats);
             })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         ready_rx
             .recv()
             .map_err(|_| "the engine thread died while starting".to_string())??;
-        Ok(Engine { tx })
+        Ok(Engine { tx, stats })
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
     }
 
     pub fn submit(&self, request: GenerateRequest) -> Result<(), EngineGone> {
@@ -252,7 +273,12 @@ enum SessionEnd {
     Shutdown,
 }
 
-fn engine_main(backend: &LlamaBackend, config: &EngineConfig, rx: &mpsc::Receiver<Command>) {
+fn engine_main(
+    backend: &LlamaBackend,
+    config: &EngineConfig,
+    rx: &mpsc::Receiver<Command>,
+    stats: &EngineStats,
+) {
     while let Ok(command) = rx.recv() {
         match command {
             Command::Generate(req) => {
@@ -288,7 +314,10 @@ fn engine_main(backend: &LlamaBackend, config: &EngineConfig, rx: &mpsc::Receive
                 let end = match new_context(backend, &model, config) {
                     Ok(mut ctx) => {
                         let _ = reply.send(Ok(report));
-                        serve(&mut ctx, &model, config, rx)
+                        let end = serve(&mut ctx, &model, config, rx, stats);
+                        stats.active.store(0, Ordering::Relaxed);
+                        stats.waiting.store(0, Ordering::Relaxed);
+                        end
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -489,6 +518,7 @@ fn serve(
     model: &LlamaModel,
     config: &EngineConfig,
     rx: &mpsc::Receiver<Command>,
+    stats: &EngineStats,
 ) -> SessionEnd {
     let mut slots: Vec<Option<Slot>> = (0..config.parallel).map(|_| None).collect();
     let mut waiting: VecDeque<GenerateRequest> = VecDeque::new();
@@ -555,6 +585,10 @@ fn serve(
             }
         }
 
+        let active = slots.iter().flatten().count();
+        stats.active.store(active as u64, Ordering::Relaxed);
+        stats.waiting.store(waiting.len() as u64, Ordering::Relaxed);
+
         // 3. Build one batch: the next token of each generating sequence, then prompt chunks.
         batch.clear();
         let capacity = config.batch as usize;
@@ -584,6 +618,7 @@ fn serve(
                     .expect("bounded by capacity");
                 slot.ingested += 1;
                 slot.n_past += 1;
+                stats.prompt_tokens.fetch_add(1, Ordering::Relaxed);
             }
         }
         if batch.n_tokens() == 0 {
@@ -614,6 +649,7 @@ fn serve(
                 Some(FinishReason::Stop)
             } else {
                 slot.generated += 1;
+                stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 let piece = vocab.token_to_piece(token, false, None);
                 let text = slot.utf8.push(&piece);
                 let outcome = slot.stop.push(&text);

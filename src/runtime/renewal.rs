@@ -237,7 +237,7 @@ pub async fn fetch_license(
                 match opened.body.decision {
                     Decision::Renewed { license } => {
                         write_license(path, &license)?;
-                        eprintln!(
+                        tracing::info!(
                             "license received from {} into {}",
                             client.url(),
                             path.display()
@@ -249,8 +249,7 @@ pub async fn fetch_license(
                         message,
                     } => {
                         if !announced_wait {
-                            eprintln!("waiting for approval: {message}");
-                            tracing::info!("enrollment {enrollment_id} pending");
+                            tracing::info!(enrollment_id, "waiting for approval: {message}");
                             announced_wait = true;
                         }
                     }
@@ -263,7 +262,7 @@ pub async fn fetch_license(
             Err(e) => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(10) {
-                    eprintln!("{e}; retrying");
+                    tracing::warn!("{e}; retrying");
                 }
                 sleep_jittered(backoff(failures, Duration::from_secs(30))).await;
             }
@@ -288,6 +287,10 @@ pub struct RenewalStatus {
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
     pub renewals: u64,
+    /// Attempts that failed (server unreachable, bad answer) since start.
+    pub failures: u64,
+    /// Answers that refused (revoked, ended, denied, pending) since start.
+    pub refusals: u64,
     /// Server clock minus node clock at the last answer, in seconds.
     pub clock_offset_seconds: Option<i64>,
     /// The server's last refusal (revoked, ended, …).
@@ -373,6 +376,7 @@ impl Renewer {
                     let failures = {
                         let mut s = self.status.lock().unwrap();
                         s.consecutive_failures += 1;
+                        s.failures += 1;
                         s.last_error = Some(e.clone());
                         s.consecutive_failures
                     };
@@ -447,16 +451,16 @@ impl Renewer {
                 write_license(&self.license_path, &license).map_err(|e| e.to_string())?;
                 record(None);
                 self.status.lock().unwrap().renewals += 1;
-                tracing::info!(
-                    "renewed from {}: serial {}, expires {}",
+                tracing::debug!(
+                    "renewed from {}: serial {}",
                     self.client.url(),
-                    accepted.body.serial,
-                    accepted.body.expires_at
+                    accepted.body.serial
                 );
                 Ok(())
             }
             Decision::Refused { reason, message } => {
                 record(Some(format!("{}: {message}", reason.as_str())));
+                self.status.lock().unwrap().refusals += 1;
                 match reason {
                     RefusalReason::Revoked if self.lifecycle.revoked().is_none() => {
                         self.lifecycle.revoke(&message).await;
@@ -479,6 +483,7 @@ impl Renewer {
             }
             Decision::Pending { message, .. } => {
                 record(Some(format!("pending: {message}")));
+                self.status.lock().unwrap().refusals += 1;
                 Ok(())
             }
         }

@@ -7,6 +7,7 @@
 //! `Warning` header says when serving stops. After lapse, inference requests get
 //! HTTP 403 with error code `license_expired`.
 
+pub mod metrics;
 pub mod openai;
 pub mod validation;
 
@@ -39,6 +40,7 @@ use crate::runtime::engine::{
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase};
 use crate::runtime::renewal::Renewer;
+use metrics::NodeMetrics;
 use openai::{error_body, Endpoint, ResponseMeta, Usage};
 use validation::{Invalid, Limits, MAX_BODY_BYTES};
 
@@ -60,6 +62,8 @@ pub struct AppState {
     pub prompt_salt: Option<PromptSalt>,
     /// License caps, counted from the ledger.
     pub caps: CapGate,
+    /// Counters for `/metrics`.
+    pub metrics: NodeMetrics,
 }
 
 type Shared = Arc<AppState>;
@@ -192,6 +196,7 @@ pub fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/v1/license", get(license))
         .route("/v1/license/attestation", get(attestation))
+        .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn_with_state(state.clone(), phase_headers))
         .with_state(state)
 }
@@ -459,6 +464,9 @@ impl UsageRecord {
     async fn write(&mut self, outcome: &str) -> Result<(), ApiError> {
         self.written = true;
         self.permit = None;
+        self.state
+            .metrics
+            .request(outcome, self.prompt_tokens, self.completion_tokens);
         if outcome == "ok" {
             self.count_for_caps();
         }
@@ -494,6 +502,9 @@ impl Drop for UsageRecord {
             return;
         }
         self.count_for_caps();
+        self.state
+            .metrics
+            .request("cancelled", self.prompt_tokens, self.completion_tokens);
         let entry = self.entry("cancelled");
         let Some(ledger) = self.state.ledger.clone() else {
             return;
@@ -525,6 +536,7 @@ async fn generate(
     match state.caps.admit(&caps, clock::system_now()) {
         Ok(permit) => usage.permit = Some(permit),
         Err(exceeded) => {
+            state.metrics.cap_refused(&exceeded);
             usage.write("refused:license_cap_exceeded").await?;
             return Err(ApiError::cap_exceeded(&exceeded));
         }
@@ -740,6 +752,15 @@ async fn license(State(state): State<Shared>) -> Json<Value> {
         body["renewal"] = json!(renewer.status());
     }
     Json(body)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_page(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        metrics::render(&state),
+    )
+        .into_response()
 }
 
 /// `GET /v1/license/attestation`: license state and ledger head, signed by the node key.
