@@ -4,6 +4,8 @@
 #   python3 and pip                 (fetching the demo model from its PyPI wheel)
 #   postgresql                      (the license server's replica tests; scripts/postgres.sh)
 #   openssl                         (test certificates for the license server's TLS test)
+#   cargo-deb                       (scripts/package.sh; the packaging test)
+#   systemd                         (systemd-analyze verify on the units)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 set -euo pipefail
 
@@ -16,6 +18,8 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v strip >/dev/null 2>&1 || missing+=(binutils)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
@@ -28,4 +32,8 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust with rustup (https://rustup.rs) and run this again" >&2
   exit 1
+fi
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb (builds the .deb; a few minutes, once)" >&2
+  cargo install --quiet --locked cargo-deb --version 3.8.0
 fi

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Build the Debian package: target/debian/leasehold_<version>-1_<arch>.deb.
+#
+#   scripts/package.sh                    # release build; vendors leave the demo root out with
+#                                         # LEASEHOLD_BUILD_FLAGS=--no-default-features
+#   scripts/package.sh --binary PATH      # package an already built binary (the tests)
+#   scripts/package.sh --out DIR          # where the .deb goes
+#
+# Stages the binary (debug info stripped), shell completions and man pages generated
+# from it in target/deb-stage/, then runs `cargo deb --no-build` (cargo install cargo-deb).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+binary=""
+out="target/debian"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --binary) binary="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "package: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "package: cargo-deb is missing; run scripts/setup.sh (or: cargo install cargo-deb --locked)" >&2
+  exit 1
+fi
+if [ -z "$binary" ]; then
+  # shellcheck disable=SC2086
+  cargo build --release --locked --bin leasehold ${LEASEHOLD_BUILD_FLAGS:-}
+  binary="${CARGO_TARGET_DIR:-target}/release/leasehold"
+fi
+[ -x "$binary" ] || { echo "package: no executable at $binary" >&2; exit 1; }
+
+stage="target/deb-stage"
+rm -rf "$stage"
+mkdir -p "$stage/completions" "$stage/man"
+strip --strip-debug -o "$stage/leasehold" "$binary"
+"$stage/leasehold" completions bash > "$stage/completions/leasehold.bash"
+"$stage/leasehold" completions zsh > "$stage/completions/_leasehold"
+"$stage/leasehold" completions fish > "$stage/completions/leasehold.fish"
+"$stage/leasehold" man --out-dir "$stage/man" >/dev/null
+gzip -9n "$stage"/man/*.1
+
+mkdir -p "$out"
+cargo deb --no-build --no-strip --locked --output "$out"
