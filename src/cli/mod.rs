@@ -30,8 +30,9 @@ pub type Outcome = anyhow::Result<u8>;
     long_about = "leasehold seals GGUF models, issues Ed25519-signed licenses bound to one machine \
 and a validity window, and checks them.\n\n\
 Vendor:   keygen, seal, issue, certify-issuer, license-server, admin\n\
-Operator: enroll, fingerprint, check, serve, run, status, renew\n\
-Anyone:   inspect\n\n\
+Operator: enroll, fingerprint, check, serve, run, status, renew, config check\n\
+Auditor:  audit verify | report | verify-attestation | prompt-hash\n\
+Anyone:   inspect, completions, man\n\n\
 Quick start (demo root, this machine):\n  \
 leasehold enroll --node-dir node --out node.enroll\n  \
 leasehold seal model.gguf --model-id demo --out demo.sealed --key-out demo.key\n  \
