@@ -16,6 +16,9 @@
 //! - [`protocol`]: signed renewal requests and responses between nodes and servers.
 //! - [`license_server`]: the vendor's license server: enrollments, approvals, short
 //!   leases, revocation, usage checkpoints, on SQLite or PostgreSQL.
+//! - [`metrics`]: Prometheus text exposition for the node's and the server's `/metrics`.
+//! - [`watermark`]: the statistical text watermark's arithmetic (green lists, logit
+//!   bias, detection); not yet wired to licenses and the engine.
 //! - [`cli`]: the `leasehold` command line; thin, over the modules above.
 //!
 //! `unsafe` is confined to [`sys`], one small module with a `// SAFETY:` line per block.
@@ -36,3 +39,4 @@ pub mod runtime;
 pub mod seal;
 pub mod server;
 pub mod sys;
+pub mod watermark;
