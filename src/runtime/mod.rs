@@ -8,6 +8,7 @@
 //!   automatic renewal with backoff, obeying revocations.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
+//! - [`output_filter`]: the streaming-safe output filter (terms and bounded patterns).
 //!
 //! The runtime never writes plaintext weights to storage.
 
@@ -15,6 +16,7 @@ pub mod admission;
 pub mod caps;
 pub mod engine;
 pub mod lifecycle;
+pub mod output_filter;
 pub mod renewal;
 pub mod text;
 pub mod weights;
