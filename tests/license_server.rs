@@ -451,8 +451,7 @@ async fn serve_session(vendor: &Vendor, node: &Node, requests: usize, renewals: 
         "{renewals} renewal(s) expected: {}",
         server.stderr()
     );
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

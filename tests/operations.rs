@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use common::node::{leasehold, leasehold_env, NodeSite, Server};
 use serde_json::{json, Value};
@@ -43,8 +42,7 @@ fn config_file_then_environment_then_flag() {
         args.extend_from_slice(extra);
         let mut server = Server::start_env(site.path(), &args, env);
         let base = server.base.clone();
-        server.signal("TERM");
-        assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+        server.stop();
         base
     };
     // The file alone: every required flag comes from it.
@@ -252,8 +250,7 @@ async fn metrics_agree_with_the_license_endpoint() {
         m["leasehold_requests_total{outcome=refused:license_cap_exceeded}"],
         2.0
     );
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
     let log = server.stderr();
     let events: Vec<Value> = log
         .lines()

@@ -371,8 +371,7 @@ async fn a_deleted_or_rolled_back_ledger_is_refused_at_start() {
     let session = async |requests: usize| {
         let mut server = site.serve("x.license", &[]);
         complete(&http, &server, requests).await;
-        server.signal("TERM");
-        assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+        server.stop();
     };
     let ledger = site.path().join("node/usage.ledger");
     session(2).await;
@@ -454,8 +453,7 @@ async fn audit_report_totals_equal_what_clients_were_told() {
         prompt += usage["prompt_tokens"].as_u64().unwrap();
         completion += usage["completion_tokens"].as_u64().unwrap();
     }
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
 
     let report = |extra: &[&str]| {
         let mut args = vec!["audit", "report", "node/usage.ledger"];
@@ -562,14 +560,12 @@ async fn opt_in_prompt_hashes_find_a_prompt_without_storing_it() {
     // Without the opt-in: no hash in the records.
     let mut server = site.serve("x.license", &[]);
     let plain: Value = chat(&server).await.unwrap().json().await.unwrap();
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
     // With it: one hash per request, and neither the prompt nor the salt in the ledger.
     let mut server = site.serve("x.license", &["--ledger-prompt-hash"]);
     let hashed: Value = chat(&server).await.unwrap().json().await.unwrap();
     complete(&http, &server, 1).await;
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
     let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
     assert!(!text.contains("albatross"));
     assert_eq!(text.matches("prompt_sha256").count(), 2);
@@ -640,8 +636,7 @@ async fn one_ledger_serves_one_process() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    server.signal("TERM");
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    server.stop();
 }
 
 #[test]

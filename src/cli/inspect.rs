@@ -461,12 +461,8 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
     let mut rows: std::collections::BTreeMap<(String, String, String, String), ReportRow> =
         Default::default();
     let mut unreadable = 0u64;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(parsed) = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| record::parse(l).ok())
-            .filter(|p| p.actual_hash == p.written_hash)
-        else {
+    for parsed in record::each(&text) {
+        let Some(parsed) = parsed.filter(|p| p.actual_hash == p.written_hash) else {
             unreadable += 1;
             continue;
         };

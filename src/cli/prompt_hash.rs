@@ -43,13 +43,7 @@ pub fn run(args: PromptHashArgs) -> Outcome {
     if let Some(ledger) = &args.ledger {
         let bytes =
             std::fs::read(ledger).with_context(|| format!("cannot read {}", ledger.display()))?;
-        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Some(parsed) = std::str::from_utf8(line)
-                .ok()
-                .and_then(|l| record::parse(l).ok())
-            else {
-                continue;
-            };
+        for parsed in record::each(&bytes).flatten() {
             if let Entry::Request {
                 request_id,
                 outcome,

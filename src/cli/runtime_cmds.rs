@@ -249,8 +249,7 @@ fn open_ledger(
                 opened.records,
                 opened.totals.requests
             );
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            Ok((Some(Arc::new(ledger)), bytes))
+            Ok((Some(Arc::new(ledger)), opened.bytes))
         }
         Err(e) => {
             let code = match e {

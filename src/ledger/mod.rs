@@ -97,6 +97,9 @@ pub struct Opened {
     pub totals: Totals,
     /// A torn tail moved aside: (bytes, where).
     pub recovered: Option<(u64, PathBuf)>,
+    /// The ledger's complete records as read and verified here, so the caller need not
+    /// read the file again (the cap windows are counted from them).
+    pub bytes: Vec<u8>,
 }
 
 /// An open ledger; appends go through its writer thread.
@@ -349,7 +352,7 @@ impl Ledger {
                 }
             }));
         }
-        let bytes = std::fs::read(path).map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
+        let mut bytes = std::fs::read(path).map_err(|e| LedgerError::Fs(FsError::io(path, e)))?;
         let (summary, problem) = verify::verify(&bytes, &public.signing_key, &node_id);
         let mut recovered = None;
         match problem {
@@ -428,10 +431,12 @@ impl Ledger {
             );
             writer.flush(&text).map_err(LedgerError::Write)?;
         }
+        bytes.truncate(summary.valid_len as usize);
         let opened = Opened {
             records: summary.records,
             totals: summary.totals,
             recovered: recovered.map(|(n, side, _)| (n, side)),
+            bytes,
         };
         let (ops, rx) = mpsc::channel();
         std::thread::Builder::new()

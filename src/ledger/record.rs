@@ -166,6 +166,16 @@ pub fn parse(line: &str) -> Result<Parsed, String> {
     })
 }
 
+/// Each non-empty line of a ledger file, parsed: `None` for a line that is not a
+/// record. For readers that tally records (reports, caps, searches); checking the
+/// chain is [`super::verify`]'s job.
+pub fn each(bytes: &[u8]) -> impl Iterator<Item = Option<Parsed>> + '_ {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| std::str::from_utf8(l).ok().and_then(|l| parse(l).ok()))
+}
+
 impl Parsed {
     /// Does the checkpoint signature verify under `key`?
     pub fn signature_ok(&self, key: &PublicKey) -> bool {

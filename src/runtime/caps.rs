@@ -189,13 +189,7 @@ impl CapGate {
 pub fn windows_from_ledger(bytes: &[u8], now: DateTime<Utc>) -> Windows {
     use crate::ledger::record::{self, Entry};
     let mut windows = Windows::new(now);
-    for line in bytes.split(|&b| b == b'\n') {
-        let Some(parsed) = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| record::parse(l).ok())
-        else {
-            continue;
-        };
+    for parsed in record::each(bytes).flatten() {
         if let Entry::Request {
             prompt_tokens,
             completion_tokens,

@@ -229,6 +229,13 @@ impl Server {
         assert!(status.success());
     }
 
+    /// Stop it as systemd would (SIGTERM) and check that it exits cleanly (0) within
+    /// 30 s, its ledger closed with a final checkpoint.
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        assert_eq!(self.wait_exit(Duration::from_secs(30)), Some(0));
+    }
+
     /// Wait for the process to exit; its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
