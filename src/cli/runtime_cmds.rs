@@ -359,21 +359,6 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 }
             });
         }
-        let status = lifecycle.status();
-        println!(
-            "serving model '{}' on http://{} for '{}' (license {}, serial {}, {}, {} s left)",
-            status.license.body.model.model_id,
-            listener.local_addr().unwrap_or(listen),
-            status.license.body.licensee,
-            status.license.body.license_id,
-            status.license.body.serial,
-            status.phase.as_str(),
-            status.seconds_left
-        );
-        if status.license.authority.is_demo() {
-            tracing::warn!("this license chains to the DEMO root, whose secret key is public; it protects nothing");
-        }
-
         let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<u8>();
         watch_deadlines(lifecycle.clone(), args.exit_on_lapse.then(|| stop_tx.clone()));
         // SIGHUP: read the license file again and take it over if it is a valid renewal.
@@ -394,15 +379,33 @@ pub fn serve(args: ServeArgs) -> Outcome {
             });
         }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let code = Arc::new(std::sync::atomic::AtomicU8::new(exit::OK));
         let code_in = code.clone();
         let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = term.recv() => {}
                 Some(c) = stop_rx.recv() => { code_in.store(c, std::sync::atomic::Ordering::SeqCst); }
             }
         };
+        // Announced only now: every signal handler is in place, so a stop right after
+        // start still closes the ledger with a final checkpoint.
+        let status = lifecycle.status();
+        println!(
+            "serving model '{}' on http://{} for '{}' (license {}, serial {}, {}, {} s left)",
+            status.license.body.model.model_id,
+            listener.local_addr().unwrap_or(listen),
+            status.license.body.licensee,
+            status.license.body.license_id,
+            status.license.body.serial,
+            status.phase.as_str(),
+            status.seconds_left
+        );
+        if status.license.authority.is_demo() {
+            tracing::warn!("this license chains to the DEMO root, whose secret key is public; it protects nothing");
+        }
         axum::serve(listener, server::router(state))
             .with_graceful_shutdown(shutdown)
             .await

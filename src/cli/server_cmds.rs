@@ -69,32 +69,35 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
         let listener = std::net::TcpListener::bind(listen)
             .with_context(|| format!("cannot listen on {listen}"))?;
         listener.set_nonblocking(true)?;
-        println!(
-            "license server on {}://{} (issuer {key_id}, {} database; certified for organizations [{}], models [{}], leases up to {} s, until {})",
-            if tls.is_some() { "https" } else { "http" },
-            listener.local_addr().unwrap_or(listen),
-            service.store.kind(),
-            scope.orgs.join(", "),
-            scope.models.join(", "),
-            scope.max_lease_seconds,
-            rfc3339(scope.not_after)
-        );
         let state = Arc::new(ServerState {
             service,
             admin_token,
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let handle = axum_server::Handle::new();
         {
             let handle = handle.clone();
             tokio::spawn(async move {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = interrupt.recv() => {}
                     _ = term.recv() => {}
                 }
                 handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
         }
+        // Announced once a stop signal is handled.
+        println!(
+            "license server on {}://{} (issuer {key_id}, {} database; certified for organizations [{}], models [{}], leases up to {} s, until {})",
+            if tls.is_some() { "https" } else { "http" },
+            listener.local_addr().unwrap_or(listen),
+            state.service.store.kind(),
+            scope.orgs.join(", "),
+            scope.models.join(", "),
+            scope.max_lease_seconds,
+            rfc3339(scope.not_after)
+        );
         let app = http::router(state).into_make_service();
         match tls {
             Some(config) => axum_server::from_tcp_rustls(listener, config)
