@@ -509,7 +509,7 @@ impl Recorder {
     ) -> anyhow::Result<()> {
         let license = self.lifecycle.status().license.body;
         let now = crate::node::clock::system_now();
-        if outcome != "refused:license_cap_exceeded" {
+        if caps::counts(outcome) {
             self.caps
                 .record(now, u64::from(prompt_tokens) + u64::from(completion_tokens));
         }

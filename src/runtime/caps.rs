@@ -184,6 +184,12 @@ impl CapGate {
     }
 }
 
+/// Does a request with this ledger outcome count against the caps? Answered and
+/// cancelled ones do (the model worked for them); refused ones do not.
+pub fn counts(outcome: &str) -> bool {
+    outcome == "ok" || outcome == "cancelled"
+}
+
 /// The current windows, counted from a ledger file's request records (answered or
 /// cancelled), so caps hold across restarts.
 pub fn windows_from_ledger(bytes: &[u8], now: DateTime<Utc>) -> Windows {
@@ -197,7 +203,7 @@ pub fn windows_from_ledger(bytes: &[u8], now: DateTime<Utc>) -> Windows {
             ..
         } = &parsed.body.entry
         {
-            if outcome == "ok" || outcome == "cancelled" {
+            if counts(outcome) {
                 windows.add(parsed.body.at, prompt_tokens + completion_tokens);
             }
         }

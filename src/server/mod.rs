@@ -34,7 +34,7 @@ use crate::ledger::prompt_hash::{PromptParts, PromptSalt};
 use crate::ledger::record::Entry;
 use crate::ledger::Ledger;
 use crate::node::clock;
-use crate::runtime::caps::{CapExceeded, CapGate, Permit};
+use crate::runtime::caps::{self, CapExceeded, CapGate, Permit};
 use crate::runtime::engine::{
     Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
 };
@@ -467,7 +467,7 @@ impl UsageRecord {
         self.state
             .metrics
             .request(outcome, self.prompt_tokens, self.completion_tokens);
-        if outcome == "ok" {
+        if caps::counts(outcome) {
             self.count_for_caps();
         }
         let Some(ledger) = &self.state.ledger else {
