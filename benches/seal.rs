@@ -131,6 +131,7 @@ fn license_verification(c: &mut Criterion) {
         renewal: vec![],
         issued_at: t0,
         license_id: None,
+        safeguards: Default::default(),
     };
     let license = issue(&root, None, &enrollment, &header, &key, &terms)
         .unwrap()

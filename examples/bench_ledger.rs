@@ -50,6 +50,7 @@ async fn main() {
                             outcome: "ok".into(),
                             client_key: "1a2b3c4d".into(),
                             prompt_sha256: None,
+                            filter_rule: None,
                         })
                         .await
                         .unwrap();

@@ -110,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         renewal: vec!["https://licenses.example.com".into()],
         issued_at: t0,
         license_id: None,
+        safeguards: Default::default(),
     };
     let license = issue(&root, None, &enrollment, &header, &key, &terms)?;
     std::fs::write(out.join("license-v1.license"), license.render())?;

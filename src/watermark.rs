@@ -15,11 +15,14 @@
 use zeroize::Zeroizing;
 
 use crate::crypto::sha256;
+use crate::crypto::signing::SecretKey;
 
 const TAG: &[u8] = b"leasehold watermark\0";
+const KEY_TAG: &[u8] = b"leasehold watermark key v1\0";
 
 /// Watermark parameters, as a license mandates them.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Params {
     /// Fraction of the vocabulary in each green list (0 < γ < 1).
     pub gamma: f64,
@@ -92,6 +95,27 @@ impl WatermarkKey {
         WatermarkKey(Zeroizing::new(bytes))
     }
 
+    /// The key of one license, derived from the secret key that signs it, the license
+    /// id and the model id. The signer (vendor or license server) can therefore derive
+    /// it again for detection without storing it, renewals (same license id, same
+    /// signer) keep it, and a node cannot derive another license's key: it holds only
+    /// its own, unwrapped from its license.
+    pub fn derive(signer: &SecretKey, license_id: &str, model_id: &str) -> WatermarkKey {
+        let secret = signer.to_bytes();
+        let digest = sha256(&[
+            KEY_TAG,
+            secret.as_slice(),
+            license_id.as_bytes(),
+            b"\0",
+            model_id.as_bytes(),
+        ]);
+        WatermarkKey(Zeroizing::new(digest))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The seed of the green list that follows `previous` (its last `context` tokens).
     pub fn step_seed(&self, previous: &[i32], params: &Params) -> u64 {
         let start = previous.len().saturating_sub(params.context);
@@ -119,17 +143,19 @@ pub fn is_green(seed: u64, token: i32, params: &Params) -> bool {
 /// Add δ to the green tokens' logits (`logits[i]` is token `i`'s).
 pub fn bias(logits: &mut [f32], seed: u64, params: &Params) {
     let threshold = params.threshold();
+    let delta = params.delta;
+    // Branch-free: a green/red branch would be mispredicted a quarter of the time.
     for (token, logit) in logits.iter_mut().enumerate() {
-        if mix(seed ^ token as u64) < threshold {
-            *logit += params.delta;
-        }
+        let green = mix(seed ^ token as u64) < threshold;
+        *logit += f32::from(u8::from(green)) * delta;
     }
 }
 
 /// What the detector found in a token sequence.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Detection {
-    /// Tokens scored (all but the first `context`).
+    /// Tokens scored: all but the first `context`, each (previous tokens, token)
+    /// pair once.
     pub scored: usize,
     pub green: usize,
     /// (green − γ·T) / √(T·γ·(1−γ)).
@@ -138,11 +164,18 @@ pub struct Detection {
     pub p_value: f64,
 }
 
-/// Count green tokens in `tokens` under `key`.
+/// Count green tokens in `tokens` under `key`. A (previous tokens, token) pair that
+/// repeats is scored once: repeated phrases would otherwise count the same coin flip
+/// again and again, and push unwatermarked text with repetitions past the threshold
+/// (Kirchenbauer et al., "On the Reliability of Watermarks for LLMs", 2023).
 pub fn detect(tokens: &[i32], key: &WatermarkKey, params: &Params) -> Detection {
     let mut green = 0usize;
     let mut scored = 0usize;
+    let mut seen = std::collections::HashSet::new();
     for i in params.context..tokens.len() {
+        if !seen.insert(&tokens[i - params.context..=i]) {
+            continue;
+        }
         let seed = key.step_seed(&tokens[..i], params);
         scored += 1;
         if is_green(seed, tokens[i], params) {
@@ -286,12 +319,24 @@ mod tests {
         for run in 0..5 {
             let marked = generate(Some(&key), 200, run);
             let d = detect(&marked, &key, &p);
-            assert_eq!(d.scored, 199);
+            assert!(d.scored > 190, "{d:?}");
             assert!(d.z_score > 4.0 && d.p_value < 1e-4, "{d:?}");
             let plain = generate(None, 200, 100 + run);
             assert!(detect(&plain, &key, &p).z_score < 3.0);
             assert!(detect(&marked, &wrong, &p).z_score < 3.0);
         }
+    }
+
+    #[test]
+    fn a_repeated_phrase_is_scored_once() {
+        let p = params();
+        let key = WatermarkKey::from_bytes([7; 32]);
+        let phrase = [11, 12, 13, 14];
+        let repeated: Vec<i32> = phrase.iter().copied().cycle().take(400).collect();
+        let d = detect(&repeated, &key, &p);
+        // Pairs (11,12) (12,13) (13,14) (14,11): four coin flips, not 399.
+        assert_eq!(d.scored, 4);
+        assert!(d.z_score.abs() < 4.0);
     }
 
     #[test]

@@ -16,22 +16,6 @@ use common::node::{eventually, NodeSite, Server};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    let model = std::env::var_os("LEASEHOLD_DEMO_MODEL").map(PathBuf::from);
-    let python = std::env::var_os("LEASEHOLD_PYTHON").map(PathBuf::from);
-    match (model, python) {
-        (Some(m), Some(p)) => Some((m, p)),
-        _ => {
-            assert!(
-                std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
-                "LEASEHOLD_DEMO_MODEL and LEASEHOLD_PYTHON must be set when LEASEHOLD_REQUIRE_ALL is"
-            );
-            eprintln!("LEASEHOLD_DEMO_MODEL or LEASEHOLD_PYTHON not set: run scripts/test.sh for the end-to-end test");
-            None
-        }
-    }
-}
-
 fn python(py: &Path, mode: &str, server: &Server) -> Output {
     Command::new(py)
         .arg(common::repo_path("tests/python/openai_client.py"))
@@ -122,7 +106,7 @@ fn assert_no_plaintext_on_storage(model: &Path, site: &NodeSite) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_model_serves_openai_clients_lapses_and_renews() {
-    let Some((model, py)) = prerequisites() else {
+    let Some((model, py)) = common::demo_prerequisites() else {
         return;
     };
     let site = NodeSite::new(Some(&model));

@@ -628,6 +628,119 @@ async fn revoking_a_node_stops_it_and_spares_the_others() {
 }
 
 #[test]
+fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.add_model();
+    std::fs::write(
+        vendor.path().join("rules.toml"),
+        "terms = [\"Project Albatross\"]\npatterns = ['[0-9]{3}-[0-9]{2}-[0-9]{4}']\n",
+    )
+    .unwrap();
+    std::fs::write(
+        vendor.path().join("unbounded.toml"),
+        "patterns = ['secret.*']\n",
+    )
+    .unwrap();
+    let entitle = |extra: &[&str]| {
+        let mut args = vec![
+            "entitle",
+            "--org",
+            ORG,
+            "--model",
+            "tiny",
+            "--nodes",
+            "1",
+            "--term-end",
+            "+1d",
+            "--lease",
+            "1h",
+        ];
+        args.extend_from_slice(extra);
+        vendor.admin(&args)
+    };
+    // Safeguards that a node could not apply are refused when entitling.
+    for bad in [
+        &["--watermark", "gamma=1.5,delta=2"][..],
+        &["--filter-rules", "unbounded.toml"][..],
+    ] {
+        let out = entitle(bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+    }
+    ok(
+        &entitle(&[
+            "--watermark",
+            "gamma=0.5,delta=3.0",
+            "--filter-rules",
+            "rules.toml",
+        ]),
+        "admin entitle",
+    );
+    let listed = vendor.admin_json(&["entitlements"]);
+    let safeguards = &listed["entitlements"][0]["safeguards"];
+    assert_eq!(safeguards["watermark"]["gamma"], 0.5);
+    assert_eq!(safeguards["output_filter"]["terms"][0], "Project Albatross");
+
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    // The first lease (fetched by serve) and a renewal (by files) both mandate them,
+    // with the same watermark key: text from either lease is one license's text.
+    let p = node.path();
+    let first = {
+        let mut server = node.serve(&vendor);
+        let url = server.url("/v1/license");
+        let license: Value = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() });
+        assert_eq!(license["safeguards"]["watermark"]["delta"], 3.0);
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        std::fs::read(p.join("node.license")).unwrap()
+    };
+    let renew = |args: &[&str]| {
+        let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
+        all.extend_from_slice(args);
+        ok(&leasehold(p, &all), &format!("renew {args:?}"))
+    };
+    renew(&["--request-out", "req.json"]);
+    std::fs::copy(p.join("req.json"), vendor.path().join("req.json")).unwrap();
+    vendor.admin_ok(&[
+        "renew",
+        "--request",
+        "req.json",
+        "--response-out",
+        "resp.json",
+    ]);
+    std::fs::copy(vendor.path().join("resp.json"), p.join("resp.json")).unwrap();
+    renew(&["--response", "resp.json"]);
+    let second = std::fs::read(p.join("node.license")).unwrap();
+    let identity = leasehold::node::NodeIdentity::load(&p.join("node")).unwrap();
+    let keys: Vec<[u8; 32]> = [first, second]
+        .iter()
+        .map(|bytes| {
+            let license = leasehold::license::verify::authenticate(
+                bytes,
+                &leasehold::license::TrustRoots::compiled_in(),
+            )
+            .unwrap();
+            let body = &license.body;
+            assert_eq!(body.features, ["output-filter", "watermark"]);
+            assert_eq!(
+                body.output_filter.as_ref().unwrap().terms,
+                ["Project Albatross"]
+            );
+            let guards =
+                leasehold::runtime::safeguards::Safeguards::from_license(body, &identity).unwrap();
+            let watermark = guards.watermark.unwrap();
+            assert_eq!((watermark.params.gamma, watermark.params.delta), (0.5, 3.0));
+            *watermark.key.as_bytes()
+        })
+        .collect();
+    assert_eq!(keys[0], keys[1]);
+}
+
+#[test]
 fn an_entitlement_for_n_nodes_refuses_the_next_enrollment() {
     let mut vendor = Vendor::new(None, &[]);
     vendor.start();

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::gguf::tiny_llama;
@@ -11,6 +12,7 @@ use leasehold::runtime::engine::{
     ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest, Prompt,
     SamplingParams,
 };
+use leasehold::runtime::safeguards::Safeguards;
 use leasehold::runtime::weights::DecryptedWeights;
 use leasehold::seal::{self, SealedModel};
 use tempfile::TempDir;
@@ -93,6 +95,7 @@ async fn complete(
                 reason,
                 prompt_tokens,
                 completion_tokens,
+                ..
             } => return Ok((text, reason, prompt_tokens, completion_tokens)),
             Event::Failed(e) => return Err(e),
         }
@@ -109,7 +112,12 @@ async fn loaded_engine(sealed: &Sealed, parallel: u32) -> Engine {
     })
     .unwrap();
     engine
-        .load(sealed.path.clone(), sealed.key.clone(), None)
+        .load(
+            sealed.path.clone(),
+            sealed.key.clone(),
+            Arc::new(Safeguards::none()),
+            None,
+        )
         .await
         .unwrap()
         .unwrap();
@@ -247,7 +255,12 @@ async fn unload_ends_running_requests_and_a_reload_serves_again() {
         GenerateError::LicenseExpired
     );
     engine
-        .load(sealed.path.clone(), sealed.key.clone(), None)
+        .load(
+            sealed.path.clone(),
+            sealed.key.clone(),
+            Arc::new(Safeguards::none()),
+            None,
+        )
         .await
         .unwrap()
         .unwrap();

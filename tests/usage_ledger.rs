@@ -25,6 +25,7 @@ fn request(i: u64) -> Entry {
         outcome: "ok".into(),
         client_key: "-".into(),
         prompt_sha256: None,
+        filter_rule: None,
     }
 }
 
@@ -150,6 +151,7 @@ async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
             outcome: "ok".into(),
             client_key: "-".into(),
             prompt_sha256: None,
+            filter_rule: None,
         },
         ..original
     };

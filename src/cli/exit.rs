@@ -27,6 +27,8 @@ pub const MODEL_MISMATCH: u8 = 21;
 pub const SERVER_REFUSED: u8 = 22;
 /// A usage ledger failed verification (`audit verify`).
 pub const LEDGER_DAMAGED: u8 = 23;
+/// `watermark detect` found no watermark in the text.
+pub const NO_WATERMARK: u8 = 24;
 
 /// The exit-code table, as printed in `--help`.
 pub const TABLE: &str = "\
@@ -47,7 +49,8 @@ Exit codes:
   21  model mismatch: the sealed model or key is not the one licensed (check)
   22  refused by the license server: revoked, ended, denied, or not enrolled
   23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify);
-      for serve: the ledger is damaged, deleted or rolled back";
+      for serve: the ledger is damaged, deleted or rolled back
+  24  no watermark: the text does not carry the license's watermark (watermark detect)";
 
 /// The exit code of a verdict.
 pub fn for_verdict(verdict: &Verdict) -> u8 {
@@ -81,6 +84,7 @@ pub fn for_refusal(refusal: &Refusal) -> u8 {
         Refusal::Sealed(e) => for_seal_error(e),
         Refusal::ModelMismatch(_) => MODEL_MISMATCH,
         Refusal::Unwrap(_) => WRONG_MACHINE,
+        Refusal::Safeguards(_) => UNSUPPORTED,
         Refusal::Fs(_) | Refusal::State(_) => ERROR,
     }
 }

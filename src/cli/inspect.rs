@@ -113,6 +113,7 @@ fn print_license(license: &VerifiedLicense) {
             b.features.join(", ")
         }
     );
+    println!("  safeguards    {}", b.safeguards_summary());
     println!(
         "  renewal       {}",
         if b.renewal.is_empty() {

@@ -11,6 +11,7 @@ mod prompt_hash;
 mod runtime_cmds;
 mod server_cmds;
 mod vendor;
+mod watermark_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +32,7 @@ pub type Outcome = anyhow::Result<u8>;
 and a validity window, and checks them.\n\n\
 Vendor:   keygen, seal, issue, certify-issuer, license-server, admin\n\
 Operator: enroll, fingerprint, check, serve, run, status, renew, config check\n\
-Auditor:  audit verify | report | verify-attestation | prompt-hash\n\
+Auditor:  audit verify | report | verify-attestation | prompt-hash, watermark detect\n\
 Anyone:   inspect, completions, man\n\n\
 Quick start (demo root, this machine):\n  \
 leasehold enroll --node-dir node --out node.enroll\n  \
@@ -116,6 +117,9 @@ pub enum Command {
     /// Auditor tools: check a node's usage ledger with public keys only.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The license-mandated text watermark: find it in a text.
+    #[command(subcommand)]
+    Watermark(WatermarkCommand),
     /// Print a shell completion script (e.g. `leasehold completions bash > /etc/bash_completion.d/leasehold`).
     Completions(CompletionsArgs),
     /// Print the man page, or write all of them with --out-dir.
@@ -151,6 +155,63 @@ pub struct ConfigCheckArgs {
     /// The config file.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WatermarkCommand {
+    /// Is FILE text generated under a watermarked license? Reports green tokens,
+    /// z-score, p-value and the license (exit 0 watermark found, 1 not found).
+    #[command(after_help = WATERMARK_HELP)]
+    Detect(WatermarkDetectArgs),
+}
+
+const WATERMARK_HELP: &str = "\
+Two ways to hold the license's watermark key:
+
+  On the node (the key is unwrapped with the node's key, the vocabulary read from the
+  sealed model in memory):
+    leasehold watermark detect --license node.license --node-dir node --sealed m.sealed answer.txt
+
+  At the vendor (the key is derived again from the key that signed the license; give
+  every license that might have produced the text, or a directory of them, and the
+  detector names the one whose watermark it finds):
+    leasehold watermark detect --vendor-key issuer.key --model plain.gguf \\
+        --license licenses/ answer.txt
+
+The text is tokenized with the model's vocabulary. Each token after the first
+`context` ones is green or not under the license's key; without the watermark about
+gamma of them are. z = (green - gamma*T) / sqrt(T*gamma*(1-gamma)); the verdict is
+\"watermarked\" when z exceeds 4 (one-sided p < 3.2e-5). Short texts (under about 25
+tokens) cannot carry enough evidence either way. FILE - reads standard input.";
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("holder").required(true).args(["node_dir", "vendor_key"])))]
+pub struct WatermarkDetectArgs {
+    /// The text to test (- for standard input).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// The license(s) that may have produced the text; repeatable; a directory means
+    /// every *.license file in it. On the node, exactly one.
+    #[arg(long = "license", value_name = "X.license", required = true)]
+    pub licenses: Vec<PathBuf>,
+    /// On the node: the node directory (its key unwraps the license's watermark key).
+    #[arg(long, value_name = "DIR", requires = "sealed")]
+    pub node_dir: Option<PathBuf>,
+    /// On the node: the sealed model (its vocabulary tokenizes the text).
+    #[arg(long, value_name = "M.sealed", requires = "node_dir")]
+    pub sealed: Option<PathBuf>,
+    /// At the vendor: the secret key that signed the license(s) (root or issuer).
+    #[arg(long, value_name = "KEY", requires = "model", conflicts_with_all = ["node_dir", "sealed"])]
+    pub vendor_key: Option<PathBuf>,
+    /// At the vendor: the plain GGUF model (its vocabulary tokenizes the text).
+    #[arg(long, value_name = "M.gguf", requires = "vendor_key")]
+    pub model: Option<PathBuf>,
+    /// z-score above which the verdict is "watermarked".
+    #[arg(long, value_name = "Z", default_value_t = 4.0)]
+    pub threshold: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -383,9 +444,28 @@ pub struct IssueArgs {
     /// License server URL for renewals; repeatable.
     #[arg(long = "renewal", value_name = "URL")]
     pub renewal: Vec<String>,
+    #[command(flatten)]
+    pub safeguards: SafeguardArgs,
     /// Where to write the license (default: standard output).
     #[arg(long, value_name = "X.license")]
     pub out: Option<PathBuf>,
+}
+
+/// Safeguards a license mandates; the node applies them and its operator cannot turn
+/// them off.
+#[derive(Args, Debug, Default)]
+pub struct SafeguardArgs {
+    /// Mandate a text watermark on everything the model generates (Kirchenbauer et
+    /// al. 2023): gamma = green-list fraction, delta = logit bias, context = previous
+    /// tokens seeding each green list (default 1). E.g. gamma=0.25,delta=2.0. Find it
+    /// later with `leasehold watermark detect`.
+    #[arg(long, value_name = "gamma=G,delta=D[,context=N]")]
+    pub watermark: Option<String>,
+    /// Mandate an output filter: a TOML file with `terms = ["..."]` (matched ignoring
+    /// case) and `patterns = ['regex']` (each of bounded length). A match ends the
+    /// answer with finish_reason "content_filter"; the matched text never leaves the node.
+    #[arg(long, value_name = "RULES.toml")]
+    pub filter_rules: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -703,6 +783,8 @@ pub struct EntitleArgs {
     /// A usage cap, NAME=N; repeatable (as for `issue`).
     #[arg(long = "cap", value_name = "NAME=N")]
     pub caps: Vec<String>,
+    #[command(flatten)]
+    pub safeguards: SafeguardArgs,
 }
 
 #[derive(Args, Debug)]
@@ -840,6 +922,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
         Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
         Command::Audit(AuditCommand::PromptHash(a)) => prompt_hash::run(a),
+        Command::Watermark(WatermarkCommand::Detect(a)) => watermark_cmd::detect(a),
         Command::Completions(a) => generated::completions(a),
         Command::Man(a) => generated::man(a),
         Command::Config(ConfigCommand::Check(a)) => config::check(a),

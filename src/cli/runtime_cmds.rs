@@ -21,7 +21,7 @@ use crate::protocol::LicenseRef;
 use crate::runtime::admission::assess_here;
 use crate::runtime::caps::{self, CapGate};
 use crate::runtime::engine::{
-    ChatMessage, Engine, EngineConfig, Event, GenerateError, GenerateRequest, Prompt,
+    ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest, Prompt,
     SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
@@ -406,6 +406,10 @@ pub fn serve(args: ServeArgs) -> Outcome {
         if status.license.authority.is_demo() {
             tracing::warn!("this license chains to the DEMO root, whose secret key is public; it protects nothing");
         }
+        let safeguards = status.license.body.safeguards_summary();
+        if safeguards != "none" {
+            tracing::info!("the license mandates: {safeguards}; applied to every answer");
+        }
         axum::serve(listener, server::router(state))
             .with_graceful_shutdown(shutdown)
             .await
@@ -506,6 +510,7 @@ impl Recorder {
         prompt_tokens: u32,
         completion_tokens: u32,
         outcome: &str,
+        filter_rule: Option<String>,
     ) -> anyhow::Result<()> {
         let license = self.lifecycle.status().license.body;
         let now = crate::node::clock::system_now();
@@ -522,6 +527,7 @@ impl Recorder {
             outcome: outcome.to_string(),
             client_key: "cli".into(),
             prompt_sha256: None,
+            filter_rule,
         };
         self.ledger
             .append(entry)
@@ -543,7 +549,7 @@ async fn generate_to_stdout(
         Ok(permit) => permit,
         Err(exceeded) => {
             recorder
-                .record(0, 0, "refused:license_cap_exceeded")
+                .record(0, 0, "refused:license_cap_exceeded", None)
                 .await?;
             bail!("{exceeded}");
         }
@@ -567,11 +573,21 @@ async fn generate_to_stdout(
             Event::Finished {
                 prompt_tokens,
                 completion_tokens,
-                ..
+                reason,
+                filter_rule,
             } => {
                 println!();
+                let outcome = if reason == FinishReason::ContentFilter {
+                    eprintln!(
+                        "[the license's output filter ({}) ended this answer; the matched text was not shown]",
+                        filter_rule.as_deref().unwrap_or("a rule")
+                    );
+                    "filtered"
+                } else {
+                    "ok"
+                };
                 recorder
-                    .record(prompt_tokens, completion_tokens, "ok")
+                    .record(prompt_tokens, completion_tokens, outcome, filter_rule)
                     .await?;
                 return Ok(text);
             }
@@ -581,7 +597,7 @@ async fn generate_to_stdout(
                     GenerateError::PromptTooLong { .. } => "refused:context_length_exceeded",
                     _ => "refused:engine_error",
                 };
-                recorder.record(prompt_tokens, 0, outcome).await?;
+                recorder.record(prompt_tokens, 0, outcome, None).await?;
                 bail!("{e}")
             }
             Event::Started { prompt_tokens: n } => prompt_tokens = n,

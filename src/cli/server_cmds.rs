@@ -233,6 +233,7 @@ pub fn admin(args: AdminArgs) -> Outcome {
                     .num_seconds()
                     .max(0) as u64,
                 caps,
+                safeguards: super::vendor::safeguards(&a.safeguards)?,
             };
             let v = admin.post("/admin/entitlements", &serde_json::to_value(&request)?)?;
             if json_out {

@@ -4,18 +4,22 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use super::{exit, progress, CertifyIssuerArgs, IssueArgs, KeygenArgs, Outcome, SealArgs};
+use super::{
+    exit, progress, CertifyIssuerArgs, IssueArgs, KeygenArgs, Outcome, SafeguardArgs, SealArgs,
+};
 use crate::crypto::keyfile::{self, KeyKind};
 use crate::crypto::signing::SecretKey;
 use crate::crypto::ContentKey;
 use crate::format::time::{parse_duration, parse_instant, rfc3339};
 use crate::format::{DocumentKind, Envelope};
 use crate::fsutil::{self, Replace};
-use crate::license::issue::{self as issuing, Terms};
+use crate::license::issue::{self as issuing, Safeguards, Terms};
 use crate::license::verify::authenticate;
-use crate::license::{Caps, IssuerCertBody, TrustRoots, Verdict};
+use crate::license::{Caps, FilterRules, IssuerCertBody, TrustRoots, Verdict};
 use crate::node::{clock, enrollment};
+use crate::runtime::output_filter::OutputFilter;
 use crate::seal::{self, SealedModel};
+use crate::watermark;
 
 fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
     let mut s = prefix.as_os_str().to_owned();
@@ -123,6 +127,33 @@ fn read_document(path: &Path, what: &'static str) -> anyhow::Result<Vec<u8>> {
     )?)
 }
 
+/// Read `--watermark` and `--filter-rules` (for `issue` and `admin entitle`).
+pub fn safeguards(args: &SafeguardArgs) -> anyhow::Result<Safeguards> {
+    let watermark = match &args.watermark {
+        None => None,
+        Some(text) => Some(
+            watermark::Params::parse(text)
+                .map_err(|e| anyhow::anyhow!("--watermark {text}: {e}"))?,
+        ),
+    };
+    let output_filter = match &args.filter_rules {
+        None => None,
+        Some(path) => {
+            let text = fsutil::read_limited(path, 1 << 20, "filter rules")?;
+            let text = String::from_utf8(text)
+                .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+            let rules = FilterRules::parse_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            OutputFilter::new(&rules).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(rules)
+        }
+    };
+    Ok(Safeguards {
+        watermark,
+        output_filter,
+    })
+}
+
 pub fn issue(args: IssueArgs) -> Outcome {
     let now = clock::system_now();
     let signer = keyfile::read_secret_key(&args.key)?;
@@ -161,6 +192,7 @@ pub fn issue(args: IssueArgs) -> Outcome {
         renewal: args.renewal.clone(),
         issued_at: now,
         license_id: None,
+        safeguards: safeguards(&args.safeguards)?,
     };
     let license = issuing::issue(
         &signer,

@@ -59,9 +59,19 @@ pub enum UnwrapError {
     Malformed,
 }
 
-/// The `info` string binding a wrapped key to its license and model.
+/// The `info` string binding a wrapped content key to its license and model.
 pub fn binding_info(license_id: &str, model_id: &str) -> Vec<u8> {
-    let mut info = b"leasehold content key v1\0".to_vec();
+    info_for(b"leasehold content key v1\0", license_id, model_id)
+}
+
+/// The `info` string binding a wrapped watermark key to its license and model: another
+/// purpose tag, so a content key can never be passed off as a watermark key or back.
+pub fn watermark_binding_info(license_id: &str, model_id: &str) -> Vec<u8> {
+    info_for(b"leasehold watermark key v1\0", license_id, model_id)
+}
+
+fn info_for(tag: &[u8], license_id: &str, model_id: &str) -> Vec<u8> {
+    let mut info = tag.to_vec();
     info.extend_from_slice(license_id.as_bytes());
     info.push(0);
     info.extend_from_slice(model_id.as_bytes());
@@ -74,17 +84,25 @@ pub fn wrap(
     info: &[u8],
     key: &ContentKey,
 ) -> Result<WrappedKey, UnwrapError> {
+    wrap_secret(recipient, info, key.as_bytes())
+}
+
+/// Wrap any 32-byte secret (a content key, a watermark key) to a node.
+pub fn wrap_secret(
+    recipient: &[u8; 32],
+    info: &[u8],
+    secret: &[u8; 32],
+) -> Result<WrappedKey, UnwrapError> {
     let public = KemPublic::from_bytes(recipient).map_err(|_| UnwrapError::Malformed)?;
-    let (encapsulated, ciphertext) =
-        hpke::single_shot_seal::<AesGcm256, HkdfSha256, X25519HkdfSha256, _>(
-            &OpModeS::Base,
-            &public,
-            info,
-            key.as_bytes(),
-            b"",
-            &mut rand::rng(),
-        )
-        .map_err(|_| UnwrapError::Malformed)?;
+    let (encapsulated, ciphertext) = hpke::single_shot_seal::<
+        AesGcm256,
+        HkdfSha256,
+        X25519HkdfSha256,
+        _,
+    >(
+        &OpModeS::Base, &public, info, secret, b"", &mut rand::rng()
+    )
+    .map_err(|_| UnwrapError::Malformed)?;
     let mut enc = [0u8; 32];
     enc.copy_from_slice(&encapsulated.to_bytes());
     Ok(WrappedKey {
@@ -99,6 +117,15 @@ pub fn unwrap(
     info: &[u8],
     wrapped: &WrappedKey,
 ) -> Result<ContentKey, UnwrapError> {
+    unwrap_secret(secret, info, wrapped).map(|bytes| ContentKey::from_bytes(*bytes))
+}
+
+/// Unwrap any 32-byte secret wrapped with [`wrap_secret`].
+pub fn unwrap_secret(
+    secret: &UnwrapSecret,
+    info: &[u8],
+    wrapped: &WrappedKey,
+) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
     let private = KemPrivate::from_bytes(secret.as_bytes()).map_err(|_| UnwrapError::Malformed)?;
     let encapsulated =
         KemEncapped::from_bytes(&wrapped.encapsulated).map_err(|_| UnwrapError::Malformed)?;
@@ -113,11 +140,12 @@ pub fn unwrap(
         )
         .map_err(|_| UnwrapError::NotForThisKey)?,
     );
-    let bytes: [u8; 32] = plaintext
-        .as_slice()
-        .try_into()
-        .map_err(|_| UnwrapError::Malformed)?;
-    Ok(ContentKey::from_bytes(bytes))
+    if plaintext.len() != 32 {
+        return Err(UnwrapError::Malformed);
+    }
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    bytes.copy_from_slice(&plaintext);
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ pub enum Entry {
         model_id: String,
         prompt_tokens: u64,
         completion_tokens: u64,
-        /// `ok`, `cancelled`, or `refused:<code>`.
+        /// `ok`, `cancelled`, `filtered` (the license's output filter ended the
+        /// answer), or `refused:<code>`.
         outcome: String,
         /// Short id of the client's API key (`-` without keys).
         client_key: String,
@@ -64,6 +65,9 @@ pub enum Entry {
         /// to someone holding the salt; tells an auditor without it nothing.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prompt_sha256: Option<Digest>,
+        /// With outcome `filtered`: the license's filter rule that matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter_rule: Option<String>,
     },
     /// Signed by the node key: the chain up to here and the totals.
     Checkpoint { totals: Totals },

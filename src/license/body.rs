@@ -31,6 +31,12 @@ pub struct LicenseBody {
     /// License server URLs for renewal.
     pub renewal: Vec<String>,
     pub content_key: WrappedContentKey,
+    /// A watermark the node must put into everything it generates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<WatermarkMandate>,
+    /// Rules the node must apply to generated text before any of it leaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_filter: Option<FilterRules>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<Extension>,
 }
@@ -55,6 +61,44 @@ impl LicenseBody {
     /// The HPKE info binding the wrapped content key.
     pub fn key_binding_info(&self) -> Vec<u8> {
         crate::crypto::key_wrap::binding_info(&self.license_id, &self.model.model_id)
+    }
+
+    /// The mandated safeguards in words: "watermark (gamma 0.25, delta 2, context 1),
+    /// output filter (1 term, 2 patterns)", or "none".
+    pub fn safeguards_summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(w) = &self.watermark {
+            parts.push(format!(
+                "watermark (gamma {}, delta {}, context {})",
+                w.gamma, w.delta, w.context
+            ));
+        }
+        if let Some(f) = &self.output_filter {
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+            parts.push(format!(
+                "output filter ({}, {})",
+                n(f.terms.len(), "term"),
+                n(f.patterns.len(), "pattern")
+            ));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// The mandated safeguards as JSON (parameters and rule counts, not the key).
+    pub fn safeguards_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "watermark": self.watermark.as_ref().map(|w| serde_json::json!({"gamma": w.gamma, "delta": w.delta, "context": w.context})),
+            "output_filter": self.output_filter.as_ref().map(|f| serde_json::json!({"terms": f.terms.len(), "patterns": f.patterns.len()})),
+        })
+    }
+
+    /// The HPKE info binding the wrapped watermark key.
+    pub fn watermark_binding_info(&self) -> Vec<u8> {
+        crate::crypto::key_wrap::watermark_binding_info(&self.license_id, &self.model.model_id)
     }
 }
 
@@ -182,6 +226,76 @@ impl WrappedContentKey {
             encapsulated: self.encapsulated,
             ciphertext: self.ciphertext.clone(),
         }
+    }
+}
+
+/// The watermark a license mandates: Kirchenbauer et al.'s green-list parameters and
+/// the secret that seeds the green lists, wrapped to the node like the content key
+/// (HPKE, `info` = `leasehold watermark key v1\0` ‖ license id ‖ 0 ‖ model id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkMandate {
+    pub gamma: f64,
+    pub delta: f64,
+    pub context: u32,
+    pub key: WrappedContentKey,
+}
+
+impl WatermarkMandate {
+    pub fn params(&self) -> crate::watermark::Params {
+        crate::watermark::Params {
+            gamma: self.gamma,
+            delta: self.delta as f32,
+            context: self.context as usize,
+        }
+    }
+}
+
+/// Output filter rules a license mandates: literal terms (matched ignoring case) and
+/// regular expressions of bounded length.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRules {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+}
+
+impl FilterRules {
+    /// Read a rules file:
+    ///
+    /// ```toml
+    /// terms = ["Project Albatross", "internal use only"]
+    /// patterns = ['\b\d{3}-\d{2}-\d{4}\b']
+    /// ```
+    pub fn parse_toml(text: &str) -> Result<FilterRules, String> {
+        let doc = toml_edit::Document::parse(text).map_err(|e| e.to_string())?;
+        let mut rules = FilterRules::default();
+        for (key, item) in doc.as_table().iter() {
+            let list = match key {
+                "terms" => &mut rules.terms,
+                "patterns" => &mut rules.patterns,
+                other => {
+                    return Err(format!(
+                        "unknown key '{other}' (a rules file has `terms` and `patterns`)"
+                    ))
+                }
+            };
+            let array = item
+                .as_array()
+                .ok_or_else(|| format!("`{key}` must be an array of strings"))?;
+            for value in array.iter() {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| format!("`{key}` must be an array of strings"))?;
+                list.push(text.to_string());
+            }
+        }
+        if rules.terms.is_empty() && rules.patterns.is_empty() {
+            return Err("the rules file has no terms and no patterns".into());
+        }
+        Ok(rules)
     }
 }
 

@@ -3,10 +3,11 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::body::{
-    Caps, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WrappedContentKey,
+    Caps, FilterRules, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WatermarkMandate,
+    WrappedContentKey,
 };
 use super::issuer::IssuerCertBody;
-use super::KNOWN_FEATURES;
+use super::{FEATURE_OUTPUT_FILTER, FEATURE_WATERMARK, KNOWN_FEATURES};
 use crate::crypto::key_wrap;
 use crate::crypto::signing::SecretKey;
 use crate::crypto::{random, ContentKey};
@@ -15,7 +16,9 @@ use crate::format::time::whole_seconds;
 use crate::format::{Body, Envelope};
 use crate::node::enrollment::EnrollmentBody;
 use crate::node::hardware::{self, BoundComponent};
+use crate::runtime::output_filter::OutputFilter;
 use crate::seal::Header;
+use crate::watermark::{self, WatermarkKey};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
@@ -33,6 +36,10 @@ pub enum IssueError {
     Wrap(String),
     #[error("invalid issuer certificate: {0}")]
     Certificate(String),
+    #[error("invalid watermark: {0}")]
+    Watermark(String),
+    #[error("invalid output filter rules: {0}")]
+    OutputFilter(String),
 }
 
 /// What to grant, for how long.
@@ -49,6 +56,26 @@ pub struct Terms {
     pub issued_at: DateTime<Utc>,
     /// Keep this license id (a renewal of an existing license); `None` draws a new one.
     pub license_id: Option<String>,
+    /// The watermark and output filter to mandate.
+    pub safeguards: Safeguards,
+}
+
+/// What a license mandates beyond caps: a watermark (its key is derived from the
+/// signer when the license is signed) and output filter rules. Kept with an
+/// entitlement on the license server, so every lease of it carries them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Safeguards {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<watermark::Params>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_filter: Option<FilterRules>,
+}
+
+impl Safeguards {
+    pub fn is_empty(&self) -> bool {
+        self.watermark.is_none() && self.output_filter.is_none()
+    }
 }
 
 /// Sign a license for the enrolled node and sealed model. `chain` carries the issuer
@@ -93,6 +120,36 @@ pub fn issue(
         Some(id) => return Err(IssueError::LicenseId(id.clone())),
         None => hex::encode(random::bytes::<16>()),
     };
+    // These two are listed from the terms that mandate them, never on their own.
+    let mut features: Vec<String> = terms
+        .features
+        .iter()
+        .filter(|f| ![FEATURE_WATERMARK, FEATURE_OUTPUT_FILTER].contains(&f.as_str()))
+        .cloned()
+        .collect();
+    let watermark = match &terms.safeguards.watermark {
+        None => None,
+        Some(params) => {
+            params.check().map_err(IssueError::Watermark)?;
+            let key = WatermarkKey::derive(signer, &license_id, &sealed.model_id);
+            let info = key_wrap::watermark_binding_info(&license_id, &sealed.model_id);
+            let wrapped = key_wrap::wrap_secret(&enrollment.unwrap_key, &info, key.as_bytes())
+                .map_err(|e| IssueError::Wrap(e.to_string()))?;
+            features.push(FEATURE_WATERMARK.to_string());
+            Some(WatermarkMandate {
+                gamma: params.gamma,
+                delta: f64::from(params.delta),
+                context: params.context as u32,
+                key: WrappedContentKey::from_wrapped(wrapped),
+            })
+        }
+    };
+    if let Some(rules) = &terms.safeguards.output_filter {
+        OutputFilter::new(rules).map_err(IssueError::OutputFilter)?;
+        features.push(FEATURE_OUTPUT_FILTER.to_string());
+    }
+    features.sort();
+    features.dedup();
     let license_salt = random::bytes::<16>();
     let components = enrollment
         .hardware
@@ -138,9 +195,11 @@ pub fn issue(
             key_id: sealed.key_id,
         },
         caps: terms.caps.clone(),
-        features: terms.features.clone(),
+        features,
         renewal: terms.renewal.clone(),
         content_key: WrappedContentKey::from_wrapped(wrapped),
+        watermark,
+        output_filter: terms.safeguards.output_filter.clone(),
         extensions: Vec::new(),
     };
     Ok(Envelope::sign(&body, signer, chain.into_iter().collect()))

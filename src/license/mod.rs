@@ -10,14 +10,19 @@ pub mod issuer;
 pub mod roots;
 pub mod verify;
 
-pub use body::{Caps, LicenseBody};
+pub use body::{Caps, FilterRules, LicenseBody, WatermarkMandate};
 pub use issuer::IssuerCertBody;
 pub use roots::TrustRoots;
 pub use verify::{assess, Assessment, Authority, Checks, Verdict, VerifiedLicense};
 
 /// Features a license may mandate that this build implements. A license mandating a
 /// feature not listed here is refused: the node cannot honour it.
-pub const KNOWN_FEATURES: &[&str] = &[];
+pub const KNOWN_FEATURES: &[&str] = &[FEATURE_WATERMARK, FEATURE_OUTPUT_FILTER];
+
+/// The feature name of a mandated watermark (the license's `watermark` field).
+pub const FEATURE_WATERMARK: &str = "watermark";
+/// The feature name of a mandated output filter (the license's `output_filter` field).
+pub const FEATURE_OUTPUT_FILTER: &str = "output-filter";
 
 /// Largest license file accepted.
 pub const MAX_LICENSE_BYTES: u64 = crate::format::envelope::MAX_DOCUMENT_BYTES;

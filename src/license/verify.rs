@@ -160,6 +160,15 @@ pub struct VerifiedLicense {
     pub authority: Authority,
 }
 
+impl VerifiedLicense {
+    /// The key id of the key that signed the license (the root's or the issuer's).
+    pub fn signer_key_id(&self) -> &str {
+        match &self.authority {
+            Authority::Root { key_id, .. } | Authority::Issuer { key_id, .. } => key_id,
+        }
+    }
+}
+
 /// What to check beyond authenticity. Leave `node` or `hardware` out to skip that check
 /// (for example, a vendor inspecting a license on another machine).
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +238,35 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
             reason: format!("the license mandates feature '{feature}', which this build does not implement; upgrade leasehold"),
         });
     }
+    if let Some(reason) = safeguard_problem(&body) {
+        return Err(Verdict::Unsupported { reason });
+    }
     Ok(VerifiedLicense { body, authority })
+}
+
+/// A mandated watermark or filter this node could not apply as written. The node
+/// refuses such a license rather than serve without the safeguard.
+fn safeguard_problem(body: &LicenseBody) -> Option<String> {
+    let listed = |f: &str| body.features.iter().any(|x| x == f);
+    if let Some(w) = &body.watermark {
+        if let Err(e) = w.params().check() {
+            return Some(format!("the license's watermark parameters are invalid ({e}); ask the vendor for a corrected license"));
+        }
+    }
+    if let Some(rules) = &body.output_filter {
+        if let Err(e) = crate::runtime::output_filter::OutputFilter::new(rules) {
+            return Some(format!("the license's output filter cannot be applied ({e}); ask the vendor for a corrected license"));
+        }
+    }
+    for (feature, present) in [
+        (super::FEATURE_WATERMARK, body.watermark.is_some()),
+        (super::FEATURE_OUTPUT_FILTER, body.output_filter.is_some()),
+    ] {
+        if listed(feature) != present {
+            return Some(format!("the license's feature list and its '{feature}' terms disagree; ask the vendor for a corrected license"));
+        }
+    }
+    None
 }
 
 /// Check that an envelope's signer is a compiled-in root, or an issuer certified by one

@@ -28,7 +28,7 @@ use crate::crypto::signing::SecretKey;
 use crate::crypto::ContentKey;
 use crate::format::{DocumentKind, Envelope};
 use crate::fsutil;
-use crate::license::issue::{self as issuing, Terms};
+use crate::license::issue::{self as issuing, Safeguards, Terms};
 use crate::license::issuer::ANY;
 use crate::license::verify::authenticate_signer;
 use crate::license::{IssuerCertBody, TrustRoots};
@@ -156,6 +156,9 @@ pub struct EntitleRequest {
     pub grace_seconds: u64,
     #[serde(default)]
     pub caps: crate::license::Caps,
+    /// A watermark and output filter every license of the entitlement mandates.
+    #[serde(default)]
+    pub safeguards: Safeguards,
 }
 
 /// The server's logic, shared by its HTTP handlers.
@@ -226,6 +229,14 @@ impl Service {
                 "--lease must be longer than 0 s".into(),
             ));
         }
+        if let Some(w) = &request.safeguards.watermark {
+            w.check()
+                .map_err(|e| ApiError::BadRequest(format!("--watermark: {e}")))?;
+        }
+        if let Some(rules) = &request.safeguards.output_filter {
+            crate::runtime::output_filter::OutputFilter::new(rules)
+                .map_err(|e| ApiError::BadRequest(format!("--filter-rules: {e}")))?;
+        }
         let scope = &self.issuer.scope;
         if !Issuer::covers(&scope.orgs, &org) {
             return Err(ApiError::Forbidden(format!(
@@ -267,6 +278,7 @@ impl Service {
             caps: request.caps,
             created_at: now,
             revoked_at: None,
+            safeguards: request.safeguards,
         };
         Ok(self
             .store
@@ -394,6 +406,7 @@ impl Service {
             renewal: Vec::new(),
             issued_at: now,
             license_id: Some(grant.license_id.clone()),
+            safeguards: grant.safeguards.clone(),
         };
         let license = issuing::issue(
             &self.issuer.key,

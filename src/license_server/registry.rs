@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::ledger_check::{self, FindingKind};
 use super::store::{Row, Sql, StoreError, Value};
 use crate::crypto::random;
+use crate::license::issue::Safeguards;
 use crate::license::Caps;
 use crate::node::enrollment::{DeclaredUse, EnrollmentBody};
 use crate::protocol::{LicenseRef, RefusalReason, UsageCheckpoint};
@@ -68,9 +69,12 @@ pub struct Entitlement {
     pub caps: Caps,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The watermark and output filter every license of this entitlement mandates.
+    #[serde(skip_serializing_if = "Safeguards::is_empty")]
+    pub safeguards: Safeguards,
 }
 
-const ENTITLEMENT_COLUMNS: &str = "id, org, models, nodes, enrolled, term_end, lease_seconds, grace_seconds, caps, created_at, revoked_at";
+const ENTITLEMENT_COLUMNS: &str = "id, org, models, nodes, enrolled, term_end, lease_seconds, grace_seconds, caps, created_at, revoked_at, safeguards";
 
 fn entitlement(row: &Row) -> Result<Entitlement, StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
@@ -86,6 +90,7 @@ fn entitlement(row: &Row) -> Result<Entitlement, StoreError> {
         caps: serde_json::from_str(&row.text(8)?).map_err(corrupt)?,
         created_at: time(row.int(9)?),
         revoked_at: opt_time(row.opt_int(10)?),
+        safeguards: serde_json::from_str(&row.text(11)?).map_err(corrupt)?,
     })
 }
 
@@ -106,7 +111,7 @@ pub fn entitle(
     e.created_at = now;
     e.revoked_at = None;
     sql.execute(
-        &format!("INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)"),
+        &format!("INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11)"),
         &[
             (&e.id).into(),
             (&e.org).into(),
@@ -118,6 +123,9 @@ pub fn entitle(
             int(e.grace_seconds),
             serde_json::to_string(&e.caps).unwrap_or_default().into(),
             ts(now),
+            serde_json::to_string(&e.safeguards)
+                .unwrap_or_default()
+                .into(),
         ],
     )?;
     Ok(e)
@@ -443,6 +451,7 @@ pub struct Grant {
     pub expires_at: DateTime<Utc>,
     pub grace_seconds: u64,
     pub caps: Caps,
+    pub safeguards: Safeguards,
     pub enrollment_document: String,
     pub model_id: String,
     pub header: Vec<u8>,
@@ -660,6 +669,7 @@ pub fn renew(
         expires_at,
         grace_seconds: ent.grace_seconds,
         caps: ent.caps,
+        safeguards: ent.safeguards,
         enrollment_document: document,
         model_id: input.model_id.clone(),
         header: model.blob(0)?,

@@ -13,6 +13,7 @@ use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, VerifiedLi
 use crate::node::hardware::HardwareProfile;
 use crate::node::trusted_time::{self, StateError, TimeContext};
 use crate::node::{clock, NodeIdentity};
+use crate::runtime::safeguards::Safeguards;
 use crate::seal::{SealError, SealedModel};
 
 /// Why a node may not use a license with a sealed model.
@@ -26,6 +27,8 @@ pub enum Refusal {
     ModelMismatch(String),
     #[error("cannot unwrap the content key: {0}")]
     Unwrap(String),
+    #[error("cannot apply the safeguards the license mandates: {0}")]
+    Safeguards(String),
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
@@ -38,6 +41,8 @@ pub struct Admitted {
     pub verdict: Verdict,
     pub key: ContentKey,
     pub sealed: SealedModel,
+    /// The watermark and output filter the license mandates, ready for the engine.
+    pub safeguards: Safeguards,
 }
 
 /// Assess license bytes on this machine now: its hardware and clock, and, when the
@@ -103,10 +108,12 @@ pub fn admit(
     )
     .map_err(|e| Refusal::Unwrap(e.to_string()))?;
     sealed.check_key(&key)?;
+    let safeguards = Safeguards::from_license(body, identity).map_err(Refusal::Safeguards)?;
     Ok(Admitted {
         license,
         verdict,
         key,
         sealed,
+        safeguards,
     })
 }

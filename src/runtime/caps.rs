@@ -184,10 +184,10 @@ impl CapGate {
     }
 }
 
-/// Does a request with this ledger outcome count against the caps? Answered and
-/// cancelled ones do (the model worked for them); refused ones do not.
+/// Does a request with this ledger outcome count against the caps? Answered, filtered
+/// and cancelled ones do (the model worked for them); refused ones do not.
 pub fn counts(outcome: &str) -> bool {
-    outcome == "ok" || outcome == "cancelled"
+    matches!(outcome, "ok" | "cancelled" | "filtered")
 }
 
 /// The current windows, counted from a ledger file's request records (answered or

@@ -20,9 +20,13 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
+use super::output_filter::{FilterStream, Filtered};
+use super::safeguards::{Safeguards, Watermark};
 use super::text::{StopMatcher, Utf8Collector};
 use super::weights::{self, DecryptedWeights, PageBacking};
 use crate::crypto::ContentKey;
@@ -89,6 +93,8 @@ pub enum Event {
         reason: FinishReason,
         prompt_tokens: u32,
         completion_tokens: u32,
+        /// With `ContentFilter`: the license's rule that matched.
+        filter_rule: Option<String>,
     },
     Failed(GenerateError),
 }
@@ -97,6 +103,8 @@ pub enum Event {
 pub enum FinishReason {
     Stop,
     Length,
+    /// The license's output filter matched: the matched text was never sent.
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -104,6 +112,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ContentFilter => "content_filter",
         }
     }
 }
@@ -149,9 +158,12 @@ enum Command {
     Load {
         sealed: PathBuf,
         key: ContentKey,
+        safeguards: Arc<Safeguards>,
         progress: Option<indicatif::ProgressBar>,
         reply: oneshot::Sender<Result<LoadReport, String>>,
     },
+    /// A renewed license's safeguards, for requests admitted from now on.
+    Safeguards(Arc<Safeguards>),
     Unload {
         reply: oneshot::Sender<()>,
     },
@@ -220,18 +232,20 @@ impl Engine {
             .map_err(|_| EngineGone)
     }
 
-    /// Decrypt `sealed` with `key` into memory and load it. Blocks the caller only
-    /// through the returned receiver.
+    /// Decrypt `sealed` with `key` into memory and load it; every generation then
+    /// applies `safeguards`. Blocks the caller only through the returned receiver.
     pub fn load(
         &self,
         sealed: PathBuf,
         key: ContentKey,
+        safeguards: Arc<Safeguards>,
         progress: Option<indicatif::ProgressBar>,
     ) -> oneshot::Receiver<Result<LoadReport, String>> {
         let (reply, rx) = oneshot::channel();
         let command = Command::Load {
             sealed,
             key,
+            safeguards,
             progress,
             reply,
         };
@@ -239,6 +253,11 @@ impl Engine {
             let _ = reply.send(Err(EngineGone.to_string()));
         }
         rx
+    }
+
+    /// Apply `safeguards` (a renewed license's) to requests admitted from now on.
+    pub fn set_safeguards(&self, safeguards: Arc<Safeguards>) {
+        let _ = self.tx.send(Command::Safeguards(safeguards));
     }
 
     /// End running requests, drop the model and wipe its weights.
@@ -267,6 +286,46 @@ fn backend() -> Result<&'static LlamaBackend, String> {
         .map_err(Clone::clone)
 }
 
+/// A model's vocabulary without its weights, for tokenizing outside the engine (the
+/// watermark detector).
+pub struct Vocabulary {
+    model: LlamaModel,
+}
+
+impl Vocabulary {
+    /// Load only the vocabulary of the GGUF at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Vocabulary, String> {
+        let backend = backend()?;
+        let params = LlamaModelParams::default()
+            .with_vocab_only(true)
+            .with_use_mmap(false);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|e| format!("llama.cpp could not read the model's vocabulary: {e}"))?;
+        Ok(Vocabulary { model })
+    }
+
+    /// Load the vocabulary of a sealed model: decrypt it into memory (never to
+    /// storage), read the vocabulary, wipe the plaintext.
+    pub fn load_sealed(sealed: &std::path::Path, key: &ContentKey) -> Result<Vocabulary, String> {
+        let opened = SealedModel::open(sealed).map_err(|e| e.to_string())?;
+        let weights = DecryptedWeights::decrypt(&opened, key, &crate::seal::no_progress)
+            .map_err(|e| e.to_string())?;
+        let vocabulary = Vocabulary::load(&weights.path());
+        weights.wipe();
+        vocabulary
+    }
+
+    /// The tokens of `text` as generated text (no BOS, special tokens as text).
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), false, false)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+}
+
 /// How a loaded session ended.
 enum SessionEnd {
     Unloaded(oneshot::Sender<()>),
@@ -289,10 +348,13 @@ fn engine_main(
             Command::Unload { reply } => {
                 let _ = reply.send(());
             }
+            // Nothing is loaded: the next Load brings its own.
+            Command::Safeguards(_) => {}
             Command::Shutdown => return,
             Command::Load {
                 sealed,
                 key,
+                safeguards,
                 progress,
                 reply,
             } => {
@@ -314,7 +376,7 @@ fn engine_main(
                 let end = match new_context(backend, &model, config) {
                     Ok(mut ctx) => {
                         let _ = reply.send(Ok(report));
-                        let end = serve(&mut ctx, &model, config, rx, stats);
+                        let end = serve(&mut ctx, &model, config, rx, stats, safeguards);
                         stats.active.store(0, Ordering::Relaxed);
                         stats.waiting.store(0, Ordering::Relaxed);
                         end
@@ -414,6 +476,12 @@ struct Slot {
     generated: u32,
     utf8: Utf8Collector,
     stop: StopMatcher,
+    /// The license's safeguards when this request was admitted.
+    safeguards: Arc<Safeguards>,
+    filter: Option<FilterStream>,
+    /// The last tokens of the sequence (prompt, then generated): they seed the
+    /// watermark's next green list.
+    recent: Vec<i32>,
 }
 
 impl Slot {
@@ -421,18 +489,111 @@ impl Slot {
         self.prompt.len() as u32
     }
 
-    fn finish(&mut self, reason: FinishReason) {
-        let mut tail = self.utf8.finish();
-        tail.push_str(&self.stop.finish());
-        if !tail.is_empty() {
-            let _ = self.events.send(Event::Text(tail));
+    /// Send text through the output filter; `Some(rule)` when a rule matched (the
+    /// text before the match was sent, the match and the rest never are).
+    fn emit(&mut self, text: String) -> Option<String> {
+        let (send, blocked) = match self.filter.as_mut() {
+            None => (text, None),
+            Some(filter) => match filter.push(&text) {
+                Filtered::Pass(pass) => (pass, None),
+                Filtered::Blocked { before, rule } => (before, Some(rule)),
+            },
+        };
+        if !send.is_empty() {
+            let _ = self.events.send(Event::Text(send));
+        }
+        blocked
+    }
+
+    fn remember(&mut self, token: LlamaToken) {
+        let keep = self
+            .safeguards
+            .watermark
+            .as_ref()
+            .map_or(0, |w| w.params.context);
+        if keep > 0 {
+            self.recent.push(token.0);
+            if self.recent.len() > keep {
+                self.recent.remove(0);
+            }
+        }
+    }
+
+    fn finish(&mut self, mut reason: FinishReason, mut filter_rule: Option<String>) {
+        if filter_rule.is_none() {
+            let mut tail = self.utf8.finish();
+            tail.push_str(&self.stop.finish());
+            filter_rule = self.emit(tail);
+            if filter_rule.is_some() {
+                reason = FinishReason::ContentFilter;
+            } else if let Some(held) = self.filter.as_mut().map(FilterStream::finish) {
+                if !held.is_empty() {
+                    let _ = self.events.send(Event::Text(held));
+                }
+            }
         }
         let _ = self.events.send(Event::Finished {
             reason,
             prompt_tokens: self.prompt_tokens(),
             completion_tokens: self.generated,
+            filter_rule,
         });
     }
+}
+
+/// Reused across sampling steps: the biased logits and the candidate array.
+#[derive(Default)]
+struct MarkBuffers {
+    logits: Vec<f32>,
+    candidates: Vec<LlamaTokenData>,
+    /// End-of-generation tokens: never biased, so the watermark does not make answers
+    /// end sooner (they never appear in text, so detection does not miss them).
+    eog: Vec<usize>,
+}
+
+/// Sample with the watermark: δ added to the green list's logits, then the request's
+/// own sampler chain on the biased candidates (what `LlamaSampler::sample` does, with
+/// the bias in between).
+fn sample_watermarked(
+    ctx: &LlamaContext<'_>,
+    at: i32,
+    slot: &mut Slot,
+    watermark: &Watermark,
+    buffers: &mut MarkBuffers,
+) -> LlamaToken {
+    let MarkBuffers {
+        logits,
+        candidates,
+        eog,
+    } = buffers;
+    let original = ctx.get_logits_ith(at);
+    logits.clear();
+    logits.extend_from_slice(original);
+    let seed = watermark.key.step_seed(&slot.recent, &watermark.params);
+    crate::watermark::bias(logits, seed, &watermark.params);
+    for &t in eog.iter().filter(|t| **t < original.len()) {
+        logits[t] = original[t];
+    }
+    candidates.clear();
+    candidates.extend(
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| LlamaTokenData::new(LlamaToken(i as i32), *l, 0.0)),
+    );
+    let mut array = LlamaTokenDataArray::new(std::mem::take(candidates), false);
+    slot.sampler.apply(&mut array);
+    let token = array.selected_token().unwrap_or_else(|| {
+        // Every sampler chain ends in a selecting sampler; fall back to the best logit.
+        let best = logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        LlamaToken(best as i32)
+    });
+    *candidates = array.data;
+    token
 }
 
 fn sampler_for(params: &SamplingParams) -> LlamaSampler {
@@ -475,6 +636,7 @@ fn admit(
     config: &EngineConfig,
     seq: i32,
     req: GenerateRequest,
+    safeguards: &Arc<Safeguards>,
 ) -> Option<Slot> {
     let fail = |e: GenerateError| {
         let _ = req.events.send(Event::Failed(e));
@@ -497,6 +659,14 @@ fn admit(
     let _ = req.events.send(Event::Started {
         prompt_tokens: prompt.len() as u32,
     });
+    let context = safeguards
+        .watermark
+        .as_ref()
+        .map_or(0, |w| w.params.context);
+    let recent = prompt[prompt.len().saturating_sub(context)..]
+        .iter()
+        .map(|t| t.0)
+        .collect();
     Some(Slot {
         seq,
         sampler: sampler_for(&req.params),
@@ -510,6 +680,9 @@ fn admit(
         generated: 0,
         utf8: Utf8Collector::default(),
         stop: StopMatcher::new(req.params.stop),
+        filter: safeguards.filter.as_ref().map(|f| f.stream()),
+        safeguards: safeguards.clone(),
+        recent,
     })
 }
 
@@ -519,8 +692,16 @@ fn serve(
     config: &EngineConfig,
     rx: &mpsc::Receiver<Command>,
     stats: &EngineStats,
+    mut safeguards: Arc<Safeguards>,
 ) -> SessionEnd {
     let mut slots: Vec<Option<Slot>> = (0..config.parallel).map(|_| None).collect();
+    let mut buffers = MarkBuffers {
+        eog: (0..model.n_vocab())
+            .filter(|t| model.vocab().is_eog(LlamaToken(*t)))
+            .map(|t| t as usize)
+            .collect(),
+        ..MarkBuffers::default()
+    };
     let mut waiting: VecDeque<GenerateRequest> = VecDeque::new();
     let mut batch = LlamaBatch::new(config.batch as usize, 1);
     let vocab = model.vocab();
@@ -546,6 +727,7 @@ fn serve(
         for command in incoming {
             match command {
                 Command::Generate(req) => waiting.push_back(req),
+                Command::Safeguards(new) => safeguards = new,
                 Command::Load { reply, .. } => {
                     let _ = reply.send(Err("a model is already loaded".into()));
                 }
@@ -581,7 +763,7 @@ fn serve(
                 let Some(req) = waiting.pop_front() else {
                     break;
                 };
-                *slot = admit(model, config, i as i32, req);
+                *slot = admit(model, config, i as i32, req, &safeguards);
             }
         }
 
@@ -644,30 +826,34 @@ fn serve(
                 continue;
             };
             let Some(at) = slot.logits_at else { continue };
-            let token = slot.sampler.sample(ctx, at);
+            let guards = slot.safeguards.clone();
+            let token = match &guards.watermark {
+                Some(w) => sample_watermarked(ctx, at, slot, w, &mut buffers),
+                None => slot.sampler.sample(ctx, at),
+            };
+            slot.remember(token);
             let finished = if vocab.is_eog(token) {
-                Some(FinishReason::Stop)
+                Some((FinishReason::Stop, None))
             } else {
                 slot.generated += 1;
                 stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 let piece = vocab.token_to_piece(token, false, None);
                 let text = slot.utf8.push(&piece);
                 let outcome = slot.stop.push(&text);
-                if !outcome.emit.is_empty() {
-                    let _ = slot.events.send(Event::Text(outcome.emit));
-                }
-                if outcome.stopped {
-                    Some(FinishReason::Stop)
+                if let Some(rule) = slot.emit(outcome.emit) {
+                    Some((FinishReason::ContentFilter, Some(rule)))
+                } else if outcome.stopped {
+                    Some((FinishReason::Stop, None))
                 } else if slot.generated >= slot.max_tokens || slot.n_past + 1 >= config.ctx {
-                    Some(FinishReason::Length)
+                    Some((FinishReason::Length, None))
                 } else {
                     slot.next = Some(token);
                     None
                 }
             };
-            if let Some(reason) = finished {
+            if let Some((reason, rule)) = finished {
                 let mut s = slot_ref.take().unwrap();
-                s.finish(reason);
+                s.finish(reason, rule);
                 let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
             }
         }

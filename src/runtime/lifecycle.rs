@@ -143,7 +143,12 @@ impl Lifecycle {
         let lease = Lease::schedule(admitted.license);
         drop(admitted.sealed);
         let report = engine
-            .load(sealed_path.to_path_buf(), admitted.key, progress)
+            .load(
+                sealed_path.to_path_buf(),
+                admitted.key,
+                Arc::new(admitted.safeguards),
+                progress,
+            )
             .await
             .map_err(|_| StartError::Load("the engine stopped".into()))?
             .map_err(StartError::Load)?;
@@ -314,13 +319,17 @@ impl Lifecycle {
         }
         let was_lapsed = self.phase() == Phase::Lapsed;
         let lease = Lease::schedule(admitted.license.clone());
+        let safeguards = Arc::new(admitted.safeguards);
         if was_lapsed {
             drop(admitted.sealed);
             self.engine
-                .load(self.sealed_path.clone(), admitted.key, None)
+                .load(self.sealed_path.clone(), admitted.key, safeguards, None)
                 .await
                 .map_err(|_| RenewError::Reload("the engine stopped".into()))?
                 .map_err(RenewError::Reload)?;
+        } else {
+            // The renewed license's terms apply to requests admitted from now on.
+            self.engine.set_safeguards(safeguards);
         }
         {
             let mut state = self.state.lock().unwrap();

@@ -9,6 +9,7 @@
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //! - [`output_filter`]: the streaming-safe output filter (terms and bounded patterns).
+//! - [`safeguards`]: the watermark and output filter a license mandates, for the engine.
 //!
 //! The runtime never writes plaintext weights to storage.
 
@@ -18,5 +19,6 @@ pub mod engine;
 pub mod lifecycle;
 pub mod output_filter;
 pub mod renewal;
+pub mod safeguards;
 pub mod text;
 pub mod weights;

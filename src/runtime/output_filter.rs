@@ -1,5 +1,5 @@
-//! The license-mandated output filter, streaming-safe (issue 7, first slice: the
-//! matcher; wiring into the engine and the license comes next).
+//! The license-mandated output filter, streaming-safe. The engine passes every
+//! generation's text through it before any of it leaves (see `engine`).
 //!
 //! Rules are literal terms and regular expressions. Text is pushed as it is generated;
 //! everything that can no longer be part of a match is released, and the last
@@ -10,21 +10,14 @@
 
 use regex::Regex;
 
-/// The rules as a license carries them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FilterRules {
-    /// Matched literally, ignoring case.
-    pub terms: Vec<String>,
-    /// Regular expressions (Rust `regex` syntax), each of bounded length.
-    pub patterns: Vec<String>,
-}
+pub use crate::license::FilterRules;
 
 /// The compiled rules.
 #[derive(Debug, Clone)]
 pub struct OutputFilter {
     /// One alternation of every rule, each in its own group, in rule order.
     regex: Regex,
-    names: Vec<String>,
+    names: std::sync::Arc<[String]>,
     /// The longest text any rule can match, in characters.
     max_span: usize,
 }
@@ -73,30 +66,34 @@ impl OutputFilter {
         let regex = Regex::new(&alternation.join("|")).map_err(|e| e.to_string())?;
         Ok(OutputFilter {
             regex,
-            names,
+            names: names.into(),
             // A rule's byte length bounds its length in characters.
             max_span: max_bytes,
         })
     }
 
-    /// A filter state for one generation.
-    pub fn stream(&self) -> FilterStream<'_> {
+    /// A filter state for one generation (the compiled rules are shared, not copied).
+    pub fn stream(&self) -> FilterStream {
         FilterStream {
-            filter: self,
+            filter: self.clone(),
             held: String::new(),
             blocked: false,
         }
     }
+
+    pub fn rule_count(&self) -> usize {
+        self.names.len()
+    }
 }
 
 /// One generation's pass through the filter.
-pub struct FilterStream<'a> {
-    filter: &'a OutputFilter,
+pub struct FilterStream {
+    filter: OutputFilter,
     held: String,
     blocked: bool,
 }
 
-impl FilterStream<'_> {
+impl FilterStream {
     /// Take generated text; say what may be sent.
     pub fn push(&mut self, text: &str) -> Filtered {
         if self.blocked {

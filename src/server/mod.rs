@@ -36,7 +36,7 @@ use crate::ledger::Ledger;
 use crate::node::clock;
 use crate::runtime::caps::{self, CapExceeded, CapGate, Permit};
 use crate::runtime::engine::{
-    Engine, Event, GenerateError, GenerateRequest, Prompt, SamplingParams,
+    Engine, Event, FinishReason, GenerateError, GenerateRequest, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase};
 use crate::runtime::renewal::Renewer;
@@ -425,6 +425,8 @@ struct UsageRecord {
     prompt_tokens: u32,
     completion_tokens: u32,
     prompt_sha256: Option<Digest>,
+    /// The output filter rule that ended the answer, if one did.
+    filter_rule: Option<String>,
     written: bool,
     /// The concurrency slot, held until the record is written.
     permit: Option<Permit>,
@@ -442,6 +444,7 @@ impl UsageRecord {
             prompt_tokens: 0,
             completion_tokens: 0,
             prompt_sha256: None,
+            filter_rule: None,
             written: false,
             permit: None,
         }
@@ -457,6 +460,7 @@ impl UsageRecord {
             outcome: outcome.to_string(),
             client_key: self.client_key.clone(),
             prompt_sha256: self.prompt_sha256,
+            filter_rule: self.filter_rule.clone(),
         }
     }
 
@@ -490,6 +494,21 @@ impl UsageRecord {
 }
 
 impl UsageRecord {
+    /// The outcome of a finished answer: `filtered` (with its rule kept for the
+    /// record, and logged) when the license's output filter ended it, else `ok`.
+    fn finished(&mut self, reason: FinishReason, filter_rule: Option<String>) -> String {
+        if reason != FinishReason::ContentFilter {
+            return "ok".into();
+        }
+        tracing::warn!(
+            "request {}: the license's output filter ({}) ended the answer; the matched text was not sent",
+            self.request_id,
+            filter_rule.as_deref().unwrap_or("a rule")
+        );
+        self.filter_rule = filter_rule;
+        "filtered".into()
+    }
+
     fn count_for_caps(&self) {
         let tokens = u64::from(self.prompt_tokens) + u64::from(self.completion_tokens);
         self.state.caps.record(clock::system_now(), tokens);
@@ -589,10 +608,12 @@ async fn generate(
             Event::Finished {
                 reason,
                 completion_tokens,
+                filter_rule,
                 ..
             } => {
                 usage.completion_tokens = completion_tokens;
-                usage.write("ok").await?;
+                let outcome = usage.finished(reason, filter_rule);
+                usage.write(&outcome).await?;
                 let totals = Usage::new(usage.prompt_tokens, completion_tokens);
                 return Ok(Json(meta.response(&text, reason.as_str(), totals)).into_response());
             }
@@ -639,10 +660,12 @@ fn sse_stream(
                     reason,
                     prompt_tokens,
                     completion_tokens,
+                    filter_rule,
                 } => {
                     record.completion_tokens = completion_tokens;
+                    let outcome = record.finished(reason, filter_rule);
                     // The end of the answer goes out only once its record is durable.
-                    if let Err(e) = record.write("ok").await {
+                    if let Err(e) = record.write(&outcome).await {
                         send(e.body);
                         return;
                     }
@@ -734,6 +757,7 @@ pub fn license_json(lifecycle: &Lifecycle) -> Value {
         "phase": status.phase.as_str(),
         "caps": caps,
         "features": b.features,
+        "safeguards": b.safeguards_json(),
         "demo_root": status.license.authority.is_demo(),
         "revoked": lifecycle.revoked().is_some(),
     })

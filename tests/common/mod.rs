@@ -22,6 +22,25 @@ pub mod gguf;
 pub mod node;
 pub mod vectors;
 
+/// The demo model (LEASEHOLD_DEMO_MODEL) and a Python with `openai` (LEASEHOLD_PYTHON),
+/// which scripts/test.sh provides; `None` (the test skips) only when
+/// LEASEHOLD_REQUIRE_ALL is unset.
+pub fn demo_prerequisites() -> Option<(PathBuf, PathBuf)> {
+    let model = std::env::var_os("LEASEHOLD_DEMO_MODEL").map(PathBuf::from);
+    let python = std::env::var_os("LEASEHOLD_PYTHON").map(PathBuf::from);
+    match (model, python) {
+        (Some(m), Some(p)) => Some((m, p)),
+        _ => {
+            assert!(
+                std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
+                "LEASEHOLD_DEMO_MODEL and LEASEHOLD_PYTHON must be set when LEASEHOLD_REQUIRE_ALL is"
+            );
+            eprintln!("LEASEHOLD_DEMO_MODEL or LEASEHOLD_PYTHON not set: run scripts/test.sh for the end-to-end tests");
+            None
+        }
+    }
+}
+
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
@@ -156,6 +175,7 @@ impl Fixture {
             renewal: vec![],
             issued_at: now() - Duration::hours(1),
             license_id: None,
+            safeguards: Default::default(),
         }
     }
 

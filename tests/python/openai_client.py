@@ -9,6 +9,9 @@ Modes (each exits 0 when the behaviour holds, and prints one JSON line):
   expired      a request is refused: HTTP 403, code license_expired
   concurrent   8 concurrent chats complete while one streaming client disconnects
   long-stream  a long stream that the lapse cuts: ends with a license_expired error
+  story        a greedy streamed story (60 tokens), and a non-streamed one: every
+               content chunk, each finish_reason and the non-streamed text
+               (the output filter test compares a filtered run against a plain one)
 """
 import json
 import sys
@@ -19,6 +22,7 @@ import openai
 
 mode, base, model = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+STORY = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours."},
@@ -49,6 +53,19 @@ elif mode == "stream":
     assert len(chunks) >= 2, chunks
     assert usage is not None and usage.completion_tokens > 0
     out(chunks=len(chunks), text="".join(chunks))
+
+elif mode == "story":
+    chunks, finish = [], None
+    for chunk in client.chat.completions.create(model=model, messages=STORY, max_tokens=60, temperature=0,
+                                                stream=True):
+        for c in chunk.choices:
+            if c.delta.content:
+                chunks.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    r = client.chat.completions.create(model=model, messages=STORY, max_tokens=60, temperature=0)
+    out(chunks=chunks, finish_reason=finish, whole=r.choices[0].message.content,
+        whole_finish_reason=r.choices[0].finish_reason)
 
 elif mode == "grace":
     raw = client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES, max_tokens=4)

@@ -244,6 +244,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE checkpoints ADD COLUMN ledger_hash TEXT;
     ALTER TABLE checkpoints ADD COLUMN finding TEXT",
     ),
+    (
+        3,
+        "ALTER TABLE entitlements ADD COLUMN safeguards TEXT NOT NULL DEFAULT '{}'",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {
