@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runtime benchmarks (figures in the README): cold start and tokens/s, sealed vs
-# plaintext, for SmolLM2 and Gemma 3 270M; then HTTP load with 1, 4 and 8 clients; the
+# plaintext, for SmolLM2 and Gemma 3 270M; the watermark's cost; then HTTP load with 1, 4 and 8 clients; the
 # usage ledger's cost; then license server renewals/s on SQLite and PostgreSQL.
 # Run on an otherwise idle machine.
 set -euo pipefail
@@ -12,6 +12,10 @@ threads="${BENCH_THREADS:-2}"
 cargo build --quiet --bins --examples
 cargo run --quiet --example bench_runtime -- "$smollm2" "$threads" 7
 cargo run --quiet --example bench_runtime -- "$gemma" "$threads" 7
+# The license-mandated watermark: tokens/s with and without (same engine, alternating
+# rounds) and the perplexity of a fixed text under its bias.
+cargo run --quiet --example bench_watermark -- "$smollm2" "$threads" 6
+cargo run --quiet --example bench_watermark -- "$gemma" "$threads" 6
 
 work="$(mktemp -d)"
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
