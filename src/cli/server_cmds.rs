@@ -235,12 +235,13 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 caps,
                 safeguards: super::vendor::safeguards(&a.safeguards)?,
             };
+            let mandated = request.safeguards.summary();
             let v = admin.post("/admin/entitlements", &serde_json::to_value(&request)?)?;
             if json_out {
                 print_json(&v)?;
             } else {
                 println!(
-                    "entitlement {}: '{}' may run [{}] on {} node(s) until {}, leases of {} s + {} s grace",
+                    "entitlement {}: '{}' may run [{}] on {} node(s) until {}, leases of {} s + {} s grace; safeguards: {mandated}",
                     s(&v["id"]),
                     s(&v["org"]),
                     a.models.join(", "),

@@ -66,26 +66,11 @@ impl LicenseBody {
     /// The mandated safeguards in words: "watermark (gamma 0.25, delta 2, context 1),
     /// output filter (1 term, 2 patterns)", or "none".
     pub fn safeguards_summary(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(w) = &self.watermark {
-            parts.push(format!(
-                "watermark (gamma {}, delta {}, context {})",
-                w.gamma, w.delta, w.context
-            ));
+        crate::license::issue::Safeguards {
+            watermark: self.watermark.as_ref().map(WatermarkMandate::params),
+            output_filter: self.output_filter.clone(),
         }
-        if let Some(f) = &self.output_filter {
-            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-            parts.push(format!(
-                "output filter ({}, {})",
-                n(f.terms.len(), "term"),
-                n(f.patterns.len(), "pattern")
-            ));
-        }
-        if parts.is_empty() {
-            "none".into()
-        } else {
-            parts.join(", ")
-        }
+        .summary()
     }
 
     /// The mandated safeguards as JSON (parameters and rule counts, not the key).

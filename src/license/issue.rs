@@ -76,6 +76,31 @@ impl Safeguards {
     pub fn is_empty(&self) -> bool {
         self.watermark.is_none() && self.output_filter.is_none()
     }
+
+    /// In words: "watermark (gamma 0.25, delta 2, context 1), output filter (1 term,
+    /// 2 patterns)", or "none".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(w) = &self.watermark {
+            parts.push(format!(
+                "watermark (gamma {}, delta {}, context {})",
+                w.gamma, w.delta, w.context
+            ));
+        }
+        if let Some(f) = &self.output_filter {
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+            parts.push(format!(
+                "output filter ({}, {})",
+                n(f.terms.len(), "term"),
+                n(f.patterns.len(), "pattern")
+            ));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// Sign a license for the enrolled node and sealed model. `chain` carries the issuer

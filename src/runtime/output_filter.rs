@@ -80,10 +80,6 @@ impl OutputFilter {
             blocked: false,
         }
     }
-
-    pub fn rule_count(&self) -> usize {
-        self.names.len()
-    }
 }
 
 /// One generation's pass through the filter.
@@ -220,6 +216,24 @@ mod tests {
         assert_eq!((sent.as_str(), rule.is_some()), ("これは", true));
         let (sent, rule) = run(&f, &["日本語の文章", "です。"]);
         assert_eq!((sent.as_str(), rule), ("日本語の文章です。", None));
+    }
+
+    #[test]
+    fn rules_files_are_read_strictly() {
+        let rules = FilterRules::parse_toml("terms = [\"a b\"]\npatterns = ['\\d{2}']\n").unwrap();
+        assert_eq!(
+            (rules.terms, rules.patterns),
+            (vec!["a b".to_string()], vec![r"\d{2}".to_string()])
+        );
+        for bad in [
+            "terms = \"not a list\"",
+            "terms = [1]",
+            "words = [\"x\"]",
+            "terms = []",
+            "terms = [\"unclosed",
+        ] {
+            assert!(FilterRules::parse_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -54,23 +54,4 @@ impl Safeguards {
         };
         Ok(Safeguards { watermark, filter })
     }
-
-    /// One line for logs and status: what is applied.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(w) = &self.watermark {
-            parts.push(format!(
-                "watermark (gamma {}, delta {}, context {})",
-                w.params.gamma, w.params.delta, w.params.context
-            ));
-        }
-        if let Some(f) = &self.filter {
-            parts.push(format!("output filter ({} rules)", f.rule_count()));
-        }
-        if parts.is_empty() {
-            "none".into()
-        } else {
-            parts.join(", ")
-        }
-    }
 }
