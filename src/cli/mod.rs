@@ -163,7 +163,7 @@ pub struct ConfigCheckArgs {
 #[derive(Subcommand, Debug)]
 pub enum WatermarkCommand {
     /// Is FILE text generated under a watermarked license? Reports green tokens,
-    /// z-score, p-value and the license (exit 0 watermark found, 1 not found).
+    /// z-score, p-value and the license (exit 0 watermark found, 24 not found).
     #[command(after_help = WATERMARK_HELP)]
     Detect(WatermarkDetectArgs),
 }
@@ -182,8 +182,8 @@ Two ways to hold the license's watermark key:
         --license licenses/ answer.txt
 
 The text is tokenized with the model's vocabulary. Each token after the first
-`context` ones is green or not under the license's key; without the watermark about
-gamma of them are. z = (green - gamma*T) / sqrt(T*gamma*(1-gamma)); the verdict is
+`context` ones is green or not under the license's key (a repeated pair of previous
+tokens and token counts once); without the watermark about gamma of them are. z = (green - gamma*T) / sqrt(T*gamma*(1-gamma)); the verdict is
 \"watermarked\" when z exceeds 4 (one-sided p < 3.2e-5). Short texts (under about 25
 tokens) cannot carry enough evidence either way. FILE - reads standard input.";
 
