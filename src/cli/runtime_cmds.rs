@@ -577,17 +577,19 @@ async fn generate_to_stdout(
                 filter_rule,
             } => {
                 println!();
-                let outcome = if reason == FinishReason::ContentFilter {
+                if reason == FinishReason::ContentFilter {
                     eprintln!(
                         "[the license's output filter ({}) ended this answer; the matched text was not shown]",
                         filter_rule.as_deref().unwrap_or("a rule")
                     );
-                    "filtered"
-                } else {
-                    "ok"
-                };
+                }
                 recorder
-                    .record(prompt_tokens, completion_tokens, outcome, filter_rule)
+                    .record(
+                        prompt_tokens,
+                        completion_tokens,
+                        reason.ledger_outcome(),
+                        filter_rule,
+                    )
                     .await?;
                 return Ok(text);
             }

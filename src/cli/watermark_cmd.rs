@@ -12,7 +12,6 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 use super::{exit, Outcome, WatermarkDetectArgs};
-use crate::crypto::key_wrap;
 use crate::crypto::keyfile;
 use crate::fsutil;
 use crate::license::{TrustRoots, VerifiedLicense, MAX_LICENSE_BYTES};
@@ -231,12 +230,9 @@ fn on_node(
         );
     }
     let safeguards = Safeguards::from_license(body, &identity).map_err(anyhow::Error::msg)?;
-    let content_key = key_wrap::unwrap(
-        identity.unwrap_secret(),
-        &body.key_binding_info(),
-        &body.content_key.to_wrapped(),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot unwrap the content key: {e}"))?;
+    let content_key = body
+        .unwrap_content_key(identity.unwrap_secret())
+        .map_err(|e| anyhow::anyhow!("cannot unwrap the content key: {e}"))?;
     let vocabulary = Vocabulary::load_sealed(sealed, &content_key).map_err(anyhow::Error::msg)?;
     let key = safeguards.watermark.map(|w| w.key);
     Ok((vec![Candidate { path, license, key }], vocabulary))

@@ -66,11 +66,15 @@ impl LicenseBody {
     /// The mandated safeguards in words: "watermark (gamma 0.25, delta 2, context 1),
     /// output filter (1 term, 2 patterns)", or "none".
     pub fn safeguards_summary(&self) -> String {
+        self.safeguard_terms().summary()
+    }
+
+    /// The mandated watermark parameters and filter rules (without the wrapped key).
+    pub fn safeguard_terms(&self) -> crate::license::issue::Safeguards {
         crate::license::issue::Safeguards {
             watermark: self.watermark.as_ref().map(WatermarkMandate::params),
             output_filter: self.output_filter.clone(),
         }
-        .summary()
     }
 
     /// The mandated safeguards as JSON (parameters and rule counts, not the key).
@@ -79,6 +83,18 @@ impl LicenseBody {
             "watermark": self.watermark.as_ref().map(|w| serde_json::json!({"gamma": w.gamma, "delta": w.delta, "context": w.context})),
             "output_filter": self.output_filter.as_ref().map(|f| serde_json::json!({"terms": f.terms.len(), "patterns": f.patterns.len()})),
         })
+    }
+
+    /// The content key, unwrapped with the node's secret.
+    pub fn unwrap_content_key(
+        &self,
+        secret: &crate::crypto::key_wrap::UnwrapSecret,
+    ) -> Result<crate::crypto::ContentKey, crate::crypto::key_wrap::UnwrapError> {
+        crate::crypto::key_wrap::unwrap(
+            secret,
+            &self.key_binding_info(),
+            &self.content_key.to_wrapped(),
+        )
     }
 
     /// The HPKE info binding the wrapped watermark key.

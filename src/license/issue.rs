@@ -36,10 +36,8 @@ pub enum IssueError {
     Wrap(String),
     #[error("invalid issuer certificate: {0}")]
     Certificate(String),
-    #[error("invalid watermark: {0}")]
-    Watermark(String),
-    #[error("invalid output filter rules: {0}")]
-    OutputFilter(String),
+    #[error(transparent)]
+    Safeguards(#[from] SafeguardError),
 }
 
 /// What to grant, for how long.
@@ -72,9 +70,31 @@ pub struct Safeguards {
     pub output_filter: Option<FilterRules>,
 }
 
+/// A mandated safeguard no node could apply as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SafeguardError {
+    #[error("invalid watermark: {0}")]
+    Watermark(String),
+    #[error("invalid output filter rules: {0}")]
+    OutputFilter(String),
+}
+
 impl Safeguards {
     pub fn is_empty(&self) -> bool {
         self.watermark.is_none() && self.output_filter.is_none()
+    }
+
+    /// Could a node apply these? Watermark parameters in range; every filter rule
+    /// valid, of bounded length and never empty. Checked when a license is issued,
+    /// when an entitlement is made, and when a node verifies a license.
+    pub fn check(&self) -> Result<(), SafeguardError> {
+        if let Some(params) = &self.watermark {
+            params.check().map_err(SafeguardError::Watermark)?;
+        }
+        if let Some(rules) = &self.output_filter {
+            OutputFilter::new(rules).map_err(SafeguardError::OutputFilter)?;
+        }
+        Ok(())
     }
 
     /// In words: "watermark (gamma 0.25, delta 2, context 1), output filter (1 term,
@@ -146,6 +166,7 @@ pub fn issue(
         None => hex::encode(random::bytes::<16>()),
     };
     // These two are listed from the terms that mandate them, never on their own.
+    terms.safeguards.check()?;
     let mut features: Vec<String> = terms
         .features
         .iter()
@@ -155,7 +176,6 @@ pub fn issue(
     let watermark = match &terms.safeguards.watermark {
         None => None,
         Some(params) => {
-            params.check().map_err(IssueError::Watermark)?;
             let key = WatermarkKey::derive(signer, &license_id, &sealed.model_id);
             let info = key_wrap::watermark_binding_info(&license_id, &sealed.model_id);
             let wrapped = key_wrap::wrap_secret(&enrollment.unwrap_key, &info, key.as_bytes())
@@ -169,8 +189,7 @@ pub fn issue(
             })
         }
     };
-    if let Some(rules) = &terms.safeguards.output_filter {
-        OutputFilter::new(rules).map_err(IssueError::OutputFilter)?;
+    if terms.safeguards.output_filter.is_some() {
         features.push(FEATURE_OUTPUT_FILTER.to_string());
     }
     features.sort();

@@ -248,15 +248,10 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
 /// refuses such a license rather than serve without the safeguard.
 fn safeguard_problem(body: &LicenseBody) -> Option<String> {
     let listed = |f: &str| body.features.iter().any(|x| x == f);
-    if let Some(w) = &body.watermark {
-        if let Err(e) = w.params().check() {
-            return Some(format!("the license's watermark parameters are invalid ({e}); ask the vendor for a corrected license"));
-        }
-    }
-    if let Some(rules) = &body.output_filter {
-        if let Err(e) = crate::runtime::output_filter::OutputFilter::new(rules) {
-            return Some(format!("the license's output filter cannot be applied ({e}); ask the vendor for a corrected license"));
-        }
+    if let Err(e) = body.safeguard_terms().check() {
+        return Some(format!(
+            "the license's safeguards cannot be applied ({e}); ask the vendor for a corrected license"
+        ));
     }
     for (feature, present) in [
         (super::FEATURE_WATERMARK, body.watermark.is_some()),

@@ -229,14 +229,10 @@ impl Service {
                 "--lease must be longer than 0 s".into(),
             ));
         }
-        if let Some(w) = &request.safeguards.watermark {
-            w.check()
-                .map_err(|e| ApiError::BadRequest(format!("--watermark: {e}")))?;
-        }
-        if let Some(rules) = &request.safeguards.output_filter {
-            crate::runtime::output_filter::OutputFilter::new(rules)
-                .map_err(|e| ApiError::BadRequest(format!("--filter-rules: {e}")))?;
-        }
+        request
+            .safeguards
+            .check()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let scope = &self.issuer.scope;
         if !Issuer::covers(&scope.orgs, &org) {
             return Err(ApiError::Forbidden(format!(

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use crate::crypto::key_wrap;
 use crate::crypto::ContentKey;
 use crate::fsutil::FsError;
 use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, VerifiedLicense};
@@ -101,12 +100,9 @@ pub fn admit(
             hex::encode(body.model.sealed_header_sha256.0)
         )));
     }
-    let key = key_wrap::unwrap(
-        identity.unwrap_secret(),
-        &body.key_binding_info(),
-        &body.content_key.to_wrapped(),
-    )
-    .map_err(|e| Refusal::Unwrap(e.to_string()))?;
+    let key = body
+        .unwrap_content_key(identity.unwrap_secret())
+        .map_err(|e| Refusal::Unwrap(e.to_string()))?;
     sealed.check_key(&key)?;
     let safeguards = Safeguards::from_license(body, identity).map_err(Refusal::Safeguards)?;
     Ok(Admitted {

@@ -115,6 +115,15 @@ impl FinishReason {
             FinishReason::ContentFilter => "content_filter",
         }
     }
+
+    /// The usage ledger's outcome for an answer that finished this way: `filtered`
+    /// when the license's output filter ended it, `ok` otherwise.
+    pub fn ledger_outcome(self) -> &'static str {
+        match self {
+            FinishReason::ContentFilter => "filtered",
+            FinishReason::Stop | FinishReason::Length => "ok",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -506,11 +515,7 @@ impl Slot {
     }
 
     fn remember(&mut self, token: LlamaToken) {
-        let keep = self
-            .safeguards
-            .watermark
-            .as_ref()
-            .map_or(0, |w| w.params.context);
+        let keep = self.safeguards.watermark_context();
         if keep > 0 {
             self.recent.push(token.0);
             if self.recent.len() > keep {
@@ -659,10 +664,7 @@ fn admit(
     let _ = req.events.send(Event::Started {
         prompt_tokens: prompt.len() as u32,
     });
-    let context = safeguards
-        .watermark
-        .as_ref()
-        .map_or(0, |w| w.params.context);
+    let context = safeguards.watermark_context();
     let recent = prompt[prompt.len().saturating_sub(context)..]
         .iter()
         .map(|t| t.0)

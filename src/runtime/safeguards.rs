@@ -29,13 +29,12 @@ impl Safeguards {
         Safeguards::default()
     }
 
-    /// The safeguards `body` mandates, for this node.
+    /// The safeguards `body` mandates, for this node. `body` comes from a verified
+    /// license: verification already refused parameters or rules a node cannot apply.
     pub fn from_license(body: &LicenseBody, identity: &NodeIdentity) -> Result<Safeguards, String> {
         let watermark = match &body.watermark {
             None => None,
             Some(mandate) => {
-                let params = mandate.params();
-                params.check()?;
                 let key = key_wrap::unwrap_secret(
                     identity.unwrap_secret(),
                     &body.watermark_binding_info(),
@@ -44,7 +43,7 @@ impl Safeguards {
                 .map_err(|e| format!("cannot unwrap the watermark key: {e}"))?;
                 Some(Watermark {
                     key: WatermarkKey::from_bytes(*key),
-                    params,
+                    params: mandate.params(),
                 })
             }
         };
@@ -53,5 +52,10 @@ impl Safeguards {
             Some(rules) => Some(OutputFilter::new(rules)?),
         };
         Ok(Safeguards { watermark, filter })
+    }
+
+    /// How many previous tokens seed the watermark's green lists (0 without one).
+    pub fn watermark_context(&self) -> usize {
+        self.watermark.as_ref().map_or(0, |w| w.params.context)
     }
 }

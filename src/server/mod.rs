@@ -496,17 +496,16 @@ impl UsageRecord {
 impl UsageRecord {
     /// The outcome of a finished answer: `filtered` (with its rule kept for the
     /// record, and logged) when the license's output filter ended it, else `ok`.
-    fn finished(&mut self, reason: FinishReason, filter_rule: Option<String>) -> String {
-        if reason != FinishReason::ContentFilter {
-            return "ok".into();
+    fn finished(&mut self, reason: FinishReason, filter_rule: Option<String>) -> &'static str {
+        if reason == FinishReason::ContentFilter {
+            tracing::warn!(
+                "request {}: the license's output filter ({}) ended the answer; the matched text was not sent",
+                self.request_id,
+                filter_rule.as_deref().unwrap_or("a rule")
+            );
+            self.filter_rule = filter_rule;
         }
-        tracing::warn!(
-            "request {}: the license's output filter ({}) ended the answer; the matched text was not sent",
-            self.request_id,
-            filter_rule.as_deref().unwrap_or("a rule")
-        );
-        self.filter_rule = filter_rule;
-        "filtered".into()
+        reason.ledger_outcome()
     }
 
     fn count_for_caps(&self) {
@@ -613,7 +612,7 @@ async fn generate(
             } => {
                 usage.completion_tokens = completion_tokens;
                 let outcome = usage.finished(reason, filter_rule);
-                usage.write(&outcome).await?;
+                usage.write(outcome).await?;
                 let totals = Usage::new(usage.prompt_tokens, completion_tokens);
                 return Ok(Json(meta.response(&text, reason.as_str(), totals)).into_response());
             }
@@ -665,7 +664,7 @@ fn sse_stream(
                     record.completion_tokens = completion_tokens;
                     let outcome = record.finished(reason, filter_rule);
                     // The end of the answer goes out only once its record is durable.
-                    if let Err(e) = record.write(&outcome).await {
+                    if let Err(e) = record.write(outcome).await {
                         send(e.body);
                         return;
                     }
