@@ -178,10 +178,10 @@ impl Vendor {
         ]);
     }
 
-    /// `admin entitle` for our organization and the tiny model.
-    fn try_entitle(&self, nodes: u32, lease: &str, grace: &str) -> Output {
+    /// `admin entitle` for our organization and the tiny model, with extra flags.
+    fn try_entitle(&self, nodes: u32, lease: &str, grace: &str, extra: &[&str]) -> Output {
         let nodes = nodes.to_string();
-        self.admin(&[
+        let mut args = vec![
             "entitle",
             "--org",
             ORG,
@@ -195,13 +195,15 @@ impl Vendor {
             lease,
             "--grace",
             grace,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.admin(&args)
     }
 
     /// Add the model and an entitlement.
     fn entitle(&self, nodes: u32, lease: &str, grace: &str) {
         self.add_model();
-        ok(&self.try_entitle(nodes, lease, grace), "admin entitle");
+        ok(&self.try_entitle(nodes, lease, grace, &[]), "admin entitle");
     }
 }
 
@@ -265,6 +267,13 @@ impl Node {
     }
 }
 
+/// `leasehold renew` (air-gapped, by files) for the node in `dir` with extra flags.
+fn renew_by_file(dir: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
+    all.extend_from_slice(args);
+    leasehold(dir, &all)
+}
+
 /// `serve` with a license server, as a node runs it.
 fn serve_args(url: &str) -> Vec<String> {
     [
@@ -309,13 +318,7 @@ fn client() -> reqwest::Client {
 }
 
 async fn license_state(http: &reqwest::Client, node: &Server) -> Value {
-    http.get(node.url("/v1/license"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::node::get_json(http, &node.url("/v1/license")).await
 }
 
 async fn chat(http: &reqwest::Client, node: &Server) -> (u16, Value) {
@@ -642,23 +645,7 @@ fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
         "patterns = ['secret.*']\n",
     )
     .unwrap();
-    let entitle = |extra: &[&str]| {
-        let mut args = vec![
-            "entitle",
-            "--org",
-            ORG,
-            "--model",
-            "tiny",
-            "--nodes",
-            "1",
-            "--term-end",
-            "+1d",
-            "--lease",
-            "1h",
-        ];
-        args.extend_from_slice(extra);
-        vendor.admin(&args)
-    };
+    let entitle = |extra: &[&str]| vendor.try_entitle(1, "1h", "0s", extra);
     // Safeguards that a node could not apply are refused when entitling.
     for bad in [
         &["--watermark", "gamma=1.5,delta=2"][..],
@@ -698,11 +685,7 @@ fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
         let _ = server.child.wait();
         std::fs::read(p.join("node.license")).unwrap()
     };
-    let renew = |args: &[&str]| {
-        let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
-        all.extend_from_slice(args);
-        ok(&leasehold(p, &all), &format!("renew {args:?}"))
-    };
+    let renew = |args: &[&str]| ok(&renew_by_file(p, args), &format!("renew {args:?}"));
     renew(&["--request-out", "req.json"]);
     std::fs::copy(p.join("req.json"), vendor.path().join("req.json")).unwrap();
     vendor.admin_ok(&[
@@ -789,11 +772,7 @@ fn air_gapped_renewal_by_files_and_replays_refused() {
         let _ = server.child.wait();
         std::fs::read(p.join("node.license")).unwrap()
     };
-    let renew = |args: &[&str]| {
-        let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
-        all.extend_from_slice(args);
-        leasehold(p, &all)
-    };
+    let renew = |args: &[&str]| renew_by_file(p, args);
     ok(
         &renew(&["--request-out", "req1.json"]),
         "renew --request-out",
@@ -872,7 +851,7 @@ fn an_issuer_out_of_scope_is_refused() {
     );
     other_org.start();
     other_org.add_model();
-    let out = other_org.try_entitle(1, "1h", "0s");
+    let out = other_org.try_entitle(1, "1h", "0s", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not cover organization"));
 
@@ -883,7 +862,7 @@ fn an_issuer_out_of_scope_is_refused() {
     );
     short.start();
     short.add_model();
-    let out = short.try_entitle(1, "1h", "0s");
+    let out = short.try_entitle(1, "1h", "0s", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("maximum lease"));
 }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::node::{leasehold, leasehold_env, NodeSite, Server};
+use common::node::{get_json, leasehold, leasehold_env, post_json, NodeSite, Server};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
@@ -184,27 +184,13 @@ async fn metrics_agree_with_the_license_endpoint() {
     let http = reqwest::Client::new();
     let (mut prompt, mut completion) = (0.0, 0.0);
     for i in 0..4 {
-        let v: Value = http
-            .post(server.url("/v1/chat/completions"))
-            .json(&json!({"model": "tiny", "max_tokens": 3 + i, "messages": [{"role": "user", "content": format!("hi {i}")}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json!({"model": "tiny", "max_tokens": 3 + i, "messages": [{"role": "user", "content": format!("hi {i}")}]});
+        let v = post_json(&http, &server.url("/v1/chat/completions"), &body).await;
         prompt += v["usage"]["prompt_tokens"].as_f64().unwrap();
         completion += v["usage"]["completion_tokens"].as_f64().unwrap();
     }
     let m = scrape(&http, &server.url("/metrics")).await;
-    let license: Value = http
-        .get(server.url("/v1/license"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let license = get_json(&http, &server.url("/v1/license")).await;
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in {m:?}"));
     let left = license["seconds_left"].as_f64().unwrap();
     assert!((get("leasehold_license_seconds_left{}") - left).abs() <= 2.0);

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::node::{leasehold, NodeSite, Server};
+use common::node::{get_json, leasehold, post_json, NodeSite, Server};
 use leasehold::license::{verify, TrustRoots, VerifiedLicense};
 use leasehold::runtime::engine::Vocabulary;
 use leasehold::watermark::{self, Detection, Params, WatermarkKey};
@@ -41,11 +41,6 @@ fn serve_hostile(site: &NodeSite, license: &str) -> Server {
         &NodeSite::serve_args(license, &["--config", "node.toml"]),
         &env,
     )
-}
-
-async fn license_state(server: &Server) -> Value {
-    let response = reqwest::get(server.url("/v1/license")).await.unwrap();
-    response.json().await.unwrap()
 }
 
 fn read_license(path: &Path) -> VerifiedLicense {
@@ -95,15 +90,7 @@ async fn twenty_answers(server: &Server) -> Vec<String> {
             "temperature": 1.0,
             "seed": i,
         });
-        let v: Value = http
-            .post(server.url("/v1/chat/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = post_json(&http, &server.url("/v1/chat/completions"), &body).await;
         let text = v["choices"][0]["message"]["content"]
             .as_str()
             .unwrap_or_else(|| panic!("no answer: {v}"));
@@ -180,7 +167,7 @@ async fn the_watermark_is_found_in_what_a_watermarked_node_generates_and_only_th
     }
 
     let mut server = serve_hostile(&site, "marked.license");
-    let license = license_state(&server).await;
+    let license = get_json(&reqwest::Client::new(), &server.url("/v1/license")).await;
     assert_eq!(license["safeguards"]["watermark"]["gamma"], 0.25);
     let marked_texts = twenty_answers(&server).await;
     server.stop();
@@ -404,7 +391,7 @@ async fn a_filtered_term_split_across_stream_chunks_never_reaches_the_client() {
 
     let mut server = serve_hostile(&site, "filtered.license");
     let filtered = python_story(&py, &server);
-    let license = license_state(&server).await;
+    let license = get_json(&reqwest::Client::new(), &server.url("/v1/license")).await;
     server.stop();
     assert_eq!(license["safeguards"]["output_filter"]["terms"], 1);
 

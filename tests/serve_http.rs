@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::node::{eventually, leasehold, NodeSite};
+use common::node::{eventually, get_json, leasehold, post_json, NodeSite};
 use leasehold::node::{trusted_time, NodeIdentity};
 use serde_json::{json, Value};
 
@@ -15,10 +15,6 @@ fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn chat_body(content: &str, max_tokens: u64) -> Value {
@@ -47,29 +43,23 @@ async fn serves_the_openai_api_and_reports_the_license() {
     assert_eq!(license["caps"]["concurrent"], 4);
     assert!(license["seconds_left"].as_i64().unwrap() > 3500);
 
-    let chat: Value = http
-        .post(server.url("/v1/chat/completions"))
-        .json(&chat_body("hello", 8))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let chat = post_json(
+        &http,
+        &server.url("/v1/chat/completions"),
+        &chat_body("hello", 8),
+    )
+    .await;
     assert_eq!(chat["object"], "chat.completion");
     assert_eq!(chat["choices"][0]["message"]["role"], "assistant");
     assert!(chat["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() <= 8);
 
-    let completion: Value = http
-        .post(server.url("/v1/completions"))
-        .json(&json!({"model": "tiny", "prompt": "once upon", "max_tokens": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let completion = post_json(
+        &http,
+        &server.url("/v1/completions"),
+        &json!({"model": "tiny", "prompt": "once upon", "max_tokens": 5}),
+    )
+    .await;
     assert_eq!(completion["object"], "text_completion");
     assert!(completion["usage"]["total_tokens"].as_u64().unwrap() > 0);
 

@@ -347,14 +347,7 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
             .ends_with("T00:00:00Z"));
     };
     check_refused(chat(&server, 4).await).await;
-    let state: Value = http
-        .get(server.url("/v1/license"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = common::node::get_json(&http, &server.url("/v1/license")).await;
     assert_eq!(state["usage"]["requests_today"], 3);
 
     // After a restart the count comes back from the ledger.

@@ -6,7 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tempfile::TempDir;
+
+/// GET `url`; its JSON body.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// POST `body` as JSON to `url`; the JSON answer.
+pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    let response = http.post(url).json(body).send().await.unwrap();
+    response.json().await.unwrap()
+}
 
 pub fn leasehold(dir: &Path, args: &[&str]) -> Output {
     leasehold_env(dir, args, &[])
