@@ -141,10 +141,8 @@ fn license_verification(c: &mut Criterion) {
     let checks = Checks {
         node: Some(&public),
         hardware: Some(&profile),
-        time: TimeContext {
-            now: Utc::now(),
-            high_water: None,
-        },
+        time: TimeContext::new(Utc::now(), None),
+        memory: None,
     };
     c.bench_function(
         "license_verify (parse + signature + hardware + time)",

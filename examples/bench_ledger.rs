@@ -47,7 +47,7 @@ async fn main() {
                             model_id: "smollm2".into(),
                             prompt_tokens: 42,
                             completion_tokens: 128,
-                            outcome: "ok".into(),
+                            outcome: leasehold::ledger::record::Outcome::Ok,
                             client_key: "1a2b3c4d".into(),
                             prompt_sha256: None,
                             filter_rule: None,

@@ -85,13 +85,17 @@ fn main() -> anyhow::Result<()> {
         enrollment_envelope.render(),
     )?;
     let enrollment = enrollment::verify(enrollment_envelope.render().as_bytes())?;
-    let state = NodeStateBody {
-        version: NodeStateBody::VERSION,
-        node_id: identity.public().node_id(),
-        high_water: t0,
-    };
+    let mut state = NodeStateBody::new(identity.public().node_id(), t0);
     std::fs::write(
         out.join("node-state-v1.json"),
+        Envelope::sign(&state, identity.signing_key(), vec![]).render(),
+    )?;
+    let (first, second) = (format!("{:032x}", 1), format!("{:032x}", 2));
+    state.note_spent(&first, 9);
+    state.note_serial(&second, 3);
+    state.note_revoked(&second);
+    std::fs::write(
+        out.join("node-state-v1-licenses.json"),
         Envelope::sign(&state, identity.signing_key(), vec![]).render(),
     )?;
 

@@ -6,6 +6,8 @@
 #   openssl                         (test certificates for the license server's TLS test)
 #   cargo-deb                       (scripts/package.sh; the packaging test)
 #   systemd                         (systemd-analyze verify on the units)
+#   faketime                        (tests that wind a real process's clock back, as an
+#                                    operator would, against trusted time)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 set -euo pipefail
 
@@ -20,6 +22,7 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v strip >/dev/null 2>&1 || missing+=(binutils)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2

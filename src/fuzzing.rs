@@ -14,10 +14,8 @@ pub fn license_input(data: &[u8]) {
     let checks = Checks {
         node: None,
         hardware: Some(&profile),
-        time: TimeContext {
-            now: Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(),
-            high_water: None,
-        },
+        time: TimeContext::new(Utc.with_ymd_and_hms(2027, 1, 1, 0, 0, 0).unwrap(), None),
+        memory: None,
     };
     let assessment = assess(data, &TrustRoots::compiled_in(), &checks);
     let _ = assessment.verdict.explain(checks.time.now);

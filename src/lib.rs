@@ -16,6 +16,8 @@
 //! - [`protocol`]: signed renewal requests and responses between nodes and servers.
 //! - [`license_server`]: the vendor's license server: enrollments, approvals, short
 //!   leases, revocation, usage checkpoints, on SQLite or PostgreSQL.
+//! - [`http_auth`]: bearer tokens for the node's API and the license server (one
+//!   reader, one constant-time comparison).
 //! - [`metrics`]: Prometheus text exposition for the node's and the server's `/metrics`.
 //! - [`watermark`]: the statistical text watermark's arithmetic (green lists, logit
 //!   bias, detection); not yet wired to licenses and the engine.
@@ -29,6 +31,7 @@ pub mod crypto;
 pub mod format;
 pub mod fsutil;
 pub mod fuzzing;
+pub mod http_auth;
 pub mod ledger;
 pub mod license;
 pub mod license_server;

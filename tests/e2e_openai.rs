@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::node::{eventually, NodeSite, Server};
+use common::plaintext::{IdentifyingBlocks, BLOCK};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 fn python(py: &Path, mode: &str, server: &Server) -> Output {
     Command::new(py)
@@ -57,15 +56,12 @@ fn files_under(dirs: &[PathBuf], skip: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// No file under the node dir, the working directory, /tmp or $TMPDIR holds the GGUF
-/// header of the model or any 4 KiB block of its plaintext.
+/// No file under the node dir, the working directory, /tmp or $TMPDIR holds a 4 KiB
+/// block that identifies the model (see `common::plaintext`). A planted block must be
+/// found first (positive control), so the scan is known to work.
 fn assert_no_plaintext_on_storage(model: &Path, site: &NodeSite) {
-    let plaintext = std::fs::read(model).unwrap();
-    let header = &plaintext[..64];
-    let blocks: HashSet<[u8; 32]> = plaintext
-        .chunks_exact(4096)
-        .map(|b| Sha256::digest(b).into())
-        .collect();
+    let blocks = IdentifyingBlocks::of(std::fs::read(model).unwrap());
+    assert!(blocks.count() > 1000, "the model has identifying blocks");
     let mut dirs = vec![
         site.path().to_path_buf(),
         std::env::current_dir().unwrap(),
@@ -80,27 +76,34 @@ fn assert_no_plaintext_on_storage(model: &Path, site: &NodeSite) {
         common::repo_path("target"),
         PathBuf::from("/tmp/.X11-unix"),
     ];
-    let mut scanned = 0u64;
-    for file in files_under(&dirs, &skip) {
-        let Ok(bytes) = std::fs::read(&file) else {
-            continue;
-        };
-        scanned += bytes.len() as u64;
-        assert!(
-            !bytes.windows(header.len()).any(|w| w == header),
-            "{} holds the model's GGUF header",
-            file.display()
-        );
-        for (i, block) in bytes.chunks_exact(4096).enumerate() {
-            let digest: [u8; 32] = Sha256::digest(block).into();
-            assert!(
-                !blocks.contains(&digest),
-                "{} holds plaintext block at {}",
-                file.display(),
-                i * 4096
-            );
+    let scan = |skip: &[PathBuf]| {
+        let mut scanned = 0u64;
+        for file in files_under(&dirs, skip) {
+            let Ok(bytes) = std::fs::read(&file) else {
+                continue;
+            };
+            scanned += bytes.len() as u64;
+            if let Some((offset, block)) = blocks.find(&bytes, BLOCK) {
+                return Err(format!(
+                    "{} holds the model's block {block} at {offset}",
+                    file.display()
+                ));
+            }
         }
-    }
+        Ok(scanned)
+    };
+    // Positive control: one real block, planted at a 4 KiB boundary, is found.
+    let planted = site.path().join("planted.bin");
+    let mut bytes = vec![0u8; BLOCK];
+    bytes.extend_from_slice(blocks.nth(blocks.count() / 2));
+    std::fs::write(&planted, &bytes).unwrap();
+    let found = scan(&skip);
+    std::fs::remove_file(&planted).unwrap();
+    assert!(
+        found.as_ref().is_err_and(|e| e.contains("planted.bin")),
+        "the scan must find a planted block: {found:?}"
+    );
+    let scanned = scan(&skip).unwrap_or_else(|e| panic!("{e}"));
     assert!(scanned > 0);
 }
 
@@ -121,9 +124,13 @@ async fn real_model_serves_openai_clients_lapses_and_renews() {
     assert_eq!(concurrent["completed"], 8);
     assert_no_plaintext_on_storage(&model, &site);
     let rss_serving = server.rss();
+    assert!(
+        server.holds_weights(),
+        "the weights are in a memfd while serving"
+    );
 
     // Switch to a short lease (a renewal: higher serial) to watch grace and lapse.
-    site.issue("x.license", "+12s", &["--grace", "6s"]);
+    site.issue("x.license", "+12s", &["--grace", "20s"]);
     server.signal("HUP");
 
     // Grace: served, and marked.
@@ -149,7 +156,20 @@ async fn real_model_serves_openai_clients_lapses_and_renews() {
     );
     ok(&python(&py, "grace", &server), "grace");
 
-    // A long stream running into the lapse ends with an error event.
+    // A long stream running into the lapse ends with an error event: started when the
+    // lapse is 3 s away (seconds_to_lapse), so it is running then however fast or slow
+    // the steps before were.
+    assert!(
+        eventually(Duration::from_secs(30), async || license(
+            http.clone(),
+            url.clone()
+        )
+        .await["seconds_to_lapse"]
+            .as_i64()
+            .unwrap()
+            <= 3)
+        .await
+    );
     let stream = Command::new(&py)
         .arg(common::repo_path("tests/python/openai_client.py"))
         .args(["long-stream", &server.base, "smollm2-135m"])
@@ -158,7 +178,7 @@ async fn real_model_serves_openai_clients_lapses_and_renews() {
         .spawn()
         .unwrap();
     assert!(
-        eventually(Duration::from_secs(20), async || license(
+        eventually(Duration::from_secs(30), async || license(
             http.clone(),
             url.clone()
         )

@@ -628,6 +628,31 @@ async fn revoking_a_node_stops_it_and_spares_the_others() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+
+    // Put the revoked license back and start without the license server: its lease is
+    // still in grace, but the node remembers the revocation in its signed state.
+    std::fs::rename(
+        a.path().join("node.license.revoked"),
+        a.path().join("node.license"),
+    )
+    .unwrap();
+    let out = leasehold(
+        a.path(),
+        &[
+            "serve",
+            "--license",
+            "node.license",
+            "--sealed",
+            "m.sealed",
+            "--node-dir",
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(22), "{stderr}");
+    assert!(stderr.contains("revoked"), "{stderr}");
 }
 
 #[test]

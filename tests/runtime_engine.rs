@@ -226,44 +226,56 @@ async fn a_cancelled_request_does_not_stall_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_ends_running_requests_and_a_reload_serves_again() {
     let sealed = sealed_tiny();
-    let engine = loaded_engine(&sealed, 2).await;
+    // A long context and answer, so the request is mid-generation when the unload comes.
+    let engine = Engine::start(EngineConfig {
+        ctx: 2048,
+        threads: 2,
+        parallel: 2,
+        batch: 128,
+    })
+    .unwrap();
+    let load = |engine: &Engine| {
+        engine.load(
+            sealed.path.clone(),
+            sealed.key.clone(),
+            Arc::new(Safeguards::none()),
+            None,
+        )
+    };
+    load(&engine).await.unwrap().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
     engine
         .submit(GenerateRequest {
-            prompt: chat("keep going"),
-            params: greedy(250),
+            prompt: Prompt::Text("keep going".into()),
+            params: greedy(1800),
             events: tx,
         })
         .unwrap();
     assert!(matches!(rx.recv().await, Some(Event::Started { .. })));
+    assert!(
+        matches!(rx.recv().await, Some(Event::Text(_))),
+        "generating"
+    );
     engine.unload().await.unwrap();
+    let mut texts = 1;
     let mut last = None;
     while let Some(e) = rx.recv().await {
+        texts += usize::from(matches!(e, Event::Text(_)));
         last = Some(e);
     }
-    assert!(
-        matches!(
-            last,
-            Some(Event::Failed(GenerateError::LicenseExpired)) | Some(Event::Finished { .. })
-        ),
-        "{last:?}"
+    assert_eq!(
+        last,
+        Some(Event::Failed(GenerateError::LicenseExpired)),
+        "the running request is ended by the unload, after {texts} pieces"
     );
+    assert!(texts < 1800);
     assert_eq!(
         complete(&engine, chat("after"), greedy(4))
             .await
             .unwrap_err(),
         GenerateError::LicenseExpired
     );
-    engine
-        .load(
-            sealed.path.clone(),
-            sealed.key.clone(),
-            Arc::new(Safeguards::none()),
-            None,
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    load(&engine).await.unwrap().unwrap();
     complete(&engine, chat("again"), greedy(4)).await.unwrap();
     engine.shutdown();
 }
@@ -292,16 +304,18 @@ async fn stop_sequences_end_generation_without_emitting_the_stop() {
         .unwrap();
     // Stop at a piece of what greedy decoding produces anyway.
     let chars: Vec<char> = free.chars().collect();
-    if chars.len() >= 6 {
-        let stop: String = chars[3..5].iter().collect();
-        let mut params = greedy(40);
-        params.stop = vec![stop.clone()];
-        let (text, reason, _, _) = complete(&engine, Prompt::Text("abc".into()), params)
-            .await
-            .unwrap();
-        assert_eq!(reason, FinishReason::Stop);
-        assert!(!text.contains(&stop));
-        assert!(free.starts_with(&text));
-    }
+    assert!(
+        chars.len() >= 6,
+        "greedy decoding of the tiny model must give some text to stop in: {free:?}"
+    );
+    let stop: String = chars[3..5].iter().collect();
+    let mut params = greedy(40);
+    params.stop = vec![stop.clone()];
+    let (text, reason, _, _) = complete(&engine, Prompt::Text("abc".into()), params)
+        .await
+        .unwrap();
+    assert_eq!(reason, FinishReason::Stop);
+    assert!(!text.contains(&stop));
+    assert!(free.starts_with(&text));
     engine.shutdown();
 }

@@ -157,7 +157,7 @@ async fn api_keys_and_the_admin_token_are_required_when_configured() {
     let site = NodeSite::new(None);
     site.issue("x.license", "+1h", &[]);
     std::fs::write(site.path().join("keys.txt"), "# clients\nk-alpha\nk-beta\n").unwrap();
-    std::fs::write(site.path().join("admin.txt"), "admin-secret\n").unwrap();
+    std::fs::write(site.path().join("admin.txt"), "admin-secret-0123456789\n").unwrap();
     let server = site.serve(
         "x.license",
         &[
@@ -180,15 +180,54 @@ async fn api_keys_and_the_admin_token_are_required_when_configured() {
     assert_eq!(chat(None).await.unwrap().status(), 401);
     assert_eq!(chat(Some("k-gamma")).await.unwrap().status(), 401);
     assert_eq!(chat(Some("k-beta")).await.unwrap().status(), 200);
-    // The license endpoint stays public (monitoring); admin needs its own token.
-    assert_eq!(
-        http.get(server.url("/v1/license"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
+    // The license endpoint stays public for monitoring (phase, time left), but who
+    // holds the license and for which model only a client with a key learns; the same
+    // for /metrics. The signed attestation needs a key.
+    let public: Value = get_json(&http, &server.url("/v1/license")).await;
+    assert_eq!(public["phase"], "serving");
+    assert!(
+        public["licensee"].is_null() && public["model_id"].is_null(),
+        "{public}"
     );
+    let keyed: Value = http
+        .get(server.url("/v1/license"))
+        .bearer_auth("k-alpha")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keyed["licensee"], "Example Org");
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("leasehold_license_seconds_left"));
+    assert!(
+        !metrics.contains("Example Org") && !metrics.contains("model_id="),
+        "{metrics}"
+    );
+    let metrics = http
+        .get(server.url("/metrics"))
+        .bearer_auth("k-beta")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("licensee=\"Example Org\""), "{metrics}");
+    let attestation = http
+        .get(server.url("/v1/license/attestation"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attestation.status(), 401);
     let license = std::fs::read(site.path().join("x.license")).unwrap();
     let admin = http
         .post(server.url("/admin/license"))
@@ -201,7 +240,7 @@ async fn api_keys_and_the_admin_token_are_required_when_configured() {
     // The same license again is not a renewal (serial not higher): refused, still serving.
     let admin = http
         .post(server.url("/admin/license"))
-        .bearer_auth("admin-secret")
+        .bearer_auth("admin-secret-0123456789")
         .body(license)
         .send()
         .await
@@ -220,13 +259,17 @@ async fn api_keys_and_the_admin_token_are_required_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lapse_wipes_the_weights_and_a_renewal_brings_service_back() {
     let site = NodeSite::new(None);
-    site.issue("x.license", "+4s", &["--grace", "3s"]);
+    site.issue("x.license", "+1h", &[]);
     let mut server = site.serve("x.license", &[]);
     let http = client();
     let chat_url = server.url("/v1/chat/completions");
     let chat = || http.post(&chat_url).json(&chat_body("hi", 2)).send();
     assert!(server.holds_weights());
     assert_eq!(chat().await.unwrap().status(), 200);
+    // Once serving, a renewal to a short lease: its clock starts now, not before the
+    // (possibly slow) start.
+    site.issue("x.license", "+3s", &["--grace", "4s"]);
+    server.signal("HUP");
 
     // Grace: still serving, and every response says so.
     assert!(

@@ -9,11 +9,42 @@ use std::time::Duration;
 
 use common::node::{leasehold, NodeSite};
 use leasehold::crypto::signing::SecretKey;
-use leasehold::ledger::record::{self, Entry, RecordBody};
+use leasehold::ledger::record::{self, Entry, Outcome, RecordBody};
 use leasehold::ledger::{CheckpointPolicy, Ledger};
 use leasehold::node::NodeIdentity;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+/// The answered requests in a ledger's text: (request id, prompt tokens, completion
+/// tokens), joining each `admitted` record with its `completed` record of outcome ok.
+fn answered_in(text: &str) -> HashSet<(String, u64, u64)> {
+    let mut admitted = std::collections::HashMap::new();
+    let mut answered = HashSet::new();
+    for p in text.lines().filter_map(|l| record::parse(l).ok()) {
+        match p.body.entry {
+            Entry::Admitted {
+                request_id,
+                prompt_tokens,
+                ..
+            } => {
+                admitted.insert(request_id, prompt_tokens);
+            }
+            Entry::Completed {
+                request_id,
+                completion_tokens,
+                outcome: Outcome::Ok,
+                ..
+            } => {
+                let prompt = admitted
+                    .remove(&request_id)
+                    .expect("completed after admitted");
+                answered.insert((request_id, prompt, completion_tokens));
+            }
+            _ => {}
+        }
+    }
+    answered
+}
 
 fn request(i: u64) -> Entry {
     Entry::Request {
@@ -22,7 +53,7 @@ fn request(i: u64) -> Entry {
         model_id: "tiny".into(),
         prompt_tokens: 10 + i,
         completion_tokens: 5,
-        outcome: "ok".into(),
+        outcome: Outcome::Ok,
         client_key: "-".into(),
         prompt_sha256: None,
         filter_rule: None,
@@ -148,7 +179,7 @@ async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
             model_id: "tiny".into(),
             prompt_tokens: 1,
             completion_tokens: 1,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             client_key: "-".into(),
             prompt_sha256: None,
             filter_rule: None,
@@ -251,20 +282,7 @@ async fn kill_9_under_load_keeps_every_answered_request() {
 
     let ledger = site.path().join("node/usage.ledger");
     let text = std::fs::read_to_string(&ledger).unwrap();
-    let recorded: HashSet<(String, u64, u64)> = text
-        .lines()
-        .filter_map(|l| record::parse(l).ok())
-        .filter_map(|p| match p.body.entry {
-            Entry::Request {
-                request_id,
-                prompt_tokens,
-                completion_tokens,
-                outcome,
-                ..
-            } if outcome == "ok" => Some((request_id, prompt_tokens, completion_tokens)),
-            _ => None,
-        })
-        .collect();
+    let recorded = answered_in(&text);
     for a in &answered {
         assert!(
             recorded.contains(a),
@@ -294,10 +312,16 @@ async fn kill_9_under_load_keeps_every_answered_request() {
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
     let (code, report) = audit(site.path(), Path::new("node/usage.ledger"));
     assert_eq!(code, 0, "{report}");
-    assert_eq!(
-        report["requests"].as_u64().unwrap() as usize,
-        recorded.len() + 1
-    );
+    // Totals count every admitted request: the answered ones, the one after the
+    // restart, and those the kill cut mid-answer (admitted, never completed).
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    assert_eq!(answered_in(&text).len(), recorded.len() + 1);
+    let admitted = text
+        .lines()
+        .filter_map(|l| record::parse(l).ok())
+        .filter(|p| matches!(p.body.entry, Entry::Admitted { .. }))
+        .count();
+    assert_eq!(report["requests"].as_u64().unwrap() as usize, admitted);
     let text = std::fs::read_to_string(&ledger).unwrap();
     assert!(
         text.lines()
@@ -313,9 +337,21 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
     let site = NodeSite::new(None);
     site.issue(
         "x.license",
-        "+1h",
+        "+3d",
         &["--cap", "requests-per-day=3", "--cap", "context=64"],
     );
+    // The node's clock runs from noon tomorrow (Debian's faketime), so no UTC midnight
+    // falls inside the test, whenever it runs.
+    let noon = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("@%Y-%m-%d 12:00:00")
+        .to_string();
+    let serve = || {
+        let args = NodeSite::serve_args("x.license", &[]);
+        common::node::Server::start_command(
+            site.path(),
+            common::node::faketime_command(&noon, &args),
+        )
+    };
     let http = reqwest::Client::new();
     let chat = async |server: &common::node::Server, max_tokens: u64| {
         http.post(server.url("/v1/chat/completions"))
@@ -324,7 +360,7 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
             .await
             .unwrap()
     };
-    let server = site.serve("x.license", &[]);
+    let server = serve();
     // The context cap bounds the context: 100 new tokens do not fit in 64.
     assert_eq!(chat(&server, 100).await.status(), 400);
     for _ in 0..3 {
@@ -352,7 +388,7 @@ async fn caps_are_enforced_from_the_ledger_across_a_restart() {
 
     // After a restart the count comes back from the ledger.
     drop(server);
-    let server = site.serve("x.license", &[]);
+    let server = serve();
     check_refused(chat(&server, 4).await).await;
     let text = std::fs::read_to_string(site.path().join("node/usage.ledger")).unwrap();
     assert_eq!(text.matches("refused:license_cap_exceeded").count(), 2);

@@ -88,10 +88,8 @@ fn license_vectors_verify_and_unwrap_the_vector_key() {
         let checks = Checks {
             node: Some(&public),
             hardware: Some(&profile),
-            time: TimeContext {
-                now,
-                high_water: None,
-            },
+            time: TimeContext::new(now, None),
+            memory: None,
         };
         assert!(matches!(
             evaluate(&license.body, &checks),
@@ -128,4 +126,26 @@ fn enrollment_certificate_and_state_vectors_parse() {
         high_water,
         Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap())
     );
+
+    // A state remembering licenses: spent, superseded and revoked as FORMATS.md says.
+    std::fs::write(
+        state_dir.path().join(trusted_time::STATE_FILE),
+        vector("node-state-v1-licenses.json"),
+    )
+    .unwrap();
+    let state = trusted_time::load(state_dir.path(), &node.public())
+        .unwrap()
+        .unwrap();
+    let (first, second) = (format!("{:032x}", 1), format!("{:032x}", 2));
+    use trusted_time::Remembered;
+    assert_eq!(
+        state.refuses(&first, 9),
+        Some(Remembered::Spent { serial: 9 })
+    );
+    assert_eq!(
+        state.refuses(&first, 8),
+        Some(Remembered::Superseded { newest: 9 })
+    );
+    assert_eq!(state.refuses(&first, 10), None);
+    assert_eq!(state.refuses(&second, 4), Some(Remembered::Revoked));
 }

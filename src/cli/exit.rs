@@ -2,6 +2,7 @@
 //! `leasehold --help`, `leasehold inspect --help` and the README.
 
 use crate::license::Verdict;
+use crate::node::trusted_time::StateError;
 use crate::runtime::admission::Refusal;
 use crate::seal::SealError;
 
@@ -19,6 +20,8 @@ pub const TAMPERED: u8 = 15;
 pub const UNKNOWN_ISSUER: u8 = 16;
 pub const ISSUER_NOT_AUTHORIZED: u8 = 17;
 pub const UNSUPPORTED: u8 = 18;
+/// This node already admitted a later serial of the license.
+pub const SUPERSEDED: u8 = 19;
 /// The sealed model is damaged: truncated, extended, edited or reordered.
 pub const SEALED_DAMAGED: u8 = 20;
 /// The sealed model or content key is not the one the license is for.
@@ -38,16 +41,19 @@ Exit codes:
    2  usage error: unknown flag or missing argument
   10  in grace: expired, still serving until the grace period ends (inspect)
   11  not yet valid
-  12  expired (grace period over)
-  13  clock rolled back: the system clock is behind time this node has seen
+  12  expired (grace period over), or this node saw the license lapse (spent)
+  13  clock rolled back: the system clock is behind time this node has seen;
+      or the node's trusted-time state (state.json) is missing or damaged
   14  wrong machine: issued to another node, or the hardware does not match
   15  tampered: the license is damaged, edited, or not a license
   16  unknown issuer: not signed by a root trusted by this build
   17  issuer not authorized: a certified issuer acted outside its scope
   18  unsupported: a format version or mandated feature this build lacks
+  19  superseded: this node already admitted a later serial of this license
   20  sealed model damaged: truncated, extended, edited or reordered (check)
   21  model mismatch: the sealed model or key is not the one licensed (check)
-  22  refused by the license server: revoked, ended, denied, or not enrolled
+  22  refused by the license server: revoked (also remembered by the node), ended,
+      denied, or not enrolled
   23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify);
       for serve: the ledger is damaged, deleted or rolled back
   24  no watermark: the text does not carry the license's watermark (watermark detect)";
@@ -58,8 +64,10 @@ pub fn for_verdict(verdict: &Verdict) -> u8 {
         Verdict::Valid { .. } => OK,
         Verdict::InGrace { .. } => IN_GRACE,
         Verdict::NotYetValid { .. } => NOT_YET_VALID,
-        Verdict::Expired { .. } => EXPIRED,
-        Verdict::ClockRolledBack { .. } => CLOCK_ROLLED_BACK,
+        Verdict::Expired { .. } | Verdict::Spent { .. } => EXPIRED,
+        Verdict::ClockRolledBack { .. } | Verdict::TrustedTimeLost { .. } => CLOCK_ROLLED_BACK,
+        Verdict::Superseded { .. } => SUPERSEDED,
+        Verdict::Revoked { .. } => SERVER_REFUSED,
         Verdict::WrongMachine { .. } => WRONG_MACHINE,
         Verdict::Tampered { .. } => TAMPERED,
         Verdict::UnknownIssuer { .. } => UNKNOWN_ISSUER,
@@ -85,6 +93,7 @@ pub fn for_refusal(refusal: &Refusal) -> u8 {
         Refusal::ModelMismatch(_) => MODEL_MISMATCH,
         Refusal::Unwrap(_) => WRONG_MACHINE,
         Refusal::Safeguards(_) => UNSUPPORTED,
-        Refusal::Fs(_) | Refusal::State(_) => ERROR,
+        Refusal::State(StateError::Fs(_)) | Refusal::Fs(_) => ERROR,
+        Refusal::State(_) => CLOCK_ROLLED_BACK,
     }
 }

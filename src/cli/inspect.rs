@@ -22,7 +22,10 @@ use crate::seal::SealError;
 fn assess_file(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<Assessment> {
     let bytes = fsutil::read_limited(license, MAX_LICENSE_BYTES, "license")?;
     let identity = node_dir.map(NodeIdentity::load).transpose()?;
-    Ok(admission::assess_here(&bytes, identity.as_ref())?)
+    Ok(admission::assess_here(
+        &bytes,
+        identity.as_ref().map(admission::NodeRecords::new),
+    )?)
 }
 
 fn authority_line(authority: &Authority) -> String {
@@ -200,6 +203,7 @@ impl From<anyhow::Error> for CheckFailure {
 }
 
 pub fn check(args: CheckArgs) -> Outcome {
+    super::runtime_cmds::forbid_dumps()?;
     let mut steps: Vec<String> = Vec::new();
     let result = run_check(&args, &mut steps);
     let (code, message) = match &result {
@@ -232,7 +236,11 @@ fn run_check(args: &CheckArgs, steps: &mut Vec<String>) -> Result<String, CheckF
     let identity = NodeIdentity::load(&args.licensed.node_dir).map_err(anyhow::Error::from)?;
     let bytes = fsutil::read_limited(&args.licensed.license, MAX_LICENSE_BYTES, "license")
         .map_err(anyhow::Error::from)?;
-    let admitted = admission::admit(&bytes, &identity, &args.licensed.sealed)?;
+    let admitted = admission::admit(
+        &bytes,
+        admission::NodeRecords::new(&identity),
+        &args.licensed.sealed,
+    )?;
     let now = clock::system_now();
     let body = &admitted.license.body;
     let header = admitted.sealed.header();
@@ -398,9 +406,12 @@ struct ReportRow {
     completion_tokens: u64,
     cancelled: u64,
     refused: u64,
+    /// Admitted, with no `completed` record: the node stopped mid-answer (a crash,
+    /// `kill -9`), so the completion tokens are unknown.
+    interrupted: u64,
 }
 
-const REPORT_COLUMNS: [&str; 9] = [
+const REPORT_COLUMNS: [&str; 10] = [
     "period",
     "license_id",
     "model_id",
@@ -410,10 +421,11 @@ const REPORT_COLUMNS: [&str; 9] = [
     "completion_tokens",
     "cancelled",
     "refused",
+    "interrupted",
 ];
 
 impl ReportRow {
-    fn cells(&self) -> [String; 9] {
+    fn cells(&self) -> [String; 10] {
         [
             self.period.clone(),
             self.license_id.clone(),
@@ -424,13 +436,14 @@ impl ReportRow {
             self.completion_tokens.to_string(),
             self.cancelled.to_string(),
             self.refused.to_string(),
+            self.interrupted.to_string(),
         ]
     }
 }
 
 /// Text columns left-aligned, counts right-aligned.
-fn table_line(cells: &[String; 9]) -> String {
-    const WIDTHS: [usize; 9] = [10, 32, 16, 10, 9, 13, 17, 9, 7];
+fn table_line(cells: &[String; 10]) -> String {
+    const WIDTHS: [usize; 10] = [10, 32, 16, 10, 9, 13, 17, 9, 7, 11];
     cells
         .iter()
         .zip(WIDTHS)
@@ -446,6 +459,22 @@ fn table_line(cells: &[String; 9]) -> String {
         .join(" ")
 }
 
+/// A report row: (period, license, model, client key).
+type ReportKey = (String, String, String, String);
+
+fn report_row(
+    rows: &mut std::collections::BTreeMap<ReportKey, ReportRow>,
+    key: ReportKey,
+) -> &mut ReportRow {
+    rows.entry(key.clone()).or_insert_with(|| ReportRow {
+        period: key.0,
+        license_id: key.1,
+        model_id: key.2,
+        client_key: key.3,
+        ..ReportRow::default()
+    })
+}
+
 pub fn audit_report(args: AuditReportArgs) -> Outcome {
     use crate::ledger::record::{self, Entry};
     use chrono::Datelike;
@@ -459,57 +488,74 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
     let (from, to) = (parse(&args.from)?, parse(&args.to)?);
     let text = std::fs::read(&args.ledger)
         .with_context(|| format!("cannot read {}", args.ledger.display()))?;
-    let mut rows: std::collections::BTreeMap<(String, String, String, String), ReportRow> =
-        Default::default();
+    let mut rows: std::collections::BTreeMap<ReportKey, ReportRow> = Default::default();
     let mut unreadable = 0u64;
+    // Admitted requests waiting for their completed record: request id → row.
+    let mut open: std::collections::HashMap<String, ReportKey> = Default::default();
     for parsed in record::each(&text) {
         let Some(parsed) = parsed.filter(|p| p.actual_hash == p.written_hash) else {
             unreadable += 1;
             continue;
         };
         let at = parsed.body.at;
-        if from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t) {
-            continue;
-        }
-        let Entry::Request {
-            license_id,
-            model_id,
-            client_key,
-            prompt_tokens,
-            completion_tokens,
-            outcome,
-            ..
-        } = parsed.body.entry
-        else {
-            continue;
-        };
+        // A request belongs to the period it was admitted (or refused) in; its
+        // completed record joins it whenever it came.
+        let in_range = !(from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t));
         let period = match args.by {
             Period::Day => at.format("%Y-%m-%d").to_string(),
             Period::Month => at.format("%Y-%m").to_string(),
             Period::Quarter => format!("{}-Q{}", at.year(), (at.month() - 1) / 3 + 1),
         };
-        let key = (
-            period.clone(),
-            license_id.clone(),
-            model_id.clone(),
-            client_key.clone(),
-        );
-        let row = rows.entry(key).or_insert_with(|| ReportRow {
-            period,
-            license_id,
-            model_id,
-            client_key,
-            ..ReportRow::default()
-        });
-        if outcome.starts_with("refused") {
-            row.refused += 1;
-            continue;
-        }
-        row.requests += 1;
-        row.prompt_tokens += prompt_tokens;
-        row.completion_tokens += completion_tokens;
-        if outcome == "cancelled" {
-            row.cancelled += 1;
+        match parsed.body.entry {
+            Entry::Request {
+                license_id,
+                model_id,
+                client_key,
+                prompt_tokens,
+                completion_tokens,
+                outcome,
+                ..
+            } if in_range => {
+                let key = (period, license_id, model_id, client_key);
+                let row = report_row(&mut rows, key);
+                if !outcome.served() {
+                    row.refused += 1;
+                    continue;
+                }
+                row.requests += 1;
+                row.prompt_tokens += prompt_tokens;
+                row.completion_tokens += completion_tokens;
+                row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
+            }
+            Entry::Admitted {
+                request_id,
+                license_id,
+                model_id,
+                client_key,
+                prompt_tokens,
+                ..
+            } if in_range => {
+                let key = (period, license_id, model_id, client_key);
+                let row = report_row(&mut rows, key.clone());
+                row.requests += 1;
+                row.prompt_tokens += prompt_tokens;
+                row.interrupted += 1; // until its completed record turns up
+                open.insert(request_id, key);
+            }
+            Entry::Completed {
+                request_id,
+                completion_tokens,
+                outcome,
+                ..
+            } => {
+                // Counted in the period its request was admitted in.
+                if let Some(row) = open.remove(&request_id).and_then(|k| rows.get_mut(&k)) {
+                    row.interrupted -= 1;
+                    row.completion_tokens += completion_tokens;
+                    row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
+                }
+            }
+            _ => {}
         }
     }
     if unreadable > 0 {
@@ -532,6 +578,7 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
                         "completion_tokens": total(|r| r.completion_tokens),
                         "cancelled": total(|r| r.cancelled),
                         "refused": total(|r| r.refused),
+                        "interrupted": total(|r| r.interrupted),
                     },
                 }))?
             );

@@ -437,6 +437,11 @@ pub struct IssueArgs {
     /// Serial number (default: issue time in milliseconds, so later licenses are higher).
     #[arg(long)]
     pub serial: Option<u64>,
+    /// Renew an existing license: keep its license id (32 hex digits, as `inspect`
+    /// shows it), so nodes that saw it treat this one as its renewal (give a higher
+    /// --serial than theirs; they refuse lower serials of an id they saw).
+    #[arg(long, value_name = "HEX")]
+    pub license_id: Option<String>,
     /// A usage cap, NAME=N; repeatable. Names: requests-per-day, requests-per-month,
     /// tokens-per-day, tokens-per-month, concurrent, context.
     #[arg(long = "cap", value_name = "NAME=N")]
@@ -577,6 +582,16 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
+/// A timeout between 100 ms and 1 hour (`10s`, `500ms`, `2m`).
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("'{text}' is not a duration like 10s or 500ms: {e}"))?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("'{text}' is outside 100ms to 1h"));
+    }
+    Ok(d)
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -598,12 +613,31 @@ pub struct ServeArgs {
     /// Sequences decoded together (continuous batching); more requests wait in a queue.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: u32,
+    /// Most requests waiting for a sequence slot; beyond it requests get HTTP 503 with
+    /// Retry-After (and a `refused:queue_full` ledger record) instead of waiting.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue: u32,
     /// File of client API keys, one per line; clients then send `Authorization: Bearer KEY`.
+    /// Required when --listen is not a loopback address (see --allow-unauthenticated).
+    /// With keys, /v1/license and /metrics show the licensee, model and license ids only
+    /// to clients with a key.
     #[arg(long, value_name = "F")]
     pub api_key_file: Option<PathBuf>,
-    /// File holding the admin token for /admin endpoints (disabled without it).
+    /// Listen on a non-loopback address without API keys (a proxy in front
+    /// authenticates clients). Without it, such a --listen needs --api-key-file.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// File holding the admin token for /admin endpoints (disabled without it); at
+    /// least 16 characters.
     #[arg(long, value_name = "F")]
     pub admin_token_file: Option<PathBuf>,
+    /// Most client connections open at once; more are closed at accept.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open. Request bodies get four times as long.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout)]
+    pub header_timeout: std::time::Duration,
     /// Exit (code 12) when the license lapses instead of waiting for a renewal.
     #[arg(long)]
     pub exit_on_lapse: bool,
@@ -849,6 +883,10 @@ pub struct StatusArgs {
     /// Print the JSON from /v1/license.
     #[arg(long)]
     pub json: bool,
+    /// A file with one of the node's API keys (its first line): a node with keys shows
+    /// the licensee, model and license only to clients with one.
+    #[arg(long, value_name = "F")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// `--log-format json` is in force: errors go out as log events too.

@@ -10,13 +10,25 @@ use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
 use crate::node::hardware::{self, HardwareProfile};
 use crate::node::{clock, trusted_time, NodeIdentity};
 use crate::protocol::{self, Decision, LicenseRef, UsageCheckpoint};
-use crate::runtime::admission::assess_here;
+use crate::runtime::admission::{assess_here, NodeRecords};
 use crate::runtime::renewal;
 
 pub fn enroll(args: EnrollArgs) -> Outcome {
     let now = clock::system_now();
     let (identity, created) = NodeIdentity::load_or_create(&args.node_dir)?;
-    let high_water = trusted_time::record(&identity, now)?;
+    // A new node starts its trusted time here; an existing one never starts it afresh.
+    let high_water = if created {
+        trusted_time::create(&identity, now)?.high_water
+    } else {
+        match trusted_time::record(&identity, now) {
+            Ok(t) => t,
+            Err(e @ trusted_time::StateError::Missing { .. }) => {
+                eprintln!("warning: {e}");
+                crate::format::time::whole_seconds(now)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let profile = HardwareProfile::collect();
     let choice = BindingChoice {
         components: args.bind.clone(),
@@ -146,7 +158,7 @@ struct PendingRenewal {
 pub fn renew(args: RenewArgs) -> Outcome {
     let identity = NodeIdentity::load(&args.node_dir)?;
     let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")?;
-    let current = assess_here(&bytes, Some(&identity))?
+    let current = assess_here(&bytes, Some(NodeRecords::new(&identity)))?
         .license
         .with_context(|| {
             format!(
@@ -227,9 +239,14 @@ pub fn renew(args: RenewArgs) -> Outcome {
         },
     )
     .with_context(|| format!("{} is refused", response_path.display()))?;
+    // The issuer signed its clock in answer to this node's nonce: a trusted-time floor.
+    let server_time = opened.body.server_time;
+    if let Err(e) = trusted_time::update(&identity, |s| s.raise(server_time)) {
+        eprintln!("warning: cannot record the license server's time: {e}");
+    }
     match opened.body.decision {
         Decision::Renewed { license } => {
-            let assessment = assess_here(license.as_bytes(), Some(&identity))?;
+            let assessment = assess_here(license.as_bytes(), Some(NodeRecords::new(&identity)))?;
             let renewed = match (assessment.verdict.allows_serving(), assessment.license) {
                 (true, Some(l)) => l.body,
                 _ => anyhow::bail!(
@@ -261,6 +278,9 @@ pub fn renew(args: RenewArgs) -> Outcome {
         }
         Decision::Refused { reason, message } => {
             let _ = std::fs::remove_file(&pending_path);
+            if reason == protocol::RefusalReason::Revoked {
+                trusted_time::update(&identity, |s| s.note_revoked(&pending.license_id))?;
+            }
             eprintln!(
                 "the license server refused ({}): {message}",
                 reason.as_str()

@@ -43,23 +43,46 @@ pub fn run(args: PromptHashArgs) -> Outcome {
     if let Some(ledger) = &args.ledger {
         let bytes =
             std::fs::read(ledger).with_context(|| format!("cannot read {}", ledger.display()))?;
-        for parsed in record::each(&bytes).flatten() {
-            if let Entry::Request {
-                request_id,
-                outcome,
-                prompt_sha256: Some(found),
-                ..
-            } = &parsed.body.entry
-            {
-                if *found == digest {
-                    matches.push(serde_json::json!({
-                        "seq": parsed.body.seq,
-                        "at": crate::format::time::rfc3339(parsed.body.at),
-                        "request_id": request_id,
-                        "outcome": outcome,
-                    }));
-                }
-            }
+        let records: Vec<_> = record::each(&bytes).flatten().collect();
+        // How each admitted request ended (its completed record), by request id.
+        let ended: std::collections::HashMap<&str, String> = records
+            .iter()
+            .filter_map(|p| match &p.body.entry {
+                Entry::Completed {
+                    request_id,
+                    outcome,
+                    ..
+                } => Some((request_id.as_str(), outcome.as_string())),
+                _ => None,
+            })
+            .collect();
+        for parsed in &records {
+            let (request_id, outcome) = match &parsed.body.entry {
+                Entry::Request {
+                    request_id,
+                    outcome,
+                    prompt_sha256: Some(found),
+                    ..
+                } if *found == digest => (request_id, outcome.as_string()),
+                Entry::Admitted {
+                    request_id,
+                    prompt_sha256: Some(found),
+                    ..
+                } if *found == digest => (
+                    request_id,
+                    ended
+                        .get(request_id.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| "interrupted".into()),
+                ),
+                _ => continue,
+            };
+            matches.push(serde_json::json!({
+                "seq": parsed.body.seq,
+                "at": crate::format::time::rfc3339(parsed.body.at),
+                "request_id": request_id,
+                "outcome": outcome,
+            }));
         }
     }
     if args.json {

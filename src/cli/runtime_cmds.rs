@@ -11,41 +11,25 @@ use tokio::sync::mpsc;
 
 use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
 use crate::fsutil;
+use crate::http_auth::{read_admin_token, read_tokens};
 use crate::ledger::prompt_hash::PromptSalt;
-use crate::ledger::record::Entry;
 use crate::ledger::{CheckpointPolicy, Ledger, LedgerError, LEDGER_FILE};
 use crate::license::verify::authenticate;
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::NodeIdentity;
 use crate::protocol::LicenseRef;
-use crate::runtime::admission::assess_here;
+use crate::runtime::admission::{assess_here, NodeRecords};
+use crate::runtime::answer::{Answerer, Piece, Question};
 use crate::runtime::caps::{self, CapGate};
 use crate::runtime::engine::{
-    ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest, Prompt,
-    SamplingParams,
+    ChatMessage, Engine, EngineConfig, FinishReason, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
 use crate::runtime::renewal::{fetch_license, FetchError, Renewer, ServerClient};
 use crate::runtime::weights::{self, PageBacking};
 use crate::seal::SealedModel;
+use crate::server::listener::{self, ConnectionLimits};
 use crate::server::{self, validation::Limits, AppState};
-
-/// Read a secrets file: one token per line, `#` comments and blank lines ignored.
-pub(super) fn read_tokens(path: &Path, what: &'static str) -> anyhow::Result<Vec<String>> {
-    let bytes = fsutil::read_limited(path, 1 << 20, what)?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    if tokens.is_empty() {
-        bail!("{} holds no {what}", path.display());
-    }
-    Ok(tokens)
-}
 
 fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Result<EngineConfig> {
     if !(16..=1 << 20).contains(&ctx) {
@@ -71,6 +55,7 @@ fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Resul
 /// Start the engine and the lifecycle; a refusal becomes its documented exit code.
 async fn start(
     licensed: &LicensedModel,
+    ledger: Option<&Path>,
     config: &mut EngineConfig,
 ) -> Result<(Arc<Lifecycle>, Engine), (u8, String)> {
     let LicensedModel {
@@ -98,7 +83,8 @@ async fn start(
     let engine = Engine::start(config.clone()).map_err(|e| fail(anyhow::anyhow!(e)))?;
     let size = std::fs::metadata(sealed).map(|m| m.len()).unwrap_or(0);
     let bar = progress::bytes(size, "decrypting");
-    match Lifecycle::start(&bytes, identity, sealed, engine.clone(), Some(bar)).await {
+    let ledger = ledger.map(Path::to_path_buf);
+    match Lifecycle::start(&bytes, identity, ledger, sealed, engine.clone(), Some(bar)).await {
         Ok((lifecycle, report)) => {
             tracing::info!(
                 "weights in memory: {} MiB decrypted in {:.2} s, loaded in {:.2} s ({}; {}); {}",
@@ -116,12 +102,6 @@ async fn start(
                 },
                 report.model_description
             );
-            // The plaintext is in this process now: no core dumps, no same-user ptrace.
-            if let Err(e) = weights::forbid_dumps() {
-                tracing::warn!(
-                    "cannot disable core dumps and same-user ptrace (PR_SET_DUMPABLE): {e}"
-                );
-            }
             Ok((lifecycle, engine))
         }
         Err(StartError::Refused(refusal)) => {
@@ -143,6 +123,7 @@ async fn start(
 async fn obtain_license(
     client: &ServerClient,
     licensed: &LicensedModel,
+    ledger: Option<&Path>,
 ) -> Result<(), (u8, String)> {
     let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
     let identity = NodeIdentity::load(&licensed.node_dir).map_err(|e| fail(e.into()))?;
@@ -153,7 +134,11 @@ async fn obtain_license(
     if licensed.license.exists() {
         let bytes = fsutil::read_limited(&licensed.license, MAX_LICENSE_BYTES, "license")
             .map_err(|e| fail(e.into()))?;
-        let assessment = assess_here(&bytes, Some(&identity)).map_err(|e| fail(e.into()))?;
+        let records = NodeRecords {
+            identity: &identity,
+            ledger,
+        };
+        let assessment = assess_here(&bytes, Some(records)).map_err(|e| fail(e.into()))?;
         if assessment.verdict.allows_serving() {
             return Ok(());
         }
@@ -263,22 +248,56 @@ fn open_ledger(
     }
 }
 
+/// Before any key is unwrapped: no core dumps, no same-user ptrace, /proc/PID/mem or
+/// /proc/PID/fd reads (the memfd of weights would be readable through them).
+pub(super) fn forbid_dumps() -> anyhow::Result<()> {
+    weights::forbid_dumps().context(
+        "cannot forbid core dumps and same-user ptrace (PR_SET_DUMPABLE); refusing to handle keys and weights a same-user process could read",
+    )
+}
+
+/// Connections are file descriptors: let `--max-connections` of them open, up to the
+/// hard limit the system allows.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
+    }
+}
+
 pub fn serve(args: ServeArgs) -> Outcome {
+    forbid_dumps()?;
     let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
     let api_keys = match &args.api_key_file {
         Some(p) => read_tokens(p, "API key")?,
         None => Vec::new(),
     };
-    let admin_token = match &args.admin_token_file {
-        Some(p) => Some(read_tokens(p, "admin token")?.remove(0)),
-        None => None,
-    };
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_admin_token)
+        .transpose()?;
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen '{}' is not an address like 127.0.0.1:8080",
             args.listen
         )
     })?;
+    if !listen.ip().is_loopback() && api_keys.is_empty() && !args.allow_unauthenticated {
+        super::report_error(&format!(
+            "--listen {listen} is reachable from other machines and no --api-key-file is given: anyone who reaches it could use the model under your license. Give --api-key-file, or --allow-unauthenticated when a proxy in front authenticates clients"
+        ));
+        return Ok(exit::USAGE);
+    }
+    raise_open_files_limit();
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.header_timeout,
+    };
     let rt = runtime()?;
     rt.block_on(async move {
         let client = args
@@ -287,12 +306,12 @@ pub fn serve(args: ServeArgs) -> Outcome {
             .map(ServerClient::new)
             .transpose()?;
         if let Some(client) = &client {
-            if let Err((code, message)) = obtain_license(client, &args.licensed).await {
+            if let Err((code, message)) = obtain_license(client, &args.licensed, args.ledger.as_deref()).await {
                 super::report_error(&message);
                 return Ok(code);
             }
         }
-        let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
+        let (lifecycle, engine) = match start(&args.licensed, args.ledger.as_deref(), &mut config).await {
             Ok(v) => v,
             Err((code, message)) => {
                 super::report_error(&message);
@@ -320,8 +339,15 @@ pub fn serve(args: ServeArgs) -> Outcome {
         };
         let caps = CapGate::new(caps::windows_from_ledger(
             &ledger_bytes,
-            crate::node::clock::system_now(),
+            lifecycle.clock().now(),
         ));
+        let answerer = Answerer::new(
+            lifecycle.clone(),
+            engine.clone(),
+            ledger.clone(),
+            caps,
+            args.queue as usize,
+        );
         let renewer = client.map(|client| {
             let renewer = Renewer::new(
                 client,
@@ -342,10 +368,11 @@ pub fn serve(args: ServeArgs) -> Outcome {
             api_keys,
             admin_token,
             renewal: renewer,
-            ledger: ledger.clone(),
+            answerer,
             prompt_salt,
-            caps,
             metrics: Default::default(),
+            body_timeout: limits.header_timeout * 4,
+            connections: Default::default(),
         });
         // Sample the engine's token counter each second for the decode rate.
         {
@@ -410,8 +437,8 @@ pub fn serve(args: ServeArgs) -> Outcome {
         if safeguards != "none" {
             tracing::info!("the license mandates: {safeguards}; applied to every answer");
         }
-        axum::serve(listener, server::router(state))
-            .with_graceful_shutdown(shutdown)
+        let connections = state.connections.clone();
+        listener::serve(listener, server::router(state), limits, connections, shutdown)
             .await
             .context("the HTTP server failed")?;
         if let Some(ledger) = &ledger {
@@ -428,30 +455,28 @@ pub fn serve(args: ServeArgs) -> Outcome {
 }
 
 pub fn run(args: RunArgs) -> Outcome {
+    forbid_dumps()?;
     let mut config = engine_config(args.ctx, args.threads, 1)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let (lifecycle, engine) = match start(&args.licensed, &mut config).await {
-            Ok(v) => v,
-            Err((code, message)) => {
-                super::report_error(&message);
-                return Ok(code);
-            }
-        };
-        let recorder = match open_ledger(
+        let (lifecycle, engine) =
+            match start(&args.licensed, args.ledger.as_deref(), &mut config).await {
+                Ok(v) => v,
+                Err((code, message)) => {
+                    super::report_error(&message);
+                    return Ok(code);
+                }
+            };
+        let answerer = match open_ledger(
             args.ledger.as_deref(),
             false,
             &args.licensed.node_dir,
             &lifecycle,
         ) {
-            Ok((ledger, bytes)) => Recorder {
-                ledger: ledger.expect("run always opens its ledger"),
-                caps: CapGate::new(caps::windows_from_ledger(
-                    &bytes,
-                    crate::node::clock::system_now(),
-                )),
-                lifecycle: lifecycle.clone(),
-            },
+            Ok((ledger, bytes)) => {
+                let caps = CapGate::new(caps::windows_from_ledger(&bytes, lifecycle.clock().now()));
+                Answerer::new(lifecycle.clone(), engine.clone(), ledger, caps, 1)
+            }
             Err((code, message)) => {
                 engine.shutdown();
                 super::report_error(&message);
@@ -469,13 +494,15 @@ pub fn run(args: RunArgs) -> Outcome {
         let result = match &args.prompt {
             Some(text) => {
                 let prompt = Prompt::Chat(vec![user(text)]);
-                generate_to_stdout(&engine, &recorder, prompt, params.clone())
+                answer_to_stdout(&answerer, prompt, params.clone())
                     .await
                     .map(|_| ())
             }
-            None => chat_loop(&engine, &recorder, params).await,
+            None => chat_loop(&answerer, &lifecycle, params).await,
         };
-        recorder.ledger.close().await;
+        if let Some(ledger) = answerer.ledger() {
+            ledger.close().await;
+        }
         let _ = engine.unload().await;
         engine.shutdown();
         match result {
@@ -496,85 +523,34 @@ fn user(text: &str) -> ChatMessage {
     }
 }
 
-/// `run` records each answer in the usage ledger and obeys the license's caps, as
-/// `serve` does for each request.
-struct Recorder {
-    ledger: Arc<Ledger>,
-    caps: CapGate,
-    lifecycle: Arc<Lifecycle>,
-}
-
-impl Recorder {
-    async fn record(
-        &self,
-        prompt_tokens: u32,
-        completion_tokens: u32,
-        outcome: &str,
-        filter_rule: Option<String>,
-    ) -> anyhow::Result<()> {
-        let license = self.lifecycle.status().license.body;
-        let now = crate::node::clock::system_now();
-        if caps::counts(outcome) {
-            self.caps
-                .record(now, u64::from(prompt_tokens) + u64::from(completion_tokens));
-        }
-        let entry = Entry::Request {
-            request_id: format!("run-{}", hex::encode(crate::crypto::random::bytes::<12>())),
-            license_id: license.license_id,
-            model_id: license.model.model_id,
-            prompt_tokens: u64::from(prompt_tokens),
-            completion_tokens: u64::from(completion_tokens),
-            outcome: outcome.to_string(),
-            client_key: "cli".into(),
-            prompt_sha256: None,
-            filter_rule,
-        };
-        self.ledger
-            .append(entry)
-            .await
-            .map(|_| ())
-            .context("the usage ledger cannot record this answer")
-    }
-}
-
-/// Generate and print tokens as they come, then record the answer; returns the text.
-async fn generate_to_stdout(
-    engine: &Engine,
-    recorder: &Recorder,
+/// Answer one prompt, printing tokens as they come (the same path, caps and usage
+/// ledger records as `serve`); returns the text.
+async fn answer_to_stdout(
+    answerer: &Arc<Answerer>,
     prompt: Prompt,
     params: SamplingParams,
 ) -> anyhow::Result<String> {
-    let caps = recorder.lifecycle.status().license.body.caps;
-    let _permit = match recorder.caps.admit(&caps, crate::node::clock::system_now()) {
-        Ok(permit) => permit,
-        Err(exceeded) => {
-            recorder
-                .record(0, 0, "refused:license_cap_exceeded", None)
-                .await?;
-            bail!("{exceeded}");
-        }
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    engine.submit(GenerateRequest {
+    let question = Question {
+        request_id: format!("run-{}", hex::encode(crate::crypto::random::bytes::<12>())),
+        client_key: "cli".into(),
         prompt,
         params,
-        events: tx,
-    })?;
+        prompt_sha256: None,
+    };
+    let mut answer = answerer.begin(question).await?;
     let mut text = String::new();
     let mut stdout = std::io::stdout();
-    let mut prompt_tokens = 0;
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Text(t) => {
+    while let Some(piece) = answer.next().await? {
+        match piece {
+            Piece::Text(t) => {
                 print!("{t}");
                 let _ = stdout.flush();
                 text.push_str(&t);
             }
-            Event::Finished {
-                prompt_tokens,
-                completion_tokens,
+            Piece::Finished {
                 reason,
                 filter_rule,
+                ..
             } => {
                 println!();
                 if reason == FinishReason::ContentFilter {
@@ -583,37 +559,17 @@ async fn generate_to_stdout(
                         filter_rule.as_deref().unwrap_or("a rule")
                     );
                 }
-                recorder
-                    .record(
-                        prompt_tokens,
-                        completion_tokens,
-                        reason.ledger_outcome(),
-                        filter_rule,
-                    )
-                    .await?;
-                return Ok(text);
             }
-            Event::Failed(e) => {
-                let outcome = match e {
-                    GenerateError::LicenseExpired => "refused:license_expired",
-                    GenerateError::PromptTooLong { .. } => "refused:context_length_exceeded",
-                    _ => "refused:engine_error",
-                };
-                recorder.record(prompt_tokens, 0, outcome, None).await?;
-                bail!("{e}")
-            }
-            Event::Started { prompt_tokens: n } => prompt_tokens = n,
         }
     }
-    bail!("the engine stopped")
+    Ok(text)
 }
 
 async fn chat_loop(
-    engine: &Engine,
-    recorder: &Recorder,
+    answerer: &Arc<Answerer>,
+    lifecycle: &Lifecycle,
     params: SamplingParams,
 ) -> anyhow::Result<()> {
-    let lifecycle = &recorder.lifecycle;
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
@@ -644,7 +600,7 @@ async fn chat_loop(
         }
         history.push(user(&line));
         let prompt = Prompt::Chat(history.clone());
-        let answer = generate_to_stdout(engine, recorder, prompt, params.clone()).await?;
+        let answer = answer_to_stdout(answerer, prompt, params.clone()).await?;
         history.push(ChatMessage {
             role: "assistant".into(),
             content: answer,
@@ -654,9 +610,19 @@ async fn chat_loop(
 
 pub fn status(args: StatusArgs) -> Outcome {
     let url = format!("{}/v1/license", args.url.trim_end_matches('/'));
+    let key = args
+        .api_key_file
+        .as_deref()
+        .map(|p| read_tokens(p, "API key"))
+        .transpose()?
+        .map(|mut keys| keys.remove(0));
     let rt = runtime()?;
     let body: Value = rt.block_on(async {
-        let response = reqwest::get(&url).await.with_context(|| {
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(key) = &key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.with_context(|| {
             format!("cannot reach a leasehold node at {url}; is `leasehold serve` running there?")
         })?;
         if !response.status().is_success() {
@@ -681,6 +647,9 @@ pub fn status(args: StatusArgs) -> Outcome {
             body["seconds_left"],
             body["grace_ends"].as_str().unwrap_or("?"),
         );
+        if body["redacted"].is_string() {
+            eprintln!("(the node has API keys: give one with --api-key-file to see the licensee, model and license)");
+        }
     }
     Ok(match phase.as_str() {
         "serving" => exit::OK,

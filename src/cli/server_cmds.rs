@@ -1,18 +1,17 @@
 //! license-server and admin: the vendor's side of short leases.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::runtime_cmds::read_tokens;
 use super::{exit, AdminArgs, AdminCommand, LicenseServerArgs, ModelCommand, Outcome};
 use crate::crypto::keyfile::{self, KeyKind};
 use crate::format::time::{parse_duration, parse_instant, rfc3339};
 use crate::fsutil::{self, Replace};
+use crate::http_auth::read_admin_token;
 use crate::license::Caps;
 use crate::license_server::http::{self, ServerState};
 use crate::license_server::store::{DbUrl, Store};
@@ -21,22 +20,10 @@ use crate::node::clock;
 use crate::runtime::renewal::error_message;
 use crate::seal::SealedModel;
 
-/// The first token of a token file (see `read_tokens`), at least 16 characters long.
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let token = read_tokens(path, "admin token")?.remove(0);
-    if token.len() < 16 {
-        bail!(
-            "the token in {} is shorter than 16 characters; use a long random one (openssl rand -hex 32)",
-            path.display()
-        );
-    }
-    Ok(token)
-}
-
 pub fn license_server(args: LicenseServerArgs) -> Outcome {
     let issuer = Issuer::load(&args.issuer_key, &args.issuer_cert)?;
     let db = DbUrl::parse(&args.db).map_err(anyhow::Error::msg)?;
-    let admin_token = read_token(&args.admin_token_file)?;
+    let admin_token = read_admin_token(&args.admin_token_file)?;
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen '{}' is not an address like 127.0.0.1:8443",
@@ -127,7 +114,7 @@ impl Admin {
                 .build()?,
             http: crate::runtime::renewal::http_client(std::time::Duration::from_secs(30))?,
             base: args.server.trim_end_matches('/').to_string(),
-            token: read_token(&args.token_file)?,
+            token: read_admin_token(&args.token_file)?,
         })
     }
 

@@ -192,7 +192,7 @@ pub fn issue(args: IssueArgs) -> Outcome {
         features: Vec::new(),
         renewal: args.renewal.clone(),
         issued_at: now,
-        license_id: None,
+        license_id: args.license_id.clone(),
         safeguards: safeguards(&args.safeguards)?,
     };
     let license = issuing::issue(

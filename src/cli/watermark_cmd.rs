@@ -34,6 +34,7 @@ struct Candidate {
 }
 
 pub fn detect(args: WatermarkDetectArgs) -> Outcome {
+    super::runtime_cmds::forbid_dumps()?;
     let text = read_text(&args.file)?;
     let paths = license_paths(&args.licenses)?;
     let mut licenses = Vec::new();

@@ -134,6 +134,8 @@ struct Writer {
     reported: Option<(u64, [u8; 32])>,
     since_checkpoint: u64,
     last_checkpoint_at: Instant,
+    /// The newest record time written: the next one is never earlier.
+    last_at: DateTime<Utc>,
     policy: CheckpointPolicy,
     failed: Option<String>,
 }
@@ -146,10 +148,12 @@ impl Writer {
         if let Entry::Reported { seq, hash } = &entry {
             self.reported = Some((*seq, *hash));
         }
+        // Record times never go backwards, whatever the wall clock does.
+        self.last_at = self.last_at.max(clock::system_now());
         let body = RecordBody {
             seq: self.seq,
             prev: self.head,
-            at: clock::system_now(),
+            at: self.last_at,
             entry,
         };
         let (line, hash) = record::encode(&body, Some(&self.key));
@@ -416,6 +420,7 @@ impl Ledger {
             reported: summary.reported,
             since_checkpoint: 0,
             last_checkpoint_at: Instant::now(),
+            last_at: summary.last_at.unwrap_or(DateTime::<Utc>::MIN_UTC),
             policy,
             failed: None,
         };
@@ -504,4 +509,36 @@ impl Ledger {
             let _ = wait.await;
         }
     }
+}
+
+/// The time of the newest complete record in the ledger at `path` (`None` when there
+/// is no ledger), read from its tail only. A trusted-time floor at start: `serve`
+/// verifies the whole chain right after, so an edited tail does not get far.
+pub fn newest_record_time(path: &Path) -> Result<Option<DateTime<Utc>>, FsError> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FsError::io(path, e)),
+    };
+    let len = file.metadata().map_err(|e| FsError::io(path, e))?.len();
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| FsError::io(path, e))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    file.take(TAIL)
+        .read_to_end(&mut tail)
+        .map_err(|e| FsError::io(path, e))?;
+    // Complete lines only: drop a torn last line, and a partial first one.
+    let end = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let begin = if start == 0 {
+        0
+    } else {
+        tail.iter().position(|&b| b == b'\n').map_or(end, |i| i + 1)
+    };
+    Ok(record::each(&tail[begin.min(end)..end])
+        .flatten()
+        .map(|p| p.body.at)
+        .max())
 }

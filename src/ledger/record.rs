@@ -18,7 +18,8 @@ use crate::format::encoding::{base64_array, hex_array, Digest};
 
 const HASH_TAG: &[u8] = b"leasehold ledger record\0";
 
-/// Totals over every request record so far.
+/// Totals over every request record so far: requests (admitted, or answered/refused in
+/// one record), their prompt tokens, and completion tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Totals {
@@ -29,16 +30,141 @@ pub struct Totals {
 
 impl Totals {
     pub fn add(&mut self, entry: &Entry) {
-        if let Entry::Request {
-            prompt_tokens,
-            completion_tokens,
-            ..
-        } = entry
-        {
-            self.requests += 1;
-            self.prompt_tokens += prompt_tokens;
-            self.completion_tokens += completion_tokens;
+        let (requests, prompt, completion) = match entry {
+            Entry::Request {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => (1, *prompt_tokens, *completion_tokens),
+            Entry::Admitted { prompt_tokens, .. } => (1, *prompt_tokens, 0),
+            Entry::Completed {
+                completion_tokens, ..
+            } => (0, 0, *completion_tokens),
+            _ => return,
+        };
+        self.requests = self.requests.saturating_add(requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(prompt);
+        self.completion_tokens = self.completion_tokens.saturating_add(completion);
+    }
+}
+
+/// How a request ended, as the ledger spells it: `ok`, `cancelled`, `filtered`, or
+/// `refused:<code>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Answered.
+    Ok,
+    /// The client went away before the answer ended.
+    Cancelled,
+    /// The license's output filter ended the answer.
+    Filtered,
+    /// Turned down (before admission), or ended by an error after it.
+    Refused(RefusalCode),
+}
+
+/// Why a request was refused or ended early; also the `code` of the HTTP error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefusalCode {
+    /// The license lapsed (before the request, or while it ran).
+    LicenseExpired,
+    /// A license cap (per day, per month, concurrent) was reached.
+    LicenseCapExceeded,
+    /// More requests wait for a sequence slot than `serve --queue` allows.
+    QueueFull,
+    /// The prompt does not fit the context.
+    ContextLengthExceeded,
+    /// The prompt is empty after the chat template.
+    EmptyPrompt,
+    /// The engine is shutting down or not running.
+    EngineUnavailable,
+    /// The engine ended the request without a result.
+    EngineStopped,
+    /// The engine failed (chat template, decoding).
+    EngineError,
+    /// Written by nodes before engine errors had their own codes; read, never written.
+    Error,
+}
+
+impl RefusalCode {
+    pub const ALL: [RefusalCode; 9] = [
+        RefusalCode::LicenseExpired,
+        RefusalCode::LicenseCapExceeded,
+        RefusalCode::QueueFull,
+        RefusalCode::ContextLengthExceeded,
+        RefusalCode::EmptyPrompt,
+        RefusalCode::EngineUnavailable,
+        RefusalCode::EngineStopped,
+        RefusalCode::EngineError,
+        RefusalCode::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::LicenseExpired => "license_expired",
+            RefusalCode::LicenseCapExceeded => "license_cap_exceeded",
+            RefusalCode::QueueFull => "queue_full",
+            RefusalCode::ContextLengthExceeded => "context_length_exceeded",
+            RefusalCode::EmptyPrompt => "empty_prompt",
+            RefusalCode::EngineUnavailable => "engine_unavailable",
+            RefusalCode::EngineStopped => "engine_stopped",
+            RefusalCode::EngineError => "engine_error",
+            RefusalCode::Error => "error",
         }
+    }
+}
+
+impl Outcome {
+    pub fn as_string(self) -> String {
+        match self {
+            Outcome::Ok => "ok".into(),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::Filtered => "filtered".into(),
+            Outcome::Refused(code) => format!("refused:{}", code.as_str()),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        match text {
+            "ok" => Some(Outcome::Ok),
+            "cancelled" => Some(Outcome::Cancelled),
+            "filtered" => Some(Outcome::Filtered),
+            _ => {
+                let code = text.strip_prefix("refused:")?;
+                RefusalCode::ALL
+                    .into_iter()
+                    .find(|c| c.as_str() == code)
+                    .map(Outcome::Refused)
+            }
+        }
+    }
+
+    /// Did the model work for this request (answered, filtered or cancelled)? Such
+    /// requests count against the caps; ones refused before admission do not.
+    pub fn served(self) -> bool {
+        !matches!(self, Outcome::Refused(_))
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Outcome, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        Outcome::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown outcome '{text}' (ok, cancelled, filtered, refused:<code>)"
+            ))
+        })
     }
 }
 
@@ -48,16 +174,15 @@ impl Totals {
 pub enum Entry {
     /// The first record: whose ledger this is.
     Genesis { node_id: String },
-    /// One inference request and its outcome.
+    /// A request refused before it was admitted, in one record (and, in ledgers written
+    /// before `admitted` records existed, any request).
     Request {
         request_id: String,
         license_id: String,
         model_id: String,
         prompt_tokens: u64,
         completion_tokens: u64,
-        /// `ok`, `cancelled`, `filtered` (the license's output filter ended the
-        /// answer), or `refused:<code>`.
-        outcome: String,
+        outcome: Outcome,
         /// Short id of the client's API key (`-` without keys).
         client_key: String,
         /// With `serve --ledger-prompt-hash` only: SHA-256 of the node's secret salt
@@ -66,6 +191,25 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prompt_sha256: Option<Digest>,
         /// With outcome `filtered`: the license's filter rule that matched.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter_rule: Option<String>,
+    },
+    /// Write-ahead: a request the engine admitted, durable before any of its answer is
+    /// sent. Its `completed` record follows; one without is an interrupted request.
+    Admitted {
+        request_id: String,
+        license_id: String,
+        model_id: String,
+        prompt_tokens: u64,
+        client_key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt_sha256: Option<Digest>,
+    },
+    /// The end of an admitted request (durable before the end of its answer is sent).
+    Completed {
+        request_id: String,
+        completion_tokens: u64,
+        outcome: Outcome,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filter_rule: Option<String>,
     },
@@ -187,5 +331,26 @@ impl Parsed {
             key.verify(Domain::LedgerCheckpoint, self.body_bytes.as_bytes(), &sig)
                 .is_ok()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_have_one_spelling_each() {
+        let mut all = vec![Outcome::Ok, Outcome::Cancelled, Outcome::Filtered];
+        all.extend(RefusalCode::ALL.map(Outcome::Refused));
+        for o in all {
+            let json = serde_json::to_string(&o).unwrap();
+            assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), o);
+        }
+        assert_eq!(
+            Outcome::parse("refused:error"),
+            Some(Outcome::Refused(RefusalCode::Error))
+        );
+        assert!(serde_json::from_str::<Outcome>("\"refused:whatever\"").is_err());
+        assert!(serde_json::from_str::<Outcome>("\"OK\"").is_err());
     }
 }

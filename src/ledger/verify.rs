@@ -104,6 +104,8 @@ pub struct Summary {
     pub reported: Option<(u64, [u8; 32])>,
     /// Bytes of the file up to the end of the last good record.
     pub valid_len: u64,
+    /// The newest record time among the good records.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 /// Verify `bytes` as the ledger of node `node_id` with signing key `key`.
@@ -242,6 +244,7 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
         }
         summary.totals.add(&body.entry);
         summary.records += 1;
+        summary.last_at = summary.last_at.max(Some(body.at));
         summary.head_seq = body.seq;
         summary.head_hash = parsed.actual_hash;
         offset += end + 1;

@@ -12,7 +12,7 @@ use super::roots::TrustRoots;
 use super::KNOWN_FEATURES;
 use crate::format::{BodyError, DocumentKind, Envelope};
 use crate::node::hardware::{self, HardwareProfile};
-use crate::node::trusted_time::TimeContext;
+use crate::node::trusted_time::{NodeStateBody, Remembered, TimeContext};
 use crate::node::NodePublic;
 
 /// The verdict on a license for this machine at this time.
@@ -37,6 +37,25 @@ pub enum Verdict {
     ClockRolledBack {
         now: DateTime<Utc>,
         trusted: DateTime<Utc>,
+    },
+    /// The node's trusted-time state is gone and this license is not newer than what
+    /// the node recorded: it cannot tell how much time has passed.
+    TrustedTimeLost {
+        recorded: DateTime<Utc>,
+        issued_at: DateTime<Utc>,
+    },
+    /// This node saw this license (this serial or a later renewal of it) lapse.
+    Spent {
+        serial: u64,
+    },
+    /// This node has admitted a later serial of this license.
+    Superseded {
+        serial: u64,
+        newest: u64,
+    },
+    /// The license server revoked this license; this node remembers it.
+    Revoked {
+        license_id: String,
     },
     /// Issued to another node, or this machine's hardware does not match.
     WrongMachine {
@@ -69,6 +88,10 @@ impl Verdict {
             Verdict::NotYetValid { .. } => "not-yet-valid",
             Verdict::Expired { .. } => "expired",
             Verdict::ClockRolledBack { .. } => "clock-rolled-back",
+            Verdict::TrustedTimeLost { .. } => "trusted-time-lost",
+            Verdict::Spent { .. } => "spent",
+            Verdict::Superseded { .. } => "superseded",
+            Verdict::Revoked { .. } => "revoked",
             Verdict::WrongMachine { .. } => "wrong-machine",
             Verdict::Tampered { .. } => "tampered",
             Verdict::UnknownIssuer { .. } => "unknown-issuer",
@@ -111,6 +134,20 @@ impl Verdict {
                 "clock rolled back: the system clock says {} but this node has already seen {}; set the clock right (NTP) and retry",
                 rfc3339(*now),
                 rfc3339(*trusted)
+            ),
+            Verdict::TrustedTimeLost { recorded, issued_at } => format!(
+                "trusted time lost: this node's state.json was removed, and the license (issued {}) is not newer than this node's last recorded use ({}), so the node cannot tell how much time has passed; get a fresh license from the vendor or a renewal from the license server",
+                rfc3339(*issued_at),
+                rfc3339(*recorded)
+            ),
+            Verdict::Spent { serial } => format!(
+                "expired: this node saw this license lapse (serial {serial}); it is never served again, whatever the clock says; ask the vendor for a renewal"
+            ),
+            Verdict::Superseded { serial, newest } => format!(
+                "superseded: this node already admitted serial {newest} of this license, so serial {serial} is an older copy; use the newest license file"
+            ),
+            Verdict::Revoked { license_id } => format!(
+                "revoked: the license server revoked license {license_id}; this node does not take it back. Ask the vendor"
             ),
             Verdict::WrongMachine { reason } => {
                 format!("wrong machine: {reason}; licenses work only on the node they were issued to")
@@ -176,6 +213,8 @@ pub struct Checks<'a> {
     pub node: Option<&'a NodePublic>,
     pub hardware: Option<&'a HardwareProfile>,
     pub time: TimeContext,
+    /// What this node remembers about licenses (its signed state), when known.
+    pub memory: Option<&'a NodeStateBody>,
 }
 
 /// The result of assessing a license.
@@ -357,10 +396,40 @@ pub fn evaluate(license: &LicenseBody, checks: &Checks) -> Verdict {
             };
         }
     }
-    let now = checks.time.now;
-    if let Some(trusted) = checks.time.rolled_back(Some(license.issued_at)) {
-        return Verdict::ClockRolledBack { now, trusted };
+    let time = &checks.time;
+    if time.state_missing {
+        if let Some(recorded) = time.high_water.filter(|r| license.issued_at <= *r) {
+            return Verdict::TrustedTimeLost {
+                recorded,
+                issued_at: license.issued_at,
+            };
+        }
     }
+    if let Some(memory) = checks.memory {
+        match memory.refuses(&license.license_id, license.serial) {
+            Some(Remembered::Revoked) => {
+                return Verdict::Revoked {
+                    license_id: license.license_id.clone(),
+                }
+            }
+            Some(Remembered::Superseded { newest }) => {
+                return Verdict::Superseded {
+                    serial: license.serial,
+                    newest,
+                }
+            }
+            Some(Remembered::Spent { serial }) => return Verdict::Spent { serial },
+            None => {}
+        }
+    }
+    if let Some(trusted) = time.rolled_back(Some(license.issued_at)) {
+        return Verdict::ClockRolledBack {
+            now: time.now,
+            trusted,
+        };
+    }
+    // Judged at the high-water mark when the clock is behind it (within the tolerance).
+    let now = time.trusted_now(Some(license.issued_at));
     if now < license.not_before {
         Verdict::NotYetValid {
             not_before: license.not_before,

@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 use super::registry::{self, RevokeTarget};
 use super::{ApiError, EntitleRequest, Service};
 use crate::crypto::ContentKey;
+use crate::http_auth::{bearer, token_matches};
 use crate::node::clock;
-use crate::server::{bearer, token_matches};
 
 /// Largest request body (signed documents are at most 256 KiB).
 const MAX_BODY: usize = 512 * 1024;

@@ -4,13 +4,16 @@
 //! Verify the license chain and this machine (node keys, hardware, trusted time), match
 //! the sealed model against the license's model binding, and unwrap the content key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
 
 use crate::crypto::ContentKey;
 use crate::fsutil::FsError;
+use crate::ledger::{self, LEDGER_FILE};
 use crate::license::{assess, Assessment, Checks, TrustRoots, Verdict, VerifiedLicense};
 use crate::node::hardware::HardwareProfile;
-use crate::node::trusted_time::{self, StateError, TimeContext};
+use crate::node::trusted_time::{self, NodeStateBody, StateError, TimeContext};
 use crate::node::{clock, NodeIdentity};
 use crate::runtime::safeguards::Safeguards;
 use crate::seal::{SealError, SealedModel};
@@ -38,43 +41,102 @@ pub enum Refusal {
 pub struct Admitted {
     pub license: VerifiedLicense,
     pub verdict: Verdict,
+    /// What the node knew when it admitted the license (trusted time, its state).
+    pub knowledge: NodeKnowledge,
     pub key: ContentKey,
     pub sealed: SealedModel,
     /// The watermark and output filter the license mandates, ready for the engine.
     pub safeguards: Safeguards,
 }
 
+/// Where a node keeps what it has recorded: its identity (with `state.json` and
+/// `ledger.head`) and its usage ledger (`None`: the default in the node directory).
+#[derive(Clone, Copy)]
+pub struct NodeRecords<'a> {
+    pub identity: &'a NodeIdentity,
+    pub ledger: Option<&'a Path>,
+}
+
+impl<'a> NodeRecords<'a> {
+    pub fn new(identity: &'a NodeIdentity) -> NodeRecords<'a> {
+        NodeRecords {
+            identity,
+            ledger: None,
+        }
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        self.ledger
+            .map_or_else(|| self.identity.dir().join(LEDGER_FILE), Path::to_path_buf)
+    }
+
+    /// The newest time the node's usage ledger and its signed head show.
+    pub fn recorded_until(&self) -> Result<Option<DateTime<Utc>>, Refusal> {
+        let newest = ledger::newest_record_time(&self.ledger_path())?;
+        let head = ledger::head::read(self.identity)
+            .ok()
+            .flatten()
+            .map(|h| h.at);
+        Ok(newest.max(head))
+    }
+}
+
+/// What the node knows about time and licenses: its signed state, and the floor its
+/// other records give. `None` state means the state file is missing.
+pub struct NodeKnowledge {
+    pub state: Option<NodeStateBody>,
+    pub time: TimeContext,
+}
+
+impl NodeKnowledge {
+    pub fn gather(records: NodeRecords) -> Result<NodeKnowledge, Refusal> {
+        let state = trusted_time::load(records.identity.dir(), &records.identity.public())?;
+        let recorded = records.recorded_until()?;
+        let high_water = match (&state, recorded) {
+            (Some(s), Some(r)) => Some(s.high_water.max(r)),
+            (Some(s), None) => Some(s.high_water),
+            (None, r) => r,
+        };
+        Ok(NodeKnowledge {
+            time: TimeContext {
+                now: clock::system_now(),
+                high_water,
+                state_missing: state.is_none(),
+            },
+            state,
+        })
+    }
+}
+
 /// Assess license bytes on this machine now: its hardware and clock, and, when the
-/// node identity is given, its keys and trusted-time record.
-pub fn assess_here(
+/// node's records are given, its keys, trusted time and license memory.
+pub fn assess_here(bytes: &[u8], records: Option<NodeRecords>) -> Result<Assessment, Refusal> {
+    let knowledge = records.map(NodeKnowledge::gather).transpose()?;
+    Ok(assess_with(bytes, records, knowledge.as_ref()))
+}
+
+fn assess_with(
     bytes: &[u8],
-    identity: Option<&NodeIdentity>,
-) -> Result<Assessment, StateError> {
-    let public = identity.map(NodeIdentity::public);
-    let high_water = match (identity, &public) {
-        (Some(id), Some(p)) => trusted_time::load_high_water(id.dir(), p)?,
-        _ => None,
-    };
+    records: Option<NodeRecords>,
+    knowledge: Option<&NodeKnowledge>,
+) -> Assessment {
+    let public = records.map(|r| r.identity.public());
     let profile = HardwareProfile::collect();
     let checks = Checks {
         node: public.as_ref(),
         hardware: Some(&profile),
-        time: TimeContext {
-            now: clock::system_now(),
-            high_water,
-        },
+        time: knowledge.map_or_else(|| TimeContext::new(clock::system_now(), None), |k| k.time),
+        memory: knowledge.and_then(|k| k.state.as_ref()),
     };
-    Ok(assess(bytes, &TrustRoots::compiled_in(), &checks))
+    assess(bytes, &TrustRoots::compiled_in(), &checks)
 }
 
 /// Admit license bytes for `sealed_path`: a verdict that allows serving, the sealed
 /// model the license names, and the content key unwrapped with this node's key.
-pub fn admit(
-    bytes: &[u8],
-    identity: &NodeIdentity,
-    sealed_path: &Path,
-) -> Result<Admitted, Refusal> {
-    let Assessment { verdict, license } = assess_here(bytes, Some(identity))?;
+pub fn admit(bytes: &[u8], records: NodeRecords, sealed_path: &Path) -> Result<Admitted, Refusal> {
+    let identity = records.identity;
+    let knowledge = NodeKnowledge::gather(records)?;
+    let Assessment { verdict, license } = assess_with(bytes, Some(records), Some(&knowledge));
     let now = clock::system_now();
     let license = match license {
         Some(l) if verdict.allows_serving() => l,
@@ -108,6 +170,7 @@ pub fn admit(
     Ok(Admitted {
         license,
         verdict,
+        knowledge,
         key,
         sealed,
         safeguards,

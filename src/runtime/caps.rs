@@ -32,28 +32,49 @@ impl Windows {
         }
     }
 
-    /// Move to `now`'s day and month, clearing windows that ended.
+    /// Move forward to `now`'s day and month, clearing windows that ended. Windows
+    /// only move forward: a clock set back keeps the current windows and their counts.
     fn roll(&mut self, now: DateTime<Utc>) {
-        if (now.year(), now.month()) != self.month {
-            self.month = (now.year(), now.month());
+        let month = (now.year(), now.month());
+        if month > self.month {
+            self.month = month;
             self.month_requests = 0;
             self.month_tokens = 0;
         }
-        if now.date_naive() != self.day {
+        if now.date_naive() > self.day {
             self.day = now.date_naive();
             self.day_requests = 0;
             self.day_tokens = 0;
         }
     }
 
-    /// Count a request made at `at` (ignored unless it falls in the current windows).
-    pub fn add(&mut self, at: DateTime<Utc>, tokens: u64) {
+    /// The windows as they stand at `now` (moved forward if `now` is later).
+    fn at(&self, now: DateTime<Utc>) -> Windows {
+        let mut view = *self;
+        view.roll(now);
+        view
+    }
+
+    /// Count `requests` (0 or 1) and `tokens` of a request that ran at `at`. One from
+    /// before the current windows (a clock set back while running) counts in the
+    /// current ones, never in none.
+    fn count(&mut self, at: DateTime<Utc>, requests: u64, tokens: u64) {
+        self.roll(at);
+        self.month_requests = self.month_requests.saturating_add(requests);
+        self.month_tokens = self.month_tokens.saturating_add(tokens);
+        self.day_requests = self.day_requests.saturating_add(requests);
+        self.day_tokens = self.day_tokens.saturating_add(tokens);
+    }
+
+    /// Count `requests` and `tokens` recorded at `at` in the ledger, when recounting at
+    /// start: only records in the current windows count (ledger times never go back).
+    pub fn add(&mut self, at: DateTime<Utc>, requests: u64, tokens: u64) {
         if (at.year(), at.month()) == self.month {
-            self.month_requests += 1;
-            self.month_tokens += tokens;
+            self.month_requests = self.month_requests.saturating_add(requests);
+            self.month_tokens = self.month_tokens.saturating_add(tokens);
             if at.date_naive() == self.day {
-                self.day_requests += 1;
-                self.day_tokens += tokens;
+                self.day_requests = self.day_requests.saturating_add(requests);
+                self.day_tokens = self.day_tokens.saturating_add(tokens);
             }
         }
     }
@@ -114,8 +135,8 @@ impl CapGate {
     /// May a new request start now under `caps`?
     pub fn admit(&self, caps: &Caps, now: DateTime<Utc>) -> Result<Permit, CapExceeded> {
         {
-            let mut w = self.windows.lock().unwrap();
-            w.roll(now);
+            // Judged without moving the windows: only counted requests move them.
+            let w = self.windows.lock().unwrap().at(now);
             let checks = [
                 (
                     "requests-per-day",
@@ -170,42 +191,43 @@ impl CapGate {
         Ok(permit)
     }
 
-    /// Count a request that ran (answered or cancelled).
+    /// Count an admitted request and its prompt tokens.
     pub fn record(&self, at: DateTime<Utc>, tokens: u64) {
-        let mut w = self.windows.lock().unwrap();
-        w.roll(at);
-        w.add(at, tokens);
+        self.windows.lock().unwrap().count(at, 1, tokens);
+    }
+
+    /// Count the completion tokens of a request already counted.
+    pub fn record_tokens(&self, at: DateTime<Utc>, tokens: u64) {
+        self.windows.lock().unwrap().count(at, 0, tokens);
     }
 
     pub fn windows(&self, now: DateTime<Utc>) -> Windows {
-        let mut w = self.windows.lock().unwrap();
-        w.roll(now);
-        *w
+        self.windows.lock().unwrap().at(now)
     }
 }
 
-/// Does a request with this ledger outcome count against the caps? Answered, filtered
-/// and cancelled ones do (the model worked for them); refused ones do not.
-pub fn counts(outcome: &str) -> bool {
-    matches!(outcome, "ok" | "cancelled" | "filtered")
-}
-
-/// The current windows, counted from a ledger file's request records (answered or
-/// cancelled), so caps hold across restarts.
+/// The current windows, counted from a ledger file's records, so caps hold across
+/// restarts: each admitted request with its prompt tokens, the completion tokens of its
+/// `completed` record, and single-record requests the model served (older ledgers).
 pub fn windows_from_ledger(bytes: &[u8], now: DateTime<Utc>) -> Windows {
     use crate::ledger::record::{self, Entry};
     let mut windows = Windows::new(now);
     for parsed in record::each(bytes).flatten() {
-        if let Entry::Request {
-            prompt_tokens,
-            completion_tokens,
-            outcome,
-            ..
-        } = &parsed.body.entry
-        {
-            if counts(outcome) {
-                windows.add(parsed.body.at, prompt_tokens + completion_tokens);
+        let at = parsed.body.at;
+        match &parsed.body.entry {
+            Entry::Request {
+                prompt_tokens,
+                completion_tokens,
+                outcome,
+                ..
+            } if outcome.served() => {
+                windows.add(at, 1, prompt_tokens.saturating_add(*completion_tokens))
             }
+            Entry::Admitted { prompt_tokens, .. } => windows.add(at, 1, *prompt_tokens),
+            Entry::Completed {
+                completion_tokens, ..
+            } => windows.add(at, 0, *completion_tokens),
+            _ => {}
         }
     }
     windows
@@ -238,6 +260,42 @@ mod tests {
         let e = gate.admit(&caps, at("2026-12-01T00:00:03Z")).unwrap_err();
         assert_eq!(e.cap, "tokens-per-month");
         assert_eq!(e.resets_at, Some(at("2027-01-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_clock_set_back_does_not_reset_the_windows() {
+        let d = at("2026-11-30T10:00:00Z");
+        let gate = CapGate::new(Windows::new(d));
+        let caps = Caps {
+            requests_per_day: Some(2),
+            ..Caps::default()
+        };
+        gate.record(d, 1);
+        gate.record(d, 1);
+        // The next day admits (a new window) ...
+        assert!(gate.admit(&caps, at("2026-12-01T10:00:00Z")).is_ok());
+        // ... and going back to D finds D's two requests, not a fresh window.
+        assert_eq!(
+            gate.admit(&caps, d).unwrap_err().cap,
+            "requests-per-day",
+            "moving the clock back must not reset the day's count"
+        );
+    }
+
+    #[test]
+    fn requests_counted_under_a_clock_set_back_count_in_the_current_window() {
+        let d1 = at("2026-12-01T10:00:00Z");
+        let gate = CapGate::new(Windows::new(d1));
+        let caps = Caps {
+            requests_per_day: Some(2),
+            ..Caps::default()
+        };
+        gate.record(d1, 1);
+        // The clock is set back a day while running: the request still counts today.
+        gate.record(at("2026-11-30T10:00:00Z"), 1);
+        assert_eq!(gate.windows(d1).day_requests, 2);
+        assert!(gate.admit(&caps, at("2026-11-30T10:00:00Z")).is_err());
+        assert!(gate.admit(&caps, d1).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use super::output_filter::{FilterStream, Filtered};
 use super::safeguards::{Safeguards, Watermark};
 use super::text::{StopMatcher, Utf8Collector};
-use super::weights::{self, DecryptedWeights, PageBacking};
+use super::weights::{self, DecryptedWeights, LockPlan, PageBacking};
 use crate::crypto::ContentKey;
 use crate::seal::{Progress, SealedModel};
 
@@ -417,17 +417,24 @@ fn load(
 ) -> Result<(DecryptedWeights, LlamaModel, LoadReport), String> {
     let started = crate::node::clock::monotonic_now();
     let sealed = SealedModel::open(sealed_path).map_err(|e| e.to_string())?;
+    // Decide before any plaintext exists whether it can be kept out of swap.
+    let len = sealed.header().plaintext_len;
+    let plan = weights::lock_plan(len, weights::mlock_limit(), weights::swap_active())?;
+    match plan {
+        LockPlan::Everything => weights::lock_everything().map_err(|e| {
+            format!("swap is active and locking this process in RAM (mlockall) failed: {e}; turn swap off (`swapoff -a`) or check LimitMEMLOCK")
+        })?,
+        LockPlan::Unlocked => tracing::warn!(
+            "the weights ({} MiB) will not be locked in RAM: RLIMIT_MEMLOCK is {} KiB. No swap is active now; if swap is ever turned on, raise the limit first (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit)",
+            len >> 20,
+            weights::mlock_limit().unwrap_or(0) >> 10
+        ),
+        LockPlan::Weights => {}
+    }
+    let mlock = plan != LockPlan::Unlocked;
     let weights = DecryptedWeights::decrypt(&sealed, key, progress).map_err(|e| e.to_string())?;
     drop(sealed);
     let decrypt = started.elapsed();
-    let mlock = weights::mlock_limit().is_none_or(|limit| limit >= weights.len());
-    if !mlock {
-        tracing::warn!(
-            "the weights ({} MiB) will not be locked in RAM: RLIMIT_MEMLOCK is {} KiB. Raise it (`ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit) so they can never be swapped out",
-            weights.len() >> 20,
-            weights::mlock_limit().unwrap_or(0) >> 10
-        );
-    }
     let params = LlamaModelParams::default()
         .with_use_mmap(true)
         .with_use_mlock(mlock);

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Notify};
 
+use super::admission::NodeRecords;
 use super::admission::{self, Refusal};
 use super::engine::{Engine, LoadReport};
 use crate::license::VerifiedLicense;
-use crate::node::{clock, trusted_time, NodeIdentity};
+use crate::node::clock::TrustedClock;
+use crate::node::trusted_time::{self, HEARTBEAT};
+use crate::node::{clock, NodeIdentity};
 
 /// Where a node stands with its license.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +58,10 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Schedule `license` from now: wall-clock distances, measured once against the
-    /// trusted clock, become monotonic deadlines.
-    pub fn schedule(license: VerifiedLicense) -> Lease {
-        let wall = clock::system_now();
+    /// Schedule `license` from now: distances measured once against the trusted clock
+    /// (never behind the node's high-water mark) become monotonic deadlines.
+    pub fn schedule(license: VerifiedLicense, trusted: &TrustedClock) -> Lease {
+        let wall = trusted.now();
         let mono = clock::monotonic_now();
         let after = |t: DateTime<Utc>| mono + (t - wall).to_std().unwrap_or(Duration::ZERO);
         Lease {
@@ -125,7 +128,10 @@ pub struct Lifecycle {
     phase_tx: watch::Sender<Phase>,
     engine: Engine,
     identity: NodeIdentity,
+    /// The usage ledger's path when not the node directory's default.
+    ledger: Option<PathBuf>,
     sealed_path: PathBuf,
+    clock: TrustedClock,
 }
 
 impl Lifecycle {
@@ -133,14 +139,35 @@ impl Lifecycle {
     pub async fn start(
         license_bytes: &[u8],
         identity: NodeIdentity,
+        ledger: Option<PathBuf>,
         sealed_path: &Path,
         engine: Engine,
         progress: Option<indicatif::ProgressBar>,
     ) -> Result<(Arc<Lifecycle>, LoadReport), StartError> {
-        trusted_time::record(&identity, clock::system_now())
-            .map_err(|e| StartError::Refused(e.into()))?;
-        let admitted = admission::admit(license_bytes, &identity, sealed_path)?;
-        let lease = Lease::schedule(admitted.license);
+        let records = NodeRecords {
+            identity: &identity,
+            ledger: ledger.as_deref(),
+        };
+        let admitted = admission::admit(license_bytes, records, sealed_path)?;
+        let body = &admitted.license.body;
+        let floor = admitted.knowledge.time.trusted_now(Some(body.issued_at));
+        let clock = TrustedClock::start(Some(floor));
+        if admitted.knowledge.state.is_none() {
+            trusted_time::create(&identity, clock.now()).map_err(Refusal::from)?;
+            tracing::warn!(
+                "this node's trusted-time state was missing; re-established from license {} (serial {}, issued {}), which is newer than anything this node recorded",
+                body.license_id,
+                body.serial,
+                body.issued_at
+            );
+        }
+        // Each start is charged a heartbeat ahead, so restarts cannot stop the mark.
+        trusted_time::update(&identity, |s| {
+            s.raise(clock.now() + HEARTBEAT);
+            s.note_serial(&body.license_id, body.serial);
+        })
+        .map_err(Refusal::from)?;
+        let lease = Lease::schedule(admitted.license, &clock);
         drop(admitted.sealed);
         let report = engine
             .load(
@@ -165,10 +192,38 @@ impl Lifecycle {
                 phase_tx,
                 engine,
                 identity,
+                ledger,
                 sealed_path: sealed_path.to_path_buf(),
+                clock,
             }),
             report,
         ))
+    }
+
+    fn records(&self) -> NodeRecords<'_> {
+        NodeRecords {
+            identity: &self.identity,
+            ledger: self.ledger.as_deref(),
+        }
+    }
+
+    /// Trusted time for this running node (caps windows, deadlines).
+    pub fn clock(&self) -> &TrustedClock {
+        &self.clock
+    }
+
+    /// Change the node's signed state; a failure is logged (the node keeps serving
+    /// under what it already verified).
+    fn remember(&self, what: &str, change: impl FnOnce(&mut trusted_time::NodeStateBody)) {
+        if let Err(e) = trusted_time::update(&self.identity, change) {
+            tracing::error!("cannot record {what} in the node's trusted-time state: {e}");
+        }
+    }
+
+    /// A license server's signed time (a verified response to this node's fresh
+    /// nonce): a floor for trusted time.
+    pub fn observe_server_time(&self, server_time: DateTime<Utc>) {
+        self.remember("the license server's time", |s| s.raise(server_time));
     }
 
     pub fn identity(&self) -> &NodeIdentity {
@@ -188,7 +243,9 @@ impl Lifecycle {
             if state.revoked.is_some() {
                 return;
             }
-            state.revoked = Some(state.lease.license.body.license_id.clone());
+            let license_id = state.lease.license.body.license_id.clone();
+            self.remember("the revocation", |s| s.note_revoked(&license_id));
+            state.revoked = Some(license_id);
             self.set_phase(&mut state, Phase::Lapsed);
             tracing::warn!(
                 "license {} revoked by the license server ({reason}): serving stops now",
@@ -242,19 +299,16 @@ impl Lifecycle {
             };
             (deadline, state.phase)
         };
-        // Keep the trusted-time high-water mark moving while running.
-        let heartbeat = Duration::from_secs(60);
-        let wait = deadline.map_or(heartbeat, |d| {
+        // Keep the trusted-time high-water mark a heartbeat ahead of the time served.
+        let wait = deadline.map_or(HEARTBEAT, |d| {
             d.saturating_duration_since(clock::monotonic_now())
-                .min(heartbeat)
+                .min(HEARTBEAT)
         });
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = self.changed.notified() => return None,
         }
-        if let Err(e) = trusted_time::record(&self.identity, clock::system_now()) {
-            tracing::warn!("cannot update the trusted-time record: {e}");
-        }
+        self.remember("the time served", |s| s.raise(self.clock.now() + HEARTBEAT));
         let now = clock::monotonic_now();
         let mut state = self.state.lock().unwrap();
         let due = state.lease.phase_at(now);
@@ -274,7 +328,10 @@ impl Lifecycle {
             }
             Phase::Lapsed => {
                 self.set_phase(&mut state, Phase::Lapsed);
+                let body = state.lease.license.body.clone();
                 drop(state);
+                // Spent: this license (up to this serial) is never served here again.
+                self.remember("the lapse", |s| s.note_spent(&body.license_id, body.serial));
                 Some(Transition::Lapsed)
             }
             Phase::Serving => None,
@@ -295,8 +352,8 @@ impl Lifecycle {
     /// Take over a renewed license: same node and model, higher serial. After a lapse
     /// the weights are decrypted and loaded again.
     pub async fn renew(&self, license_bytes: &[u8]) -> Result<VerifiedLicense, RenewError> {
-        trusted_time::record(&self.identity, clock::system_now()).map_err(Refusal::from)?;
-        let admitted = admission::admit(license_bytes, &self.identity, &self.sealed_path)?;
+        trusted_time::record(&self.identity, self.clock.now()).map_err(Refusal::from)?;
+        let admitted = admission::admit(license_bytes, self.records(), &self.sealed_path)?;
         {
             let state = self.state.lock().unwrap();
             let current = &state.lease.license.body;
@@ -318,7 +375,12 @@ impl Lifecycle {
             }
         }
         let was_lapsed = self.phase() == Phase::Lapsed;
-        let lease = Lease::schedule(admitted.license.clone());
+        let new = &admitted.license.body;
+        trusted_time::update(&self.identity, |s| {
+            s.note_serial(&new.license_id, new.serial)
+        })
+        .map_err(Refusal::from)?;
+        let lease = Lease::schedule(admitted.license.clone(), &self.clock);
         let safeguards = Arc::new(admitted.safeguards);
         if was_lapsed {
             drop(admitted.sealed);

@@ -6,6 +6,8 @@
 //!   monotonic clock, renewal without restart.
 //! - [`renewal`]: the node's side of the license server protocol: first license,
 //!   automatic renewal with backoff, obeying revocations.
+//! - [`answer`]: the one path every answer takes: phase, caps, queue, engine, and the
+//!   usage ledger's write-ahead `admitted` and `completed` records.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //! - [`output_filter`]: the streaming-safe output filter (terms and bounded patterns).
@@ -14,6 +16,7 @@
 //! The runtime never writes plaintext weights to storage.
 
 pub mod admission;
+pub mod answer;
 pub mod caps;
 pub mod engine;
 pub mod lifecycle;

@@ -423,6 +423,7 @@ impl Renewer {
             .await
             .map_err(|e| e.to_string())?;
         let offset = opened.clock_offset(clock::system_now()).num_seconds();
+        self.lifecycle.observe_server_time(opened.body.server_time);
         let record = |refused: Option<String>| {
             let mut s = self.status.lock().unwrap();
             s.consecutive_failures = 0;

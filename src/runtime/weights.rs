@@ -148,7 +148,9 @@ impl Drop for DecryptedWeights {
     }
 }
 
-/// Lock the process against core dumps and same-uid ptrace or /proc/PID/mem reads.
+/// Lock the process against core dumps and same-uid ptrace, /proc/PID/mem and
+/// /proc/PID/fd reads. Called first thing by every command that unwraps a content key,
+/// before any key or plaintext exists in the process.
 pub fn forbid_dumps() -> std::io::Result<()> {
     rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
         .map_err(Into::into)
@@ -157,4 +159,71 @@ pub fn forbid_dumps() -> std::io::Result<()> {
 /// The soft RLIMIT_MEMLOCK in bytes (`None`: unlimited).
 pub fn mlock_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Memlock).current
+}
+
+/// Is any swap device or file active (`/proc/swaps` lists more than its header)?
+pub fn swap_active() -> bool {
+    std::fs::read_to_string("/proc/swaps")
+        .is_ok_and(|s| s.lines().skip(1).any(|l| !l.trim().is_empty()))
+}
+
+/// How the weights are kept out of swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockPlan {
+    /// No swap, and RLIMIT_MEMLOCK too low to lock them: they stay unlocked (nothing to
+    /// swap them to).
+    Unlocked,
+    /// The weights' mapping is locked (llama.cpp `use_mlock`).
+    Weights,
+    /// Swap is active and the limit is unlimited: every page of the process, present
+    /// and future, is locked (`mlockall`), so copies llama.cpp makes on the heap
+    /// (repacked tensors) cannot be swapped out either.
+    Everything,
+}
+
+/// Decide how to keep `len` bytes of weights out of swap, from the soft
+/// RLIMIT_MEMLOCK (`None`: unlimited) and whether swap is active. `Err` is a refusal:
+/// with swap on and the weights unlockable, pages of plaintext could be written to disk.
+pub fn lock_plan(len: u64, limit: Option<u64>, swap_active: bool) -> Result<LockPlan, String> {
+    let fits = limit.is_none_or(|l| l >= len);
+    match (fits, swap_active) {
+        (true, true) if limit.is_none() => Ok(LockPlan::Everything),
+        (true, _) => Ok(LockPlan::Weights),
+        (false, false) => Ok(LockPlan::Unlocked),
+        (false, true) => Err(format!(
+            "swap is active and the weights ({} MiB) cannot be locked in RAM (RLIMIT_MEMLOCK is {} KiB), so their plaintext could be swapped out to disk; refusing to decrypt. Raise the limit (`LimitMEMLOCK=infinity` in the systemd unit, `ulimit -l unlimited` in a shell, `--ulimit memlock=-1` for a container) or turn swap off (`swapoff -a`)",
+            len >> 20,
+            limit.unwrap_or(0) >> 10
+        )),
+    }
+}
+
+/// Lock every page of this process, present and future, in RAM.
+pub fn lock_everything() -> std::io::Result<()> {
+    use rustix::mm::MlockAllFlags;
+    rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE).map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn swap_with_unlockable_weights_is_a_refusal() {
+        let e = lock_plan(GIB, Some(64 << 10), true).unwrap_err();
+        assert!(
+            e.contains("LimitMEMLOCK=infinity") && e.contains("swapoff"),
+            "{e}"
+        );
+        assert_eq!(
+            lock_plan(GIB, Some(64 << 10), false),
+            Ok(LockPlan::Unlocked)
+        );
+        assert_eq!(lock_plan(GIB, Some(2 * GIB), true), Ok(LockPlan::Weights));
+        assert_eq!(lock_plan(GIB, Some(2 * GIB), false), Ok(LockPlan::Weights));
+        assert_eq!(lock_plan(GIB, None, true), Ok(LockPlan::Everything));
+        assert_eq!(lock_plan(GIB, None, false), Ok(LockPlan::Weights));
+    }
 }

@@ -2,84 +2,48 @@
 //! outcome, engine throughput and queue, renewals, ledger, caps. Values come from the
 //! same sources as `/v1/license`, so the two always agree.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::AppState;
 use crate::metrics::{Exposition, Kind, Rate};
-use crate::node::clock;
-use crate::runtime::caps::CapExceeded;
 use crate::runtime::lifecycle::Phase;
 
-/// Counters the HTTP layer keeps.
+/// What the HTTP layer measures itself (request counters live with the answerer).
 pub struct NodeMetrics {
-    /// Per outcome: requests, prompt tokens, completion tokens.
-    outcomes: Mutex<BTreeMap<String, [u64; 3]>>,
     /// Engine tokens generated per second over the last 10 s.
     pub decode: Rate,
-    /// The last cap event logged: (cap, reset time), so each is logged once.
-    last_cap: Mutex<Option<(String, Option<chrono::DateTime<chrono::Utc>>)>>,
 }
 
 impl Default for NodeMetrics {
     fn default() -> Self {
         NodeMetrics {
-            outcomes: Mutex::new(BTreeMap::new()),
             decode: Rate::new(Duration::from_secs(10)),
-            last_cap: Mutex::new(None),
         }
     }
 }
 
-impl NodeMetrics {
-    /// Count a finished request.
-    pub fn request(&self, outcome: &str, prompt_tokens: u32, completion_tokens: u32) {
-        let mut o = self.outcomes.lock().unwrap();
-        let c = o.entry(outcome.to_string()).or_default();
-        c[0] += 1;
-        c[1] += u64::from(prompt_tokens);
-        c[2] += u64::from(completion_tokens);
-    }
-
-    /// Log a cap refusal once per cap and window (the rest are counted, not logged).
-    pub fn cap_refused(&self, e: &CapExceeded) {
-        let key = (e.cap.to_string(), e.resets_at);
-        let mut last = self.last_cap.lock().unwrap();
-        if last.as_ref() != Some(&key) {
-            tracing::warn!(
-                cap = e.cap,
-                limit = e.limit,
-                resets_at = ?e.resets_at,
-                "license cap reached: {e}; requests over it are refused with 429 until it resets"
-            );
-            *last = Some(key);
-        }
-    }
-}
-
-/// Render the page.
-pub fn render(state: &AppState) -> String {
+/// Render the page. Without `identify` (a client without the node's API key, when
+/// it has keys) the licensee, model, license and node ids are left out.
+pub fn render(state: &AppState, identify: bool) -> String {
     let mut e = Exposition::new();
     let status = state.lifecycle.status();
     let b = &status.license.body;
+    let mut info = vec![("version", env!("CARGO_PKG_VERSION"))];
+    if identify {
+        info.extend([
+            ("model_id", b.model.model_id.as_str()),
+            ("license_id", b.license_id.as_str()),
+            ("licensee", b.licensee.as_str()),
+            ("node_id", b.node.node_id.as_str()),
+        ]);
+    }
     e.family(
         "leasehold_info",
         Kind::Gauge,
-        "This node: version, model, license and licensee (value 1).",
+        "This node: version, model, license and licensee (value 1; names only to clients with an API key).",
     )
-    .sample(
-        "leasehold_info",
-        &[
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("model_id", &b.model.model_id),
-            ("license_id", &b.license_id),
-            ("licensee", &b.licensee),
-            ("node_id", &b.node.node_id),
-        ],
-        1.0,
-    );
+    .sample("leasehold_info", &info, 1.0);
     e.single(
         "leasehold_license_seconds_left",
         Kind::Gauge,
@@ -124,7 +88,13 @@ pub fn render(state: &AppState) -> String {
         f64::from(u8::from(state.lifecycle.revoked().is_some())),
     );
 
-    let outcomes = state.metrics.outcomes.lock().unwrap().clone();
+    let outcomes: Vec<(String, [u64; 3])> = state
+        .answerer
+        .counters()
+        .snapshot()
+        .into_iter()
+        .map(|(o, c)| (o.as_string(), c))
+        .collect();
     e.family(
         "leasehold_requests_total",
         Kind::Counter,
@@ -170,13 +140,26 @@ pub fn render(state: &AppState) -> String {
         "leasehold_queue_depth",
         Kind::Gauge,
         "Requests waiting for a sequence slot.",
-        stats.waiting.load(Ordering::Relaxed) as f64,
+        state.answerer.waiting() as f64,
     );
     e.single(
         "leasehold_active_sequences",
         Kind::Gauge,
         "Sequences generating now.",
         stats.active.load(Ordering::Relaxed) as f64,
+    );
+
+    e.single(
+        "leasehold_http_connections",
+        Kind::Gauge,
+        "Client connections open now.",
+        state.connections.open.load(Ordering::Relaxed) as f64,
+    );
+    e.single(
+        "leasehold_http_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at accept because --max-connections were open.",
+        state.connections.refused.load(Ordering::Relaxed) as f64,
     );
 
     if let Some(renewer) = &state.renewal {
@@ -201,7 +184,7 @@ pub fn render(state: &AppState) -> String {
         );
     }
 
-    if let Some(ledger) = &state.ledger {
+    if let Some(ledger) = state.answerer.ledger() {
         let head = ledger.head();
         e.single(
             "leasehold_ledger_seq",
@@ -217,7 +200,7 @@ pub fn render(state: &AppState) -> String {
         );
     }
 
-    let w = state.caps.windows(clock::system_now());
+    let w = state.answerer.caps().windows(state.lifecycle.clock().now());
     e.family(
         "leasehold_usage",
         Kind::Gauge,

@@ -7,12 +7,14 @@
 //! `Warning` header says when serving stops. After lapse, inference requests get
 //! HTTP 403 with error code `license_expired`.
 
+pub mod listener;
 pub mod metrics;
 pub mod openai;
 pub mod validation;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -26,18 +28,15 @@ use futures_util::stream::Stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::format::encoding::Digest;
 use crate::format::time::rfc3339;
 use crate::format::Body as _;
+use crate::http_auth::{any_token_matches, bearer, token_matches};
 use crate::ledger::attestation::AttestationBody;
 use crate::ledger::prompt_hash::{PromptParts, PromptSalt};
-use crate::ledger::record::Entry;
-use crate::ledger::Ledger;
 use crate::node::clock;
-use crate::runtime::caps::{self, CapExceeded, CapGate, Permit};
-use crate::runtime::engine::{
-    Engine, Event, FinishReason, GenerateError, GenerateRequest, Prompt, SamplingParams,
-};
+use crate::runtime::answer::{Answer, Answerer, Piece, Question, Stopped};
+use crate::runtime::caps::CapExceeded;
+use crate::runtime::engine::{Engine, GenerateError, Prompt, SamplingParams};
 use crate::runtime::lifecycle::{Lifecycle, Phase};
 use crate::runtime::renewal::Renewer;
 use metrics::NodeMetrics;
@@ -55,15 +54,17 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// Automatic renewal from a license server, when configured.
     pub renewal: Option<Arc<Renewer>>,
-    /// The usage ledger: every request is recorded before it is answered. `None` only
-    /// with `serve --no-ledger`, which only demo-root licenses allow (benchmarks).
-    pub ledger: Option<Arc<Ledger>>,
+    /// Answers requests: caps, queue, the engine, and the usage ledger (every request
+    /// recorded before it is answered).
+    pub answerer: Arc<Answerer>,
     /// With `--ledger-prompt-hash`: the salt for each record's prompt hash.
     pub prompt_salt: Option<PromptSalt>,
-    /// License caps, counted from the ledger.
-    pub caps: CapGate,
     /// Counters for `/metrics`.
     pub metrics: NodeMetrics,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Open and refused connections (`/metrics`).
+    pub connections: Arc<listener::ConnectionStats>,
 }
 
 type Shared = Arc<AppState>;
@@ -108,11 +109,6 @@ impl ApiError {
         error
     }
 
-    /// The error's `code`, if it has one (for the ledger's outcome).
-    fn code(&self) -> Option<&str> {
-        self.body["error"]["code"].as_str()
-    }
-
     fn invalid(e: Invalid) -> ApiError {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -133,32 +129,38 @@ impl ApiError {
         )
     }
 
-    fn from_generate(e: &GenerateError) -> ApiError {
-        match e {
-            GenerateError::LicenseExpired => ApiError::license_expired(),
-            GenerateError::PromptTooLong { .. } | GenerateError::EmptyPrompt => ApiError::new(
+    /// The error for a request the node did not answer, or not to its end.
+    fn stopped(e: &Stopped) -> ApiError {
+        let message = e.to_string();
+        let code = e.code().as_str();
+        let (status, kind, param) = match e {
+            Stopped::Lapsed | Stopped::Engine(GenerateError::LicenseExpired) => {
+                return ApiError::license_expired()
+            }
+            Stopped::Cap(exceeded) => return ApiError::cap_exceeded(exceeded),
+            Stopped::QueueFull { .. } => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &message,
+                    "server_error",
+                    Some(code),
+                    None,
+                );
+                error.retry_after = Some(1);
+                return error;
+            }
+            Stopped::Engine(GenerateError::PromptTooLong { .. } | GenerateError::EmptyPrompt) => (
                 StatusCode::BAD_REQUEST,
-                &e.to_string(),
                 "invalid_request_error",
-                Some("context_length_exceeded")
-                    .filter(|_| matches!(e, GenerateError::PromptTooLong { .. })),
                 Some("messages"),
             ),
-            GenerateError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &e.to_string(),
-                "server_error",
-                None,
-                None,
-            ),
-            GenerateError::Template(_) | GenerateError::Decode(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &e.to_string(),
-                "server_error",
-                None,
-                None,
-            ),
-        }
+            Stopped::Engine(GenerateError::ShuttingDown) | Stopped::Ledger(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server_error", None)
+            }
+            Stopped::Engine(GenerateError::Template(_) | GenerateError::Decode(_))
+            | Stopped::EngineStopped => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None),
+        };
+        ApiError::new(status, &message, kind, Some(code), param)
     }
 }
 
@@ -183,6 +185,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/v1/completions", post(infer::<openai::CompletionRequest>))
         .route("/v1/models", get(models))
+        .route("/v1/license/attestation", get(attestation))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
@@ -195,31 +198,19 @@ pub fn router(state: Shared) -> Router {
         .merge(admin)
         .route("/health", get(health))
         .route("/v1/license", get(license))
-        .route("/v1/license/attestation", get(attestation))
         .route("/metrics", get(metrics_page))
         .layer(middleware::from_fn_with_state(state.clone(), phase_headers))
         .with_state(state)
 }
 
-/// The token of an `Authorization: Bearer` header (also used by the license server).
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// Compare a presented token with the expected one in constant time in its content.
-pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Does the request carry one of the node's API keys (or does the node need none)?
+fn has_api_key(state: &AppState, headers: &HeaderMap) -> bool {
+    state.api_keys.is_empty()
+        || bearer(headers).is_some_and(|k| any_token_matches(k, &state.api_keys))
 }
 
 async fn require_api_key(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if state.api_keys.is_empty()
-        || bearer(request.headers()).is_some_and(|k| state.api_keys.iter().any(|a| a == k))
-    {
+    if has_api_key(&state, request.headers()) {
         return next.run(request).await;
     }
     ApiError::new(
@@ -280,9 +271,27 @@ async fn phase_headers(State(state): State<Shared>, request: Request, next: Next
     response
 }
 
-/// Read a request body of at most `limit` bytes. A larger body is drained (up to a
-/// hard bound) so that the client receives the 400 instead of a reset connection.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Read a request body of at most `limit` bytes within `timeout`. A larger body is
+/// drained (up to a hard bound) so that the client receives the 400 instead of a reset
+/// connection; a client that sends it too slowly gets a 408.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(timeout, read_body_unbounded(body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+                "invalid_request_error",
+                Some("request_timeout"),
+                None,
+            ))
+        })
+}
+
+async fn read_body_unbounded(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use futures_util::StreamExt;
     const DRAIN_LIMIT: usize = 64 << 20;
     let mut stream = body.into_data_stream();
@@ -317,8 +326,11 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+async fn read_json<T: serde::de::DeserializeOwned>(
+    body: Body,
+    timeout: Duration,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, MAX_BODY_BYTES, timeout).await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -384,13 +396,12 @@ async fn infer<R: InferenceRequest>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: R = read_json(body).await?;
+    let req: R = read_json(body, state.body_timeout).await?;
     let model = check_model(&state, req.model())?;
     let (stream, include_usage) = (req.sampling().stream, req.sampling().include_usage());
     let (prompt, params) = req.validate(state.limits).map_err(ApiError::invalid)?;
     let meta = ResponseMeta::new(R::ENDPOINT, &model, clock::system_now().timestamp());
-    let mut usage = UsageRecord::new(&state, &meta, client_key_id(&headers));
-    if let Some(salt) = &state.prompt_salt {
+    let prompt_sha256 = state.prompt_salt.as_ref().map(|salt| {
         let parts = match &prompt {
             Prompt::Chat(messages) => PromptParts::Chat(
                 messages
@@ -400,9 +411,41 @@ async fn infer<R: InferenceRequest>(
             ),
             Prompt::Text(text) => PromptParts::Text(text),
         };
-        usage.prompt_sha256 = Some(salt.hash(&parts));
+        salt.hash(&parts)
+    });
+    let question = Question {
+        request_id: meta.id.clone(),
+        client_key: client_key_id(&headers),
+        prompt,
+        params,
+        prompt_sha256,
+    };
+    let mut answer = state
+        .answerer
+        .begin(question)
+        .await
+        .map_err(|e| ApiError::stopped(&e))?;
+    if stream {
+        return Ok(Sse::new(sse_stream(meta, answer, include_usage))
+            .keep_alive(KeepAlive::default())
+            .into_response());
     }
-    generate(state, meta, usage, prompt, params, stream, include_usage).await
+    let mut text = String::new();
+    loop {
+        match answer.next().await.map_err(|e| ApiError::stopped(&e))? {
+            Some(Piece::Text(t)) => text.push_str(&t),
+            Some(Piece::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+                ..
+            }) => {
+                let totals = Usage::new(prompt_tokens, completion_tokens);
+                return Ok(Json(meta.response(&text, reason.as_str(), totals)).into_response());
+            }
+            None => return Err(ApiError::stopped(&Stopped::EngineStopped)),
+        }
+    }
 }
 
 /// A short, stable id of the client's API key for the ledger (never the key itself).
@@ -413,261 +456,29 @@ fn client_key_id(headers: &HeaderMap) -> String {
     }
 }
 
-/// The ledger record of one request, written once: `ok` when it finished, `refused`
-/// when it was turned down, and `cancelled` if it is dropped unfinished (the client
-/// went away), from the drop itself so that no path escapes it.
-struct UsageRecord {
-    state: Shared,
-    request_id: String,
-    client_key: String,
-    license_id: String,
-    model_id: String,
-    prompt_tokens: u32,
-    completion_tokens: u32,
-    prompt_sha256: Option<Digest>,
-    /// The output filter rule that ended the answer, if one did.
-    filter_rule: Option<String>,
-    written: bool,
-    /// The concurrency slot, held until the record is written.
-    permit: Option<Permit>,
-}
-
-impl UsageRecord {
-    fn new(state: &Shared, meta: &ResponseMeta, client_key: String) -> UsageRecord {
-        let license = state.lifecycle.status().license.body;
-        UsageRecord {
-            state: state.clone(),
-            request_id: meta.id.clone(),
-            client_key,
-            license_id: license.license_id,
-            model_id: license.model.model_id,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            prompt_sha256: None,
-            filter_rule: None,
-            written: false,
-            permit: None,
-        }
-    }
-
-    fn entry(&self, outcome: &str) -> Entry {
-        Entry::Request {
-            request_id: self.request_id.clone(),
-            license_id: self.license_id.clone(),
-            model_id: self.model_id.clone(),
-            prompt_tokens: u64::from(self.prompt_tokens),
-            completion_tokens: u64::from(self.completion_tokens),
-            outcome: outcome.to_string(),
-            client_key: self.client_key.clone(),
-            prompt_sha256: self.prompt_sha256,
-            filter_rule: self.filter_rule.clone(),
-        }
-    }
-
-    /// Write the record; returns once it is durable.
-    async fn write(&mut self, outcome: &str) -> Result<(), ApiError> {
-        self.written = true;
-        self.permit = None;
-        self.state
-            .metrics
-            .request(outcome, self.prompt_tokens, self.completion_tokens);
-        if caps::counts(outcome) {
-            self.count_for_caps();
-        }
-        let Some(ledger) = &self.state.ledger else {
-            return Ok(());
-        };
-        ledger
-            .append(self.entry(outcome))
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("the usage ledger cannot record this request ({e}); the node answers nothing it cannot record"),
-                    "server_error",
-                    Some("ledger_unavailable"),
-                    None,
-                )
-            })
-    }
-}
-
-impl UsageRecord {
-    /// The outcome of a finished answer: `filtered` (with its rule kept for the
-    /// record, and logged) when the license's output filter ended it, else `ok`.
-    fn finished(&mut self, reason: FinishReason, filter_rule: Option<String>) -> &'static str {
-        if reason == FinishReason::ContentFilter {
-            tracing::warn!(
-                "request {}: the license's output filter ({}) ended the answer; the matched text was not sent",
-                self.request_id,
-                filter_rule.as_deref().unwrap_or("a rule")
-            );
-            self.filter_rule = filter_rule;
-        }
-        reason.ledger_outcome()
-    }
-
-    fn count_for_caps(&self) {
-        let tokens = u64::from(self.prompt_tokens) + u64::from(self.completion_tokens);
-        self.state.caps.record(clock::system_now(), tokens);
-    }
-}
-
-impl Drop for UsageRecord {
-    fn drop(&mut self) {
-        if self.written {
-            return;
-        }
-        self.count_for_caps();
-        self.state
-            .metrics
-            .request("cancelled", self.prompt_tokens, self.completion_tokens);
-        let entry = self.entry("cancelled");
-        let Some(ledger) = self.state.ledger.clone() else {
-            return;
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = ledger.append(entry).await {
-                    tracing::error!("cannot record a cancelled request in the usage ledger: {e}");
-                }
-            });
-        }
-    }
-}
-
-async fn generate(
-    state: Shared,
-    meta: ResponseMeta,
-    mut usage: UsageRecord,
-    prompt: Prompt,
-    params: SamplingParams,
-    stream: bool,
-    include_usage: bool,
-) -> Result<Response, ApiError> {
-    if !state.lifecycle.phase().serves() {
-        usage.write("refused:license_expired").await?;
-        return Err(ApiError::license_expired());
-    }
-    let caps = state.lifecycle.status().license.body.caps;
-    match state.caps.admit(&caps, clock::system_now()) {
-        Ok(permit) => usage.permit = Some(permit),
-        Err(exceeded) => {
-            state.metrics.cap_refused(&exceeded);
-            usage.write("refused:license_cap_exceeded").await?;
-            return Err(ApiError::cap_exceeded(&exceeded));
-        }
-    }
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = state.engine.submit(GenerateRequest {
-        prompt,
-        params,
-        events: tx,
-    }) {
-        usage.write("refused:engine_unavailable").await?;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &e.to_string(),
-            "server_error",
-            None,
-            None,
-        ));
-    }
-    // The first event decides the status code: started, or refused before any output.
-    match rx.recv().await {
-        Some(Event::Started { prompt_tokens }) => usage.prompt_tokens = prompt_tokens,
-        Some(Event::Failed(e)) => {
-            let error = ApiError::from_generate(&e);
-            usage
-                .write(&format!("refused:{}", error.code().unwrap_or("error")))
-                .await?;
-            return Err(error);
-        }
-        _ => {
-            usage.write("refused:engine_stopped").await?;
-            return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the engine ended the request without a result",
-                "server_error",
-                None,
-                None,
-            ));
-        }
-    };
-    if stream {
-        return Ok(Sse::new(sse_stream(meta, rx, include_usage, usage))
-            .keep_alive(KeepAlive::default())
-            .into_response());
-    }
-    let mut text = String::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Finished {
-                reason,
-                completion_tokens,
-                filter_rule,
-                ..
-            } => {
-                usage.completion_tokens = completion_tokens;
-                let outcome = usage.finished(reason, filter_rule);
-                usage.write(outcome).await?;
-                let totals = Usage::new(usage.prompt_tokens, completion_tokens);
-                return Ok(Json(meta.response(&text, reason.as_str(), totals)).into_response());
-            }
-            Event::Failed(e) => {
-                let error = ApiError::from_generate(&e);
-                usage
-                    .write(&format!("refused:{}", error.code().unwrap_or("error")))
-                    .await?;
-                return Err(error);
-            }
-            Event::Started { .. } => {}
-        }
-    }
-    usage.write("refused:engine_stopped").await?;
-    Err(ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the engine ended the request without a result",
-        "server_error",
-        None,
-        None,
-    ))
-}
-
 fn sse_stream(
     meta: ResponseMeta,
-    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut answer: Answer,
     include_usage: bool,
-    mut record: UsageRecord,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream_like(move |tx| async move {
         let send = |v: Value| tx.send(SseEvent::default().data(v.to_string())).is_ok();
         if !send(meta.chunk("", true, None, None)) {
             return;
         }
-        while let Some(event) = rx.recv().await {
-            match event {
-                Event::Text(t) => {
-                    record.completion_tokens += 1;
+        loop {
+            match answer.next().await {
+                Ok(Some(Piece::Text(t))) => {
                     if !send(meta.chunk(&t, false, None, None)) {
-                        return; // client gone: dropping `rx` cancels the generation
+                        return; // client gone: dropping the answer cancels and records it
                     }
                 }
-                Event::Finished {
+                Ok(Some(Piece::Finished {
                     reason,
                     prompt_tokens,
                     completion_tokens,
-                    filter_rule,
-                } => {
-                    record.completion_tokens = completion_tokens;
-                    let outcome = record.finished(reason, filter_rule);
-                    // The end of the answer goes out only once its record is durable.
-                    if let Err(e) = record.write(outcome).await {
-                        send(e.body);
-                        return;
-                    }
+                    ..
+                })) => {
                     let usage = Usage::new(prompt_tokens, completion_tokens);
                     send(meta.chunk("", false, Some(reason.as_str()), Some(usage)));
                     if include_usage {
@@ -676,15 +487,11 @@ fn sse_stream(
                     let _ = tx.send(SseEvent::default().data("[DONE]"));
                     return;
                 }
-                Event::Failed(e) => {
-                    let err = ApiError::from_generate(&e);
-                    let _ = record
-                        .write(&format!("refused:{}", err.code().unwrap_or("error")))
-                        .await;
-                    send(err.body);
+                Ok(None) => return,
+                Err(e) => {
+                    send(ApiError::stopped(&e).body);
                     return;
                 }
-                Event::Started { .. } => {}
             }
         }
     })
@@ -762,9 +569,23 @@ pub fn license_json(lifecycle: &Lifecycle) -> Value {
     })
 }
 
-async fn license(State(state): State<Shared>) -> Json<Value> {
+async fn license(State(state): State<Shared>, headers: HeaderMap) -> Json<Value> {
+    if !has_api_key(&state, &headers) {
+        // Public for monitoring, but who holds the license and for what stays private.
+        let status = state.lifecycle.status();
+        let b = &status.license.body;
+        return Json(json!({
+            "phase": status.phase.as_str(),
+            "seconds_left": status.seconds_left,
+            "seconds_to_lapse": status.seconds_to_lapse,
+            "expires_at": rfc3339(b.expires_at),
+            "grace_ends": rfc3339(b.grace_ends()),
+            "revoked": state.lifecycle.revoked().is_some(),
+            "redacted": "send an API key (Authorization: Bearer) to see the licensee, model, license and usage",
+        }));
+    }
     let mut body = license_json(&state.lifecycle);
-    let w = state.caps.windows(clock::system_now());
+    let w = state.answerer.caps().windows(state.lifecycle.clock().now());
     body["usage"] = json!({
         "requests_today": w.day_requests,
         "tokens_today": w.day_tokens,
@@ -778,17 +599,17 @@ async fn license(State(state): State<Shared>) -> Json<Value> {
 }
 
 /// `GET /metrics`: Prometheus text format.
-async fn metrics_page(State(state): State<Shared>) -> Response {
+async fn metrics_page(State(state): State<Shared>, headers: HeaderMap) -> Response {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        metrics::render(&state),
+        metrics::render(&state, has_api_key(&state, &headers)),
     )
         .into_response()
 }
 
 /// `GET /v1/license/attestation`: license state and ledger head, signed by the node key.
 async fn attestation(State(state): State<Shared>) -> Result<Response, ApiError> {
-    let Some(ledger) = &state.ledger else {
+    let Some(ledger) = state.answerer.ledger() else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "this node runs without a usage ledger (--no-ledger), so it has nothing to attest",
@@ -804,7 +625,7 @@ async fn attestation(State(state): State<Shared>) -> Result<Response, ApiError> 
     let body = AttestationBody {
         version: AttestationBody::VERSION,
         node_id: identity.public().node_id(),
-        at: crate::format::time::whole_seconds(clock::system_now()),
+        at: crate::format::time::whole_seconds(state.lifecycle.clock().now()),
         license_id: b.license_id.clone(),
         serial: b.serial,
         licensee: b.licensee.clone(),
@@ -821,7 +642,12 @@ async fn attestation(State(state): State<Shared>) -> Result<Response, ApiError> 
 }
 
 async fn admin_license(State(state): State<Shared>, body: Body) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, crate::license::MAX_LICENSE_BYTES as usize).await?;
+    let bytes = read_body(
+        body,
+        crate::license::MAX_LICENSE_BYTES as usize,
+        state.body_timeout,
+    )
+    .await?;
     match state.lifecycle.renew(&bytes).await {
         Ok(_) => Ok(Json(license_json(&state.lifecycle))),
         Err(e) => Err(ApiError::new(

@@ -20,6 +20,7 @@ use tempfile::TempDir;
 
 pub mod gguf;
 pub mod node;
+pub mod plaintext;
 pub mod vectors;
 
 /// The demo model (LEASEHOLD_DEMO_MODEL) and a Python with `openai` (LEASEHOLD_PYTHON),
@@ -216,9 +217,7 @@ pub fn checks<'a>(
     Checks {
         node: Some(node),
         hardware: Some(profile),
-        time: TimeContext {
-            now,
-            high_water: None,
-        },
+        time: TimeContext::new(now, None),
+        memory: None,
     }
 }

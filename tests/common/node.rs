@@ -35,6 +35,32 @@ pub fn leasehold_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output
         .expect("run leasehold")
 }
 
+/// Debian's libfaketime (package `faketime`), multi-threaded variant.
+fn libfaketime() -> PathBuf {
+    let found = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists());
+    found.expect("libfaketime is missing: run scripts/setup.sh (Debian package faketime)")
+}
+
+/// `leasehold ARGS` as an operator runs it under Debian's faketime: libfaketime
+/// preloaded, as the `faketime` command does (but in the process itself, so signals
+/// reach it). `spec` is faketime's format, e.g. `-30m` (wound back), `@2026-12-02
+/// 06:00:00` (starts there and runs) or `2026-12-02 06:00:00` (frozen). Only the wall
+/// clock is faked: the monotonic clock runs on, as it does when an operator sets the date.
+pub fn faketime_command(spec: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    command
+        .args(args)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", spec)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env_remove("LEASEHOLD_LOG");
+    command
+}
+
 /// A directory with an enrolled node (`node/`, `node.enroll`) and a sealed model.
 pub struct NodeSite {
     pub dir: TempDir,
@@ -156,16 +182,34 @@ impl Server {
 
     /// Start with extra environment variables.
     pub fn start_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
-        let stderr_log = dir.join(format!("serve-{}.stderr", std::process::id()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        command
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())));
+        Self::start_command(dir, command)
+    }
+
+    /// Start `command` (leasehold, or a wrapper such as `faketime` around it) in `dir`
+    /// and wait until it announces its address.
+    pub fn start_command(dir: &Path, command: Command) -> Server {
+        Self::start_command_with(dir, command, |_| {})
+    }
+
+    /// [`Server::start_command`], calling `spawned` with the pid as soon as it runs.
+    pub fn start_command_with(
+        dir: &Path,
+        mut command: Command,
+        spawned: impl FnOnce(u32),
+    ) -> Server {
+        let stderr_log = dir.join(format!("serve-{}.stderr", std::process::id()));
+        let mut child = command
             .current_dir(dir)
             .env("LEASEHOLD_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_log).unwrap())
             .spawn()
-            .expect("start leasehold serve");
+            .expect("start leasehold");
+        spawned(child.id());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -182,8 +226,9 @@ impl Server {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
+                let status = child.wait().ok().and_then(|s| s.code());
                 panic!(
-                    "serve did not start: {}",
+                    "serve did not start (exit {status:?}): {}",
                     std::fs::read_to_string(&stderr_log).unwrap_or_default()
                 );
             }
@@ -207,17 +252,20 @@ impl Server {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
-    /// Does the process still map or hold a memfd of weights?
+    /// Does the process still map or hold a memfd of weights? Reading another
+    /// process's /proc entries needs root (serve is not dumpable): a read error panics
+    /// rather than passing for "no weights". Callers assert `true` before they rely on
+    /// `false` (the positive control).
     pub fn holds_weights(&self) -> bool {
-        let maps =
-            std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| std::fs::read_link(e.path()).ok())
-                    .any(|l| l.to_string_lossy().contains("memfd:"))
-            })
-            .unwrap_or(false);
+        let pid = self.pid();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_else(|e| {
+            panic!("cannot read /proc/{pid}/maps (run the tests as root): {e}")
+        });
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd (run the tests as root): {e}"))
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .any(|l| l.to_string_lossy().contains("memfd:"));
         maps.contains("memfd:") || fds
     }
 
