@@ -571,6 +571,7 @@ fn a_same_user_process_cannot_open_the_weights_memfd_of_a_starting_node() {
     std::thread::sleep(Duration::from_millis(500));
     let report = prober_report(probe, &control_dir);
     let _ = holder.kill();
+    let _ = holder.wait();
     assert!(
         report["memfd_read"].as_u64().unwrap() > 0,
         "control: {report}"

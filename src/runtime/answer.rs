@@ -109,6 +109,9 @@ impl UsageCounters {
     }
 }
 
+/// A cap refusal as logged: which cap, and when its window resets.
+type LoggedCap = (&'static str, Option<DateTime<Utc>>);
+
 /// Answers requests for one node: its license, engine, ledger and caps.
 pub struct Answerer {
     lifecycle: Arc<Lifecycle>,
@@ -121,7 +124,7 @@ pub struct Answerer {
     queue_limit: usize,
     counters: UsageCounters,
     /// The last cap refusal logged (cap, reset), so each is logged once per window.
-    last_cap: Mutex<Option<(&'static str, Option<DateTime<Utc>>)>>,
+    last_cap: Mutex<Option<LoggedCap>>,
 }
 
 impl Answerer {
