@@ -375,4 +375,26 @@ mod tests {
         // Its write is gone, and the same writer thread answers the next transaction.
         assert_eq!(count().await.unwrap(), 0);
     }
+
+    #[tokio::test]
+    async fn a_nonce_is_taken_once_until_it_is_forgotten() {
+        use crate::license_server::registry::{forget_nonces, remember_nonce};
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&DbUrl::Sqlite(dir.path().join("s.db")))
+            .await
+            .unwrap();
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let remember = |node: &'static str, nonce: u8| {
+            store.transact(move |sql| remember_nonce(sql, node, &[nonce; 16], at(100)))
+        };
+        assert!(remember("a", 1).await.unwrap());
+        assert!(!remember("a", 1).await.unwrap(), "a replay");
+        assert!(remember("b", 1).await.unwrap(), "another node's nonce");
+        // Kept until its time has passed.
+        let forget = |before| store.transact(move |sql| forget_nonces(sql, at(before)));
+        assert_eq!(forget(100).await.unwrap(), 0);
+        assert!(!remember("a", 1).await.unwrap());
+        assert_eq!(forget(101).await.unwrap(), 2);
+        assert!(remember("a", 1).await.unwrap());
+    }
 }
