@@ -104,6 +104,11 @@ async fn main() {
             "127.0.0.1:0",
             "--admin-token-file",
             "admin.token",
+            // Enrolls 1,000 nodes from one address at once.
+            "--enrollments-per-address",
+            "0",
+            "--enrollments-per-org",
+            "0",
         ])
         .current_dir(p)
         .stdout(Stdio::piped())
@@ -201,7 +206,9 @@ async fn main() {
         setup.elapsed().as_secs_f64()
     );
 
-    // Pre-signed requests, round-robin over the nodes.
+    // Pre-signed requests, round-robin over the nodes; signed now, so they are within
+    // the server's request window (5 minutes) when sent.
+    let now = clock::system_now();
     let per_task = 4000usize;
     let mut pools: Vec<Vec<String>> = vec![Vec::with_capacity(per_task); concurrency];
     for (i, pool) in pools.iter_mut().enumerate() {

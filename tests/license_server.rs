@@ -95,6 +95,11 @@ impl Vendor {
 
     /// Start the server (on the same port as before, after a restart).
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Start the server with extra `license-server` flags.
+    fn start_with(&mut self, extra: &[&str]) {
         let listen = self.addr.clone().unwrap_or_else(|| "127.0.0.1:0".into());
         let mut args = vec![
             "license-server",
@@ -112,6 +117,7 @@ impl Vendor {
         if self.tls {
             args.extend(["--tls-cert", "tls.crt", "--tls-key", "tls.key"]);
         }
+        args.extend_from_slice(extra);
         let server = Server::start(self.path(), &args);
         self.addr = Some(server.base.split_once("://").unwrap().1.to_string());
         self.server = Some(server);
@@ -749,27 +755,38 @@ fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
 }
 
 #[test]
-fn an_entitlement_for_n_nodes_refuses_the_next_enrollment() {
+fn an_entitlement_for_n_nodes_refuses_the_next_approval() {
     let mut vendor = Vendor::new(None, &[]);
     vendor.start();
     vendor.entitle(2, "1h", "0s");
-    for _ in 0..2 {
-        Node::new(&vendor).enroll_ok(&vendor);
-    }
-    let third = Node::new(&vendor);
-    let out = third.enroll(&vendor);
+    // Enrollments are only requests: all three are pending, none holds a seat.
+    let ids: Vec<String> = (0..3)
+        .map(|_| Node::new(&vendor).enroll_ok(&vendor))
+        .collect();
+    let enrolled =
+        |v: &Vendor| v.admin_json(&["entitlements"])["entitlements"][0]["enrolled"].clone();
+    assert_eq!(enrolled(&vendor), 0);
+    vendor.admin_ok(&["approve", &ids[0]]);
+    vendor.admin_ok(&["approve", &ids[1]]);
+    assert_eq!(enrolled(&vendor), 2);
+    // The third approval finds the seats taken.
+    let out = vendor.admin(&["approve", &ids[2]]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("covers 2 node(s), and all are enrolled"),
+        stderr.contains("covers 2 node(s), and all are taken by approved nodes"),
         "{stderr}"
     );
-    // Submitting the same enrollment again is not a new seat.
-    let entitlements = vendor.admin_json(&["entitlements"]);
-    assert_eq!(entitlements["entitlements"][0]["enrolled"], 2);
+    assert_eq!(enrolled(&vendor), 2);
+    // It stays pending (the refused approval changed nothing), and denying it frees nothing.
+    let pending = vendor.admin_json(&["enrollments"]);
+    assert_eq!(pending["enrollments"][0]["id"], ids[2].as_str());
+    vendor.admin_ok(&["deny", &ids[2]]);
+    assert_eq!(enrolled(&vendor), 2);
     // Another organization has no entitlement at all.
+    let stranger = Node::new(&vendor);
     let out = leasehold(
-        third.path(),
+        stranger.path(),
         &[
             "enroll",
             "--node-dir",
@@ -784,6 +801,125 @@ fn an_entitlement_for_n_nodes_refuses_the_next_enrollment() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no current entitlement"));
+}
+
+/// An enrollment for our organization and the tiny model from a key the flooder made.
+fn flood_enrollment(dir: &Path) -> Vec<u8> {
+    use leasehold::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
+    use leasehold::node::hardware::ComponentKind;
+    let (identity, _) = leasehold::node::NodeIdentity::load_or_create(dir).unwrap();
+    let choice = BindingChoice {
+        components: Some(vec![ComponentKind::MachineId, ComponentKind::Hostname]),
+        required: Some(vec![ComponentKind::MachineId]),
+        min_others: Some(0),
+    };
+    enrollment::create(
+        &identity,
+        &common::machine_a(),
+        &choice,
+        DeclaredUse {
+            use_case: "squatting".into(),
+            data_handling: "none".into(),
+            security_measures: String::new(),
+        },
+        Some(LicenseRequest {
+            organization: ORG.into(),
+            model_id: "tiny".into(),
+        }),
+        chrono::Utc::now(),
+    )
+    .unwrap()
+    .render()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_flood_takes_no_seat_and_is_rate_limited() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start_with(&[
+        "--enrollments-per-address",
+        "5",
+        "--enrollments-per-org",
+        "8",
+    ]);
+    vendor.entitle(1, "1h", "0s");
+    // The real node enrolls (from 127.0.0.1).
+    let node = Node::new(&vendor);
+    let real = node.enroll_ok(&vendor);
+
+    // Someone outside submits enrollments of keys they made, from two addresses:
+    // more than the organization's one seat, more than the limits.
+    let keys = TempDir::new().unwrap();
+    let url = format!("{}/v1/enrollments", vendor.url());
+    let flood = async |from: [u8; 4], n: usize, first: usize| -> Vec<reqwest::Response> {
+        let http = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(from))
+            .build()
+            .unwrap();
+        let mut answers = Vec::new();
+        for i in first..first + n {
+            let document = flood_enrollment(&keys.path().join(i.to_string()));
+            answers.push(http.post(&url).body(document).send().await.unwrap());
+        }
+        answers
+    };
+    let statuses = |answers: &[reqwest::Response]| -> Vec<u16> {
+        answers.iter().map(|r| r.status().as_u16()).collect()
+    };
+    // Per address: 5 a minute, then 429 with Retry-After.
+    let first = flood([127, 0, 0, 2], 7, 0).await;
+    assert_eq!(statuses(&first), [201, 201, 201, 201, 201, 429, 429]);
+    let retry: u64 = first[5].headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    // Per organization: 8 a minute from anywhere (1 real + 5 above + 2 more).
+    let second = flood([127, 0, 0, 3], 4, 7).await;
+    assert_eq!(statuses(&second), [201, 201, 429, 429]);
+    let refusal: Value = second.into_iter().nth(2).unwrap().json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "rate_limited");
+    assert!(
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("for organization '{ORG}'")),
+        "{refusal}"
+    );
+
+    // Eight pending enrollments for one seat, and the seat is still free: the vendor
+    // approves the real node.
+    let pending = vendor.admin_json(&["enrollments"]);
+    assert_eq!(pending["enrollments"].as_array().unwrap().len(), 8);
+    let entitlement = &vendor.admin_json(&["entitlements"])["entitlements"][0];
+    assert_eq!(entitlement["enrolled"], 0);
+    vendor.admin_ok(&["approve", &real]);
+    let squatter = pending["enrollments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] != real.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(vendor.admin(&["approve", &squatter]).status.code(), Some(1));
+    let _ = node.serve(&vendor);
+    assert!(node.path().join("node.license").exists());
+
+    let metrics = reqwest::get(format!("{}/metrics", vendor.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "leasehold_server_rejected_requests_total{endpoint=\"enrollments\",reason=\"rate-limited\"} 4"
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -858,6 +994,184 @@ fn air_gapped_renewal_by_files_and_replays_refused() {
         "renew --response resp2",
     );
     assert!(out.contains("serial 3"), "{out}");
+}
+
+/// POST a renewal request body to `{base}/v1/renewals`: the status and the JSON answer.
+async fn post_renewal(http: &reqwest::Client, base: &str, body: &[u8]) -> (u16, Value) {
+    let response = http
+        .post(format!("{base}/v1/renewals"))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A renewal request for the tiny model signed with the node's key, as sent at `sent_at`.
+fn signed_request(
+    identity: &leasehold::node::NodeIdentity,
+    usage: UsageCheckpoint,
+    sent_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    let current = leasehold::protocol::LicenseRef {
+        license_id: "0".repeat(32),
+        serial: 0,
+    };
+    leasehold::protocol::sign_request(identity, "tiny", Some(current), usage, sent_at)
+        .0
+        .render()
+        .into_bytes()
+}
+
+/// Usage at ledger checkpoint `seq`, continuing checkpoint `reported` when given.
+fn at_checkpoint(seq: u64, reported: Option<u64>) -> UsageCheckpoint {
+    UsageCheckpoint {
+        since: None,
+        requests: seq,
+        prompt_tokens: 10 * seq,
+        completion_tokens: 10 * seq,
+        ledger: Some(LedgerPosition {
+            ledger_id: [7; 32],
+            seq,
+            hash: [seq as u8; 32],
+            reported: reported.map(|s| leasehold::protocol::LedgerAnchor {
+                seq: s,
+                hash: [s as u8; 32],
+            }),
+        }),
+    }
+}
+
+async fn metric(vendor: &Vendor, sample: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{}/metrics", vendor.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_or_stale_renewal_request_is_refused_and_plants_no_finding() {
+    use chrono::{Duration as Span, Utc};
+    let (vendor, node) = vendor_with_node("1h", "0s");
+    let p = node.path();
+    let http = client();
+    let url = vendor.url();
+    drop(node.serve(&vendor)); // the node's first license, to write requests with
+
+    // A request the node wrote, captured, sent twice verbatim: renewed once, then refused.
+    ok(
+        &renew_by_file(p, &["--request-out", "req.json"]),
+        "renew --request-out",
+    );
+    let captured = std::fs::read(p.join("req.json")).unwrap();
+    let (status, answer) = post_renewal(&http, &url, &captured).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = post_renewal(&http, &url, &captured).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "replayed_request");
+
+    // The honest node reports ledger checkpoint 5, then 9. Its request of checkpoint 5,
+    // replayed, would make the ledger look rolled back: refused before the comparison.
+    let identity = leasehold::node::NodeIdentity::load(&p.join("node")).unwrap();
+    let earlier = signed_request(&identity, at_checkpoint(5, None), Utc::now());
+    assert_eq!(post_renewal(&http, &url, &earlier).await.0, 200);
+    let later = signed_request(&identity, at_checkpoint(9, Some(5)), Utc::now());
+    assert_eq!(post_renewal(&http, &url, &later).await.0, 200);
+    assert_eq!(post_renewal(&http, &url, &earlier).await.0, 409);
+    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
+
+    // Signed 10 minutes ago, or 10 minutes ahead: outside the 5-minute window.
+    for offset in [Span::minutes(-10), Span::minutes(10)] {
+        let stale = signed_request(&identity, UsageCheckpoint::default(), Utc::now() + offset);
+        let (status, answer) = post_renewal(&http, &url, &stale).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], "request_time_skewed");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Set the node's clock"), "{message}");
+    }
+    // A node whose clock is 10 minutes behind (Debian's faketime) writes a request: the
+    // server refuses it; the vendor can still submit it as an air-gapped file, once.
+    let out = common::node::faketime_command(
+        "-10m",
+        &[
+            "renew",
+            "--node-dir",
+            "node",
+            "--license",
+            "node.license",
+            "--request-out",
+            "old.json",
+        ],
+    )
+    .current_dir(p)
+    .output()
+    .unwrap();
+    ok(&out, "renew --request-out under faketime");
+    let old = std::fs::read(p.join("old.json")).unwrap();
+    assert_eq!(post_renewal(&http, &url, &old).await.0, 403);
+    std::fs::write(vendor.path().join("old.json"), &old).unwrap();
+    vendor.admin_ok(&["renew", "--request", "old.json", "--response-out", "a.json"]);
+    let again = vendor.admin(&["renew", "--request", "old.json", "--response-out", "b.json"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("was received before"));
+
+    let rejected = "leasehold_server_rejected_requests_total{endpoint=\"renewals\",";
+    assert_eq!(
+        metric(&vendor, &format!("{rejected}reason=\"replayed\"}}")).await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&vendor, &format!("{rejected}reason=\"time-skewed\"}}")).await,
+        Some(3.0)
+    );
+    // None of it stopped the server: the next genuine request renews.
+    let fresh = signed_request(&identity, at_checkpoint(12, Some(9)), Utc::now());
+    assert_eq!(post_renewal(&http, &url, &fresh).await.0, 200);
+    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_request_replayed_to_another_replica_is_refused() {
+    use chrono::{Duration as Span, Utc};
+    use leasehold::node::NodeIdentity;
+
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let (a, b, node) = two_replicas_with_node(&db);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    let http = client();
+    let request = signed_request(&identity, at_checkpoint(5, None), Utc::now());
+    assert_eq!(post_renewal(&http, &a.url(), &request).await.0, 200);
+    // Captured on the way to A, replayed to B, then to A: each replica knows the nonce.
+    for replica in [&b, &a] {
+        let (status, answer) = post_renewal(&http, &replica.url(), &request).await;
+        assert_eq!(status, 409, "{answer}");
+        assert_eq!(answer["error"]["code"], "replayed_request");
+    }
+    // The same request sent to both at once: one renewal, one refusal.
+    let raced = signed_request(&identity, at_checkpoint(9, Some(5)), Utc::now());
+    let (url_a, url_b) = (a.url(), b.url());
+    let (to_a, to_b) = tokio::join!(
+        post_renewal(&http, &url_a, &raced),
+        post_renewal(&http, &url_b, &raced)
+    );
+    let mut statuses = [to_a.0, to_b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let stale = signed_request(
+        &identity,
+        UsageCheckpoint::default(),
+        Utc::now() - Span::minutes(10),
+    );
+    assert_eq!(post_renewal(&http, &b.url(), &stale).await.0, 403);
+    assert_eq!(ledger_findings(&b), Vec::<String>::new());
 }
 
 #[test]
@@ -1031,31 +1345,121 @@ async fn renew_reporting(
     (serials, license_ids)
 }
 
+/// Send `n` signed renewal requests at once to `url`; as soon as `k` of them have been
+/// answered, `kill -9` the process `pid`. The serials of the answered renewals (each
+/// response verified) and how many requests got no answer.
+async fn renew_and_kill_after(
+    identity: &leasehold::node::NodeIdentity,
+    url: &str,
+    n: usize,
+    k: usize,
+    pid: u32,
+) -> (Vec<u64>, usize) {
+    use leasehold::license::TrustRoots;
+    use leasehold::node::clock;
+    use leasehold::protocol::{self, Decision, Expected, LicenseRef};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let http = client();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (reached, kth) = tokio::sync::oneshot::channel::<()>();
+    let reached = Arc::new(Mutex::new(Some(reached)));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (request, nonce) = protocol::sign_request(
+            identity,
+            "tiny",
+            Some(LicenseRef {
+                license_id: "0".repeat(32),
+                serial: 0,
+            }),
+            UsageCheckpoint::default(),
+            clock::system_now(),
+        );
+        let (http, url) = (http.clone(), url.to_string());
+        let (answered, reached) = (answered.clone(), reached.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(format!("{url}/v1/renewals"))
+                .body(request.render())
+                .send()
+                .await
+                .ok()?;
+            let bytes = response.bytes().await.ok()?.to_vec();
+            if answered.fetch_add(1, Ordering::SeqCst) + 1 == k {
+                if let Some(reached) = reached.lock().unwrap().take() {
+                    let _ = reached.send(());
+                }
+            }
+            Some((bytes, nonce))
+        }));
+    }
+    // Waiting for the k-th answer (a condition), then kill at once.
+    tokio::time::timeout(Duration::from_secs(60), kth)
+        .await
+        .expect("the server should answer k renewals within a minute")
+        .unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let node_id = identity.public().node_id();
+    let (mut serials, mut unanswered) = (Vec::new(), 0);
+    for t in tasks {
+        let Some((bytes, nonce)) = t.await.unwrap() else {
+            unanswered += 1;
+            continue;
+        };
+        let opened = protocol::open_response(
+            &bytes,
+            &TrustRoots::compiled_in(),
+            &Expected {
+                node_id: &node_id,
+                nonce,
+                scope: Some((ORG, "tiny")),
+            },
+        )
+        .unwrap();
+        let Decision::Renewed { license } = opened.body.decision else {
+            panic!("not renewed: {:?}", opened.body.decision);
+        };
+        let verified = leasehold::license::verify::authenticate(
+            license.as_bytes(),
+            &TrustRoots::compiled_in(),
+        )
+        .unwrap();
+        serials.push(verified.body.serial);
+    }
+    (serials, unanswered)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_loses_no_acknowledged_renewal_on_kill_9() {
     use leasehold::node::NodeIdentity;
 
     let (mut vendor, node) = vendor_with_node("1h", "0s");
     let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
-    let url = vendor.url();
-    // Kill -9 while renewals are in flight.
-    let load = {
-        let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
-        tokio::spawn(async move { renew_concurrently(&identity, &[url], 300).await })
-    };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // 300 renewals at once; kill -9 as soon as 20 are answered, the rest in flight.
     let pid = vendor.server.as_ref().unwrap().pid();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let (acknowledged, _) = load.await.unwrap();
+    let (acknowledged, unanswered) =
+        renew_and_kill_after(&identity, &vendor.url(), 300, 20, pid).await;
+    // Some but not all were acknowledged: the kill cut renewals off mid-way.
+    assert!(
+        acknowledged.len() >= 20,
+        "{} acknowledged",
+        acknowledged.len()
+    );
+    assert!(
+        unanswered > 0,
+        "all 300 renewals were answered before the kill: it tested no crash mid-write"
+    );
     vendor.stop();
     vendor.start();
     let listed = vendor.admin_json(&["list"]);
     let stored = listed["licenses"][0]["serial"].as_u64().unwrap();
-    let highest = acknowledged.iter().copied().max().unwrap_or(0);
+    let highest = *acknowledged.iter().max().unwrap();
     assert!(
         stored >= highest,
         "serial {highest} was acknowledged but the database holds {stored} after kill -9"
@@ -1064,22 +1468,16 @@ async fn sqlite_loses_no_acknowledged_renewal_on_kill_9() {
     let (next, _) = renew_concurrently(&identity, &[vendor.url()], 1).await;
     assert!(next[0] > highest);
     eprintln!(
-        "{} renewals acknowledged before kill -9; stored serial {stored}",
+        "{} renewals acknowledged before kill -9, {unanswered} cut off; stored serial {stored}",
         acknowledged.len()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
-    use leasehold::node::NodeIdentity;
-
-    let Some(admin_url) = postgres_url() else {
-        return;
-    };
-    let db = TempDatabase::create(&admin_url);
+/// Two license server replicas on one PostgreSQL database (the same issuer and token,
+/// each its own process and port) and a node enrolled through B, approved through A.
+fn two_replicas_with_node(db: &TempDatabase) -> (Vendor, Vendor, Node) {
     let mut a = Vendor::new(Some(db.url()), &[]);
     a.start();
-    // Replica B: the same issuer, database and token, its own process and port.
     let mut b = Vendor {
         dir: TempDir::new().unwrap(),
         db: db.url(),
@@ -1098,12 +1496,22 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
     }
     b.start();
     a.entitle(2, "1h", "0s");
-
-    // Enroll through B, approve through A.
     let node = Node::new(&a);
     let id = node.enroll_ok(&b);
     assert!(a.admin_ok(&["enrollments"]).contains(&id));
     a.admin_ok(&["approve", &id]);
+    (a, b, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
+    use leasehold::node::NodeIdentity;
+
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let (a, b, node) = two_replicas_with_node(&db);
     let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
 
     // Renewals through either replica, many at once.
@@ -1263,4 +1671,227 @@ fn tls_listener_with_a_private_ca() {
     assert!(server
         .stderr()
         .contains("license received from https://localhost:"));
+}
+
+/// A license body as JSON, signed as is (values no issuing path writes).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct RawLicense(Value);
+
+impl leasehold::format::Body for RawLicense {
+    const KIND: leasehold::format::DocumentKind = leasehold::format::DocumentKind::License;
+    const VERSION: u32 = 1;
+}
+
+#[test]
+fn a_license_with_an_overflowing_grace_is_refused_by_check_and_inspect() {
+    use leasehold::format::{DocumentKind, Envelope};
+    let site = common::node::NodeSite::new(None);
+    site.issue("good.license", "+1d", &[]);
+    let good = std::fs::read(site.path().join("good.license")).unwrap();
+    let envelope = Envelope::parse(&good, DocumentKind::License).unwrap();
+    let body: Value = serde_json::from_str(envelope.body.get()).unwrap();
+    let root = common::demo_root();
+    let ten_years = leasehold::license::body::MAX_GRACE_SECONDS;
+    for grace in [u64::MAX, i64::MAX as u64, ten_years + 1] {
+        let mut hostile = body.clone();
+        hostile["grace_seconds"] = grace.into();
+        let signed = Envelope::sign(&RawLicense(hostile), &root, vec![]).render();
+        std::fs::write(site.path().join("hostile.license"), signed).unwrap();
+        let runs = [
+            vec!["inspect", "hostile.license", "--node-dir", "node"],
+            vec![
+                "check",
+                "--license",
+                "hostile.license",
+                "--sealed",
+                "m.sealed",
+                "--node-dir",
+                "node",
+            ],
+        ];
+        for args in runs {
+            let out = leasehold(site.path(), &args);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(18),
+                "{args:?} grace {grace}: {text}"
+            );
+            assert!(
+                text.contains("grace_seconds is out of range")
+                    && text.contains(&format!("a grace of {grace} s is longer than")),
+                "{args:?}: {text}"
+            );
+            assert!(!text.contains("panicked"), "{text}");
+        }
+    }
+    // The same license with ten years of grace is fine.
+    let mut longest = body.clone();
+    longest["grace_seconds"] = ten_years.into();
+    let signed = Envelope::sign(&RawLicense(longest), &root, vec![]).render();
+    std::fs::write(site.path().join("longest.license"), signed).unwrap();
+    let out = leasehold(site.path(), &["inspect", "longest.license"]);
+    assert_eq!(out.status.code(), Some(0));
+    // Issuing one is refused with the same message.
+    let out = leasehold(
+        site.path(),
+        &[
+            "issue",
+            "--key",
+            common::repo_path("keys/demo/root.key").to_str().unwrap(),
+            "--enrollment",
+            "node.enroll",
+            "--sealed",
+            "m.sealed",
+            "--content-key",
+            "m.key",
+            "--licensee",
+            "Example Org",
+            "--expires",
+            "+1d",
+            "--grace",
+            "20years",
+            "--out",
+            "x.license",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(10 years) a license may carry"));
+}
+
+#[test]
+fn an_issuer_with_a_1h_max_lease_cannot_grant_30d_of_grace() {
+    let mut vendor = Vendor::new(None, &[]); // certified with --max-lease 1h
+    vendor.start();
+    vendor.add_model();
+    let out = vendor.try_entitle(1, "1h", "30d", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bounds lease and grace together"),
+        "{stderr}"
+    );
+    assert_eq!(
+        vendor.try_entitle(1, "50m", "10m", &[]).status.code(),
+        Some(0)
+    );
+    // Signing by hand with the issuer key and its certificate: refused too, because a
+    // node would refuse the license (issuer not authorized).
+    let p = vendor.path();
+    ok(
+        &leasehold(p, &["enroll", "--node-dir", "node", "--out", "node.enroll"]),
+        "enroll",
+    );
+    let issue = |expires: &str, grace: &str| {
+        leasehold(
+            p,
+            &[
+                "issue",
+                "--key",
+                "issuer.key",
+                "--issuer-cert",
+                "issuer.cert",
+                "--enrollment",
+                "node.enroll",
+                "--sealed",
+                "m.sealed",
+                "--content-key",
+                "m.key",
+                "--licensee",
+                ORG,
+                "--expires",
+                expires,
+                "--grace",
+                grace,
+                "--out",
+                "x.license",
+            ],
+        )
+    };
+    let out = issue("+1h", "30d");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("issuer not authorized") && stderr.contains("plus 2592000 s of grace"),
+        "{stderr}"
+    );
+    ok(&issue("+50m", "10m"), "lease + grace within the maximum");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_are_refused_and_the_server_keeps_answering() {
+    use chrono::Utc;
+    let (vendor, node) = vendor_with_node("1h", "0s");
+    let http = client();
+    let url = vendor.url();
+    let admin = |path: &str, body: Value| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth("test-admin-token-0123456789abcdef")
+            .json(&body)
+            .send()
+    };
+    // Entitlements with grace or lease near the integer limits, bypassing the CLI.
+    let entitle = |lease: u64, grace: u64| {
+        json!({"org": ORG, "models": ["tiny"], "nodes": 1, "term_end": Utc::now() + chrono::Duration::days(1),
+               "lease_seconds": lease, "grace_seconds": grace})
+    };
+    for (lease, grace, status) in [
+        (60, u64::MAX, 400),
+        (60, i64::MAX as u64, 400),
+        (60, u64::MAX / 1000 + 1, 400),
+        (u64::MAX, 0, 403),
+        (i64::MAX as u64, 0, 403),
+    ] {
+        let response = admin("/admin/entitlements", entitle(lease, grace))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "lease {lease} grace {grace}"
+        );
+        let answer: Value = response.json().await.unwrap();
+        assert!(
+            !answer["error"]["message"].as_str().unwrap().is_empty(),
+            "{answer}"
+        );
+    }
+    // A node reporting counters no ledger holds: refused. Near the limit, from three
+    // runs: stored, and the sum in `admin usage` reported as an overflow, not a panic.
+    let identity = leasehold::node::NodeIdentity::load(&node.path().join("node")).unwrap();
+    let huge = |requests: u64, since: i64| UsageCheckpoint {
+        since: chrono::DateTime::from_timestamp(since, 0),
+        requests,
+        prompt_tokens: requests,
+        completion_tokens: requests,
+        ledger: None,
+    };
+    let (status, answer) = post_renewal(
+        &http,
+        &url,
+        &signed_request(&identity, huge(u64::MAX, 1), Utc::now()),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
+    for since in [1, 2, 3] {
+        let request = signed_request(&identity, huge(i64::MAX as u64, since), Utc::now());
+        assert_eq!(post_renewal(&http, &url, &request).await.0, 200);
+    }
+    let usage = vendor.admin_json(&["usage"]);
+    assert_eq!(usage["nodes"][0]["requests"], u64::MAX);
+    let findings = ledger_findings(&vendor);
+    assert!(
+        findings.iter().any(|f| f.starts_with("overflow")),
+        "{findings:?}"
+    );
+    // The server still answers: health, and an ordinary renewal.
+    let health = common::node::get_json(&http, &format!("{url}/health")).await;
+    assert_eq!(health["status"], "ok");
+    let request = signed_request(&identity, UsageCheckpoint::default(), Utc::now());
+    assert_eq!(post_renewal(&http, &url, &request).await.0, 200);
 }

@@ -732,6 +732,14 @@ pub struct LicenseServerArgs {
     /// The TLS private key (PEM).
     #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Enrollment submissions accepted per minute from one source address (bursts up to
+    /// N; more get HTTP 429 with Retry-After). Per replica; 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::license_server::DEFAULT_ENROLLMENTS_PER_ADDRESS)]
+    pub enrollments_per_address: u32,
+    /// Enrollment submissions accepted per minute for one organization, from anywhere
+    /// (bursts up to N; more get HTTP 429). Per replica; 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = crate::license_server::DEFAULT_ENROLLMENTS_PER_ORG)]
+    pub enrollments_per_org: u32,
     /// Read settings from this TOML file ([license-server] table; keys are the long flag
     /// names). A flag beats the environment (LEASEHOLD_<FLAG>), which beats the file.
     #[arg(long, value_name = "FILE", env = "LEASEHOLD_CONFIG")]

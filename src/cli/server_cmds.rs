@@ -15,7 +15,7 @@ use crate::http_auth::read_admin_token;
 use crate::license::Caps;
 use crate::license_server::http::{self, ServerState};
 use crate::license_server::store::{DbUrl, Store};
-use crate::license_server::{EntitleRequest, Issuer, Service};
+use crate::license_server::{EnrollmentLimits, EntitleRequest, Issuer, Service};
 use crate::node::clock;
 use crate::runtime::renewal::error_message;
 use crate::seal::SealedModel;
@@ -38,7 +38,22 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
         let store = Store::open(&db).await.context("cannot open the database")?;
         let scope = issuer.scope().clone();
         let key_id = issuer.key_id();
-        let service = Service::new(store, issuer);
+        let limits =
+            EnrollmentLimits::per_minute(args.enrollments_per_address, args.enrollments_per_org);
+        let service = Service::new(store, issuer, limits);
+        {
+            // Renewal nonces are needed for the request window only.
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = service.forget_old_nonces().await {
+                        tracing::warn!("cannot forget old renewal nonces (retried in a minute): {e}");
+                    }
+                }
+            });
+        }
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(
                 axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -85,7 +100,8 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
             scope.max_lease_seconds,
             rfc3339(scope.not_after)
         );
-        let app = http::router(state).into_make_service();
+        // The peer address is what enrollment rate limits key on.
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         match tls {
             Some(config) => axum_server::from_tcp_rustls(listener, config)
                 .handle(handle)

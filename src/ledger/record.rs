@@ -28,8 +28,17 @@ pub struct Totals {
     pub completion_tokens: u64,
 }
 
+/// A record would carry a total past `u64::MAX`: no node writes that; a ledger written
+/// by hand does. Verification reports it as a problem instead of saturating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the ledger's {what} total overflows (more than 2^64 - 1)")]
+pub struct TotalsOverflow {
+    pub what: &'static str,
+}
+
 impl Totals {
-    pub fn add(&mut self, entry: &Entry) {
+    /// Count `entry` in. On overflow the totals are left as they were.
+    pub fn add(&mut self, entry: &Entry) -> Result<(), TotalsOverflow> {
         let (requests, prompt, completion) = match entry {
             Entry::Request {
                 prompt_tokens,
@@ -40,11 +49,15 @@ impl Totals {
             Entry::Completed {
                 completion_tokens, ..
             } => (0, 0, *completion_tokens),
-            _ => return,
+            _ => return Ok(()),
         };
-        self.requests = self.requests.saturating_add(requests);
-        self.prompt_tokens = self.prompt_tokens.saturating_add(prompt);
-        self.completion_tokens = self.completion_tokens.saturating_add(completion);
+        let sum = |total: u64, n: u64, what| total.checked_add(n).ok_or(TotalsOverflow { what });
+        *self = Totals {
+            requests: sum(self.requests, requests, "requests")?,
+            prompt_tokens: sum(self.prompt_tokens, prompt, "prompt tokens")?,
+            completion_tokens: sum(self.completion_tokens, completion, "completion tokens")?,
+        };
+        Ok(())
     }
 }
 

@@ -32,6 +32,12 @@ pub enum Problem {
     BadCheckpointSignature { line: u64, seq: u64 },
     /// A checkpoint whose totals disagree with the records before it.
     CheckpointTotals { line: u64, seq: u64 },
+    /// A record whose counts carry a total past 2^64 - 1: written by hand.
+    TotalsOverflow {
+        line: u64,
+        seq: u64,
+        what: &'static str,
+    },
     /// Not this node's ledger, or no genesis record.
     Foreign { reason: String },
 }
@@ -48,6 +54,7 @@ impl Problem {
             Problem::Forked { .. } => "forked",
             Problem::BadCheckpointSignature { .. } => "bad-checkpoint-signature",
             Problem::CheckpointTotals { .. } => "edited",
+            Problem::TotalsOverflow { .. } => "overflow",
             Problem::Foreign { .. } => "foreign",
         }
     }
@@ -78,6 +85,9 @@ impl Problem {
             ),
             Problem::CheckpointTotals { line, seq } => format!(
                 "edited: checkpoint {seq} (line {line}) signs totals that the records before it do not add up to"
+            ),
+            Problem::TotalsOverflow { line, seq, what } => format!(
+                "overflow: record {seq} (line {line}) carries the {what} total past 2^64 - 1, which no node writes: the ledger was written by hand"
             ),
             Problem::Foreign { reason } => format!("not this node's ledger: {reason}"),
         }
@@ -242,7 +252,14 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
             Entry::Reported { seq, hash } => summary.reported = Some((*seq, *hash)),
             _ => {}
         }
-        summary.totals.add(&body.entry);
+        if let Err(e) = summary.totals.add(&body.entry) {
+            let problem = Problem::TotalsOverflow {
+                line: line_no,
+                seq: body.seq,
+                what: e.what,
+            };
+            return (summary, Some(problem));
+        }
         summary.records += 1;
         summary.last_at = summary.last_at.max(Some(body.at));
         summary.head_seq = body.seq;
@@ -255,4 +272,67 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
         return (summary, Some(Problem::Foreign { reason }));
     }
     (summary, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::signing::SecretKey;
+    use record::RecordBody;
+
+    /// A ledger written by hand: genesis, then requests with these prompt token counts.
+    fn hand_written(key: &SecretKey, prompts: &[u64]) -> Vec<u8> {
+        let mut out = String::new();
+        let mut prev = [0; 32];
+        let entries = std::iter::once(Entry::Genesis {
+            node_id: "n".into(),
+        })
+        .chain(prompts.iter().enumerate().map(|(i, &p)| Entry::Request {
+            request_id: format!("r{i}"),
+            license_id: "l".into(),
+            model_id: "m".into(),
+            prompt_tokens: p,
+            completion_tokens: 0,
+            outcome: record::Outcome::Ok,
+            client_key: "-".into(),
+            prompt_sha256: None,
+            filter_rule: None,
+        }));
+        for (seq, entry) in entries.enumerate() {
+            let body = RecordBody {
+                seq: seq as u64,
+                prev,
+                at: DateTime::<Utc>::UNIX_EPOCH,
+                entry,
+            };
+            let (line, hash) = record::encode(&body, Some(key));
+            out.push_str(&line);
+            prev = hash;
+        }
+        out.into_bytes()
+    }
+
+    #[test]
+    fn totals_that_overflow_are_a_problem_not_a_saturated_sum() {
+        let key = SecretKey::generate();
+        let ok = hand_written(&key, &[u64::MAX - 1, 1]);
+        let (summary, problem) = verify(&ok, &key.public_key(), "n");
+        assert_eq!(problem, None);
+        assert_eq!(summary.totals.prompt_tokens, u64::MAX);
+
+        let over = hand_written(&key, &[u64::MAX - 1, 1, 1]);
+        let (summary, problem) = verify(&over, &key.public_key(), "n");
+        assert_eq!(
+            problem,
+            Some(Problem::TotalsOverflow {
+                line: 4,
+                seq: 3,
+                what: "prompt tokens"
+            })
+        );
+        assert_eq!(problem.unwrap().kind(), "overflow");
+        // What verified before the overflowing record stands.
+        assert_eq!(summary.records, 3);
+        assert_eq!(summary.totals.prompt_tokens, u64::MAX);
+    }
 }

@@ -46,9 +46,34 @@ impl Body for LicenseBody {
     const VERSION: u32 = 1;
 }
 
+/// The longest grace a license may carry: ten years (of 366 days). Far beyond any real
+/// term, and small enough that no time a license holds overflows when it is added.
+/// Issuing, `admin entitle` and verification all refuse more ([`check_grace`]).
+pub const MAX_GRACE_SECONDS: u64 = 10 * 366 * 86_400;
+
+/// A grace period too long for a license.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a grace of {seconds} s is longer than the {max} s (10 years) a license may carry", max = MAX_GRACE_SECONDS)]
+pub struct GraceTooLong {
+    pub seconds: u64,
+}
+
+/// Is `seconds` a grace a license may carry? The one rule for issue, entitle and verify.
+pub fn check_grace(seconds: u64) -> Result<(), GraceTooLong> {
+    if seconds > MAX_GRACE_SECONDS {
+        return Err(GraceTooLong { seconds });
+    }
+    Ok(())
+}
+
 impl LicenseBody {
+    /// The grace period. Verification refuses a grace above [`MAX_GRACE_SECONDS`]; on a
+    /// body that was never verified this saturates instead of panicking.
     pub fn grace(&self) -> Duration {
-        Duration::seconds(i64::try_from(self.grace_seconds).unwrap_or(i64::MAX / 1000))
+        i64::try_from(self.grace_seconds)
+            .ok()
+            .and_then(Duration::try_seconds)
+            .unwrap_or(Duration::MAX)
     }
 
     /// When serving must stop: expiry plus grace.

@@ -3,8 +3,8 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::body::{
-    Caps, FilterRules, LicenseBody, LicenseHardware, ModelBinding, NodeBinding, WatermarkMandate,
-    WrappedContentKey,
+    check_grace, Caps, FilterRules, GraceTooLong, LicenseBody, LicenseHardware, ModelBinding,
+    NodeBinding, WatermarkMandate, WrappedContentKey,
 };
 use super::issuer::IssuerCertBody;
 use super::{FEATURE_OUTPUT_FILTER, FEATURE_WATERMARK, KNOWN_FEATURES};
@@ -38,6 +38,8 @@ pub enum IssueError {
     Certificate(String),
     #[error(transparent)]
     Safeguards(#[from] SafeguardError),
+    #[error(transparent)]
+    Grace(#[from] GraceTooLong),
 }
 
 /// What to grant, for how long.
@@ -160,6 +162,8 @@ pub fn issue(
     {
         return Err(IssueError::UnknownFeature(f.clone()));
     }
+    let grace_seconds = terms.grace.num_seconds().max(0) as u64;
+    check_grace(grace_seconds)?;
     let license_id = match &terms.license_id {
         Some(id) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => id.clone(),
         Some(id) => return Err(IssueError::LicenseId(id.clone())),
@@ -219,7 +223,7 @@ pub fn issue(
         issued_at: whole_seconds(terms.issued_at),
         not_before,
         expires_at,
-        grace_seconds: terms.grace.num_seconds().max(0) as u64,
+        grace_seconds,
         node: NodeBinding {
             node_id: enrollment.node_id.clone(),
             signing_key: enrollment.signing_key,

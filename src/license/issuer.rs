@@ -23,7 +23,8 @@ pub struct IssuerCertBody {
     pub models: Vec<String>,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
-    /// Longest license (not_before to expires_at) the issuer may sign, in seconds.
+    /// Longest license the issuer may sign, in seconds: from not_before to the end of
+    /// grace (`expires_at - not_before + grace_seconds`), so grace cannot stretch a lease.
     pub max_lease_seconds: u64,
 }
 
@@ -56,18 +57,26 @@ impl IssuerCertBody {
                 license.issued_at, self.not_before, self.not_after
             ));
         }
+        let max = i64::try_from(self.max_lease_seconds).unwrap_or(i64::MAX);
+        let lease = (license.expires_at - license.not_before).num_seconds();
+        if lease > max {
+            return Err(format!(
+                "the license lasts {lease} s, longer than the issuer's maximum lease of {} s",
+                self.max_lease_seconds
+            ));
+        }
+        let grace = i64::try_from(license.grace_seconds).unwrap_or(i64::MAX);
+        if lease.saturating_add(grace) > max {
+            return Err(format!(
+                "the license lasts {lease} s plus {grace} s of grace, longer than the issuer's maximum lease of {} s (which bounds lease and grace together)",
+                self.max_lease_seconds
+            ));
+        }
         if license.grace_ends() > self.not_after {
             return Err(format!(
                 "the license runs (with grace) until {}, past the issuer certificate's end {}",
                 license.grace_ends(),
                 self.not_after
-            ));
-        }
-        let lease = (license.expires_at - license.not_before).num_seconds();
-        if lease > i64::try_from(self.max_lease_seconds).unwrap_or(i64::MAX) {
-            return Err(format!(
-                "the license lasts {lease} s, longer than the issuer's maximum lease of {} s",
-                self.max_lease_seconds
             ));
         }
         Ok(())

@@ -259,6 +259,11 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
     let envelope = Envelope::parse(bytes, DocumentKind::License).map_err(tampered)?;
     let (authority, certificate) = authenticate_signer(&envelope, roots)?;
     let body: LicenseBody = envelope.decode_body().map_err(body_verdict)?;
+    // Out of range even when signed: no issuing path writes it, and time arithmetic on
+    // it would overflow.
+    super::body::check_grace(body.grace_seconds).map_err(|e| Verdict::Unsupported {
+        reason: format!("the license's grace_seconds is out of range ({e}); ask the vendor for a corrected license"),
+    })?;
     if let Some(cert) = certificate {
         cert.authorizes(&body)
             .map_err(|reason| Verdict::IssuerNotAuthorized { reason })?;

@@ -1,20 +1,25 @@
 //! The license server's HTTP API.
 //!
 //! Nodes (no credentials: every message is signed):
-//!   POST /v1/enrollments   body: an enrollment document → {enrollment_id, status}
-//!   POST /v1/renewals      body: a renewal request → a signed renewal response
+//!   POST /v1/enrollments   body: an enrollment document → {enrollment_id, status};
+//!                          rate-limited per source address and organization (429)
+//!   POST /v1/renewals      body: a renewal request → a signed renewal response; a stale
+//!                          (403 `request_time_skewed`) or replayed (409
+//!                          `replayed_request`) request gets an error instead
 //!   GET  /health           {status, server_time, issuer, database}
 //!   GET  /metrics          Prometheus text format (leasehold_server_*)
 //!
 //! Admin (`Authorization: Bearer <token from --admin-token-file>`):
 //!   POST /admin/models, POST|GET /admin/entitlements, GET /admin/enrollments,
 //!   POST /admin/enrollments/{id}/approve|deny, GET /admin/licenses, POST /admin/revoke,
-//!   GET /admin/usage, POST /admin/renewals (air-gapped renewals, same as /v1/renewals).
+//!   GET /admin/usage, POST /admin/renewals (air-gapped renewals: as /v1/renewals, but a
+//!   request file that travelled by hand may be of any age; its nonce is still checked).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +31,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::registry::{self, RevokeTarget};
-use super::{ApiError, EntitleRequest, Service};
+use super::{ApiError, EntitleRequest, RequestPath, Service};
 use crate::crypto::ContentKey;
 use crate::http_auth::{bearer, token_matches};
 use crate::node::clock;
@@ -58,16 +63,25 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => "refused",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Replayed(_) => "replayed_request",
+            ApiError::TimeSkewed(_) => "request_time_skewed",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(m) => {
                 tracing::error!("internal error: {m}");
                 "internal"
             }
         };
-        (
+        let mut response = (
             status,
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 
@@ -77,7 +91,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Replayed(_) => StatusCode::CONFLICT,
+            ApiError::TimeSkewed(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,7 +109,7 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/licenses", get(licenses))
         .route("/admin/revoke", post(revoke))
         .route("/admin/usage", get(usage))
-        .route("/admin/renewals", post(renew))
+        .route("/admin/renewals", post(admin_renew))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/v1/enrollments", post(enroll))
@@ -133,8 +149,12 @@ fn counted<T>(state: &ServerState, result: Result<T, ApiError>) -> Result<T, Api
     result
 }
 
-async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let submitted = counted(&state, state.service.enroll(&body).await)?;
+async fn enroll(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let submitted = counted(&state, state.service.enroll(&body, peer.ip()).await)?;
     let status = if submitted.new {
         StatusCode::CREATED
     } else {
@@ -144,7 +164,16 @@ async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, Ap
 }
 
 async fn renew(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
-    let document = counted(&state, state.service.renew(&body).await)?;
+    renew_from(state, body, RequestPath::Node).await
+}
+
+/// Air-gapped renewals the vendor submits: exempt from the request window.
+async fn admin_renew(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    renew_from(state, body, RequestPath::Admin).await
+}
+
+async fn renew_from(state: Shared, body: Bytes, path: RequestPath) -> Result<Response, ApiError> {
+    let document = counted(&state, state.service.renew(&body, path).await)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
 }
 

@@ -1,5 +1,7 @@
 //! The license server's `/metrics` (Prometheus text format): renewals by decision,
-//! enrollments, ledger findings, errors, renewal latency, issuer certificate lifetime.
+//! enrollments, ledger findings, errors, renewal latency, issuer certificate lifetime,
+//! and requests rejected unanswered (replayed or time-skewed renewals, rate-limited
+//! enrollments).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,6 +28,8 @@ struct Counters {
     findings: BTreeMap<String, u64>,
     /// Requests answered with an error, by status class (`4xx`, `5xx`).
     errors: BTreeMap<String, u64>,
+    /// Requests rejected before any decision, by (endpoint, reason).
+    rejected: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl ServerMetrics {
@@ -52,6 +56,18 @@ impl ServerMetrics {
             .unwrap()
             .findings
             .entry(kind.to_string())
+            .or_default() += 1;
+    }
+
+    /// A request rejected before any decision: `endpoint` (`renewals`, `enrollments`),
+    /// `reason` (`replayed`, `time-skewed`, `rate-limited`).
+    pub fn rejected(&self, endpoint: &'static str, reason: &'static str) {
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .rejected
+            .entry((endpoint, reason))
             .or_default() += 1;
     }
 
@@ -133,6 +149,18 @@ pub fn render(service: &Service) -> String {
         e.sample(
             "leasehold_server_ledger_findings_total",
             &[("kind", kind)],
+            *n as f64,
+        );
+    }
+    e.family(
+        "leasehold_server_rejected_requests_total",
+        Kind::Counter,
+        "Requests rejected before any decision since start, by endpoint and reason: renewals replayed (a nonce seen before) or time-skewed (sent_at more than 5 minutes from the server's clock), enrollments rate-limited.",
+    );
+    for ((endpoint, reason), n) in &c.rejected {
+        e.sample(
+            "leasehold_server_rejected_requests_total",
+            &[("endpoint", endpoint), ("reason", reason)],
             *n as f64,
         );
     }

@@ -5,6 +5,13 @@
 //! - [`store`]: SQLite (embedded, group-committed) or PostgreSQL (replicas), migrations.
 //! - [`registry`]: the records and rules, written once for both databases.
 //! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`) and the admin API.
+//! - [`rate_limit`]: limits on what anyone may submit without credentials.
+//!
+//! Renewal requests are accepted once, and only fresh: `sent_at` within
+//! [`REQUEST_WINDOW_SECONDS`] of the server's clock, and a nonce not seen before (nonces
+//! are remembered in the database, so this holds across replicas). A captured request
+//! replayed later, to this replica or another, is refused before it touches a license
+//! or the node's usage record.
 //!
 //! The server signs with an issuer key that the vendor's root certified (`leasehold
 //! certify-issuer`); the root key stays offline. Content keys are stored encrypted
@@ -13,9 +20,11 @@
 pub mod http;
 pub mod ledger_check;
 pub mod metrics;
+pub mod rate_limit;
 pub mod registry;
 pub mod store;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,6 +37,7 @@ use crate::crypto::signing::SecretKey;
 use crate::crypto::ContentKey;
 use crate::format::{DocumentKind, Envelope};
 use crate::fsutil;
+use crate::license::body::check_grace;
 use crate::license::issue::{self as issuing, Safeguards, Terms};
 use crate::license::issuer::ANY;
 use crate::license::verify::authenticate_signer;
@@ -130,6 +140,16 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A renewal request seen before (HTTP 409, code `replayed_request`).
+    #[error("{0}")]
+    Replayed(String),
+    /// A renewal request signed too far from the server's time (HTTP 403, code
+    /// `request_time_skewed`).
+    #[error("{0}")]
+    TimeSkewed(String),
+    /// Too many submissions (HTTP 429 with `Retry-After`, code `rate_limited`).
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -161,20 +181,75 @@ pub struct EntitleRequest {
     pub safeguards: Safeguards,
 }
 
+/// How far (seconds) a renewal request's signed `sent_at` may be from the server's
+/// clock, either way, on `POST /v1/renewals`. Its nonce is remembered at least that
+/// long past `sent_at`, so a request replayed within the window is refused by nonce and
+/// one replayed later by time.
+pub const REQUEST_WINDOW_SECONDS: i64 = 300;
+
+/// Who hands the server a renewal request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPath {
+    /// A node, over `POST /v1/renewals`: `sent_at` must be within the window.
+    Node,
+    /// The vendor with the admin token (`admin renew`, `POST /admin/renewals`): an
+    /// air-gapped request file that travelled by hand, so any age; the nonce is still
+    /// remembered and a replay refused.
+    Admin,
+}
+
+/// Limits on enrollment submissions (unauthenticated), per minute.
+pub struct EnrollmentLimits {
+    pub per_address: rate_limit::RateLimit,
+    pub per_org: rate_limit::RateLimit,
+}
+
+/// `--enrollments-per-address` default.
+pub const DEFAULT_ENROLLMENTS_PER_ADDRESS: u32 = 10;
+/// `--enrollments-per-org` default.
+pub const DEFAULT_ENROLLMENTS_PER_ORG: u32 = 60;
+
+impl EnrollmentLimits {
+    pub fn per_minute(per_address: u32, per_org: u32) -> EnrollmentLimits {
+        EnrollmentLimits {
+            per_address: rate_limit::RateLimit::per_minute(per_address),
+            per_org: rate_limit::RateLimit::per_minute(per_org),
+        }
+    }
+}
+
+impl Default for EnrollmentLimits {
+    fn default() -> Self {
+        EnrollmentLimits::per_minute(DEFAULT_ENROLLMENTS_PER_ADDRESS, DEFAULT_ENROLLMENTS_PER_ORG)
+    }
+}
+
 /// The server's logic, shared by its HTTP handlers.
 pub struct Service {
     pub store: Store,
     pub issuer: Issuer,
     pub metrics: metrics::ServerMetrics,
+    pub enrollment_limits: EnrollmentLimits,
 }
 
 impl Service {
-    pub fn new(store: Store, issuer: Issuer) -> Arc<Service> {
+    pub fn new(store: Store, issuer: Issuer, enrollment_limits: EnrollmentLimits) -> Arc<Service> {
         Arc::new(Service {
             store,
             issuer,
             metrics: Default::default(),
+            enrollment_limits,
         })
+    }
+
+    /// Forget renewal nonces whose window has passed, keeping them one window longer so
+    /// that replicas whose clocks differ by up to that still agree. Run periodically.
+    pub async fn forget_old_nonces(&self) -> Result<u64, ApiError> {
+        let before = clock::system_now() - Duration::seconds(REQUEST_WINDOW_SECONDS);
+        Ok(self
+            .store
+            .transact(move |sql| registry::forget_nonces(sql, before))
+            .await?)
     }
 
     /// Store a model's header and content key (encrypted at rest).
@@ -229,6 +304,8 @@ impl Service {
                 "--lease must be longer than 0 s".into(),
             ));
         }
+        check_grace(request.grace_seconds)
+            .map_err(|e| ApiError::BadRequest(format!("--grace: {e}")))?;
         request
             .safeguards
             .check()
@@ -253,6 +330,12 @@ impl Service {
             return Err(ApiError::Forbidden(format!(
                 "--lease {} s is longer than the issuer certificate's maximum lease of {} s",
                 request.lease_seconds, scope.max_lease_seconds
+            )));
+        }
+        if request.lease_seconds.saturating_add(request.grace_seconds) > scope.max_lease_seconds {
+            return Err(ApiError::Forbidden(format!(
+                "--lease {} s plus --grace {} s is longer than the issuer certificate's maximum lease of {} s, which bounds lease and grace together",
+                request.lease_seconds, request.grace_seconds, scope.max_lease_seconds
             )));
         }
         let now = clock::system_now();
@@ -282,9 +365,49 @@ impl Service {
             .await?)
     }
 
-    /// A node submits its enrollment.
-    pub async fn enroll(&self, bytes: &[u8]) -> Result<registry::Submitted, ApiError> {
+    /// A node submits its enrollment from `source`. Rate-limited per source address
+    /// (before anything is parsed) and per organization named.
+    pub async fn enroll(
+        &self,
+        bytes: &[u8],
+        source: IpAddr,
+    ) -> Result<registry::Submitted, ApiError> {
+        let limits = &self.enrollment_limits;
+        let limited = |what: String, limit: u32, retry: rate_limit::RetryAfter| {
+            self.metrics.rejected("enrollments", "rate-limited");
+            ApiError::RateLimited {
+                message: format!(
+                    "too many enrollment submissions {what} (at most {limit} a minute); retry in {} s",
+                    retry.0
+                ),
+                retry_after: retry.0,
+            }
+        };
+        let now = clock::monotonic_now();
+        limits
+            .per_address
+            .take(&source.to_string(), now)
+            .map_err(|r| limited(format!("from {source}"), limits.per_address.limit(), r))?;
         let body = enrollment::verify(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if let Some(request) = &body.request {
+            // No entitlement names a longer one (`entitle` refuses it); this also
+            // bounds what the limiter keeps per organization.
+            if request.organization.len() > 256 {
+                return Err(ApiError::BadRequest(
+                    "the enrollment's organization name is longer than 256 bytes".into(),
+                ));
+            }
+            limits
+                .per_org
+                .take(&request.organization, now)
+                .map_err(|r| {
+                    limited(
+                        format!("for organization '{}'", request.organization),
+                        limits.per_org.limit(),
+                        r,
+                    )
+                })?;
+        }
         let document = String::from_utf8(bytes.to_vec())
             .map_err(|_| ApiError::BadRequest("the enrollment is not UTF-8".into()))?;
         let submitted = self
@@ -304,8 +427,8 @@ impl Service {
     }
 
     /// A node asks for its first license or a renewal. Always answers with a signed
-    /// response unless the request itself is malformed or forged.
-    pub async fn renew(&self, bytes: &[u8]) -> Result<String, ApiError> {
+    /// response unless the request itself is malformed, forged, stale or replayed.
+    pub async fn renew(&self, bytes: &[u8], path: RequestPath) -> Result<String, ApiError> {
         let started = std::time::Instant::now();
         let (envelope, body) =
             protocol::parse_request(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -328,12 +451,60 @@ impl Service {
                 "the request's node id does not match its node key".into(),
             ));
         }
+        let usage = &body.usage;
+        let counters = [usage.requests, usage.prompt_tokens, usage.completion_tokens];
+        if counters
+            .into_iter()
+            .chain(usage.ledger.as_ref().map(|l| l.seq))
+            .any(|n| i64::try_from(n).is_err())
+        {
+            return Err(ApiError::BadRequest(
+                "the request's usage counters exceed 2^63 - 1, which no real ledger holds".into(),
+            ));
+        }
         let limits = self.issuer.limits();
         let now = clock::system_now();
+        // Fresh requests only, each once: refused before anything is written, so a
+        // replayed request neither renews nor plants ledger findings against the node.
+        let window = Duration::seconds(REQUEST_WINDOW_SECONDS);
+        let age = now.signed_duration_since(body.sent_at);
+        if path == RequestPath::Node && age.abs() > window {
+            self.metrics.rejected("renewals", "time-skewed");
+            return Err(ApiError::TimeSkewed(format!(
+                "the renewal request was signed at {} by the node's clock, {} s {} this server's clock ({}); requests more than {} s from it are refused, so that a captured request cannot be replayed. Set the node's clock (NTP) and retry",
+                crate::format::time::rfc3339(body.sent_at),
+                age.num_seconds().unsigned_abs(),
+                if age > Duration::zero() { "behind" } else { "ahead of" },
+                crate::format::time::rfc3339(now),
+                REQUEST_WINDOW_SECONDS
+            )));
+        }
+        let forget_after = match path {
+            RequestPath::Node => now.max(body.sent_at),
+            RequestPath::Admin => now,
+        } + window;
+        let nonce = body.nonce;
         let decision = self
             .store
-            .transact(move |sql| registry::renew(sql, &input, limits, now))
+            .transact(move |sql| {
+                if !registry::remember_nonce(sql, &input.node_id, &nonce, forget_after)? {
+                    return Ok(None);
+                }
+                registry::renew(sql, &input, limits, now).map(Some)
+            })
             .await?;
+        let Some(decision) = decision else {
+            self.metrics.rejected("renewals", "replayed");
+            tracing::warn!(
+                "refused a replayed renewal request for node {} (nonce {})",
+                body.node_id,
+                hex::encode(body.nonce)
+            );
+            return Err(ApiError::Replayed(format!(
+                "this renewal request (nonce {}) was received before: a replayed request is refused. A node signs a new request for every attempt",
+                hex::encode(body.nonce)
+            )));
+        };
         let decision = match decision {
             Renewal::Grant(grant) => {
                 let license = self.sign_license(&grant, now)?;
@@ -395,7 +566,10 @@ impl Service {
             licensee: grant.org.clone(),
             not_before: grant.not_before,
             expires_at: grant.expires_at,
-            grace: Duration::seconds(i64::try_from(grant.grace_seconds).unwrap_or(0)),
+            grace: i64::try_from(grant.grace_seconds)
+                .ok()
+                .and_then(Duration::try_seconds)
+                .ok_or_else(|| internal(format!("grace of {} s", grant.grace_seconds)))?,
             serial: grant.serial,
             caps: grant.caps.clone(),
             features: Vec::new(),

@@ -3,9 +3,11 @@
 //! revocations and usage checkpoints.
 //!
 //! Races between replicas are settled by single conditional statements: a seat on an
-//! entitlement is taken by `UPDATE … SET enrolled = enrolled + 1 WHERE enrolled < nodes`,
-//! and a renewal's serial comes from `UPDATE … SET serial = serial + 1 … RETURNING serial`,
-//! so two replicas never hand out the same serial.
+//! entitlement is taken (at approval) by `UPDATE … SET enrolled = enrolled + 1 WHERE
+//! enrolled < nodes`, a renewal's serial comes from `UPDATE … SET serial = serial + 1 …
+//! RETURNING serial`, so two replicas never hand out the same serial, and a renewal
+//! request's nonce is remembered by `INSERT … ON CONFLICT DO NOTHING`, so a request
+//! replayed to any replica is refused.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -13,6 +15,7 @@ use serde::Serialize;
 use super::ledger_check::{self, FindingKind};
 use super::store::{Row, Sql, StoreError, Value};
 use crate::crypto::random;
+use crate::license::body::check_grace;
 use crate::license::issue::Safeguards;
 use crate::license::Caps;
 use crate::node::enrollment::{DeclaredUse, EnrollmentBody};
@@ -189,7 +192,34 @@ pub struct Submitted {
     pub new: bool,
 }
 
-/// Record a node's enrollment against its organization's entitlement (taking a seat).
+/// The current entitlements of `org` that cover `model_id`, oldest first.
+fn current_entitlements(
+    sql: &mut dyn Sql,
+    org: &str,
+    model_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Entitlement>, StoreError> {
+    Ok(sql
+        .query(
+            &format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE org = $1 AND revoked_at IS NULL AND term_end > $2 ORDER BY created_at, id"),
+            &[org.into(), ts(now)],
+        )?
+        .iter()
+        .map(entitlement)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|e| e.covers(model_id))
+        .collect())
+}
+
+fn no_entitlement(org: &str, model_id: &str) -> StoreError {
+    StoreError::Refused(format!(
+        "organization '{org}' has no current entitlement for model '{model_id}'; the vendor grants one with `leasehold admin entitle`"
+    ))
+}
+
+/// Record a node's enrollment, pending approval, against its organization's entitlement.
+/// It takes no seat: anyone can submit one, so seats are taken at approval ([`decide`]).
 pub fn submit_enrollment(
     sql: &mut dyn Sql,
     document: &str,
@@ -218,41 +248,12 @@ pub fn submit_enrollment(
             body.node_id, request.model_id
         )));
     }
-    let candidates: Vec<Entitlement> = sql
-        .query(
-            &format!("SELECT {ENTITLEMENT_COLUMNS} FROM entitlements WHERE org = $1 AND revoked_at IS NULL AND term_end > $2 ORDER BY created_at, id"),
-            &[(&request.organization).into(), ts(now)],
-        )?
-        .iter()
-        .map(entitlement)
-        .collect::<Result<Vec<_>, _>>()?
+    // Which entitlement it would count against; approval may pick another with a free seat.
+    let entitlement_id = current_entitlements(sql, &request.organization, &request.model_id, now)?
         .into_iter()
-        .filter(|e| e.covers(&request.model_id))
-        .collect();
-    if candidates.is_empty() {
-        return Err(StoreError::Refused(format!(
-            "organization '{}' has no current entitlement for model '{}'; the vendor grants one with `leasehold admin entitle`",
-            request.organization, request.model_id
-        )));
-    }
-    let mut seat = None;
-    for e in &candidates {
-        let taken = sql.execute(
-            "UPDATE entitlements SET enrolled = enrolled + 1 WHERE id = $1 AND enrolled < nodes",
-            &[(&e.id).into()],
-        )?;
-        if taken == 1 {
-            seat = Some(e.id.clone());
-            break;
-        }
-    }
-    let Some(entitlement_id) = seat else {
-        let total: u64 = candidates.iter().map(|e| e.nodes).sum();
-        return Err(StoreError::Conflict(format!(
-            "the entitlement of '{}' for model '{}' covers {total} node(s), and all are enrolled; ask the vendor to raise --nodes or revoke a node",
-            request.organization, request.model_id
-        )));
-    };
+        .next()
+        .ok_or_else(|| no_entitlement(&request.organization, &request.model_id))?
+        .id;
     let id = new_id();
     sql.execute(
         "INSERT INTO enrollments (id, node_id, node_key, org, model_id, entitlement_id, document, status, created_at)
@@ -289,7 +290,8 @@ pub fn enrollments(sql: &mut dyn Sql, status: Option<&str>) -> Result<Vec<Enroll
     rows.iter().map(enrollment).collect()
 }
 
-/// Approve or deny a pending enrollment. Denying frees its seat.
+/// Approve or deny a pending enrollment. Approving takes a seat on a current entitlement
+/// of its organization for its model, and is refused when all are taken.
 pub fn decide(
     sql: &mut dyn Sql,
     id: &str,
@@ -299,7 +301,7 @@ pub fn decide(
 ) -> Result<Enrollment, StoreError> {
     let row = sql
         .query_opt(
-            "SELECT status, entitlement_id FROM enrollments WHERE id = $1",
+            "SELECT status, org, model_id FROM enrollments WHERE id = $1",
             &[id.into()],
         )?
         .ok_or_else(|| {
@@ -323,10 +325,12 @@ pub fn decide(
             "enrollment {id} was decided by someone else meanwhile"
         )));
     }
-    if !approve {
+    if approve {
+        let (org, model_id) = (row.text(1)?, row.text(2)?);
+        let entitlement_id = take_seat(sql, &org, &model_id, now)?;
         sql.execute(
-            "UPDATE entitlements SET enrolled = enrolled - 1 WHERE id = $1 AND enrolled > 0",
-            &[row.text(1)?.into()],
+            "UPDATE enrollments SET entitlement_id = $1 WHERE id = $2",
+            &[entitlement_id.into(), id.into()],
         )?;
     }
     let row = sql
@@ -336,6 +340,35 @@ pub fn decide(
         )?
         .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     enrollment(&row)
+}
+
+/// Take a seat for `org` and `model_id` on the oldest current entitlement with one free;
+/// its id. One conditional UPDATE per entitlement, so replicas never oversell.
+fn take_seat(
+    sql: &mut dyn Sql,
+    org: &str,
+    model_id: &str,
+    now: DateTime<Utc>,
+) -> Result<String, StoreError> {
+    let candidates = current_entitlements(sql, org, model_id, now)?;
+    if candidates.is_empty() {
+        return Err(no_entitlement(org, model_id));
+    }
+    for e in &candidates {
+        let taken = sql.execute(
+            "UPDATE entitlements SET enrolled = enrolled + 1 WHERE id = $1 AND enrolled < nodes",
+            &[(&e.id).into()],
+        )?;
+        if taken == 1 {
+            return Ok(e.id.clone());
+        }
+    }
+    let total = candidates
+        .iter()
+        .fold(0u64, |sum, e| sum.saturating_add(e.nodes));
+    Err(StoreError::Conflict(format!(
+        "the entitlement of '{org}' for model '{model_id}' covers {total} node(s), and all are taken by approved nodes; deny this enrollment, or raise --nodes with a new `leasehold admin entitle`"
+    )))
 }
 
 /// A license as the vendor sees it.
@@ -430,6 +463,31 @@ pub fn revoke(
         )));
     }
     Ok(n)
+}
+
+/// Remember a renewal request's nonce until `forget_after`. `false` when this node's
+/// nonce is remembered already: the request is a replay. The primary key makes this one
+/// atomic statement, so two replicas racing with the same request admit it once.
+pub fn remember_nonce(
+    sql: &mut dyn Sql,
+    node_id: &str,
+    nonce: &[u8; 16],
+    forget_after: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let inserted = sql.execute(
+        "INSERT INTO renewal_nonces (node_id, nonce, forget_after) VALUES ($1, $2, $3)
+         ON CONFLICT (node_id, nonce) DO NOTHING",
+        &[node_id.into(), hex::encode(nonce).into(), ts(forget_after)],
+    )?;
+    Ok(inserted == 1)
+}
+
+/// Forget nonces remembered until before `before`; how many.
+pub fn forget_nonces(sql: &mut dyn Sql, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    sql.execute(
+        "DELETE FROM renewal_nonces WHERE forget_after < $1",
+        &[ts(before)],
+    )
 }
 
 /// What the issuer's certificate allows, applied to every renewal.
@@ -556,21 +614,45 @@ pub fn renew(
             format!("the entitlement of '{}' was revoked by the vendor", ent.org),
         ));
     }
-    let grace = chrono::Duration::seconds(i64::try_from(ent.grace_seconds).unwrap_or(0));
-    let lease = ent.lease_seconds.min(limits.max_lease_seconds);
-    let expires_at = [
-        now + chrono::Duration::seconds(i64::try_from(lease).unwrap_or(i64::MAX / 2)),
-        ent.term_end,
-        limits.not_after - grace,
-    ]
-    .into_iter()
-    .min()
-    .unwrap_or(now);
+    // `admin entitle` bounds the grace; a row it did not write (an older build, a hand
+    // edit) is refused here rather than overflowing the arithmetic below.
+    let Some(grace) = check_grace(ent.grace_seconds)
+        .ok()
+        .and_then(|()| i64::try_from(ent.grace_seconds).ok())
+        .and_then(chrono::Duration::try_seconds)
+    else {
+        return Ok(Renewal::Refused(
+            RefusalReason::Ended,
+            format!(
+                "the entitlement of '{}' has a grace of {} s, more than a license may carry; the vendor must entitle again",
+                ent.org, ent.grace_seconds
+            ),
+        ));
+    };
+    // The issuer's maximum lease bounds lease and grace together.
+    let lease = ent
+        .lease_seconds
+        .min(limits.max_lease_seconds.saturating_sub(ent.grace_seconds));
+    let lease_end = i64::try_from(lease)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let certificate_end = limits
+        .not_after
+        .checked_sub_signed(grace)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let expires_at = lease_end.min(ent.term_end).min(certificate_end);
     if expires_at <= now {
         return Ok(Renewal::Refused(
             RefusalReason::Ended,
             if ent.term_end <= now {
                 format!("the entitlement of '{}' ended at {}", ent.org, ent.term_end)
+            } else if lease == 0 {
+                format!(
+                    "the entitlement's grace of {} s leaves no lease within the issuer certificate's maximum of {} s (lease and grace together); the vendor must entitle again with a shorter --grace",
+                    ent.grace_seconds, limits.max_lease_seconds
+                )
             } else {
                 format!(
                     "the issuer's certificate ends at {}; the vendor must certify the license server again",
@@ -713,9 +795,22 @@ pub fn usage(
     let mut runs: Vec<(i64, [u64; 3])> = Vec::new();
     let flush = |u: &mut NodeUsage, runs: &mut Vec<(i64, [u64; 3])>| {
         for (_, c) in runs.drain(..) {
-            u.requests += c[0];
-            u.prompt_tokens += c[1];
-            u.completion_tokens += c[2];
+            let sums = [
+                u.requests.checked_add(c[0]),
+                u.prompt_tokens.checked_add(c[1]),
+                u.completion_tokens.checked_add(c[2]),
+            ];
+            if let [Some(r), Some(p), Some(t)] = sums {
+                (u.requests, u.prompt_tokens, u.completion_tokens) = (r, p, t);
+            } else {
+                // Only counters no real ledger holds get here: say so, keep the maximum.
+                (u.requests, u.prompt_tokens, u.completion_tokens) = (u64::MAX, u64::MAX, u64::MAX);
+                if !u.ledger_findings.iter().any(|f| f.starts_with("overflow")) {
+                    u.ledger_findings.push(
+                        "overflow: the node's reported counters add up past 2^64 - 1, which no real ledger holds".into(),
+                    );
+                }
+            }
         }
     };
     for row in rows {

@@ -125,12 +125,18 @@ impl Store {
     }
 
     /// Run `f` in one transaction. It is committed (durably) before this returns
-    /// `Ok`; when `f` fails, none of its writes remain.
+    /// `Ok`; when `f` fails, none of its writes remain. A panic in `f` is a failure
+    /// like any other: rolled back and answered as an error, so it cannot take the
+    /// database thread (and with it every later request) down.
     pub async fn transact<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Sql) -> Result<T, StoreError> + Send + 'static,
     {
+        let f = move |sql: &mut dyn Sql| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(sql)))
+                .unwrap_or_else(|panic| Err(panicked(panic.as_ref())))
+        };
         match &*self.backend {
             Backend::Sqlite(jobs) => {
                 let (reply, answer) = oneshot::channel();
@@ -162,6 +168,19 @@ impl Store {
             }
         }
     }
+}
+
+/// The error for a transaction that panicked (a bug; logged with its message).
+pub(crate) fn panicked(panic: &(dyn std::any::Any + Send)) -> StoreError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    tracing::error!("a database transaction panicked and was rolled back: {what}");
+    StoreError::Database(format!(
+        "the transaction failed unexpectedly and was rolled back ({what}); the server goes on"
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +267,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         "ALTER TABLE entitlements ADD COLUMN safeguards TEXT NOT NULL DEFAULT '{}'",
     ),
+    (
+        // Renewal request nonces, remembered for the request window (replays refused
+        // across replicas). Seats are now taken at approval: pending enrollments give
+        // back the seat they took at submission.
+        4,
+        "CREATE TABLE renewal_nonces (
+        node_id TEXT NOT NULL,
+        nonce TEXT NOT NULL,
+        forget_after BIGINT NOT NULL,
+        PRIMARY KEY (node_id, nonce)
+    );
+    CREATE INDEX renewal_nonces_forget ON renewal_nonces (forget_after);
+    UPDATE entitlements SET enrolled = enrolled - (SELECT COUNT(*) FROM enrollments
+        WHERE enrollments.entitlement_id = entitlements.id AND enrollments.status = 'pending')",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {
@@ -310,5 +344,57 @@ mod tests {
         ));
         assert!(DbUrl::parse("mysql://x").is_err());
         assert!(DbUrl::parse("sqlite:").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_transaction_is_rolled_back_and_the_writer_goes_on() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&DbUrl::Sqlite(dir.path().join("s.db")))
+            .await
+            .unwrap();
+        let count = || {
+            store.transact(|sql| {
+                sql.query_opt("SELECT COUNT(*) FROM models", &[])?
+                    .expect("one row")
+                    .int(0)
+            })
+        };
+        let failed = store
+            .transact(|sql| -> Result<(), StoreError> {
+                sql.execute(
+                    "INSERT INTO models (model_id, header, stored_key, added_at) VALUES ('m', x'00', x'00', 0)",
+                    &[],
+                )?;
+                panic!("a hostile value");
+            })
+            .await;
+        assert!(
+            matches!(&failed, Err(StoreError::Database(m)) if m.contains("a hostile value")),
+            "{failed:?}"
+        );
+        // Its write is gone, and the same writer thread answers the next transaction.
+        assert_eq!(count().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_nonce_is_taken_once_until_it_is_forgotten() {
+        use crate::license_server::registry::{forget_nonces, remember_nonce};
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(&DbUrl::Sqlite(dir.path().join("s.db")))
+            .await
+            .unwrap();
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let remember = |node: &'static str, nonce: u8| {
+            store.transact(move |sql| remember_nonce(sql, node, &[nonce; 16], at(100)))
+        };
+        assert!(remember("a", 1).await.unwrap());
+        assert!(!remember("a", 1).await.unwrap(), "a replay");
+        assert!(remember("b", 1).await.unwrap(), "another node's nonce");
+        // Kept until its time has passed.
+        let forget = |before| store.transact(move |sql| forget_nonces(sql, at(before)));
+        assert_eq!(forget(100).await.unwrap(), 0);
+        assert!(!remember("a", 1).await.unwrap());
+        assert_eq!(forget(101).await.unwrap(), 2);
+        assert!(remember("a", 1).await.unwrap());
     }
 }

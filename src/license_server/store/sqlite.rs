@@ -113,7 +113,12 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let committed = run_group(&conn, &mut group);
+        // Jobs catch their own panics (`Store::transact`); this catches any in between,
+        // so the one writer thread never dies.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_group(&conn, &mut group)
+        }))
+        .unwrap_or_else(|panic| Err(super::panicked(panic.as_ref())));
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
