@@ -3,6 +3,7 @@
 //! Nodes (no credentials: every message is signed):
 //!   POST /v1/enrollments   body: an enrollment document → {enrollment_id, status}
 //!   POST /v1/renewals      body: a renewal request → a signed renewal response
+//!   POST /v1/checkpoints   body: a checkpoint report → a signed checkpoint receipt
 //!   GET  /health           {status, server_time, issuer, database}
 //!   GET  /metrics          Prometheus text format (leasehold_server_*)
 //!
@@ -98,6 +99,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/enrollments", post(enroll))
         .route("/v1/renewals", post(renew))
+        .route("/v1/checkpoints", post(checkpoint))
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .merge(admin)
@@ -146,6 +148,11 @@ async fn enroll(State(state): State<Shared>, body: Bytes) -> Result<Response, Ap
 async fn renew(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
     let document = counted(&state, state.service.renew(&body).await)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
+}
+
+async fn checkpoint(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let receipt = counted(&state, state.service.checkpoint(&body).await)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], receipt).into_response())
 }
 
 #[derive(Deserialize)]

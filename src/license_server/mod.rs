@@ -4,12 +4,16 @@
 //!
 //! - [`store`]: SQLite (embedded, group-committed) or PostgreSQL (replicas), migrations.
 //! - [`registry`]: the records and rules, written once for both databases.
-//! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`) and the admin API.
+//! - [`checkpoints`]: usage checkpoints from renewals and checkpoint reports, compared
+//!   with the ones held (`ledger_check`).
+//! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`, `/v1/checkpoints`) and
+//!   the admin API.
 //!
 //! The server signs with an issuer key that the vendor's root certified (`leasehold
 //! certify-issuer`); the root key stays offline. Content keys are stored encrypted
 //! under a key derived from the issuer key (`crypto::at_rest`).
 
+pub mod checkpoints;
 pub mod http;
 pub mod ledger_check;
 pub mod metrics;
