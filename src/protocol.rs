@@ -8,6 +8,11 @@
 //!
 //! The same messages travel as files for air-gapped sites (`leasehold renew
 //! --request-out`, `leasehold admin renew`, `leasehold renew --response`).
+//!
+//! [`checkpoint`]: between renewals, the node reports its ledger position
+//! (`checkpoint-report`) and the server answers with a signed `checkpoint-receipt`.
+
+pub mod checkpoint;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -153,12 +158,32 @@ impl Body for RenewalResponseBody {
     const VERSION: u32 = 1;
 }
 
+/// An issuer-signed answer to one signed node request: it names the node, echoes the
+/// request's nonce, and says when the server made it.
+pub trait Answer: Body {
+    fn node_id(&self) -> &str;
+    fn request_nonce(&self) -> [u8; 16];
+    fn server_time(&self) -> DateTime<Utc>;
+}
+
+impl Answer for RenewalResponseBody {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn request_nonce(&self) -> [u8; 16] {
+        self.request_nonce
+    }
+    fn server_time(&self) -> DateTime<Utc> {
+        self.server_time
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     #[error("not a valid {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
-    #[error("the renewal request is not signed by the node key it names")]
-    WrongSigner,
+    #[error("the {0} is not signed by the node key it names")]
+    WrongSigner(&'static str),
     #[error("the response is not signed by a trusted issuer: {0}")]
     Untrusted(String),
     #[error("the response is for node {found}, not this node ({expected})")]
@@ -213,12 +238,21 @@ pub fn verify_request(
     body: &RenewalRequestBody,
     enrolled_key: &[u8; 32],
 ) -> Result<(), ProtocolError> {
-    if envelope.signer != *enrolled_key || body.node_key != *enrolled_key {
-        return Err(ProtocolError::WrongSigner);
+    verify_node_signed(envelope, &body.node_key, enrolled_key)
+}
+
+/// A node-signed document (renewal request, checkpoint report) is signed by the key
+/// its body names, and that key is the one the server enrolled.
+pub(crate) fn verify_node_signed(
+    envelope: &Envelope,
+    named_key: &[u8; 32],
+    enrolled_key: &[u8; 32],
+) -> Result<(), ProtocolError> {
+    let wrong = || ProtocolError::WrongSigner(envelope.kind.name());
+    if envelope.signer != *enrolled_key || named_key != enrolled_key {
+        return Err(wrong());
     }
-    envelope
-        .verify_signature()
-        .map_err(|_| ProtocolError::WrongSigner)?;
+    envelope.verify_signature().map_err(|_| wrong())?;
     Ok(())
 }
 
@@ -262,31 +296,41 @@ pub fn open_response(
     roots: &TrustRoots,
     expected: &Expected,
 ) -> Result<OpenedResponse, ProtocolError> {
+    let (body, authority) = open_answer::<RenewalResponseBody>(bytes, roots, expected)?;
+    Ok(OpenedResponse { body, authority })
+}
+
+/// Verify any issuer-signed answer ([`Answer`]) the way [`open_response`] describes.
+pub fn open_answer<A: Answer>(
+    bytes: &[u8],
+    roots: &TrustRoots,
+    expected: &Expected,
+) -> Result<(A, Authority), ProtocolError> {
     let malformed = |reason: String| ProtocolError::Malformed {
-        what: "renewal response",
+        what: A::KIND.name(),
         reason,
     };
-    let envelope = Envelope::parse(bytes, DocumentKind::RenewalResponse)
-        .map_err(|e| malformed(e.to_string()))?;
+    let envelope = Envelope::parse(bytes, A::KIND).map_err(|e| malformed(e.to_string()))?;
     let (authority, certificate) = authenticate_signer(&envelope, roots)
         .map_err(|v| ProtocolError::Untrusted(v.explain(crate::node::clock::system_now())))?;
-    let body: RenewalResponseBody = envelope
+    let body: A = envelope
         .decode_body()
         .map_err(|e| malformed(e.to_string()))?;
-    if body.node_id != expected.node_id {
+    if body.node_id() != expected.node_id {
         return Err(ProtocolError::WrongNode {
             expected: expected.node_id.to_string(),
-            found: body.node_id,
+            found: body.node_id().to_string(),
         });
     }
-    if body.request_nonce != expected.nonce {
+    if body.request_nonce() != expected.nonce {
         return Err(ProtocolError::Replayed);
     }
     if let Some(cert) = certificate {
-        if body.server_time < cert.not_before || body.server_time > cert.not_after {
+        let made = body.server_time();
+        if made < cert.not_before || made > cert.not_after {
             return Err(ProtocolError::OutOfScope(format!(
-                "the issuer certificate is valid from {} to {}, and the response was made at {}",
-                cert.not_before, cert.not_after, body.server_time
+                "the issuer certificate is valid from {} to {}, and the response was made at {made}",
+                cert.not_before, cert.not_after
             )));
         }
         if let Some((org, model)) = expected.scope {
@@ -300,7 +344,7 @@ pub fn open_response(
             }
         }
     }
-    Ok(OpenedResponse { body, authority })
+    Ok((body, authority))
 }
 
 #[cfg(test)]

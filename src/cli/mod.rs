@@ -592,6 +592,21 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+/// A checkpoint interval: whole seconds (`30`) or a duration (`2m`), 1 s to 1 h.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let d = match text.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text).map_err(|e| {
+            format!("'{text}' is not a number of seconds or a duration like 60s: {e}")
+        })?,
+    };
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("'{text}' is outside 1s to 1h"));
+    }
+    Ok(d)
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -646,6 +661,12 @@ pub struct ServeArgs {
     /// renewal to the --license file.
     #[arg(long, value_name = "URL")]
     pub license_server: Option<String>,
+    /// Between renewals, report the usage ledger's position to the --license-server
+    /// this often (a signed checkpoint report; seconds, or a duration like 2m). A node
+    /// directory restored from a backup is flagged at its next report, so it hides at
+    /// most this much usage from the vendor.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_interval)]
+    pub checkpoint_interval: std::time::Duration,
     /// The usage ledger (default: NODE_DIR/usage.ledger). Every request is recorded
     /// there, durably, before it is answered.
     #[arg(long, value_name = "PATH", conflicts_with = "no_ledger")]

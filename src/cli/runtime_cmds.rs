@@ -356,6 +356,7 @@ pub fn serve(args: ServeArgs) -> Outcome {
                 ledger.clone(),
             );
             tokio::spawn(renewer.clone().run());
+            renewer.report_checkpoints(args.checkpoint_interval);
             renewer
         });
         let listener = tokio::net::TcpListener::bind(listen)
@@ -438,9 +439,13 @@ pub fn serve(args: ServeArgs) -> Outcome {
             tracing::info!("the license mandates: {safeguards}; applied to every answer");
         }
         let connections = state.connections.clone();
+        let renewer = state.renewal.clone();
         listener::serve(listener, server::router(state), limits, connections, shutdown)
             .await
             .context("the HTTP server failed")?;
+        if let Some(renewer) = &renewer {
+            renewer.finish_reports().await;
+        }
         if let Some(ledger) = &ledger {
             ledger.close().await;
         }

@@ -22,6 +22,8 @@ pub enum Domain {
     LedgerCheckpoint,
     LedgerHead,
     Attestation,
+    CheckpointReport,
+    CheckpointReceipt,
 }
 
 impl Domain {
@@ -36,6 +38,8 @@ impl Domain {
             Domain::LedgerCheckpoint => b"leasehold ledger checkpoint\0",
             Domain::LedgerHead => b"leasehold ledger head\0",
             Domain::Attestation => b"leasehold attestation\0",
+            Domain::CheckpointReport => b"leasehold checkpoint report\0",
+            Domain::CheckpointReceipt => b"leasehold checkpoint receipt\0",
         }
     }
 }

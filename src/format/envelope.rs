@@ -39,6 +39,8 @@ pub enum DocumentKind {
     RenewalResponse,
     LedgerHead,
     Attestation,
+    CheckpointReport,
+    CheckpointReceipt,
 }
 
 impl DocumentKind {
@@ -52,6 +54,8 @@ impl DocumentKind {
             DocumentKind::RenewalResponse => Domain::RenewalResponse,
             DocumentKind::LedgerHead => Domain::LedgerHead,
             DocumentKind::Attestation => Domain::Attestation,
+            DocumentKind::CheckpointReport => Domain::CheckpointReport,
+            DocumentKind::CheckpointReceipt => Domain::CheckpointReceipt,
         }
     }
 
@@ -65,6 +69,8 @@ impl DocumentKind {
             DocumentKind::RenewalResponse => "renewal response",
             DocumentKind::LedgerHead => "ledger head",
             DocumentKind::Attestation => "attestation",
+            DocumentKind::CheckpointReport => "checkpoint report",
+            DocumentKind::CheckpointReceipt => "checkpoint receipt",
         }
     }
 }

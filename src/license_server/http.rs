@@ -6,6 +6,8 @@
 //!   POST /v1/renewals      body: a renewal request → a signed renewal response; a stale
 //!                          (403 `request_time_skewed`) or replayed (409
 //!                          `replayed_request`) request gets an error instead
+//!   POST /v1/checkpoints   body: a checkpoint report → a signed checkpoint receipt (the
+//!                          same freshness and replay rules)
 //!   GET  /health           {status, server_time, issuer, database}
 //!   GET  /metrics          Prometheus text format (leasehold_server_*)
 //!
@@ -114,6 +116,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/v1/enrollments", post(enroll))
         .route("/v1/renewals", post(renew))
+        .route("/v1/checkpoints", post(checkpoint))
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .merge(admin)
@@ -175,6 +178,11 @@ async fn admin_renew(State(state): State<Shared>, body: Bytes) -> Result<Respons
 async fn renew_from(state: Shared, body: Bytes, path: RequestPath) -> Result<Response, ApiError> {
     let document = counted(&state, state.service.renew(&body, path).await)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
+}
+
+async fn checkpoint(State(state): State<Shared>, body: Bytes) -> Result<Response, ApiError> {
+    let receipt = counted(&state, state.service.checkpoint(&body).await)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], receipt).into_response())
 }
 
 #[derive(Deserialize)]

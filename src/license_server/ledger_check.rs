@@ -1,5 +1,5 @@
-//! Comparing the ledger checkpoint a node reports at renewal with the ones it reported
-//! before. A node whose operator deletes the ledger (and its `ledger.head`), restores
+//! Comparing the ledger checkpoint a node reports (at renewal, and in checkpoint reports
+//! between renewals: `checkpoints`) with the ones it reported before. A node whose operator deletes the ledger (and its `ledger.head`), restores
 //! an older copy, or rolls it back and writes on is flagged here even though the node
 //! itself cannot tell: the server remembers what it was shown.
 //!
@@ -133,16 +133,8 @@ pub fn compare(
     }
 }
 
-/// Compare with what the database holds for this node; `None` when consistent or
-/// when there is nothing to compare with.
-pub fn check(
-    sql: &mut dyn Sql,
-    node_id: &str,
-    usage: &UsageCheckpoint,
-) -> Result<Option<Finding>, StoreError> {
-    let Some(new) = &usage.ledger else {
-        return Ok(None);
-    };
+/// The latest checkpoint the database holds for this node, if any.
+pub fn held(sql: &mut dyn Sql, node_id: &str) -> Result<Option<Held>, StoreError> {
     let Some(row) = sql.query_opt(
         "SELECT ledger_id, ledger_seq, ledger_hash, requests, prompt_tokens, completion_tokens
          FROM checkpoints WHERE node_id = $1 AND ledger_id IS NOT NULL ORDER BY id DESC LIMIT 1",
@@ -151,7 +143,7 @@ pub fn check(
     else {
         return Ok(None);
     };
-    let held = Held {
+    Ok(Some(Held {
         ledger_id: row.text(0)?,
         seq: row.int(1)?.max(0) as u64,
         hash: row.text(2)?,
@@ -160,7 +152,28 @@ pub fn check(
             row.int(4)?.max(0) as u64,
             row.int(5)?.max(0) as u64,
         ],
-    };
+    }))
+}
+
+impl Held {
+    /// The reported position is exactly this one: same ledger, checkpoint and totals.
+    pub fn is(&self, new: &LedgerPosition, usage: &UsageCheckpoint) -> bool {
+        self.ledger_id == hex::encode(new.ledger_id)
+            && self.seq == new.seq
+            && self.hash == hex::encode(new.hash)
+            && self.totals == [usage.requests, usage.prompt_tokens, usage.completion_tokens]
+    }
+}
+
+/// Compare a reported position with `held`, the latest the database holds for this
+/// node ([`held`]); `None` when consistent.
+pub fn check(
+    sql: &mut dyn Sql,
+    node_id: &str,
+    held: &Held,
+    new: &LedgerPosition,
+    usage: &UsageCheckpoint,
+) -> Result<Option<Finding>, StoreError> {
     let ledger_id = held.ledger_id.clone();
     let mut known = |seq: u64, hash: &str| -> Result<bool, StoreError> {
         Ok(sql
@@ -175,7 +188,7 @@ pub fn check(
             )?
             .is_some())
     };
-    compare(&held, new, usage, &mut known)
+    compare(held, new, usage, &mut known)
 }
 
 #[cfg(test)]

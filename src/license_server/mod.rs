@@ -4,19 +4,23 @@
 //!
 //! - [`store`]: SQLite (embedded, group-committed) or PostgreSQL (replicas), migrations.
 //! - [`registry`]: the records and rules, written once for both databases.
-//! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`) and the admin API.
+//! - [`checkpoints`]: usage checkpoints from renewals and checkpoint reports, compared
+//!   with the ones held (`ledger_check`).
+//! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`, `/v1/checkpoints`) and
+//!   the admin API.
 //! - [`rate_limit`]: limits on what anyone may submit without credentials.
 //!
-//! Renewal requests are accepted once, and only fresh: `sent_at` within
-//! [`REQUEST_WINDOW_SECONDS`] of the server's clock, and a nonce not seen before (nonces
-//! are remembered in the database, so this holds across replicas). A captured request
-//! replayed later, to this replica or another, is refused before it touches a license
-//! or the node's usage record.
+//! Renewal requests and checkpoint reports are accepted once, and only fresh: `sent_at`
+//! within [`REQUEST_WINDOW_SECONDS`] of the server's clock, and a nonce not seen before
+//! (nonces are remembered in the database, so this holds across replicas). A captured
+//! message replayed later, to this replica or another, is refused before it touches a
+//! license or the node's usage record.
 //!
 //! The server signs with an issuer key that the vendor's root certified (`leasehold
 //! certify-issuer`); the root key stays offline. Content keys are stored encrypted
 //! under a key derived from the issuer key (`crypto::at_rest`).
 
+pub mod checkpoints;
 pub mod http;
 pub mod ledger_check;
 pub mod metrics;

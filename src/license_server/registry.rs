@@ -12,7 +12,8 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::ledger_check::{self, FindingKind};
+use super::checkpoints;
+use super::ledger_check;
 use super::store::{Row, Sql, StoreError, Value};
 use crate::crypto::random;
 use crate::license::body::check_grace;
@@ -697,39 +698,14 @@ pub fn renew(
         )?
         .ok_or_else(|| StoreError::Corrupt(format!("license {license_id} vanished")))?
         .int(0)?;
-    let finding = ledger_check::check(sql, &input.node_id, &input.usage)?;
-    if let Some(f) = &finding {
-        tracing::warn!(
-            "node {} ({org}) reported a usage ledger that {}: {}",
-            input.node_id,
-            match f.kind {
-                FindingKind::Replaced => "was replaced",
-                FindingKind::WentBackwards => "went backwards",
-                FindingKind::Forked => "forked",
-                FindingKind::Unconfirmed => "cannot be confirmed",
-            },
-            f.detail
-        );
-    }
-    let ledger = input.usage.ledger.as_ref();
-    let finding_kept = finding.clone();
-    sql.execute(
-        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        &[
-            (&input.node_id).into(),
-            (&license_id).into(),
-            (&org).into(),
-            ts(now),
-            input.usage.since.map_or(Value::Int(0), ts),
-            int(input.usage.requests),
-            int(input.usage.prompt_tokens),
-            int(input.usage.completion_tokens),
-            ledger.map_or(Value::Null, |l| hex::encode(l.ledger_id).into()),
-            ledger.map_or(Value::Null, |l| int(l.seq)),
-            ledger.map_or(Value::Null, |l| hex::encode(l.hash).into()),
-            finding.as_ref().map_or(Value::Null, |f| f.render().into()),
-        ],
+    let finding = checkpoints::record(
+        sql,
+        &input.node_id,
+        &license_id,
+        &org,
+        &input.usage,
+        checkpoints::Source::Renewal,
+        now,
     )?;
     let model = sql
         .query_opt(
@@ -743,7 +719,7 @@ pub fn renew(
             ))
         })?;
     Ok(Renewal::Grant(Box::new(Grant {
-        finding: finding_kept,
+        finding,
         license_id,
         serial: serial.max(0) as u64,
         org,

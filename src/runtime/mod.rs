@@ -6,6 +6,8 @@
 //!   monotonic clock, renewal without restart.
 //! - [`renewal`]: the node's side of the license server protocol: first license,
 //!   automatic renewal with backoff, obeying revocations.
+//! - [`checkpoints`]: the usage ledger's position reported to the license server every
+//!   checkpoint interval between renewals, so a restored backup is seen online.
 //! - [`answer`]: the one path every answer takes: phase, caps, queue, engine, and the
 //!   usage ledger's write-ahead `admitted` and `completed` records.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
@@ -18,6 +20,7 @@
 pub mod admission;
 pub mod answer;
 pub mod caps;
+pub mod checkpoints;
 pub mod engine;
 pub mod lifecycle;
 pub mod output_filter;

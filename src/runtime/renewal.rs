@@ -9,25 +9,27 @@
 //! Every response is verified (`protocol::open_response`): signed by a trusted issuer in
 //! scope, for this node, echoing this request's nonce. The license inside then goes
 //! through the same admission as any license file.
+//!
+//! Renewals and the checkpoint reports between them (`super::checkpoints`) take turns
+//! reporting the usage ledger ([`LedgerReports`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::checkpoints::{CheckpointStatus, Checkpointer, LedgerReports};
 use super::lifecycle::{Lifecycle, Phase};
 use crate::crypto::random;
 use crate::fsutil::{self, Replace};
-use crate::ledger::record::Entry;
-use crate::ledger::{Ledger, Position};
+use crate::ledger::Ledger;
 use crate::license::TrustRoots;
 use crate::node::trusted_time::rollback_tolerance;
 use crate::node::{clock, NodeIdentity};
 use crate::protocol::{
-    self, Decision, Expected, LedgerAnchor, LedgerPosition, LicenseRef, OpenedResponse,
-    RefusalReason, UsageCheckpoint,
+    self, Decision, Expected, LicenseRef, OpenedResponse, RefusalReason, UsageCheckpoint,
 };
 
 /// A license server's HTTP endpoint.
@@ -295,23 +297,9 @@ pub struct RenewalStatus {
     pub clock_offset_seconds: Option<i64>,
     /// The server's last refusal (revoked, ended, …).
     pub refused: Option<String>,
-}
-
-/// What a renewal reports: the ledger's totals at a fresh checkpoint, and where the
-/// ledger stands.
-fn usage_report(p: Position) -> UsageCheckpoint {
-    UsageCheckpoint {
-        since: Some(crate::format::time::whole_seconds(p.since)),
-        requests: p.totals.requests,
-        prompt_tokens: p.totals.prompt_tokens,
-        completion_tokens: p.totals.completion_tokens,
-        ledger: Some(LedgerPosition {
-            ledger_id: p.ledger_id,
-            seq: p.seq,
-            hash: p.hash,
-            reported: p.reported.map(|(seq, hash)| LedgerAnchor { seq, hash }),
-        }),
-    }
+    /// The checkpoint reports between renewals (absent without a usage ledger).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointStatus>,
 }
 
 /// Renews the license in force for as long as the node runs.
@@ -320,7 +308,8 @@ pub struct Renewer {
     lifecycle: Arc<Lifecycle>,
     license_path: PathBuf,
     /// The usage ledger whose checkpoints ride on each renewal.
-    ledger: Option<Arc<Ledger>>,
+    reports: Option<Arc<LedgerReports>>,
+    checkpointer: OnceLock<Arc<Checkpointer>>,
     status: Mutex<RenewalStatus>,
 }
 
@@ -339,12 +328,40 @@ impl Renewer {
             client,
             lifecycle,
             license_path,
-            ledger,
+            reports: ledger.map(LedgerReports::new),
+            checkpointer: OnceLock::new(),
         })
     }
 
     pub fn status(&self) -> RenewalStatus {
-        self.status.lock().unwrap().clone()
+        let mut status = self.status.lock().unwrap().clone();
+        status.checkpoints = self.checkpointer.get().map(|c| c.status());
+        status
+    }
+
+    /// Between renewals, report the usage ledger's position every `interval` (now, and
+    /// for as long as the node runs). Without a ledger there is nothing to report.
+    pub fn report_checkpoints(&self, interval: Duration) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        let checkpointer = Checkpointer::new(
+            self.client.clone(),
+            self.lifecycle.clone(),
+            reports.clone(),
+            interval,
+        );
+        if self.checkpointer.set(checkpointer.clone()).is_ok() {
+            tokio::spawn(checkpointer.run());
+        }
+    }
+
+    /// At shutdown, before the ledger closes: wait (a few seconds at most) for a report
+    /// in flight to record the server's answer, and start no other.
+    pub async fn finish_reports(&self) {
+        if let Some(reports) = &self.reports {
+            reports.close(Duration::from_secs(5)).await;
+        }
     }
 
     /// The lease length of the license in force.
@@ -402,9 +419,10 @@ impl Renewer {
         };
         let now = clock::system_now();
         self.status.lock().unwrap().last_attempt = Some(now);
-        let position = match &self.ledger {
-            Some(ledger) => match ledger.checkpoint().await {
-                Ok(p) => Some(p),
+        // Held until the server's answer is recorded: no checkpoint report in between.
+        let report = match &self.reports {
+            Some(reports) => match reports.begin().await {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!("cannot checkpoint the usage ledger for the renewal: {e}");
                     None
@@ -418,7 +436,7 @@ impl Renewer {
                 self.lifecycle.identity(),
                 &body.model.model_id,
                 Some((&current, &body.licensee)),
-                position.map(usage_report).unwrap_or_default(),
+                report.as_ref().map(|r| r.usage()).unwrap_or_default(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -434,15 +452,9 @@ impl Renewer {
         };
         match opened.body.decision {
             Decision::Renewed { license } => {
-                if let (Some(ledger), Some(p)) = (&self.ledger, position) {
-                    // The server now holds this checkpoint; the next renewal names it.
-                    let reported = Entry::Reported {
-                        seq: p.seq,
-                        hash: p.hash,
-                    };
-                    if let Err(e) = ledger.append(reported).await {
-                        tracing::error!("cannot record the renewal in the usage ledger: {e}");
-                    }
+                if let Some(report) = report {
+                    // The server now holds this checkpoint; the next report names it.
+                    report.acknowledged().await;
                 }
                 let accepted = self
                     .lifecycle

@@ -1,0 +1,222 @@
+//! Usage checkpoints: where a node's ledger stood when it reported, from renewals and
+//! from checkpoint reports (`POST /v1/checkpoints`) between them.
+//!
+//! A node reports at least once per checkpoint interval while it reaches the server,
+//! so a node directory restored from a backup (or a VM snapshot) has lost at most one
+//! interval of history the server has not seen: its next report goes backwards or
+//! forks from the checkpoint held here, and [`record`] flags it with the same findings
+//! as a renewal (`ledger_check`), listed by `admin usage`.
+//!
+//! A report is accepted once and only fresh, as a renewal request is: refused when its
+//! `sent_at` is more than [`REQUEST_WINDOW_SECONDS`] from the server's clock (an old
+//! capture replayed, or a node clock to fix) or when its nonce was seen before (nonces
+//! are remembered in the database, with the renewals'). So a captured older report
+//! cannot be replayed to plant a false finding against an honest node. Reports and
+//! renewals share one table: a renewal always adds a row, a report only when the
+//! position moved or a finding is recorded, so an idle node adds nothing.
+
+use chrono::{DateTime, Utc};
+
+use super::ledger_check::{self, Finding, FindingKind};
+use super::store::{Sql, StoreError, Value};
+use super::{registry, ApiError, Service, REQUEST_WINDOW_SECONDS};
+use crate::format::Body as _;
+use crate::node::clock;
+use crate::protocol::checkpoint::{self, CheckpointReceiptBody, CheckpointReportBody};
+use crate::protocol::{LedgerAnchor, UsageCheckpoint};
+
+/// Where a checkpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Renewal,
+    Report,
+}
+
+fn int(v: u64) -> Value {
+    Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// Compare a node's reported usage with the checkpoint held for it, and store it with
+/// what was found. Returns the finding, if any.
+pub fn record(
+    sql: &mut dyn Sql,
+    node_id: &str,
+    license_id: &str,
+    org: &str,
+    usage: &UsageCheckpoint,
+    source: Source,
+    now: DateTime<Utc>,
+) -> Result<Option<Finding>, StoreError> {
+    let ledger = usage.ledger.as_ref();
+    let held = ledger_check::held(sql, node_id)?;
+    let finding = match (&held, ledger) {
+        (Some(held), Some(new)) => {
+            if source == Source::Report && held.is(new, usage) {
+                // Nothing moved since the last report: nothing to store.
+                return Ok(None);
+            }
+            ledger_check::check(sql, node_id, held, new, usage)?
+        }
+        _ => None,
+    };
+    if let Some(f) = &finding {
+        tracing::warn!(
+            "node {node_id} ({org}) reported a usage ledger that {}: {}",
+            match f.kind {
+                FindingKind::Replaced => "was replaced",
+                FindingKind::WentBackwards => "went backwards",
+                FindingKind::Forked => "forked",
+                FindingKind::Unconfirmed => "cannot be confirmed",
+            },
+            f.detail
+        );
+    }
+    sql.execute(
+        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            node_id.into(),
+            license_id.into(),
+            org.into(),
+            Value::Int(now.timestamp()),
+            Value::Int(usage.since.map_or(0, |t| t.timestamp())),
+            int(usage.requests),
+            int(usage.prompt_tokens),
+            int(usage.completion_tokens),
+            ledger.map_or(Value::Null, |l| hex::encode(l.ledger_id).into()),
+            ledger.map_or(Value::Null, |l| int(l.seq)),
+            ledger.map_or(Value::Null, |l| hex::encode(l.hash).into()),
+            finding.as_ref().map_or(Value::Null, |f| f.render().into()),
+        ],
+    )?;
+    Ok(finding)
+}
+
+/// Record a verified report for the license it names. The node must be enrolled for
+/// the model with the key that signed the report, and the license must be the one
+/// this server issued for that enrollment (revoked or not: what a revoked node's
+/// ledger does still matters to the vendor).
+fn receive(
+    sql: &mut dyn Sql,
+    report: &CheckpointReportBody,
+    now: DateTime<Utc>,
+) -> Result<Option<Finding>, StoreError> {
+    let row = sql
+        .query_opt(
+            "SELECT e.node_key, l.license_id, l.org FROM enrollments e
+             LEFT JOIN licenses l ON l.enrollment_id = e.id
+             WHERE e.node_id = $1 AND e.model_id = $2",
+            &[(&report.node_id).into(), (&report.model_id).into()],
+        )?
+        .ok_or_else(|| {
+            StoreError::Refused(format!(
+                "this server has no enrollment of node {} for model '{}'; enroll with `leasehold enroll --server URL --org ORG --model {}`",
+                report.node_id, report.model_id, report.model_id
+            ))
+        })?;
+    if row.blob(0)? != report.node_key {
+        return Err(StoreError::Refused(format!(
+            "node {} enrolled with another key",
+            report.node_id
+        )));
+    }
+    let (Some(license_id), Some(org)) = (row.opt_text(1)?, row.opt_text(2)?) else {
+        return Err(StoreError::Refused(format!(
+            "this server issued no license to node {} for model '{}' yet; the node reports checkpoints once it holds one",
+            report.node_id, report.model_id
+        )));
+    };
+    if license_id != report.license.license_id {
+        return Err(StoreError::Refused(format!(
+            "the report names license {}, but this server's license for node {} and model '{}' is {license_id}",
+            report.license.license_id, report.node_id, report.model_id
+        )));
+    }
+    record(
+        sql,
+        &report.node_id,
+        &license_id,
+        &org,
+        &report.usage,
+        Source::Report,
+        now,
+    )
+}
+
+impl Service {
+    /// A node reports its ledger position (`POST /v1/checkpoints`): check the report,
+    /// record it, and answer with a signed receipt.
+    pub async fn checkpoint(&self, bytes: &[u8]) -> Result<String, ApiError> {
+        let (envelope, report) =
+            checkpoint::parse_report(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if crate::crypto::signing::PublicKey::from_bytes(&report.node_key)
+            .map(|k| k.key_id())
+            .ok()
+            .as_deref()
+            != Some(report.node_id.as_str())
+        {
+            return Err(ApiError::BadRequest(
+                "the report's node id does not match its node key".into(),
+            ));
+        }
+        // Against the key it names here; `receive` checks that key is the enrolled one.
+        checkpoint::verify_report(&envelope, &report, &report.node_key)
+            .map_err(|e| ApiError::Forbidden(e.to_string()))?;
+        let now = clock::system_now();
+        let window = chrono::Duration::seconds(REQUEST_WINDOW_SECONDS);
+        if (now - report.sent_at).abs() > window {
+            self.metrics.rejected("checkpoints", "time-skewed");
+            return Err(ApiError::TimeSkewed(format!(
+                "the checkpoint report was sent at {} by the node's clock, more than {} s from this server's {}: a replayed report, or a node clock to fix (NTP)",
+                crate::format::time::rfc3339(report.sent_at),
+                REQUEST_WINDOW_SECONDS,
+                crate::format::time::rfc3339(now)
+            )));
+        }
+        let forget_after = now.max(report.sent_at) + window;
+        let position = report
+            .usage
+            .ledger
+            .as_ref()
+            .map(|l| LedgerAnchor {
+                seq: l.seq,
+                hash: l.hash,
+            })
+            .ok_or_else(|| ApiError::BadRequest("the report names no ledger position".into()))?;
+        let (node_id, nonce) = (report.node_id.clone(), report.nonce);
+        let finding = self
+            .store
+            .transact(move |sql| {
+                if !registry::remember_nonce(sql, &report.node_id, &report.nonce, forget_after)? {
+                    return Ok(None);
+                }
+                receive(sql, &report, now).map(Some)
+            })
+            .await?;
+        let Some(finding) = finding else {
+            self.metrics.rejected("checkpoints", "replayed");
+            tracing::warn!(
+                "refused a replayed checkpoint report for node {node_id} (nonce {})",
+                hex::encode(nonce)
+            );
+            return Err(ApiError::Replayed(format!(
+                "this checkpoint report (nonce {}) was received before: a replayed report is refused. A node signs a new report every time",
+                hex::encode(nonce)
+            )));
+        };
+        if let Some(f) = &finding {
+            self.metrics.finding(f.kind.as_str());
+        }
+        let receipt = CheckpointReceiptBody {
+            version: CheckpointReceiptBody::VERSION,
+            node_id,
+            request_nonce: nonce,
+            server_time: crate::format::time::whole_seconds(now),
+            acknowledged: position,
+        };
+        Ok(
+            checkpoint::sign_receipt(&self.issuer.key, Some(&self.issuer.certificate), &receipt)
+                .render(),
+        )
+    }
+}
