@@ -1,8 +1,10 @@
 //! Compile the trust roots into the binary.
 //!
-//! Every `keys/roots/*.pub` file is a production root. `keys/demo/root.pub` is added
-//! only with the `demo-root` feature (on by default, for the quickstart and tests).
-//! A build with no root at all fails: it could verify nothing.
+//! Every `keys/roots/*.pub` file is a production root (`LEASEHOLD_ROOTS_DIR`, when set
+//! at build time, names another directory of them: the tests build a vendor binary
+//! with a test root that way). `keys/demo/root.pub` is added only with the `demo-root`
+//! feature (on by default, for the quickstart and tests); `leasehold --version` then
+//! says DEMO. A build with no root at all fails: it could verify nothing.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,12 +33,23 @@ fn read_root(path: &Path) -> [u8; 32] {
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let keys = manifest.join("keys");
-    // `keys` always exists (keys/roots may not: a missing path would rebuild every time);
-    // cargo then watches every file under it, so adding keys/roots/NAME.pub reruns this.
-    println!("cargo:rerun-if-changed=keys");
+    println!("cargo:rerun-if-env-changed=LEASEHOLD_ROOTS_DIR");
+    let roots_dir = match std::env::var_os("LEASEHOLD_ROOTS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => keys.join("roots"),
+    };
+    // A missing path would make cargo rerun this script, and rebuild the crate, on
+    // every build: watch the directory that would hold it instead.
+    let watched = if roots_dir.exists() {
+        roots_dir.as_path()
+    } else {
+        roots_dir.parent().unwrap_or(&manifest)
+    };
+    println!("cargo:rerun-if-changed={}", watched.display());
+    println!("cargo:rerun-if-changed=keys/demo/root.pub");
 
     let mut roots: Vec<(String, [u8; 32], bool)> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(keys.join("roots")) {
+    if let Ok(entries) = std::fs::read_dir(&roots_dir) {
         let mut paths: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
@@ -54,11 +67,19 @@ fn main() {
             read_root(&keys.join("demo/root.pub")),
             true,
         ));
+        if std::env::var("PROFILE").as_deref() == Ok("release") {
+            println!(
+                "cargo:warning=this release build trusts the DEMO root, whose secret key is \
+                 public: anyone can sign licenses it accepts. Vendors build with \
+                 --no-default-features and their root in keys/roots/ (scripts/release-binary.sh)"
+            );
+        }
     }
     if roots.is_empty() {
         panic!(
-            "no trust root to compile in: put your root's public key in keys/roots/NAME.pub \
-             (made with `leasehold keygen`), or build with the demo-root feature"
+            "no trust root to compile in: {} holds no NAME.pub. Put your root's public key \
+             there (made with `leasehold keygen`), or build with the demo-root feature",
+            roots_dir.display()
         );
     }
 

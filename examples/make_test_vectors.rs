@@ -141,7 +141,8 @@ fn main() -> anyhow::Result<()> {
             models: vec!["vector-model".into()],
             not_before: t0,
             not_after: t0 + Duration::days(3700),
-            max_lease_seconds: 86_400 * 3650,
+            // Bounds lease + grace together: the licenses last 3650 days plus 1 hour.
+            max_lease_seconds: 86_400 * 3651,
         },
     )?;
     std::fs::write(out.join("issuer-v1.cert"), cert.render())?;

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build the Debian package: target/debian/leasehold_<version>-1_<arch>.deb.
 #
-#   scripts/package.sh                    # release build; vendors leave the demo root out with
-#                                         # LEASEHOLD_BUILD_FLAGS=--no-default-features
+#   scripts/package.sh                    # release build with the roots in keys/roots/ and
+#                                         # never the demo root (scripts/release-binary.sh)
 #   scripts/package.sh --binary PATH      # package an already built binary (the tests)
 #   scripts/package.sh --out DIR          # where the .deb goes
 #
-# Stages the binary (debug info stripped), shell completions and man pages generated
-# from it in target/deb-stage/, then runs `cargo deb --no-build` (cargo install cargo-deb).
+# Refuses a binary whose `--version` says DEMO (it trusts the demo root, whose secret key
+# is public), and to build when keys/roots/ holds no root public key. Stages the binary
+# (debug info stripped), shell completions and man pages generated from it in
+# target/deb-stage/, then runs `cargo deb --no-build` (cargo install cargo-deb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "package: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -27,11 +29,10 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   exit 1
 fi
 if [ -z "$binary" ]; then
-  # shellcheck disable=SC2086
-  cargo build --release --locked --bin leasehold ${LEASEHOLD_BUILD_FLAGS:-}
-  binary="${CARGO_TARGET_DIR:-target}/release/leasehold"
+  binary="$(scripts/release-binary.sh | tail -n 1)"
+else
+  scripts/release-binary.sh --check "$binary"
 fi
-[ -x "$binary" ] || { echo "package: no executable at $binary" >&2; exit 1; }
 
 stage="target/deb-stage"
 rm -rf "$stage"

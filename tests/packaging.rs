@@ -1,12 +1,19 @@
-//! Packaging: the .deb built by `scripts/package.sh` (from the binary under test) and
-//! checked with dpkg's own tools, its systemd units checked by `systemd-analyze`, and
-//! the container and Kubernetes files checked against the binary's real flags.
+//! Packaging: the .deb built by `scripts/package.sh` and checked with dpkg's own
+//! tools, its systemd units checked by `systemd-analyze`, and the container and
+//! Kubernetes files checked against the binary's real flags.
+//!
+//! A package never holds a binary that trusts the demo root. The tests here therefore
+//! build a vendor binary once, as a vendor would (`--no-default-features`, a root of
+//! their own), and package that: see [`vendor_binary`].
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
+use common::node::NodeSite;
 use common::repo_path;
 use serde::Deserialize as _;
 
@@ -46,10 +53,118 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Build the .deb into `dir` from the binary these tests run.
+/// A vendor's build of leasehold: without the `demo-root` feature, trusting one test
+/// root (`test-vendor.pub`, its secret key beside it) instead of `keys/roots/`.
+struct VendorBuild {
+    binary: PathBuf,
+    root_key: PathBuf,
+    root_key_id: String,
+}
+
+/// Build the vendor binary once per test process (and, as cargo caches it, once per
+/// target directory). It is a separate package that depends on this crate with
+/// `default-features = false` and calls `leasehold::cli::main`, built in the target
+/// directory and profile of this test run, so every dependency, llama.cpp included,
+/// is reused and only this crate is compiled again. `LEASEHOLD_ROOTS_DIR` (read by
+/// build.rs) points it at the test root. The package lives at a fixed place in the
+/// target directory: a changing path would recompile the crate on every run.
+fn vendor_binary() -> &'static VendorBuild {
+    static BUILD: OnceLock<VendorBuild> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        let test_binary = Path::new(env!("CARGO_BIN_EXE_leasehold"));
+        let profile_dir = test_binary.parent().unwrap();
+        let target = profile_dir.parent().unwrap();
+        let profile = match profile_dir.file_name().unwrap().to_str().unwrap() {
+            "debug" => "dev",
+            other => other,
+        };
+        let dir = target.join("leasehold-vendor-build");
+        let roots = dir.join("roots");
+        std::fs::create_dir_all(&roots).unwrap();
+        let root_key = dir.join("test-vendor.key");
+        if !root_key.exists() {
+            run(Command::new(test_binary)
+                .args(["keygen", "--out"])
+                .arg(dir.join("test-vendor")));
+        }
+        let public = std::fs::read(dir.join("test-vendor.pub")).unwrap();
+        write_if_changed(&roots.join("test-vendor.pub"), &public);
+
+        // Every dependency must resolve exactly as in `cargo test` for its build to be
+        // reused: the same versions (this crate's lock file), the same profiles, and the
+        // same features, so this crate's dev-dependencies are the package's own
+        // dependencies too (without them cargo's feature resolution differs and
+        // llama.cpp is compiled again, ~10 min on 2 cores).
+        let manifest: toml_edit::DocumentMut = std::fs::read_to_string(repo_path("Cargo.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut package: toml_edit::DocumentMut = format!(
+            "[package]\nname = \"leasehold-vendor-build\"\nversion = \"0.0.0\"\n\
+             edition = \"2021\"\npublish = false\n\n\
+             [[bin]]\nname = \"leasehold-vendor\"\npath = \"main.rs\"\n\n\
+             [dependencies]\nleasehold = {{ path = {:?}, default-features = false }}\n\n\
+             [workspace]\n",
+            repo_path("").to_str().unwrap()
+        )
+        .parse()
+        .unwrap();
+        if let Some(dev) = manifest.get("dev-dependencies").and_then(|d| d.as_table()) {
+            for (name, spec) in dev.iter() {
+                package["dependencies"][name] = spec.clone();
+            }
+        }
+        if let Some(profile) = manifest.get("profile") {
+            package["profile"] = profile.clone();
+        }
+        let package = package.to_string();
+        write_if_changed(&dir.join("Cargo.toml"), package.as_bytes());
+        write_if_changed(
+            &dir.join("main.rs"),
+            b"fn main() -> std::process::ExitCode {\n    leasehold::cli::main()\n}\n",
+        );
+        // This crate's lock file, so the dependencies resolve to the same versions.
+        write_if_changed(
+            &dir.join("Cargo.lock"),
+            &std::fs::read(repo_path("Cargo.lock")).unwrap(),
+        );
+        let started = Instant::now();
+        run(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["build", "--offline", "--quiet", "--profile", profile])
+                .arg("--manifest-path")
+                .arg(dir.join("Cargo.toml"))
+                .arg("--target-dir")
+                .arg(target)
+                .env("LEASEHOLD_ROOTS_DIR", &roots),
+        );
+        eprintln!(
+            "vendor build (no demo root, test root) ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        let key_id = leasehold::crypto::keyfile::read_public_key(&dir.join("test-vendor.pub"))
+            .unwrap()
+            .key_id();
+        VendorBuild {
+            binary: profile_dir.join("leasehold-vendor"),
+            root_key,
+            root_key_id: key_id,
+        }
+    })
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) {
+    if std::fs::read(path).ok().as_deref() != Some(bytes) {
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// Build the .deb into `dir` from the vendor binary.
 fn build_deb(dir: &Path) -> PathBuf {
     run(Command::new(repo_path("scripts/package.sh"))
-        .args(["--binary", env!("CARGO_BIN_EXE_leasehold"), "--out"])
+        .arg("--binary")
+        .arg(&vendor_binary().binary)
+        .arg("--out")
         .arg(dir));
     std::fs::read_dir(dir)
         .unwrap()
@@ -135,7 +250,17 @@ fn the_deb_holds_binary_units_configs_man_pages_and_completions() {
     let root = work.path().join("root");
     run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root));
     let bin = root.join("usr/bin/leasehold");
-    assert!(text(&run(Command::new(&bin).arg("--version"))).starts_with("leasehold "));
+    // The packaged binary names its roots, and the demo root is not among them.
+    let version = text(&run(Command::new(&bin).arg("--version")));
+    assert!(version.starts_with("leasehold "), "{version}");
+    assert!(
+        version.contains(&format!("trusted root {}", vendor_binary().root_key_id)),
+        "{version}"
+    );
+    assert!(
+        !version.contains("DEMO") && !version.contains("demo/root.pub"),
+        "{version}"
+    );
     for config in ["node.toml", "license-server.toml"] {
         run(Command::new(&bin)
             .args(["config", "check"])
@@ -189,6 +314,150 @@ fn the_deb_holds_binary_units_configs_man_pages_and_completions() {
     );
 }
 
+#[test]
+fn package_refuses_a_binary_that_trusts_the_demo_root() {
+    if !tools_present(&["cargo-deb", "strip"]) {
+        return;
+    }
+    // Positive control: the test binary is the default build, with the demo root.
+    let demo = text(&run(
+        Command::new(env!("CARGO_BIN_EXE_leasehold")).arg("--version")
+    ));
+    assert!(
+        demo.contains("(demo/root.pub) DEMO: its secret key is public"),
+        "{demo}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(repo_path("scripts/package.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_leasehold"), "--out"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("trusts the DEMO root"), "{stderr}");
+    assert!(stderr.contains("--no-default-features"), "{stderr}");
+    assert!(std::fs::read_dir(work.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn package_refuses_to_build_without_a_vendor_root() {
+    if !tools_present(&["cargo-deb"]) {
+        return;
+    }
+    // A `cargo` that only records being run: the refusal must come before any build.
+    let work = tempfile::tempdir().unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let ran = work.path().join("cargo-ran");
+    let fake = bin.join("cargo");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\ntouch {}\nexit 99\n", ran.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let empty_roots = work.path().join("roots");
+    std::fs::create_dir(&empty_roots).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    for script in ["scripts/package.sh", "scripts/release-binary.sh"] {
+        let out = Command::new(repo_path(script))
+            .env("PATH", &path)
+            .env("LEASEHOLD_ROOTS_DIR", &empty_roots)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{script}: {stderr}");
+        assert!(
+            stderr.contains("holds no root public key")
+                && stderr.contains("leasehold keygen --out vendor-root"),
+            "{script}: {stderr}"
+        );
+        assert!(!ran.exists(), "{script} ran cargo");
+    }
+}
+
+#[test]
+fn a_vendor_build_refuses_a_license_signed_with_the_demo_root() {
+    let vendor = vendor_binary();
+    let version = text(&run(Command::new(&vendor.binary).arg("--version")));
+    assert!(
+        version.contains(&format!(
+            "trusted root {} (roots/test-vendor.pub)",
+            vendor.root_key_id
+        )),
+        "{version}"
+    );
+    assert!(!version.contains("DEMO"), "{version}");
+
+    // A node enrolled and a model sealed (these do not depend on the roots); a hostile
+    // licensee signs a license with the demo root's published secret key.
+    let site = NodeSite::new(None);
+    site.issue("demo.license", "+30d", &[]);
+    let check = |binary: &Path, license: &str| {
+        Command::new(binary)
+            .args(["check", "--license", license, "--sealed", "m.sealed"])
+            .args(["--node-dir", "node"])
+            .current_dir(site.path())
+            .output()
+            .unwrap()
+    };
+    // Positive control: the default (demo-root) build accepts it.
+    let accepted = check(Path::new(env!("CARGO_BIN_EXE_leasehold")), "demo.license");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+
+    let refused = check(&vendor.binary, "demo.license");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(16), "{stderr}");
+    assert!(
+        stderr.contains("does not chain to a root trusted by this build"),
+        "{stderr}"
+    );
+
+    // `serve` refuses it the same way, before loading anything.
+    let mut serve = Command::new(&vendor.binary)
+        .args(NodeSite::serve_args("demo.license", &[]))
+        .current_dir(site.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("the vendor build serves a demo-signed license");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(16));
+
+    // The same terms signed by the vendor's root (with the vendor's build, which
+    // issues only with its own roots) are accepted by the vendor build.
+    run(Command::new(&vendor.binary)
+        .arg("issue")
+        .arg("--key")
+        .arg(&vendor.root_key)
+        .args(["--enrollment", "node.enroll", "--sealed", "m.sealed"])
+        .args(["--content-key", "m.key", "--licensee", "Example Org"])
+        .args(["--expires", "+30d", "--out", "vendor.license"])
+        .current_dir(site.path()));
+    let accepted = check(&vendor.binary, "vendor.license");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+}
+
 /// `--long` flags of a `leasehold` command, from its `--help`.
 fn flags_of(command: &str) -> Vec<String> {
     let out = run(Command::new(env!("CARGO_BIN_EXE_leasehold")).args([command, "--help"]));
@@ -228,7 +497,17 @@ fn container_and_kubernetes_files_match_the_binary() {
     for stage in ["AS build", "AS runtime", "AS node", "AS license-server"] {
         assert!(containerfile.contains(stage), "{stage}");
     }
+    // The image's binary is built by the script that leaves the demo root out.
+    assert!(
+        containerfile.contains("RUN scripts/release-binary.sh"),
+        "{containerfile}"
+    );
+    assert!(
+        !containerfile.contains("cargo build"),
+        "the Containerfile builds only through scripts/release-binary.sh"
+    );
     let mut command = "";
+    let mut node_env = Vec::new();
     for line in containerfile.lines() {
         if line.contains(" AS node") {
             command = "serve";
@@ -240,12 +519,16 @@ fn container_and_kubernetes_files_match_the_binary() {
             assert!(repo_path(&format!("packaging/{source}")).exists(), "{line}");
         }
         if let Some(rest) = line.strip_prefix("ENV ") {
-            let name = rest.split('=').next().unwrap();
+            let (name, value) = rest.split_once('=').unwrap();
             if !command.is_empty() {
                 assert_env_names_flags(name, command);
             }
+            if command == "serve" {
+                node_env.push((name.to_string(), value.to_string()));
+            }
         }
     }
+    assert_serve_authenticates_clients("Containerfile node", &node_env);
 
     // Kubernetes: every document parses; workloads run unprivileged, probe /health,
     // and configure leasehold only through environment names that are real flags.
@@ -254,12 +537,16 @@ fn container_and_kubernetes_files_match_the_binary() {
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
     let mut workloads = 0;
+    let (mut secrets_used, mut secrets_defined) = (Vec::new(), Vec::new());
     for resource in kustomization["resources"].as_sequence().unwrap() {
         let file = dir.join(resource.as_str().unwrap());
         let text = std::fs::read_to_string(&file).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let doc = serde_yaml::Value::deserialize(doc).unwrap();
             let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            if kind == "Secret" {
+                secrets_defined.push(doc["metadata"]["name"].as_str().unwrap().to_string());
+            }
             if !["Deployment", "StatefulSet"].contains(&kind.as_str()) {
                 continue;
             }
@@ -277,11 +564,87 @@ fn container_and_kubernetes_files_match_the_binary() {
                 assert_eq!(sc["allowPrivilegeEscalation"], false, "{file:?}");
                 assert_eq!(sc["readOnlyRootFilesystem"], true, "{file:?}");
                 assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
-                for env in container["env"].as_sequence().unwrap() {
-                    assert_env_names_flags(env["name"].as_str().unwrap(), command);
+                let mut env = Vec::new();
+                for var in container["env"].as_sequence().unwrap() {
+                    let name = var["name"].as_str().unwrap();
+                    assert_env_names_flags(name, command);
+                    if let Some(value) = var["value"].as_str() {
+                        env.push((name.to_string(), value.to_string()));
+                    }
                 }
+                if command != "serve" {
+                    continue;
+                }
+                assert_serve_authenticates_clients(&format!("{file:?}"), &env);
+                // The API key file comes from a Secret defined with the manifests.
+                let keys = &env
+                    .iter()
+                    .find(|(name, _)| name == "LEASEHOLD_API_KEY_FILE")
+                    .unwrap()
+                    .1;
+                let mount = container["volumeMounts"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .find(|m| keys.starts_with(m["mountPath"].as_str().unwrap()))
+                    .unwrap_or_else(|| panic!("{keys} is not under a volume mount"));
+                let volume = spec["volumes"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .find(|v| v["name"] == mount["name"])
+                    .unwrap();
+                secrets_used.push(volume["secret"]["secretName"].as_str().unwrap().to_string());
             }
         }
     }
     assert_eq!(workloads, 2, "a node and a license server workload");
+    assert!(!secrets_used.is_empty());
+    for secret in &secrets_used {
+        assert!(
+            secrets_defined.contains(secret),
+            "Secret {secret} is not defined"
+        );
+    }
+}
+
+/// `leasehold serve` with a workload's environment (its API key file replaced by one
+/// here; its license server left out, so it fails fast on the missing license) does
+/// not refuse its listen address for want of client authentication; without the key
+/// file it does (the control: the address is one that needs keys).
+fn assert_serve_authenticates_clients(workload: &str, env: &[(String, String)]) {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), "test-client-key-0123456789\n").unwrap();
+    let serve = |with_keys: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        command
+            .args(["serve", "--config"])
+            .arg(repo_path("packaging/etc/node.toml"));
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LEASEHOLD_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in env {
+            match name.as_str() {
+                "LEASEHOLD_API_KEY_FILE" if with_keys => command.env(name, keys.path()),
+                "LEASEHOLD_API_KEY_FILE" | "LEASEHOLD_LICENSE_SERVER" => continue,
+                _ => command.env(name, value),
+            };
+        }
+        command.output().unwrap()
+    };
+    const REFUSAL: &str = "no --api-key-file is given";
+    let without = serve(false);
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        without.status.code() == Some(2) && stderr.contains(REFUSAL),
+        "{workload}: a public listen address without keys must be refused: {stderr}"
+    );
+    let with = serve(true);
+    let stderr = String::from_utf8_lossy(&with.stderr);
+    assert!(
+        !stderr.contains(REFUSAL) && with.status.code() != Some(2),
+        "{workload}: {stderr}"
+    );
 }

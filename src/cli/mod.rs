@@ -16,7 +16,7 @@ mod watermark_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::node::hardware::ComponentKind;
 
@@ -531,7 +531,9 @@ pub struct EnrollArgs {
     /// Bind only these components (comma-separated); default: all that this machine has.
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub bind: Option<Vec<ComponentKind>>,
-    /// Components that must always match (comma-separated); default: machine-id.
+    /// Components that must always match (comma-separated); default: machine-id and
+    /// those of product-uuid, root-disk-serial and default-route-mac readable here
+    /// (what a copy of the disk does not carry; see `leasehold fingerprint`).
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     pub require: Option<Vec<ComponentKind>>,
     /// How many of the other bound components must match; default: 2 (or fewer if fewer exist).
@@ -931,6 +933,16 @@ pub(crate) fn report_error(message: &str) {
     }
 }
 
+/// `leasehold --version`: the version, then the trust roots compiled in, one per line
+/// (key id, file in `keys/`, and DEMO for the demo root).
+fn version_text() -> String {
+    format!(
+        "{}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        crate::license::TrustRoots::compiled_in().describe()
+    )
+}
+
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
     let argv = match config::layer(std::env::args_os().collect()) {
@@ -940,7 +952,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match Cli::command()
+        .version(version_text())
+        .try_get_matches_from(argv)
+        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches))
+    {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -7,7 +7,7 @@ use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs};
 use crate::fsutil::{self, Replace};
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
-use crate::node::hardware::{self, HardwareProfile};
+use crate::node::hardware::{self, ComponentKind, HardwareProfile};
 use crate::node::{clock, trusted_time, NodeIdentity};
 use crate::protocol::{self, Decision, LicenseRef, UsageCheckpoint};
 use crate::runtime::admission::{assess_here, NodeRecords};
@@ -77,6 +77,12 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
         "  match policy      {}",
         body.hardware.policy.describe(&body.hardware.components)
     );
+    for note in clone_notes(&profile, &body.hardware.policy.required) {
+        println!("  {note}");
+    }
+    if let Some(warning) = clone_warning(&body.hardware.policy.required) {
+        println!("warning: {warning}");
+    }
     if let Some(out) = &args.out {
         println!("wrote enrollment {}", out.display());
     }
@@ -96,47 +102,103 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
     Ok(exit::OK)
 }
 
+/// Which of the components a disk copy does not carry the binding leaves out, and why.
+fn clone_notes(profile: &HardwareProfile, required: &[ComponentKind]) -> Vec<String> {
+    ComponentKind::CLONE_RESISTANT
+        .into_iter()
+        .filter_map(|kind| {
+            if profile.get(kind).is_none() {
+                Some(format!(
+                    "not readable here {kind}: {}",
+                    profile.why_unreadable(kind)
+                ))
+            } else if !required.contains(&kind) {
+                Some(format!(
+                    "not required      {kind} (a disk copy in another box need not match it)"
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The warning for a policy that requires none of the components a disk copy does not
+/// carry: a clone of this machine would satisfy it.
+fn clone_warning(required: &[ComponentKind]) -> Option<String> {
+    if ComponentKind::CLONE_RESISTANT
+        .iter()
+        .any(|kind| required.contains(kind))
+    {
+        return None;
+    }
+    let names: Vec<&str> = ComponentKind::CLONE_RESISTANT
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    Some(format!(
+        "the policy requires none of {}: a copy of this machine's disk in another box of \
+         the same model would match it (see docs/HARDWARE.md)",
+        names.join(", ")
+    ))
+}
+
 pub fn fingerprint(args: FingerprintArgs) -> Outcome {
     let profile = HardwareProfile::collect();
     // A fixed all-zero salt: stable between runs for comparison; enrollments use a random one.
     let salt = [0u8; 16];
-    let rows: Vec<_> = profile
-        .components
-        .iter()
-        .map(|c| {
-            let values: Vec<_> = c
-                .values
-                .iter()
-                .map(|v| json!({"raw": v, "hash": hex::encode(hardware::enrollment_hash(&salt, c.kind, v))}))
-                .collect();
-            json!({"kind": c.kind.name(), "values": values})
-        })
-        .collect();
-    let missing: Vec<&str> = hardware::ComponentKind::ALL
-        .iter()
-        .filter(|k| profile.get(**k).is_none())
-        .map(|k| k.name())
-        .collect();
+    let bound = hardware::bind(&profile, &salt, None);
+    let policy = enrollment::choose_policy(&bound, &BindingChoice::default());
+    let hash = |kind, value: &str| hex::encode(hardware::enrollment_hash(&salt, kind, value));
     if args.json {
+        let rows: Vec<_> = profile
+            .components
+            .iter()
+            .map(|c| {
+                let values: Vec<_> = c
+                    .values
+                    .iter()
+                    .map(|v| json!({"raw": v, "hash": hash(c.kind, v)}))
+                    .collect();
+                json!({
+                    "kind": c.kind,
+                    "values": values,
+                    "on_a_clone": c.kind.on_a_clone(),
+                    "required_by_default": policy.required.contains(&c.kind),
+                })
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"components": rows, "unreadable": missing}))?
+            serde_json::to_string_pretty(&json!({
+                "components": rows,
+                "unreadable": profile.unreadable,
+                "default_policy": policy,
+            }))?
         );
         return Ok(exit::OK);
     }
-    println!("Hardware components this machine would be bound by (hash: unsalted view; enrollments salt them):");
+    println!("Hardware components of this machine (hash: unsalted view; enrollments salt them):");
+    println!(
+        "  component         raw value                                hash              on a clone of this disk"
+    );
     for c in &profile.components {
         for v in &c.values {
             println!(
-                "  {:13} {:40} {}",
+                "  {:17} {:40} {:16}  {}",
                 c.kind.name(),
                 v,
-                &hex::encode(hardware::enrollment_hash(&salt, c.kind, v))[..16]
+                &hash(c.kind, v)[..16],
+                c.kind.on_a_clone()
             );
         }
     }
-    if !missing.is_empty() {
-        println!("  not readable here: {}", missing.join(", "));
+    for u in &profile.unreadable {
+        println!("  {:17} not readable here: {}", u.kind.name(), u.reason);
+    }
+    println!("Default match policy here: {}", policy.describe(&bound));
+    if let Some(warning) = clone_warning(&policy.required) {
+        println!("warning: {warning}");
     }
     Ok(exit::OK)
 }

@@ -50,4 +50,26 @@ impl TrustRoots {
     pub fn iter(&self) -> impl Iterator<Item = &Root> {
         self.roots.iter()
     }
+
+    /// One line per root, for `leasehold --version`: its key id and where it came
+    /// from, and `DEMO` for the demo root, so that a build that trusts it is seen.
+    pub fn describe(&self) -> String {
+        self.roots
+            .iter()
+            .map(|r| {
+                format!(
+                    "trusted root {} ({}){}",
+                    r.key.key_id(),
+                    r.name,
+                    if r.demo {
+                        " DEMO: its secret key is public, so anyone can sign licenses this \
+                         build accepts; not for production"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }

@@ -77,7 +77,7 @@ pub enum EnrollmentError {
 pub struct BindingChoice {
     /// Bind only these kinds (default: every component this machine has).
     pub components: Option<Vec<ComponentKind>>,
-    /// Components that must match (default: machine-id, when present).
+    /// Components that must match (default: [`default_required`]).
     pub required: Option<Vec<ComponentKind>>,
     /// How many of the other components must match (default: up to 2).
     pub min_others: Option<u32>,
@@ -94,30 +94,20 @@ pub fn create(
 ) -> Result<Envelope, EnrollmentError> {
     let salt = random::bytes::<16>();
     let components = hardware::bind(profile, &salt, choice.components.as_deref());
-    if let Some(wanted) = &choice.components {
-        for kind in wanted {
-            if profile.get(*kind).is_none() {
-                return Err(EnrollmentError::Policy(format!(
-                    "component {kind} cannot be read on this machine (see `leasehold fingerprint`)"
-                )));
-            }
+    let asked = choice
+        .components
+        .iter()
+        .chain(choice.required.iter())
+        .flatten();
+    for kind in asked {
+        if profile.get(*kind).is_none() {
+            return Err(EnrollmentError::Policy(format!(
+                "component {kind} cannot be read on this machine: {} (see `leasehold fingerprint`)",
+                profile.why_unreadable(*kind)
+            )));
         }
     }
-    let required = choice.required.clone().unwrap_or_else(|| {
-        components
-            .iter()
-            .filter(|c| c.kind == ComponentKind::MachineId)
-            .map(|c| c.kind)
-            .collect()
-    });
-    let others = components
-        .iter()
-        .filter(|c| !required.contains(&c.kind))
-        .count() as u32;
-    let policy = MatchPolicy {
-        required,
-        min_others: choice.min_others.unwrap_or(others.min(2)),
-    };
+    let policy = choose_policy(&components, choice);
     policy
         .validate(&components)
         .map_err(EnrollmentError::Policy)?;
@@ -137,6 +127,37 @@ pub fn create(
         request,
     };
     Ok(Envelope::sign(&body, identity.signing_key(), vec![]))
+}
+
+/// The match policy `choice` makes of `components`: the required kinds given or
+/// [`default_required`], and the number of others given or up to 2.
+pub fn choose_policy(components: &[BoundComponent], choice: &BindingChoice) -> MatchPolicy {
+    let required = choice
+        .required
+        .clone()
+        .unwrap_or_else(|| default_required(components));
+    let others = components
+        .iter()
+        .filter(|c| !required.contains(&c.kind))
+        .count() as u32;
+    MatchPolicy {
+        required,
+        min_others: choice.min_others.unwrap_or(others.min(2)),
+    }
+}
+
+/// The components the default policy requires among `components`: `machine-id` (a new
+/// OS installation is a new node) and every component a copy of the disk does not carry
+/// ([`ComponentKind::CLONE_RESISTANT`]) that this machine offers. Those it does not
+/// offer are left out, so the policy stays satisfiable; `leasehold enroll` says which.
+pub fn default_required(components: &[BoundComponent]) -> Vec<ComponentKind> {
+    components
+        .iter()
+        .map(|c| c.kind)
+        .filter(|kind| {
+            *kind == ComponentKind::MachineId || ComponentKind::CLONE_RESISTANT.contains(kind)
+        })
+        .collect()
 }
 
 /// Parse and verify an enrollment: well-formed, self-signed by the key it declares.
@@ -162,4 +183,124 @@ pub fn verify(bytes: &[u8]) -> Result<EnrollmentBody, EnrollmentError> {
         .validate(&body.hardware.components)
         .map_err(EnrollmentError::Policy)?;
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::hardware::compare;
+
+    fn enroll(profile: &HardwareProfile, choice: &BindingChoice) -> EnrollmentBody {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = NodeIdentity::load_or_create(&dir.path().join("node")).unwrap();
+        let envelope = create(
+            &identity,
+            profile,
+            choice,
+            DeclaredUse::default(),
+            None,
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        verify(envelope.render().as_bytes()).unwrap()
+    }
+
+    fn matches(enrollment: &EnrollmentBody, machine: &HardwareProfile) -> hardware::MatchReport {
+        let claim = &enrollment.hardware;
+        compare(&claim.components, &claim.policy, machine, |kind, value| {
+            hardware::enrollment_hash(&claim.salt, kind, value)
+        })
+    }
+
+    fn box_with(uuid: &str, disk: &str, mac: &str) -> HardwareProfile {
+        use ComponentKind::*;
+        HardwareProfile::from_pairs(&[
+            (MachineId, "0123456789abcdef0123456789abcdef"),
+            (ProductUuid, uuid),
+            (RootDiskSerial, disk),
+            (DefaultRouteMac, mac),
+            (CpuModel, "Test CPU 9000"),
+            (MemoryClass, "32GiB"),
+            (MacAddress, mac),
+            (Hostname, "node-a"),
+        ])
+    }
+
+    #[test]
+    fn a_cloned_disk_in_another_box_of_the_same_model_is_refused() {
+        let original = box_with("4c4c4544-0001", "WD-WX11A", "3c:ec:ef:00:00:01");
+        let enrollment = enroll(&original, &BindingChoice::default());
+        assert_eq!(
+            enrollment.hardware.policy.required,
+            vec![
+                ComponentKind::MachineId,
+                ComponentKind::ProductUuid,
+                ComponentKind::RootDiskSerial,
+                ComponentKind::DefaultRouteMac,
+            ]
+        );
+        assert!(matches(&enrollment, &original).passes());
+
+        // The disk copied into a second box of the same model: machine-id, host name,
+        // CPU and memory come along; the board's UUID and the disk's serial do not.
+        let clone = box_with("4c4c4544-0002", "WD-WX22B", "3c:ec:ef:00:00:01");
+        let report = matches(&enrollment, &clone);
+        assert!(!report.passes(), "{report:?}");
+        assert_eq!(
+            report.required_missing,
+            vec![ComponentKind::ProductUuid, ComponentKind::RootDiskSerial]
+        );
+        // Any one of them differing is enough.
+        let other_disk = box_with("4c4c4544-0001", "WD-WX22B", "3c:ec:ef:00:00:01");
+        assert!(!matches(&enrollment, &other_disk).passes());
+    }
+
+    #[test]
+    fn the_default_policy_requires_only_what_this_machine_offers() {
+        use ComponentKind::*;
+        // A VM with no DMI table and a disk without a serial: only the route MAC is left.
+        let vm = HardwareProfile::from_pairs(&[
+            (MachineId, "0123456789abcdef0123456789abcdef"),
+            (DefaultRouteMac, "52:54:00:12:34:56"),
+            (CpuModel, "Test CPU 9000"),
+            (MemoryClass, "8GiB"),
+            (Hostname, "vm-a"),
+        ]);
+        let enrollment = enroll(&vm, &BindingChoice::default());
+        assert_eq!(
+            enrollment.hardware.policy.required,
+            vec![MachineId, DefaultRouteMac]
+        );
+        assert_eq!(enrollment.hardware.policy.min_others, 2);
+        assert!(matches(&enrollment, &vm).passes());
+    }
+
+    #[test]
+    fn requiring_an_unreadable_component_says_why() {
+        let mut profile = HardwareProfile::from_pairs(&[(ComponentKind::MachineId, "m1")]);
+        profile.unreadable.push(hardware::Unreadable {
+            kind: ComponentKind::ProductUuid,
+            reason: "no DMI table".into(),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = NodeIdentity::load_or_create(&dir.path().join("node")).unwrap();
+        let choice = BindingChoice {
+            required: Some(vec![ComponentKind::ProductUuid]),
+            ..Default::default()
+        };
+        let err = create(
+            &identity,
+            &profile,
+            &choice,
+            DeclaredUse::default(),
+            None,
+            chrono::Utc::now(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("product-uuid cannot be read on this machine: no DMI table"),
+            "{err}"
+        );
+    }
 }

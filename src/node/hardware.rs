@@ -7,6 +7,12 @@
 //! absent in many VMs; `mac-address` changes when NICs are replaced or a VM is
 //! recreated; `memory-class` survives small changes (rounded up to a power of two GiB);
 //! `cpu-model` changes with migration to other hardware; `hostname` is the least stable.
+//!
+//! A copy of the disk carries `machine-id` and `hostname`, and a second box of the same
+//! model shows the same `cpu-model` and `memory-class`. What a clone lacks are the
+//! components of this box itself ([`ComponentKind::CLONE_RESISTANT`]): `product-uuid`,
+//! `root-disk-serial` and `default-route-mac`, which the default policy requires where
+//! they are readable. Each reader says why when a component cannot be read.
 
 use std::fmt;
 use std::path::Path;
@@ -38,16 +44,28 @@ pub enum ComponentKind {
     MemoryClass,
     MacAddress,
     Hostname,
+    RootDiskSerial,
+    DefaultRouteMac,
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 6] = [
+    pub const ALL: [ComponentKind; 8] = [
         ComponentKind::MachineId,
         ComponentKind::ProductUuid,
+        ComponentKind::RootDiskSerial,
+        ComponentKind::DefaultRouteMac,
         ComponentKind::CpuModel,
         ComponentKind::MemoryClass,
         ComponentKind::MacAddress,
         ComponentKind::Hostname,
+    ];
+
+    /// Components of the box itself, which a copy of its disk does not carry: the
+    /// default policy requires those that are readable.
+    pub const CLONE_RESISTANT: [ComponentKind; 3] = [
+        ComponentKind::ProductUuid,
+        ComponentKind::RootDiskSerial,
+        ComponentKind::DefaultRouteMac,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,7 +76,44 @@ impl ComponentKind {
             ComponentKind::MemoryClass => "memory-class",
             ComponentKind::MacAddress => "mac-address",
             ComponentKind::Hostname => "hostname",
+            ComponentKind::RootDiskSerial => "root-disk-serial",
+            ComponentKind::DefaultRouteMac => "default-route-mac",
         }
+    }
+
+    /// What a clone of this node (its disk copied into another box) shows for this kind.
+    pub fn on_a_clone(self) -> OnAClone {
+        match self {
+            ComponentKind::MachineId | ComponentKind::Hostname => OnAClone::CopiedWithTheDisk,
+            ComponentKind::CpuModel | ComponentKind::MemoryClass => OnAClone::SameOnTheSameModel,
+            ComponentKind::ProductUuid
+            | ComponentKind::RootDiskSerial
+            | ComponentKind::DefaultRouteMac
+            | ComponentKind::MacAddress => OnAClone::Differs,
+        }
+    }
+}
+
+/// How a component fares when a node's disk is copied into another box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnAClone {
+    /// The copy carries it (it lives on the disk).
+    CopiedWithTheDisk,
+    /// Every box of the same model shows it.
+    SameOnTheSameModel,
+    /// It belongs to this box (unless whoever controls the other box sets it to match:
+    /// see docs/HARDWARE.md).
+    Differs,
+}
+
+impl fmt::Display for OnAClone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnAClone::CopiedWithTheDisk => "copied with the disk",
+            OnAClone::SameOnTheSameModel => "same on a box of the same model",
+            OnAClone::Differs => "differs on another box",
+        })
     }
 }
 
@@ -75,14 +130,26 @@ pub struct Component {
     pub values: Vec<String>,
 }
 
+/// A component this machine does not offer, and why (for people: `leasehold
+/// fingerprint` and `enroll` show it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub kind: ComponentKind,
+    pub reason: String,
+}
+
 /// The raw components of a machine.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct HardwareProfile {
     pub components: Vec<Component>,
+    /// The kinds that could not be read here, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl HardwareProfile {
-    /// Read this machine's components. Unreadable ones are left out.
+    /// Read this machine's components. Unreadable ones are left out, and listed in
+    /// `unreadable` with the reason.
     pub fn collect() -> HardwareProfile {
         use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
         let system = System::new_with_specifics(
@@ -90,42 +157,69 @@ impl HardwareProfile {
                 .with_cpu(CpuRefreshKind::nothing())
                 .with_memory(MemoryRefreshKind::nothing().with_ram()),
         );
-        let mut components = Vec::new();
-        let mut push = |kind, values: Vec<String>| {
-            let values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
-            if !values.is_empty() {
-                components.push(Component { kind, values });
-            }
+        let (sys, proc) = (Path::new("/sys"), Path::new("/proc"));
+        let found = |values: Option<String>, missing: &str| {
+            values.map(|v| vec![v]).ok_or_else(|| missing.to_string())
         };
-        let machine_id =
-            read_trimmed("/etc/machine-id").or_else(|| read_trimmed("/var/lib/dbus/machine-id"));
-        push(ComponentKind::MachineId, machine_id.into_iter().collect());
-        push(
-            ComponentKind::ProductUuid,
-            read_trimmed("/sys/class/dmi/id/product_uuid")
-                .map(|u| u.to_ascii_lowercase())
-                .into_iter()
-                .collect(),
-        );
-        push(
-            ComponentKind::CpuModel,
-            system
-                .cpus()
-                .first()
-                .map(|c| c.brand().trim().to_string())
-                .into_iter()
-                .collect(),
-        );
-        push(
-            ComponentKind::MemoryClass,
-            vec![memory_class(system.total_memory())],
-        );
-        push(ComponentKind::MacAddress, physical_macs());
-        push(
-            ComponentKind::Hostname,
-            System::host_name().into_iter().collect(),
-        );
-        HardwareProfile { components }
+        let reads: [(ComponentKind, Result<Vec<String>, String>); 8] = [
+            (
+                ComponentKind::MachineId,
+                found(
+                    read_trimmed(Path::new("/etc/machine-id"))
+                        .or_else(|| read_trimmed(Path::new("/var/lib/dbus/machine-id"))),
+                    "neither /etc/machine-id nor /var/lib/dbus/machine-id is readable \
+                     (systemd-machine-id-setup creates it)",
+                ),
+            ),
+            (ComponentKind::ProductUuid, product_uuid(sys)),
+            (ComponentKind::RootDiskSerial, root_disk_serials(sys, proc)),
+            (
+                ComponentKind::DefaultRouteMac,
+                default_route_macs(sys, proc),
+            ),
+            (
+                ComponentKind::CpuModel,
+                found(
+                    system.cpus().first().map(|c| c.brand().trim().to_string()),
+                    "the CPU reports no brand string",
+                ),
+            ),
+            (
+                ComponentKind::MemoryClass,
+                found(
+                    Some(memory_class(system.total_memory())).filter(|c| !c.is_empty()),
+                    "total memory is unknown",
+                ),
+            ),
+            (
+                ComponentKind::MacAddress,
+                Some(physical_macs(sys))
+                    .filter(|macs| !macs.is_empty())
+                    .ok_or_else(|| {
+                        "no network interface backed by a device (virtual ones are skipped)"
+                            .to_string()
+                    }),
+            ),
+            (
+                ComponentKind::Hostname,
+                found(System::host_name(), "the kernel has no host name"),
+            ),
+        ];
+        let mut profile = HardwareProfile::default();
+        for (kind, read) in reads {
+            let values = read.map(|v| v.into_iter().filter(|v| !v.is_empty()).collect::<Vec<_>>());
+            match values {
+                Ok(values) if !values.is_empty() => {
+                    profile.components.push(Component { kind, values })
+                }
+                Ok(_) => profile.unreadable.push(Unreadable {
+                    kind,
+                    reason: "it reads empty".into(),
+                }),
+                Err(reason) => profile.unreadable.push(Unreadable { kind, reason }),
+            }
+        }
+        profile
     }
 
     /// A profile from `(kind, values)` pairs, several values comma-separated
@@ -139,7 +233,16 @@ impl HardwareProfile {
                     values: values.split(',').map(String::from).collect(),
                 })
                 .collect(),
+            unreadable: Vec::new(),
         }
+    }
+
+    /// Why `kind` is not in this profile, for messages.
+    pub fn why_unreadable(&self, kind: ComponentKind) -> String {
+        self.unreadable
+            .iter()
+            .find(|u| u.kind == kind)
+            .map_or_else(|| "not found".to_string(), |u| u.reason.clone())
     }
 
     pub fn get(&self, kind: ComponentKind) -> Option<&Component> {
@@ -157,29 +260,243 @@ pub fn memory_class(total_bytes: u64) -> String {
     format!("{}GiB", gib.next_power_of_two())
 }
 
-fn read_trimmed(path: &str) -> Option<String> {
+fn read_trimmed(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_string())
 }
 
-/// MAC addresses of physical network interfaces (those backed by a device), sorted.
-fn physical_macs() -> Vec<String> {
-    let mut macs = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
-        return macs;
-    };
-    for entry in entries.flatten() {
-        let dir = entry.path();
-        if !Path::new(&dir).join("device").exists() {
-            continue;
+/// Values a firmware writes on every box it ships in, which identify nothing.
+const PLACEHOLDER_UUIDS: [&str; 3] = [
+    "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "03000200-0400-0500-0006-000700080009",
+];
+
+/// `product-uuid`: the DMI system UUID (SMBIOS type 1), lower-cased.
+fn product_uuid(sys: &Path) -> Result<Vec<String>, String> {
+    let path = sys.join("class/dmi/id/product_uuid");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "{} does not exist (no DMI table: common in VMs without SMBIOS and in containers)",
+                path.display()
+            ))
         }
-        if let Some(mac) = read_trimmed(&dir.join("address").to_string_lossy()) {
-            if mac != "00:00:00:00:00:00" {
-                macs.push(mac.to_ascii_lowercase());
-            }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(format!(
+                "{} is readable by root only: enroll and serve as the same user",
+                path.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let uuid = text.trim().to_ascii_lowercase();
+    if uuid.is_empty() || PLACEHOLDER_UUIDS.contains(&uuid.as_str()) {
+        return Err(format!(
+            "{} holds a placeholder ({uuid:?}) that the firmware gives every box",
+            path.display()
+        ));
+    }
+    Ok(vec![uuid])
+}
+
+/// `root-disk-serial`: the serial or WWN of the disk(s) holding `/`.
+fn root_disk_serials(sys: &Path, proc: &Path) -> Result<Vec<String>, String> {
+    let (major, minor) = root_device(proc)?;
+    disk_serials(sys, major, minor)
+}
+
+/// The block device of the root file system: from `stat /`, or, for file systems with
+/// an anonymous device number (btrfs, overlay), the mount source of `/` when it is a
+/// device node.
+fn root_device(proc: &Path) -> Result<(u32, u32), String> {
+    use rustix::fs::{major, minor, stat};
+    let root = stat("/").map_err(|e| format!("cannot stat /: {e}"))?;
+    if major(root.st_dev) != 0 {
+        return Ok((major(root.st_dev), minor(root.st_dev)));
+    }
+    let mountinfo = std::fs::read_to_string(proc.join("self/mountinfo"))
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let source = root_mount_source(&mountinfo)
+        .ok_or("the root file system is not on a block device (an overlay or tmpfs root)")?;
+    let device = stat(source.as_str())
+        .map_err(|e| format!("the root file system's source {source} cannot be read: {e}"))?;
+    Ok((major(device.st_rdev), minor(device.st_rdev)))
+}
+
+/// The mount source of the last mount on `/` in a mountinfo table, when it is a device
+/// node (`/dev/...`).
+fn root_mount_source(mountinfo: &str) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some("/"))
+        .filter_map(|line| line.split(" - ").nth(1)?.split(' ').nth(1))
+        .next_back()
+        .filter(|source| source.starts_with("/dev/"))
+        .map(String::from)
+}
+
+/// The serials of the disk behind block device `major:minor`: the disk itself for a
+/// partition, every underlying disk for device-mapper (LVM, dm-crypt) and md RAID.
+fn disk_serials(sys: &Path, major: u32, minor: u32) -> Result<Vec<String>, String> {
+    let device = sys.join(format!("dev/block/{major}:{minor}"));
+    let device = device.canonicalize().map_err(|e| {
+        format!(
+            "the root file system's device {major}:{minor} is not in {}: {e}",
+            sys.join("dev/block").display()
+        )
+    })?;
+    let mut serials = Vec::new();
+    let mut unnamed = Vec::new();
+    collect_disk_serials(&device, 0, &mut serials, &mut unnamed);
+    serials.sort();
+    serials.dedup();
+    if serials.is_empty() {
+        return Err(format!(
+            "the root disk ({}) reports no serial or WWN (common for virtual disks)",
+            unnamed.join(", ")
+        ));
+    }
+    Ok(serials)
+}
+
+fn collect_disk_serials(
+    device: &Path,
+    depth: u32,
+    serials: &mut Vec<String>,
+    unnamed: &mut Vec<String>,
+) {
+    // A partition's disk is its parent directory in sysfs.
+    let disk = if device.join("partition").exists() {
+        device.parent().unwrap_or(device)
+    } else {
+        device
+    };
+    let slaves: Vec<_> = std::fs::read_dir(disk.join("slaves"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.path().canonicalize().ok())
+        .collect();
+    if !slaves.is_empty() && depth < 8 {
+        for slave in slaves {
+            collect_disk_serials(&slave, depth + 1, serials, unnamed);
+        }
+        return;
+    }
+    let serial = ["wwid", "device/wwid", "serial", "device/serial"]
+        .iter()
+        .find_map(|file| read_trimmed(&disk.join(file)));
+    match serial {
+        Some(serial) => serials.push(serial),
+        None => unnamed.push(disk.file_name().map_or_else(
+            || disk.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )),
+    }
+}
+
+/// `default-route-mac`: the MAC of the interface carrying the default route (IPv4,
+/// else IPv6), or of the physical interfaces under it when it is a bridge, bond or VLAN.
+fn default_route_macs(sys: &Path, proc: &Path) -> Result<Vec<String>, String> {
+    let interface = default_route_interface(proc)?;
+    let mut macs = Vec::new();
+    physical_macs_under(sys, &interface, 0, &mut macs);
+    macs.sort();
+    macs.dedup();
+    if macs.is_empty() {
+        return Err(format!(
+            "the default route goes through {interface}, a virtual interface with no \
+             physical one under it (a container's veth, a tunnel)"
+        ));
+    }
+    Ok(macs)
+}
+
+/// The interface of the default route with the lowest metric, IPv4 first.
+fn default_route_interface(proc: &Path) -> Result<String, String> {
+    let ipv4 = std::fs::read_to_string(proc.join("net/route")).unwrap_or_default();
+    let ipv6 = std::fs::read_to_string(proc.join("net/ipv6_route")).unwrap_or_default();
+    default_ipv4_interface(&ipv4)
+        .or_else(|| default_ipv6_interface(&ipv6))
+        .ok_or_else(|| "this machine has no default route".to_string())
+}
+
+/// `/proc/net/route`: `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`,
+/// hex fields; a default route has destination and mask 0 and is up (flag 0x1).
+fn default_ipv4_interface(table: &str) -> Option<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            let metric: u32 = f.get(6)?.parse().ok()?;
+            (f[1] == "00000000" && f.get(7)? == &"00000000" && flags & 1 == 1 && f[0] != "lo")
+                .then(|| (metric, f[0].to_string()))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, interface)| interface)
+}
+
+/// `/proc/net/ipv6_route`: `dest dest_len src src_len next_hop metric refcnt use flags
+/// iface`, hex fields; a default route is `::/0`, up (flag 0x1), not a reject route.
+fn default_ipv6_interface(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
+            let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
+            let default = f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+            const UP: u32 = 0x1;
+            const REJECT: u32 = 0x200;
+            (default && flags & UP != 0 && flags & REJECT == 0 && f[9] != "lo")
+                .then(|| (metric, f[9].to_string()))
+        })
+        .min_by_key(|(metric, _)| *metric)
+        .map(|(_, interface)| interface)
+}
+
+/// The MACs of `interface` when it is backed by a device, else of the physical
+/// interfaces below it (`lower_*` links: bridge ports, bond slaves, a VLAN's parent).
+fn physical_macs_under(sys: &Path, interface: &str, depth: u32, macs: &mut Vec<String>) {
+    let dir = sys.join("class/net").join(interface);
+    if dir.join("device").exists() {
+        if let Some(mac) = interface_mac(&dir) {
+            macs.push(mac);
+        }
+        return;
+    }
+    if depth >= 8 {
+        return;
+    }
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(lower) = name.strip_prefix("lower_") {
+            physical_macs_under(sys, lower, depth + 1, macs);
         }
     }
+}
+
+fn interface_mac(dir: &Path) -> Option<String> {
+    read_trimmed(&dir.join("address"))
+        .map(|mac| mac.to_ascii_lowercase())
+        .filter(|mac| mac != "00:00:00:00:00:00")
+}
+
+/// MAC addresses of physical network interfaces (those backed by a device), sorted.
+fn physical_macs(sys: &Path) -> Vec<String> {
+    let mut macs: Vec<String> = std::fs::read_dir(sys.join("class/net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| dir.join("device").exists())
+        .filter_map(|dir| interface_mac(&dir))
+        .collect();
     macs.sort();
     macs.dedup();
     macs
@@ -425,5 +742,165 @@ mod tests {
     fn this_machine_has_some_components() {
         let profile = HardwareProfile::collect();
         assert!(!profile.components.is_empty());
+        // Every kind is either read or explained.
+        for kind in ComponentKind::ALL {
+            let read = profile.get(kind).is_some();
+            let explained = profile.unreadable.iter().any(|u| u.kind == kind);
+            assert!(read != explained, "{kind}: {profile:?}");
+        }
+    }
+
+    /// A fake `/sys`: files with contents and symbolic links, under a temporary root.
+    fn fake_tree(files: &[(&str, &str)], links: &[(&str, &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = root.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        for (link, target) in links {
+            let link = root.path().join(link);
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, link).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn the_default_route_is_the_lowest_metric_up_route_to_anywhere() {
+        let ipv4 =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                    eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                    wlan0\t00000000\t010200C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n\
+                    eno1\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                    eth9\t00000000\t010200C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_ipv4_interface(ipv4).as_deref(), Some("eno1"));
+        assert_eq!(default_ipv4_interface("Iface\tDestination\n"), None);
+
+        let zero = "00000000000000000000000000000000";
+        let ipv6 = format!(
+            "{zero} 00 {zero} 00 {zero} ffffffff 00000001 00000000 00200200       lo\n\
+             fe800000000000000000000000000000 40 {zero} 00 {zero} 00000100 00000001 00000000 00000001     eth0\n\
+             {zero} 00 {zero} 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth1\n"
+        );
+        assert_eq!(default_ipv6_interface(&ipv6).as_deref(), Some("eth1"));
+    }
+
+    #[test]
+    fn a_bridge_or_bond_on_the_default_route_gives_the_macs_of_its_physical_ports() {
+        let sys = fake_tree(
+            &[
+                ("class/net/eno1/address", "3C:EC:EF:00:00:01\n"),
+                ("class/net/eno1/device/vendor", "0x8086\n"),
+                ("class/net/eno2/address", "3c:ec:ef:00:00:02\n"),
+                ("class/net/eno2/device/vendor", "0x8086\n"),
+                ("class/net/br0/address", "3c:ec:ef:00:00:01\n"),
+                ("class/net/veth0/address", "fe:aa:00:00:00:01\n"),
+            ],
+            &[
+                ("class/net/br0/lower_bond0", "../bond0"),
+                ("class/net/bond0/lower_eno1", "../eno1"),
+                ("class/net/bond0/lower_eno2", "../eno2"),
+            ],
+        );
+        let mut macs = Vec::new();
+        physical_macs_under(sys.path(), "br0", 0, &mut macs);
+        macs.sort();
+        assert_eq!(macs, ["3c:ec:ef:00:00:01", "3c:ec:ef:00:00:02"]);
+        let mut none = Vec::new();
+        physical_macs_under(sys.path(), "veth0", 0, &mut none);
+        assert!(none.is_empty());
+        assert_eq!(
+            physical_macs(sys.path()),
+            ["3c:ec:ef:00:00:01", "3c:ec:ef:00:00:02"]
+        );
+    }
+
+    #[test]
+    fn the_root_disk_serial_is_the_disk_of_the_root_partition_or_of_its_lvm_volumes() {
+        let sys = fake_tree(
+            &[
+                ("devices/pci/nvme/nvme0n1/wwid", "eui.0025388b91b2c4a1\n"),
+                ("devices/pci/nvme/nvme0n1/device/serial", "S4EWNX0R123456\n"),
+                ("devices/pci/nvme/nvme0n1/nvme0n1p2/partition", "2\n"),
+                ("devices/pci/ata1/sda/device/wwid", "naa.5000c500a1b2c3d4\n"),
+                ("devices/pci/ata1/sda/sda1/partition", "1\n"),
+                ("devices/pci/ata2/sdb/device/vendor", "ATA\n"),
+                ("devices/virtual/block/dm-0/dm/name", "vg-root\n"),
+                ("devices/virtual/block/dm-1/dm/name", "vg-bare\n"),
+            ],
+            &[
+                (
+                    "dev/block/259:2",
+                    "../../devices/pci/nvme/nvme0n1/nvme0n1p2",
+                ),
+                ("dev/block/253:0", "../../devices/virtual/block/dm-0"),
+                ("dev/block/253:1", "../../devices/virtual/block/dm-1"),
+                (
+                    "devices/virtual/block/dm-0/slaves/nvme0n1p2",
+                    "../../../../pci/nvme/nvme0n1/nvme0n1p2",
+                ),
+                (
+                    "devices/virtual/block/dm-0/slaves/sda1",
+                    "../../../../pci/ata1/sda/sda1",
+                ),
+                (
+                    "devices/virtual/block/dm-1/slaves/sdb",
+                    "../../../../pci/ata2/sdb",
+                ),
+            ],
+        );
+        // A partition: its disk's WWN (before the controller serial).
+        assert_eq!(
+            disk_serials(sys.path(), 259, 2).unwrap(),
+            ["eui.0025388b91b2c4a1"]
+        );
+        // LVM across two disks: both, either one matching counts.
+        assert_eq!(
+            disk_serials(sys.path(), 253, 0).unwrap(),
+            ["eui.0025388b91b2c4a1", "naa.5000c500a1b2c3d4"]
+        );
+        // A disk that reports nothing is named in the reason.
+        let err = disk_serials(sys.path(), 253, 1).unwrap_err();
+        assert!(err.contains("(sdb) reports no serial or WWN"), "{err}");
+        let err = disk_serials(sys.path(), 7, 0).unwrap_err();
+        assert!(err.contains("device 7:0 is not in"), "{err}");
+    }
+
+    #[test]
+    fn the_root_mount_source_is_the_last_mount_on_slash() {
+        let mountinfo = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                         27 1 0:31 / / rw,relatime - btrfs /dev/nvme0n1p2 rw,subvol=/@\n";
+        assert_eq!(
+            root_mount_source(mountinfo).as_deref(),
+            Some("/dev/nvme0n1p2")
+        );
+        let overlay = "27 1 0:31 / / rw - overlay overlay rw,lowerdir=/l\n";
+        assert_eq!(root_mount_source(overlay), None);
+    }
+
+    #[test]
+    fn product_uuid_placeholders_and_missing_tables_are_explained() {
+        let sys = fake_tree(
+            &[(
+                "class/dmi/id/product_uuid",
+                "03000200-0400-0500-0006-000700080009\n",
+            )],
+            &[],
+        );
+        let err = product_uuid(sys.path()).unwrap_err();
+        assert!(err.contains("placeholder"), "{err}");
+        std::fs::write(
+            sys.path().join("class/dmi/id/product_uuid"),
+            "4C4C4544-0042-3510-8052-B4C04F564E32\n",
+        )
+        .unwrap();
+        assert_eq!(
+            product_uuid(sys.path()).unwrap(),
+            ["4c4c4544-0042-3510-8052-b4c04f564e32"]
+        );
+        let empty = fake_tree(&[], &[]);
+        let err = product_uuid(empty.path()).unwrap_err();
+        assert!(err.contains("no DMI table"), "{err}");
     }
 }
