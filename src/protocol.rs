@@ -220,13 +220,18 @@ pub fn sign_request(
 /// Parse a request without trusting it yet: the server looks up the node's enrolled
 /// key by the body's node id, then calls [`verify_request`].
 pub fn parse_request(bytes: &[u8]) -> Result<(Envelope, RenewalRequestBody), ProtocolError> {
-    let malformed = |reason: String| ProtocolError::Malformed {
-        what: "renewal request",
-        reason,
-    };
-    let envelope = Envelope::parse(bytes, DocumentKind::RenewalRequest)
-        .map_err(|e| malformed(e.to_string()))?;
-    let body: RenewalRequestBody = envelope
+    parse_node_signed(bytes, "renewal request")
+}
+
+/// Parse a node-signed document of kind `B` strictly, not trusting it yet; `what` names
+/// it in the error.
+pub(crate) fn parse_node_signed<B: Body>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<(Envelope, B), ProtocolError> {
+    let malformed = |reason: String| ProtocolError::Malformed { what, reason };
+    let envelope = Envelope::parse(bytes, B::KIND).map_err(|e| malformed(e.to_string()))?;
+    let body: B = envelope
         .decode_body()
         .map_err(|e| malformed(e.to_string()))?;
     Ok((envelope, body))

@@ -1278,15 +1278,39 @@ async fn renew_concurrently(
 }
 
 /// As [`renew_concurrently`], each request reporting `usage`.
+/// The license a renewal response grants, checked as the node checks it.
+fn renewed_license(
+    bytes: &[u8],
+    node_id: &str,
+    nonce: [u8; 16],
+) -> leasehold::license::verify::VerifiedLicense {
+    use leasehold::license::TrustRoots;
+    use leasehold::protocol::{self, Decision, Expected};
+    let opened = protocol::open_response(
+        bytes,
+        &TrustRoots::compiled_in(),
+        &Expected {
+            node_id,
+            nonce,
+            scope: Some((ORG, "tiny")),
+        },
+    )
+    .unwrap();
+    let Decision::Renewed { license } = opened.body.decision else {
+        panic!("not renewed: {:?}", opened.body.decision);
+    };
+    leasehold::license::verify::authenticate(license.as_bytes(), &TrustRoots::compiled_in())
+        .unwrap()
+}
+
 async fn renew_reporting(
     identity: &leasehold::node::NodeIdentity,
     urls: &[String],
     n: usize,
     usage: UsageCheckpoint,
 ) -> (Vec<u64>, std::collections::HashSet<String>) {
-    use leasehold::license::TrustRoots;
     use leasehold::node::clock;
-    use leasehold::protocol::{self, Decision, Expected, LicenseRef};
+    use leasehold::protocol::{self, LicenseRef};
 
     let http = client();
     let node_id = identity.public().node_id();
@@ -1321,24 +1345,7 @@ async fn renew_reporting(
         let Some((bytes, nonce)) = t.await.unwrap() else {
             continue;
         };
-        let opened = protocol::open_response(
-            &bytes,
-            &TrustRoots::compiled_in(),
-            &Expected {
-                node_id: &node_id,
-                nonce,
-                scope: Some((ORG, "tiny")),
-            },
-        )
-        .unwrap();
-        let Decision::Renewed { license } = opened.body.decision else {
-            panic!("not renewed: {:?}", opened.body.decision);
-        };
-        let verified = leasehold::license::verify::authenticate(
-            license.as_bytes(),
-            &TrustRoots::compiled_in(),
-        )
-        .unwrap();
+        let verified = renewed_license(&bytes, &node_id, nonce);
         serials.push(verified.body.serial);
         license_ids.insert(verified.body.license_id);
     }
@@ -1355,9 +1362,8 @@ async fn renew_and_kill_after(
     k: usize,
     pid: u32,
 ) -> (Vec<u64>, usize) {
-    use leasehold::license::TrustRoots;
     use leasehold::node::clock;
-    use leasehold::protocol::{self, Decision, Expected, LicenseRef};
+    use leasehold::protocol::{self, LicenseRef};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -1412,24 +1418,7 @@ async fn renew_and_kill_after(
             unanswered += 1;
             continue;
         };
-        let opened = protocol::open_response(
-            &bytes,
-            &TrustRoots::compiled_in(),
-            &Expected {
-                node_id: &node_id,
-                nonce,
-                scope: Some((ORG, "tiny")),
-            },
-        )
-        .unwrap();
-        let Decision::Renewed { license } = opened.body.decision else {
-            panic!("not renewed: {:?}", opened.body.decision);
-        };
-        let verified = leasehold::license::verify::authenticate(
-            license.as_bytes(),
-            &TrustRoots::compiled_in(),
-        )
-        .unwrap();
+        let verified = renewed_license(&bytes, &node_id, nonce);
         serials.push(verified.body.serial);
     }
     (serials, unanswered)

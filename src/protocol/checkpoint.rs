@@ -105,19 +105,13 @@ pub fn sign_report(
 /// Parse a report without trusting it yet: the server looks up the node's enrolled
 /// key by the body's node id, then calls [`verify_report`].
 pub fn parse_report(bytes: &[u8]) -> Result<(Envelope, CheckpointReportBody), ProtocolError> {
-    let malformed = |reason: String| ProtocolError::Malformed {
-        what: DocumentKind::CheckpointReport.name(),
-        reason,
-    };
-    let envelope = Envelope::parse(bytes, DocumentKind::CheckpointReport)
-        .map_err(|e| malformed(e.to_string()))?;
-    let body: CheckpointReportBody = envelope
-        .decode_body()
-        .map_err(|e| malformed(e.to_string()))?;
+    let what = DocumentKind::CheckpointReport.name();
+    let (envelope, body) = super::parse_node_signed::<CheckpointReportBody>(bytes, what)?;
     if body.usage.ledger.is_none() {
-        return Err(malformed(
-            "it names no ledger position (usage.ledger is required)".into(),
-        ));
+        return Err(ProtocolError::Malformed {
+            what,
+            reason: "it names no ledger position (usage.ledger is required)".into(),
+        });
     }
     Ok((envelope, body))
 }
