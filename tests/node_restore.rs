@@ -10,131 +10,36 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::node::{eventually, get_json, leasehold, Server};
+use common::vendor::{ok, Vendor, ADMIN_TOKEN, ORG};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-
-const ORG: &str = "Acme Corp";
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The vendor (an issuer certified by the demo root, the tiny model sealed, a running
 /// license server) and one customer node directory, enrolled and approved.
 struct Site {
-    vendor: TempDir,
+    vendor: Vendor,
     node: TempDir,
-    server: Server,
 }
 
 impl Site {
     fn new(lease: &str, grace: &str) -> Site {
-        let vendor = TempDir::new().unwrap();
-        let v = vendor.path();
-        ok(leasehold(v, &["keygen", "--out", "issuer"]), "keygen");
-        let root = common::repo_path("keys/demo/root.key");
-        ok(
-            leasehold(
-                v,
-                &[
-                    "certify-issuer",
-                    "--root",
-                    root.to_str().unwrap(),
-                    "--issuer-pub",
-                    "issuer.pub",
-                    "--valid-until",
-                    "+30d",
-                    "--org",
-                    ORG,
-                    "--model",
-                    "tiny",
-                    "--max-lease",
-                    "2h",
-                    "--out",
-                    "issuer.cert",
-                ],
-            ),
-            "certify-issuer",
+        // The max lease bounds lease + grace together.
+        let mut vendor = Vendor::new(
+            None,
+            &["--org", ORG, "--model", "tiny", "--max-lease", "2h"],
         );
-        std::fs::write(v.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
-        std::fs::write(v.join("tiny.gguf"), common::gguf::tiny_llama(1)).unwrap();
-        ok(
-            leasehold(
-                v,
-                &[
-                    "seal",
-                    "tiny.gguf",
-                    "--model-id",
-                    "tiny",
-                    "--out",
-                    "m.sealed",
-                    "--key-out",
-                    "m.key",
-                ],
-            ),
-            "seal",
-        );
-        let db = format!("sqlite:{}", v.join("server.db").display());
-        let server = Server::start(
-            v,
-            &[
-                "license-server",
-                "--issuer-key",
-                "issuer.key",
-                "--issuer-cert",
-                "issuer.cert",
-                "--db",
-                &db,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-token-file",
-                "admin.token",
-            ],
-        );
+        vendor.start();
+        vendor.entitle(1, lease, grace);
         let node = TempDir::new().unwrap();
-        std::fs::copy(v.join("m.sealed"), node.path().join("m.sealed")).unwrap();
-        let site = Site {
-            vendor,
-            node,
-            server,
-        };
-        site.admin(&[
-            "model",
-            "add",
-            "--sealed",
-            "m.sealed",
-            "--content-key",
-            "m.key",
-        ]);
-        site.admin(&[
-            "entitle",
-            "--org",
-            ORG,
-            "--model",
-            "tiny",
-            "--nodes",
-            "1",
-            "--term-end",
-            "+1d",
-            "--lease",
-            lease,
-            "--grace",
-            grace,
-        ]);
-        let url = site.server.base.clone();
+        std::fs::copy(vendor.path().join("m.sealed"), node.path().join("m.sealed")).unwrap();
+        let site = Site { vendor, node };
+        let url = site.vendor.url();
         let enrolled = ok(
-            leasehold(
+            &leasehold(
                 site.node_path(),
                 &[
                     "enroll",
@@ -167,18 +72,7 @@ impl Site {
 
     /// `leasehold admin ARGS` against the license server; its output.
     fn admin(&self, args: &[&str]) -> String {
-        let mut all = vec![
-            "admin",
-            "--server",
-            &self.server.base,
-            "--token-file",
-            "admin.token",
-        ];
-        all.extend_from_slice(args);
-        ok(
-            leasehold(self.vendor.path(), &all),
-            &format!("admin {args:?}"),
-        )
+        self.vendor.admin_ok(args)
     }
 
     /// The ledger findings `admin usage --json` lists for the node.
@@ -194,6 +88,7 @@ impl Site {
 
     /// `leasehold serve` with the license server, reporting every second.
     fn serve(&self) -> Server {
+        let url = self.vendor.url();
         Server::start(
             self.node_path(),
             &[
@@ -209,7 +104,7 @@ impl Site {
                 "--threads",
                 "1",
                 "--license-server",
-                &self.server.base,
+                &url,
                 "--checkpoint-interval",
                 "1",
             ],
@@ -274,7 +169,7 @@ async fn chat(http: &reqwest::Client, node: &Server) {
 /// The findings as the admin API lists them (polled: cheaper than the CLI).
 async fn api_findings(http: &reqwest::Client, site: &Site) -> Vec<Value> {
     let usage: Value = http
-        .get(format!("{}/admin/usage", site.server.base))
+        .get(format!("{}/admin/usage", site.vendor.url()))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -383,7 +278,7 @@ async fn a_restored_node_directory_is_flagged_by_the_license_server_at_its_first
 /// POST a checkpoint report document to the license server: (status, body).
 async fn post_report(http: &reqwest::Client, site: &Site, document: String) -> (u16, String) {
     let response = http
-        .post(format!("{}/v1/checkpoints", site.server.base))
+        .post(format!("{}/v1/checkpoints", site.vendor.url()))
         .header("content-type", "application/json")
         .body(document)
         .send()

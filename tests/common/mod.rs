@@ -22,6 +22,7 @@ pub mod gguf;
 pub mod node;
 pub mod plaintext;
 pub mod vectors;
+pub mod vendor;
 
 /// The demo model (LEASEHOLD_DEMO_MODEL) and a Python with `openai` (LEASEHOLD_PYTHON),
 /// which scripts/test.sh provides; `None` (the test skips) only when
