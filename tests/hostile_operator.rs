@@ -111,6 +111,64 @@ async fn removing_the_trusted_time_state_and_winding_the_clock_back_is_refused()
     assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
 }
 
+/// Debian's `faketime` run the default way fakes the process's monotonic clock too
+/// (libfaketime hooks the C library's `clock_gettime`). Slowed to a tenth, a license
+/// of 8 s would last 80 s of real time if the node trusted that clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_clock_slowed_by_faketime_does_not_slow_the_lapse() {
+    // Positive control: the preload really slows what a C-library program sees as
+    // its monotonic clock (measured against /proc/uptime, which it does not hook).
+    let control = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import time\nu=lambda: float(open('/proc/uptime').read().split()[0])\n\
+             a, u0 = time.monotonic(), u()\nwhile u() - u0 < 1.0: pass\n\
+             print(time.monotonic() - a)",
+        ])
+        .env("LD_PRELOAD", common::node::libfaketime())
+        .env("FAKETIME", "+0 x0.1")
+        .output()
+        .unwrap();
+    let seen: f64 = String::from_utf8_lossy(&control.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("control: {control:?}"));
+    assert!(
+        seen < 0.5,
+        "faketime did not slow the monotonic clock: {seen}"
+    );
+
+    let site = NodeSite::new(None);
+    let issued = Instant::now();
+    site.issue("l.license", "+8s", &["--grace", "0s"]);
+    let mut command = faketime_command("+0 x0.1", &NodeSite::serve_args("l.license", &[]));
+    command.env_remove("FAKETIME_DONT_FAKE_MONOTONIC");
+    let server = Server::start_command(site.path(), command);
+    one_completion(&server).await;
+    let http = reqwest::Client::new();
+    loop {
+        let status = http
+            .post(server.url("/v1/completions"))
+            .json(&json!({"prompt": "hello", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 403 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            issued.elapsed() < Duration::from_secs(30),
+            "still serving 30 s after an 8 s license was issued: {}",
+            server.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let license: Value = get_json(&reqwest::Client::new(), &server.url("/v1/license")).await;
+    assert_eq!(license["phase"], "lapsed", "{license}");
+}
+
 #[test]
 fn a_license_seen_lapsing_is_never_served_again_whatever_the_clock_says() {
     let site = NodeSite::new(None);

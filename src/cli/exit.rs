@@ -38,7 +38,7 @@ pub const TABLE: &str = "\
 Exit codes:
    0  success; for inspect and check: the license is valid on this machine now
    1  error: bad input, unreadable or unwritable file (the message says which)
-   2  usage error: unknown flag or missing argument
+   2  usage error: unknown flag, missing argument, or flags that do not go together
   10  in grace: expired, still serving until the grace period ends (inspect)
   11  not yet valid
   12  expired (grace period over), or this node saw the license lapse (spent)

@@ -22,8 +22,8 @@ use crate::node::clock::TrustedClock;
 use crate::node::trusted_time::{self, HEARTBEAT};
 use crate::node::{clock, NodeIdentity};
 
-/// Where a node stands with its license.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a node stands with its license (in order: a later phase never serves more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Within the license's validity: serving.
     Serving,
@@ -257,8 +257,15 @@ impl Lifecycle {
         tracing::warn!("model unloaded, weights wiped after the revocation");
     }
 
+    /// The phase now: the one the deadline task last applied, or a later one when a
+    /// deadline has passed on the monotonic clock and the task has not woken yet (its
+    /// timer runs on the runtime's clock, which a preloaded time-faking library can
+    /// slow). Requests are judged by this, so they stop at the deadline either way.
     pub fn phase(&self) -> Phase {
-        self.state.lock().unwrap().phase
+        let state = self.state.lock().unwrap();
+        state
+            .phase
+            .max(state.lease.phase_at(clock::monotonic_now()))
     }
 
     pub fn watch_phase(&self) -> watch::Receiver<Phase> {
@@ -276,7 +283,7 @@ impl Lifecycle {
             }
         };
         LicenseStatus {
-            phase: state.phase,
+            phase: state.phase.max(state.lease.phase_at(now)),
             license: state.lease.license.clone(),
             seconds_left: signed(state.lease.grace_at),
             seconds_to_lapse: signed(state.lease.lapse_at),

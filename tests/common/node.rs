@@ -36,7 +36,7 @@ pub fn leasehold_env(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output
 }
 
 /// Debian's libfaketime (package `faketime`), multi-threaded variant.
-fn libfaketime() -> PathBuf {
+pub fn libfaketime() -> PathBuf {
     let found = std::fs::read_dir("/usr/lib")
         .unwrap()
         .flatten()
