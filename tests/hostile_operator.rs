@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::node::{faketime_command, get_json, NodeSite, Server};
+use common::node::{faketime_command, get_json, get_text, NodeSite, Server};
 use serde_json::{json, Value};
 
 fn stderr(out: &Output) -> String {
@@ -427,14 +427,7 @@ async fn a_thousand_slow_connections_do_not_stop_health_and_are_cut_at_the_heade
         "every slow connection is closed by the server"
     );
     assert!(opened.elapsed() < Duration::from_secs(10));
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &server.url("/metrics")).await;
     assert!(
         metrics.contains("leasehold_http_connections 1"),
         "{metrics}"

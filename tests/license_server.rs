@@ -9,95 +9,16 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::node::{eventually, leasehold, Server};
-use common::vendor::{ok, Vendor, CA_ENV, ORG};
+use common::vendor::{as_strs, ok, serve_args, Node, Vendor, CA_ENV, ORG};
 use leasehold::protocol::{LedgerPosition, UsageCheckpoint};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-
-/// A node at a customer site: its own directory with the sealed model.
-struct Node {
-    dir: TempDir,
-}
-
-impl Node {
-    fn new(vendor: &Vendor) -> Node {
-        let dir = TempDir::new().unwrap();
-        std::fs::copy(vendor.path().join("m.sealed"), dir.path().join("m.sealed")).unwrap();
-        Node { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn enroll(&self, vendor: &Vendor) -> Output {
-        vendor.client(
-            self.path(),
-            &[
-                "enroll",
-                "--node-dir",
-                "node",
-                "--server",
-                &vendor.url(),
-                "--org",
-                ORG,
-                "--model",
-                "tiny",
-                "--use-case",
-                "support chat",
-                "--data-handling",
-                "prompts stay in the EU",
-                "--security-measures",
-                "VPN only",
-            ],
-        )
-    }
-
-    /// Enroll; the enrollment id (the last line of output).
-    fn enroll_ok(&self, vendor: &Vendor) -> String {
-        let out = ok(&self.enroll(vendor), "enroll --server");
-        out.lines().last().unwrap().trim().to_string()
-    }
-
-    fn serve(&self, vendor: &Vendor) -> Server {
-        let url = vendor.url();
-        let env = vendor.client_env();
-        let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
-        let args = serve_args(&url);
-        Server::start_env(self.path(), &as_strs(&args), &env)
-    }
-}
 
 /// `leasehold renew` (air-gapped, by files) for the node in `dir` with extra flags.
 fn renew_by_file(dir: &Path, args: &[&str]) -> Output {
     let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
     all.extend_from_slice(args);
     leasehold(dir, &all)
-}
-
-/// `serve` with a license server, as a node runs it.
-fn serve_args(url: &str) -> Vec<String> {
-    [
-        "serve",
-        "--license",
-        "node.license",
-        "--sealed",
-        "m.sealed",
-        "--node-dir",
-        "node",
-        "--listen",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--license-server",
-        url,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn as_strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
 }
 
 /// A started vendor with one entitled, enrolled and approved node.

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::node::{eventually, get_json, leasehold, Server};
-use common::vendor::{ok, Vendor, ADMIN_TOKEN, ORG};
+use common::node::{eventually, get_json, Server};
+use common::vendor::{Node, Vendor, ADMIN_TOKEN, ORG};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
@@ -22,7 +22,7 @@ use tempfile::TempDir;
 /// license server) and one customer node directory, enrolled and approved.
 struct Site {
     vendor: Vendor,
-    node: TempDir,
+    node: Node,
 }
 
 impl Site {
@@ -34,36 +34,10 @@ impl Site {
         );
         vendor.start();
         vendor.entitle(1, lease, grace);
-        let node = TempDir::new().unwrap();
-        std::fs::copy(vendor.path().join("m.sealed"), node.path().join("m.sealed")).unwrap();
-        let site = Site { vendor, node };
-        let url = site.vendor.url();
-        let enrolled = ok(
-            &leasehold(
-                site.node_path(),
-                &[
-                    "enroll",
-                    "--node-dir",
-                    "node",
-                    "--server",
-                    &url,
-                    "--org",
-                    ORG,
-                    "--model",
-                    "tiny",
-                    "--use-case",
-                    "support chat",
-                    "--data-handling",
-                    "prompts stay here",
-                    "--security-measures",
-                    "VPN only",
-                ],
-            ),
-            "enroll --server",
-        );
-        let id = enrolled.lines().last().unwrap().trim().to_string();
-        site.admin(&["approve", &id]);
-        site
+        let node = Node::new(&vendor);
+        let id = node.enroll_ok(&vendor);
+        vendor.admin_ok(&["approve", &id]);
+        Site { vendor, node }
     }
 
     fn node_path(&self) -> &Path {
@@ -88,27 +62,8 @@ impl Site {
 
     /// `leasehold serve` with the license server, reporting every second.
     fn serve(&self) -> Server {
-        let url = self.vendor.url();
-        Server::start(
-            self.node_path(),
-            &[
-                "serve",
-                "--license",
-                "node.license",
-                "--sealed",
-                "m.sealed",
-                "--node-dir",
-                "node",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--license-server",
-                &url,
-                "--checkpoint-interval",
-                "1",
-            ],
-        )
+        self.node
+            .serve_with(&self.vendor, &["--checkpoint-interval", "1"])
     }
 }
 

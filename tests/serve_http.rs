@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::node::{eventually, get_json, leasehold, post_json, NodeSite};
+use common::node::{eventually, get_json, get_text, leasehold, post_json, NodeSite};
 use leasehold::node::{trusted_time, NodeIdentity};
 use serde_json::{json, Value};
 
@@ -199,14 +199,7 @@ async fn api_keys_and_the_admin_token_are_required_when_configured() {
         .await
         .unwrap();
     assert_eq!(keyed["licensee"], "Example Org");
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &server.url("/metrics")).await;
     assert!(metrics.contains("leasehold_license_seconds_left"));
     assert!(
         !metrics.contains("Example Org") && !metrics.contains("model_id="),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::node::{leasehold, NodeSite};
+use common::node::{get_text, leasehold, NodeSite};
 use leasehold::crypto::signing::SecretKey;
 use leasehold::ledger::record::{self, Entry, Outcome, RecordBody};
 use leasehold::ledger::{CheckpointPolicy, Ledger};
@@ -528,14 +528,7 @@ async fn a_signed_attestation_checks_out_offline_and_edits_do_not() {
     let server = site.serve("x.license", &[]);
     let http = reqwest::Client::new();
     complete(&http, &server, 2).await;
-    let text = http
-        .get(server.url("/v1/license/attestation"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, &server.url("/v1/license/attestation")).await;
     std::fs::write(site.path().join("att.json"), &text).unwrap();
     let verify = |file: &str| {
         leasehold(

@@ -14,6 +14,11 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// GET `url`; the answer as text.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// POST `body` as JSON to `url`; the JSON answer.
 pub async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
     let response = http.post(url).json(body).send().await.unwrap();

@@ -217,3 +217,89 @@ impl Drop for Vendor {
         self.stop();
     }
 }
+
+/// A node at a customer site: its own directory with the sealed model.
+pub struct Node {
+    pub dir: TempDir,
+}
+
+impl Node {
+    pub fn new(vendor: &Vendor) -> Node {
+        let dir = TempDir::new().unwrap();
+        std::fs::copy(vendor.path().join("m.sealed"), dir.path().join("m.sealed")).unwrap();
+        Node { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn enroll(&self, vendor: &Vendor) -> Output {
+        vendor.client(
+            self.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--server",
+                &vendor.url(),
+                "--org",
+                ORG,
+                "--model",
+                "tiny",
+                "--use-case",
+                "support chat",
+                "--data-handling",
+                "prompts stay in the EU",
+                "--security-measures",
+                "VPN only",
+            ],
+        )
+    }
+
+    /// Enroll; the enrollment id (the last line of output).
+    pub fn enroll_ok(&self, vendor: &Vendor) -> String {
+        let out = ok(&self.enroll(vendor), "enroll --server");
+        out.lines().last().unwrap().trim().to_string()
+    }
+
+    pub fn serve(&self, vendor: &Vendor) -> Server {
+        self.serve_with(vendor, &[])
+    }
+
+    /// `serve` with the license server and extra flags.
+    pub fn serve_with(&self, vendor: &Vendor, extra: &[&str]) -> Server {
+        let url = vendor.url();
+        let env = vendor.client_env();
+        let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        let args = serve_args(&url);
+        let mut args = as_strs(&args);
+        args.extend_from_slice(extra);
+        Server::start_env(self.path(), &args, &env)
+    }
+}
+
+/// `serve` with a license server, as a node runs it.
+pub fn serve_args(url: &str) -> Vec<String> {
+    [
+        "serve",
+        "--license",
+        "node.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--license-server",
+        url,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+pub fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
