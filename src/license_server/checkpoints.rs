@@ -7,10 +7,11 @@
 //! forks from the checkpoint held here, and [`record`] flags it with the same findings
 //! as a renewal (`ledger_check`), listed by `admin usage`.
 //!
-//! A report is accepted once and only fresh, as a renewal request is: refused when its
-//! `sent_at` is more than [`REQUEST_WINDOW_SECONDS`] from the server's clock (an old
-//! capture replayed, or a node clock to fix) or when its nonce was seen before (nonces
-//! are remembered in the database, with the renewals'). So a captured older report
+//! A report is accepted once and only fresh, by the same rule as a renewal request
+//! ([`Service::fresh`], [`Service::replayed`]): refused when its `sent_at` is more than
+//! [`super::REQUEST_WINDOW_SECONDS`] from the server's clock (an old capture replayed,
+//! or a node clock to fix) or when its nonce was seen before (nonces are remembered in
+//! the database, with the renewals'). So a captured older report
 //! cannot be replayed to plant a false finding against an honest node. Reports and
 //! renewals share one table: a renewal always adds a row, a report only when the
 //! position moved or a finding is recorded, so an idle node adds nothing.
@@ -19,11 +20,16 @@ use chrono::{DateTime, Utc};
 
 use super::ledger_check::{self, Finding, FindingKind};
 use super::store::{Sql, StoreError, Value};
-use super::{registry, ApiError, Service, REQUEST_WINDOW_SECONDS};
+use super::{check_node_id, registry, ApiError, Service, SignedMessage};
 use crate::format::Body as _;
 use crate::node::clock;
 use crate::protocol::checkpoint::{self, CheckpointReceiptBody, CheckpointReportBody};
 use crate::protocol::{LedgerAnchor, UsageCheckpoint};
+
+const CHECKPOINT_REPORT: SignedMessage = SignedMessage {
+    endpoint: "checkpoints",
+    name: "checkpoint report",
+};
 
 /// Where a checkpoint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,31 +155,12 @@ impl Service {
     pub async fn checkpoint(&self, bytes: &[u8]) -> Result<String, ApiError> {
         let (envelope, report) =
             checkpoint::parse_report(bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if crate::crypto::signing::PublicKey::from_bytes(&report.node_key)
-            .map(|k| k.key_id())
-            .ok()
-            .as_deref()
-            != Some(report.node_id.as_str())
-        {
-            return Err(ApiError::BadRequest(
-                "the report's node id does not match its node key".into(),
-            ));
-        }
+        check_node_id(&report.node_id, &report.node_key, "report")?;
         // Against the key it names here; `receive` checks that key is the enrolled one.
         checkpoint::verify_report(&envelope, &report, &report.node_key)
             .map_err(|e| ApiError::Forbidden(e.to_string()))?;
         let now = clock::system_now();
-        let window = chrono::Duration::seconds(REQUEST_WINDOW_SECONDS);
-        if (now - report.sent_at).abs() > window {
-            self.metrics.rejected("checkpoints", "time-skewed");
-            return Err(ApiError::TimeSkewed(format!(
-                "the checkpoint report was sent at {} by the node's clock, more than {} s from this server's {}: a replayed report, or a node clock to fix (NTP)",
-                crate::format::time::rfc3339(report.sent_at),
-                REQUEST_WINDOW_SECONDS,
-                crate::format::time::rfc3339(now)
-            )));
-        }
-        let forget_after = now.max(report.sent_at) + window;
+        let forget_after = self.fresh(&CHECKPOINT_REPORT, report.sent_at, now, true)?;
         let position = report
             .usage
             .ledger
@@ -194,15 +181,7 @@ impl Service {
             })
             .await?;
         let Some(finding) = finding else {
-            self.metrics.rejected("checkpoints", "replayed");
-            tracing::warn!(
-                "refused a replayed checkpoint report for node {node_id} (nonce {})",
-                hex::encode(nonce)
-            );
-            return Err(ApiError::Replayed(format!(
-                "this checkpoint report (nonce {}) was received before: a replayed report is refused. A node signs a new report every time",
-                hex::encode(nonce)
-            )));
+            return Err(self.replayed(&CHECKPOINT_REPORT, &node_id, &nonce));
         };
         if let Some(f) = &finding {
             self.metrics.finding(f.kind.as_str());

@@ -191,6 +191,37 @@ pub struct EntitleRequest {
 /// one replayed later by time.
 pub const REQUEST_WINDOW_SECONDS: i64 = 300;
 
+/// A kind of node-signed message held to the freshness rules: its endpoint (for
+/// metrics) and its name (for messages).
+pub(crate) struct SignedMessage {
+    pub endpoint: &'static str,
+    pub name: &'static str,
+}
+
+pub(crate) const RENEWAL_REQUEST: SignedMessage = SignedMessage {
+    endpoint: "renewals",
+    name: "renewal request",
+};
+
+/// A node-signed message names its node id and key: the id must be the key's.
+pub(crate) fn check_node_id(
+    node_id: &str,
+    node_key: &[u8; 32],
+    what: &str,
+) -> Result<(), ApiError> {
+    if crate::crypto::signing::PublicKey::from_bytes(node_key)
+        .map(|k| k.key_id())
+        .ok()
+        .as_deref()
+        != Some(node_id)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the {what}'s node id does not match its node key"
+        )));
+    }
+    Ok(())
+}
+
 /// Who hands the server a renewal request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestPath {
@@ -430,6 +461,53 @@ impl Service {
         Ok(submitted)
     }
 
+    /// The freshness rule for node-signed messages: `sent_at` within
+    /// [`REQUEST_WINDOW_SECONDS`] of this server's clock (checked only when `timed`),
+    /// else refused and counted. Returns until when to remember the message's nonce.
+    pub(crate) fn fresh(
+        &self,
+        kind: &SignedMessage,
+        sent_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        timed: bool,
+    ) -> Result<DateTime<Utc>, ApiError> {
+        let window = Duration::seconds(REQUEST_WINDOW_SECONDS);
+        let age = now.signed_duration_since(sent_at);
+        if timed && age.abs() > window {
+            self.metrics.rejected(kind.endpoint, "time-skewed");
+            return Err(ApiError::TimeSkewed(format!(
+                "the {} was signed at {} by the node's clock, {} s {} this server's clock ({}); one more than {} s from it is refused, so that a captured one cannot be replayed. Set the node's clock (NTP) and retry",
+                kind.name,
+                crate::format::time::rfc3339(sent_at),
+                age.num_seconds().unsigned_abs(),
+                if age > Duration::zero() { "behind" } else { "ahead of" },
+                crate::format::time::rfc3339(now),
+                REQUEST_WINDOW_SECONDS
+            )));
+        }
+        Ok(if timed { now.max(sent_at) } else { now } + window)
+    }
+
+    /// The refusal of a message whose nonce this server already holds, counted.
+    pub(crate) fn replayed(
+        &self,
+        kind: &SignedMessage,
+        node_id: &str,
+        nonce: &[u8; 16],
+    ) -> ApiError {
+        self.metrics.rejected(kind.endpoint, "replayed");
+        tracing::warn!(
+            "refused a replayed {} for node {node_id} (nonce {})",
+            kind.name,
+            hex::encode(nonce)
+        );
+        ApiError::Replayed(format!(
+            "this {} (nonce {}) was received before: a replayed one is refused. A node signs a new one for every attempt",
+            kind.name,
+            hex::encode(nonce)
+        ))
+    }
+
     /// A node asks for its first license or a renewal. Always answers with a signed
     /// response unless the request itself is malformed, forged, stale or replayed.
     pub async fn renew(&self, bytes: &[u8], path: RequestPath) -> Result<String, ApiError> {
@@ -445,16 +523,7 @@ impl Service {
             license: body.license.clone(),
             usage: body.usage.clone(),
         };
-        if crate::crypto::signing::PublicKey::from_bytes(&body.node_key)
-            .map(|k| k.key_id())
-            .ok()
-            .as_deref()
-            != Some(body.node_id.as_str())
-        {
-            return Err(ApiError::BadRequest(
-                "the request's node id does not match its node key".into(),
-            ));
-        }
+        check_node_id(&body.node_id, &body.node_key, "request")?;
         let usage = &body.usage;
         let counters = [usage.requests, usage.prompt_tokens, usage.completion_tokens];
         if counters
@@ -470,23 +539,12 @@ impl Service {
         let now = clock::system_now();
         // Fresh requests only, each once: refused before anything is written, so a
         // replayed request neither renews nor plants ledger findings against the node.
-        let window = Duration::seconds(REQUEST_WINDOW_SECONDS);
-        let age = now.signed_duration_since(body.sent_at);
-        if path == RequestPath::Node && age.abs() > window {
-            self.metrics.rejected("renewals", "time-skewed");
-            return Err(ApiError::TimeSkewed(format!(
-                "the renewal request was signed at {} by the node's clock, {} s {} this server's clock ({}); requests more than {} s from it are refused, so that a captured request cannot be replayed. Set the node's clock (NTP) and retry",
-                crate::format::time::rfc3339(body.sent_at),
-                age.num_seconds().unsigned_abs(),
-                if age > Duration::zero() { "behind" } else { "ahead of" },
-                crate::format::time::rfc3339(now),
-                REQUEST_WINDOW_SECONDS
-            )));
-        }
-        let forget_after = match path {
-            RequestPath::Node => now.max(body.sent_at),
-            RequestPath::Admin => now,
-        } + window;
+        let forget_after = self.fresh(
+            &RENEWAL_REQUEST,
+            body.sent_at,
+            now,
+            path == RequestPath::Node,
+        )?;
         let nonce = body.nonce;
         let decision = self
             .store
@@ -498,16 +556,7 @@ impl Service {
             })
             .await?;
         let Some(decision) = decision else {
-            self.metrics.rejected("renewals", "replayed");
-            tracing::warn!(
-                "refused a replayed renewal request for node {} (nonce {})",
-                body.node_id,
-                hex::encode(body.nonce)
-            );
-            return Err(ApiError::Replayed(format!(
-                "this renewal request (nonce {}) was received before: a replayed request is refused. A node signs a new request for every attempt",
-                hex::encode(body.nonce)
-            )));
+            return Err(self.replayed(&RENEWAL_REQUEST, &body.node_id, &body.nonce));
         };
         let decision = match decision {
             Renewal::Grant(grant) => {
