@@ -20,7 +20,6 @@ use crate::node::NodeIdentity;
 use crate::protocol::LicenseRef;
 use crate::runtime::admission::{assess_here, NodeRecords};
 use crate::runtime::answer::{Answerer, Piece, Question};
-use crate::runtime::caps::{self, CapGate};
 use crate::runtime::engine::{
     ChatMessage, Engine, EngineConfig, FinishReason, Prompt, SamplingParams,
 };
@@ -337,15 +336,11 @@ pub fn serve(args: ServeArgs) -> Outcome {
         } else {
             None
         };
-        let caps = CapGate::new(caps::windows_from_ledger(
-            &ledger_bytes,
-            lifecycle.clock().now(),
-        ));
         let answerer = Answerer::new(
             lifecycle.clone(),
             engine.clone(),
             ledger.clone(),
-            caps,
+            &ledger_bytes,
             args.queue as usize,
         );
         let renewer = client.map(|client| {
@@ -479,8 +474,7 @@ pub fn run(args: RunArgs) -> Outcome {
             &lifecycle,
         ) {
             Ok((ledger, bytes)) => {
-                let caps = CapGate::new(caps::windows_from_ledger(&bytes, lifecycle.clock().now()));
-                Answerer::new(lifecycle.clone(), engine.clone(), ledger, caps, 1)
+                Answerer::new(lifecycle.clone(), engine.clone(), ledger, &bytes, 1)
             }
             Err((code, message)) => {
                 engine.shutdown();

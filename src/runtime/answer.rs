@@ -128,13 +128,19 @@ pub struct Answerer {
 }
 
 impl Answerer {
+    /// `ledger_bytes` is the ledger as opened (empty without one): the caps' counts
+    /// so far are taken from it, at trusted time.
     pub fn new(
         lifecycle: Arc<Lifecycle>,
         engine: Engine,
         ledger: Option<Arc<Ledger>>,
-        caps: CapGate,
+        ledger_bytes: &[u8],
         queue_limit: usize,
     ) -> Arc<Answerer> {
+        let caps = CapGate::new(super::caps::windows_from_ledger(
+            ledger_bytes,
+            lifecycle.clock().now(),
+        ));
         Arc::new(Answerer {
             lifecycle,
             engine,
