@@ -239,7 +239,7 @@ async fn the_watermark_is_found_in_what_a_watermarked_node_generates_and_only_th
         "--node-dir",
         "node",
         "--threads",
-        "2",
+        "1",
         "--max-tokens",
         "200",
         "--seed",

@@ -148,7 +148,10 @@ impl NodeSite {
         self.ok(&args);
     }
 
-    /// `serve` on a free loopback port with `license` and extra flags.
+    /// `serve` on a free loopback port with `license` and extra flags. One inference
+    /// thread: the test harness runs two tests at once on a 2-core machine, and two
+    /// servers of two threads each make ggml's spinning thread barriers wait on one
+    /// another (a 60-token answer once took over 120 s in CI that way).
     pub fn serve_args<'a>(license: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "serve",
@@ -161,7 +164,7 @@ impl NodeSite {
             "--listen",
             "127.0.0.1:0",
             "--threads",
-            "2",
+            "1",
         ];
         args.extend_from_slice(extra);
         args
