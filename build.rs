@@ -1,4 +1,5 @@
-//! Compile the trust roots into the binary.
+//! Compile the trust roots into the binary, and the SHA-256 of llama.cpp's shared
+//! libraries and CPU-kernel modules (see `native_libraries`).
 //!
 //! Every `keys/roots/*.pub` file is a production root (`LEASEHOLD_ROOTS_DIR`, when set
 //! at build time, names another directory of them: the tests build a vendor binary
@@ -94,4 +95,73 @@ fn main() {
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("roots.rs");
     std::fs::write(out, code).unwrap();
+    native_libraries();
+}
+
+fn sha256(path: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The regular `lib*.so*` files of a directory (not the version symlinks), sorted, each
+/// with its stem: the name up to `.so` (`libggml-base.so.0.26.0` -> `libggml-base`).
+fn libraries_in(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.split(".so").next()?.to_string();
+            (name.starts_with("lib") && name.contains(".so")).then(|| (stem, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// llama.cpp is built as shared libraries (libllama, libggml, libggml-base) plus one
+/// CPU-kernel module per CPU generation, which `serve` picks at start. A library is code
+/// in the process that holds the plaintext weights, so the binary loads only the files
+/// this build made: their SHA-256 is compiled in (`src/runtime/backends.rs` checks the
+/// linked libraries and loads the chosen module from the bytes it checked).
+///
+/// The binary finds the libraries in `../lib/leasehold/` beside itself (an installed
+/// package: /usr/bin and /usr/lib/leasehold), and in dev and test builds in
+/// llama-cpp-sys-2's output directory (its RPATH).
+fn native_libraries() {
+    let backends = PathBuf::from(std::env::var("DEP_LLAMA_BACKENDS_DIR").expect(
+        "llama-cpp-sys-2 did not say where its backend modules are (its dynamic-backends feature is off?)",
+    ));
+    let out = backends.parent().expect("backends dir has a parent");
+    let lib_dir = out.join("lib");
+    let mut code = String::new();
+    for (name, dir) in [("LINKED", &lib_dir), ("CPU_VARIANTS", &backends)] {
+        let libs = libraries_in(dir);
+        assert!(!libs.is_empty(), "no libraries in {}", dir.display());
+        writeln!(code, "pub(crate) const {name}: &[(&str, [u8; 32])] = &[").unwrap();
+        for (stem, path) in libs {
+            println!("cargo:rerun-if-changed={}", path.display());
+            writeln!(code, "    ({stem:?}, {:?}),", sha256(&path)).unwrap();
+        }
+        code.push_str("];\n");
+    }
+    writeln!(
+        code,
+        "pub(crate) const BUILD_BACKENDS_DIR: &str = {:?};",
+        backends.to_str().expect("a UTF-8 build path")
+    )
+    .unwrap();
+    let generated = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("native_libs.rs");
+    std::fs::write(generated, code).unwrap();
+
+    // DT_RPATH, not DT_RUNPATH: it also serves libllama's own dependencies (libggml,
+    // libggml-base), and LD_LIBRARY_PATH does not come before it.
+    println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/leasehold");
+    if std::env::var("PROFILE").as_deref() != Ok("release") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    }
 }

@@ -115,6 +115,9 @@ fn main() {
         || Ok(()),
     )
     .unwrap();
+    // llama.cpp's CPU kernels for this machine, checked as `serve` loads them.
+    let kernels = leasehold::runtime::backends::load().unwrap();
+    eprintln!("CPU kernels: {}", kernels.variant);
     let mut backend = LlamaBackend::init().unwrap();
     backend.void_logs();
     // Warm the page cache for both files.

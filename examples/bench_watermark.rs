@@ -179,6 +179,9 @@ fn nll(logits: &[f32], next: usize) -> f64 {
 }
 
 fn perplexity(model_path: &str) {
+    // llama.cpp's CPU kernels for this machine, checked as `serve` loads them.
+    let kernels = leasehold::runtime::backends::load().unwrap();
+    eprintln!("CPU kernels: {}", kernels.variant);
     let mut backend = LlamaBackend::init().unwrap();
     backend.void_logs();
     let model =

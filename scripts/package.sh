@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
 done
 
 if ! command -v cargo-deb >/dev/null 2>&1; then
-  echo "package: cargo-deb is missing; run scripts/setup.sh (or: cargo install cargo-deb --locked)" >&2
+  echo "package: cargo-deb is missing; run scripts/setup.sh --test (or: cargo install cargo-deb --locked)" >&2
   exit 1
 fi
 if [ -z "$binary" ]; then
@@ -34,10 +34,24 @@ else
   scripts/release-binary.sh --check "$binary"
 fi
 
+# llama.cpp's libraries: beside a staged binary (../lib/leasehold, from
+# release-binary.sh), else where the binary's loader finds them (a test build).
+native="$(dirname "$binary")/../lib/leasehold"
+if [ ! -d "$native" ]; then
+  libllama="$(ldd "$binary" | awk '$1 ~ /^libllama\.so/ {print $3}')"
+  [ -f "$libllama" ] || { echo "package: cannot find the libllama $binary links" >&2; exit 1; }
+  native="$(dirname "$libllama")"
+fi
+backends="$native/backends"
+[ -d "$backends" ] || backends="$native/../backends"
+
 stage="target/deb-stage"
 rm -rf "$stage"
-mkdir -p "$stage/completions" "$stage/man"
+mkdir -p "$stage/completions" "$stage/man" "$stage/lib/leasehold/backends"
 strip --strip-debug -o "$stage/leasehold" "$binary"
+# Copied unchanged (never stripped): the binary checks their SHA-256.
+cp -L "$native"/lib*.so.[0-9] "$stage/lib/leasehold/"
+cp "$backends"/libggml-cpu-*.so "$stage/lib/leasehold/backends/"
 "$stage/leasehold" completions bash > "$stage/completions/leasehold.bash"
 "$stage/leasehold" completions zsh > "$stage/completions/_leasehold"
 "$stage/leasehold" completions fish > "$stage/completions/leasehold.fish"

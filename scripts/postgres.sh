@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
-  scripts/setup.sh >&2
+  scripts/setup.sh --test >&2
 fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -2,7 +2,8 @@
 # The binary a vendor ships: built without the demo root, with the vendor's roots.
 #
 #   scripts/release-binary.sh               # cargo build --release --no-default-features;
-#                                           # prints the binary's path on the last line
+#                                           # stages target/release/dist/{bin,lib/leasehold}
+#                                           # and prints the binary's path on the last line
 #   scripts/release-binary.sh --check PATH  # refuse PATH if it trusts the demo root
 #
 # The build fails, before compiling anything, when keys/roots/ (or LEASEHOLD_ROOTS_DIR,
@@ -46,8 +47,27 @@ if ! compgen -G "$roots/*.pub" >/dev/null; then
   } >&2
   exit 1
 fi
+scripts/setup.sh
+# llama.cpp's libraries are where llama-cpp-sys-2's build script put them (its out_dir).
 # shellcheck disable=SC2086
-cargo build --release --locked --bin leasehold --no-default-features ${LEASEHOLD_BUILD_FLAGS:-}
-binary="${CARGO_TARGET_DIR:-target}/release/leasehold"
+out_dir="$(cargo build --release --locked --bin leasehold --no-default-features ${LEASEHOLD_BUILD_FLAGS:-} \
+  --message-format=json-render-diagnostics | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "build-script-executed" and "llama-cpp-sys-2" in m["package_id"]:
+        print(m["out_dir"])' | tail -n 1)"
+[ -d "$out_dir/backends" ] || { echo "release: no llama.cpp build output found (out_dir '$out_dir')" >&2; exit 1; }
+target="${CARGO_TARGET_DIR:-target}/release"
+# The install layout: bin/leasehold finds ../lib/leasehold/ (its RUNPATH) and the CPU
+# kernel modules in ../lib/leasehold/backends/. The libraries are copied unchanged:
+# the binary checks their SHA-256 against the ones compiled in.
+dist="$target/dist"
+rm -rf "$dist"
+mkdir -p "$dist/bin" "$dist/lib/leasehold/backends"
+cp "$target/leasehold" "$dist/bin/leasehold"
+cp -L "$out_dir"/lib/lib*.so.[0-9] "$dist/lib/leasehold/"
+cp "$out_dir"/backends/libggml-cpu-*.so "$dist/lib/leasehold/backends/"
+binary="$dist/bin/leasehold"
 check "$binary"
 echo "$binary"

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --test
 LEASEHOLD_DEMO_MODEL="$(scripts/fetch-model.sh smollm2 | tail -n 1)"
 export LEASEHOLD_DEMO_MODEL
 

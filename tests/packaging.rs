@@ -32,9 +32,9 @@ fn tools_present(tools: &[&str]) -> bool {
     }
     assert!(
         std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
-        "missing {missing:?}: run scripts/setup.sh"
+        "missing {missing:?}: run scripts/setup.sh --test"
     );
-    eprintln!("skipped: {missing:?} not installed (scripts/setup.sh installs them)");
+    eprintln!("skipped: {missing:?} not installed (scripts/setup.sh --test installs them)");
     false
 }
 
@@ -123,6 +123,23 @@ fn vendor_binary() -> &'static VendorBuild {
             &dir.join("main.rs"),
             b"fn main() -> std::process::ExitCode {\n    leasehold::cli::main()\n}\n",
         );
+        // The link arguments leasehold's build.rs gives its own binaries (they do not
+        // reach a binary of another package): find llama.cpp's libraries beside an
+        // installed copy, else where this build put them.
+        let lib_dir = leasehold::runtime::backends::build_backends_dir()
+            .parent()
+            .unwrap()
+            .join("lib");
+        write_if_changed(
+            &dir.join("build.rs"),
+            format!(
+                "fn main() {{\n    println!(\"cargo:rustc-link-arg=-Wl,--disable-new-dtags\");\n    \
+                 println!(\"cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/leasehold\");\n    \
+                 println!(\"cargo:rustc-link-arg=-Wl,-rpath,{}\");\n}}\n",
+                lib_dir.display()
+            )
+            .as_bytes(),
+        );
         // This crate's lock file, so the dependencies resolve to the same versions.
         write_if_changed(
             &dir.join("Cargo.lock"),
@@ -185,6 +202,11 @@ fn the_deb_holds_binary_units_configs_man_pages_and_completions() {
     let listing = text(&run(Command::new("dpkg-deb").arg("-c").arg(&deb)));
     for path in [
         "./usr/bin/leasehold",
+        "./usr/lib/leasehold/libllama.so.0",
+        "./usr/lib/leasehold/libggml.so.0",
+        "./usr/lib/leasehold/libggml-base.so.0",
+        "./usr/lib/leasehold/backends/libggml-cpu-x64.so",
+        "./usr/lib/leasehold/backends/libggml-cpu-haswell.so",
         "./usr/lib/systemd/system/leasehold-node.service",
         "./usr/lib/systemd/system/leasehold-license-server.service",
         "./etc/leasehold/node.toml",
@@ -261,6 +283,26 @@ fn the_deb_holds_binary_units_configs_man_pages_and_completions() {
         !version.contains("DEMO") && !version.contains("demo/root.pub"),
         "{version}"
     );
+    // It finds its llama.cpp libraries and CPU kernels in ../lib/leasehold (not through
+    // the library path `cargo test` sets), and they are the files it was built with:
+    // `check` gets past them (exit 25 otherwise) to the missing node directory.
+    let out = Command::new(&bin)
+        .args([
+            "check",
+            "--license",
+            "x",
+            "--sealed",
+            "y",
+            "--node-dir",
+            "none",
+        ])
+        .env_remove("LD_LIBRARY_PATH")
+        .env("LEASEHOLD_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("none holds no node identity"), "{stderr}");
     for config in ["node.toml", "license-server.toml"] {
         run(Command::new(&bin)
             .args(["config", "check"])

@@ -32,6 +32,9 @@ pub const SERVER_REFUSED: u8 = 22;
 pub const LEDGER_DAMAGED: u8 = 23;
 /// `watermark detect` found no watermark in the text.
 pub const NO_WATERMARK: u8 = 24;
+/// A llama.cpp library or CPU-kernel module is not the one this build made, or none of
+/// the modules runs on this CPU.
+pub const NATIVE_REFUSED: u8 = 25;
 
 /// The exit-code table, as printed in `--help`.
 pub const TABLE: &str = "\
@@ -56,7 +59,9 @@ Exit codes:
       denied, or not enrolled
   23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify);
       for serve: the ledger is damaged, deleted or rolled back
-  24  no watermark: the text does not carry the license's watermark (watermark detect)";
+  24  no watermark: the text does not carry the license's watermark (watermark detect)
+  25  installation refused: a llama.cpp library or CPU-kernel module is not the file
+      this build made (modified, replaced or added), or none runs on this CPU";
 
 /// The exit code of a verdict.
 pub fn for_verdict(verdict: &Verdict) -> u8 {

@@ -204,6 +204,9 @@ impl From<anyhow::Error> for CheckFailure {
 
 pub fn check(args: CheckArgs) -> Outcome {
     super::runtime_cmds::forbid_dumps()?;
+    if let Err(code) = super::runtime_cmds::check_native() {
+        return Ok(code);
+    }
     let mut steps: Vec<String> = Vec::new();
     let result = run_check(&args, &mut steps);
     let (code, message) = match &result {

@@ -255,6 +255,15 @@ pub(super) fn forbid_dumps() -> anyhow::Result<()> {
     )
 }
 
+/// Before any key is unwrapped: llama.cpp's libraries checked against this build and its
+/// CPU kernels loaded. A refusal is reported and becomes exit 25.
+pub(super) fn check_native() -> Result<(), u8> {
+    crate::runtime::engine::init_native().map_err(|message| {
+        super::report_error(&message);
+        exit::NATIVE_REFUSED
+    })
+}
+
 /// Connections are file descriptors: let `--max-connections` of them open, up to the
 /// hard limit the system allows.
 fn raise_open_files_limit() {
@@ -270,6 +279,9 @@ fn raise_open_files_limit() {
 
 pub fn serve(args: ServeArgs) -> Outcome {
     forbid_dumps()?;
+    if let Err(code) = check_native() {
+        return Ok(code);
+    }
     let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
     let api_keys = match &args.api_key_file {
         Some(p) => read_tokens(p, "API key")?,
@@ -456,6 +468,9 @@ pub fn serve(args: ServeArgs) -> Outcome {
 
 pub fn run(args: RunArgs) -> Outcome {
     forbid_dumps()?;
+    if let Err(code) = check_native() {
+        return Ok(code);
+    }
     let mut config = engine_config(args.ctx, args.threads, 1)?;
     let rt = runtime()?;
     rt.block_on(async move {

@@ -35,6 +35,9 @@ struct Candidate {
 
 pub fn detect(args: WatermarkDetectArgs) -> Outcome {
     super::runtime_cmds::forbid_dumps()?;
+    if let Err(code) = super::runtime_cmds::check_native() {
+        return Ok(code);
+    }
     let text = read_text(&args.file)?;
     let paths = license_paths(&args.licenses)?;
     let mut licenses = Vec::new();

@@ -281,11 +281,25 @@ impl Engine {
     }
 }
 
+/// Check llama.cpp's libraries, load the CPU kernels for this machine and initialise
+/// llama.cpp (runtime::backends), once per process: `serve`, `run`, `check` and the
+/// watermark detector call it before any key is unwrapped.
+pub fn init_native() -> Result<(), String> {
+    backend().map(|_| ())
+}
+
 /// llama.cpp's backend is process-global: initialised once, shared by every engine.
 fn backend() -> Result<&'static LlamaBackend, String> {
     static BACKEND: std::sync::OnceLock<Result<LlamaBackend, String>> = std::sync::OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            let kernels = super::backends::load().map_err(|e| e.to_string())?;
+            tracing::info!(
+                "CPU kernels: {} (score {}, from {})",
+                kernels.variant,
+                kernels.score,
+                kernels.dir.display()
+            );
             let mut backend =
                 LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))?;
             backend.void_logs();

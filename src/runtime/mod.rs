@@ -1,5 +1,7 @@
 //! The runtime: everything between a verified license and tokens leaving the node.
 //!
+//! - [`backends`]: llama.cpp's libraries checked against this build, and the CPU
+//!   kernels for this machine.
 //! - [`weights`]: decrypted weights in an anonymous memfd, and their wipe.
 //! - [`engine`]: the one thread that owns llama.cpp (model, context, batching).
 //! - [`lifecycle`]: the license state machine (serving, grace, lapsed) on the
@@ -19,6 +21,7 @@
 
 pub mod admission;
 pub mod answer;
+pub mod backends;
 pub mod caps;
 pub mod checkpoints;
 pub mod engine;

@@ -264,7 +264,10 @@ impl Server {
     /// process's /proc entries needs root (serve is not dumpable): a read error panics
     /// rather than passing for "no weights". Callers assert `true` before they rely on
     /// `false` (the positive control).
+    /// (The process also holds its CPU-kernel module in a memfd of another name, for as
+    /// long as it runs.)
     pub fn holds_weights(&self) -> bool {
+        const WEIGHTS_MEMFD: &str = "memfd:leasehold-weights";
         let pid = self.pid();
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_else(|e| {
             panic!("cannot read /proc/{pid}/maps (run the tests as root): {e}")
@@ -273,8 +276,8 @@ impl Server {
             .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd (run the tests as root): {e}"))
             .flatten()
             .filter_map(|e| std::fs::read_link(e.path()).ok())
-            .any(|l| l.to_string_lossy().contains("memfd:"));
-        maps.contains("memfd:") || fds
+            .any(|l| l.to_string_lossy().contains(WEIGHTS_MEMFD));
+        maps.contains(WEIGHTS_MEMFD) || fds
     }
 
     /// Resident set size in bytes.
