@@ -6,7 +6,7 @@
 //!         [THREADS] [ROUNDS] [PARALLEL] [CTX_PER_SLOT]
 //!
 //! Per server and round: ready (process start to /health 200, decryption included for
-//! leasehold), prompt processing (three unique ~512-token prompts, 1 token out:
+//! leasehold), prompt processing (three unique ~500-word prompts, 1 token out:
 //! prompt tokens/s and time to first token), one stream (128 tokens streamed: tokens/s
 //! between the first and the last token), 8 clients (16 completions of 64 tokens: total
 //! tokens/s) and memory (VmHWM, RssAnon, RssFile, RssShmem after the load). Prints
@@ -200,7 +200,7 @@ async fn complete(http: &reqwest::Client, base: &str, body: Value) -> (f64, Valu
         .json(&body)
         .send()
         .await
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{base}: the server did not answer (crashed?): {e}"))
         .json()
         .await
         .unwrap();
@@ -287,7 +287,7 @@ async fn measure(setup: &Setup, kind: Kind, round: usize) -> Round {
         let (secs, v) = complete(
             &http,
             &base,
-            json!({"model": "bench", "prompt": prompt(&tag, 400), "max_tokens": 1, "temperature": 0}),
+            json!({"model": "bench", "prompt": prompt(&tag, 500), "max_tokens": 1, "temperature": 0}),
         )
         .await;
         let n = v["usage"]["prompt_tokens"].as_u64().unwrap();
@@ -392,13 +392,18 @@ async fn main() {
         eprintln!("usage: bench_parity LEASEHOLD LLAMA_SERVER MODEL.gguf [THREADS] [ROUNDS] [PARALLEL] [CTX_PER_SLOT]");
         std::process::exit(2);
     }
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("bench-parity-")
+        .tempdir()
+        .unwrap();
+    // Kept afterwards, with both servers' logs (the path is printed at the end).
+    let work = work.keep();
     let arg = |i: usize, default: u32| args.get(i).map_or(default, |v| v.parse().unwrap());
     let setup = Setup {
         leasehold: std::fs::canonicalize(&args[1]).unwrap(),
         peer: std::fs::canonicalize(&args[2]).unwrap(),
         model: std::fs::canonicalize(&args[3]).unwrap(),
-        work: work.path().to_path_buf(),
+        work: work.clone(),
         threads: arg(4, 2),
         parallel: arg(6, 8),
         ctx: arg(7, 1024),
@@ -433,18 +438,18 @@ async fn main() {
             results.push((kind, r));
         }
     }
+    let version = Command::new(&setup.peer).arg("--version").output().unwrap();
     println!(
-        "llama-server: {}",
-        log_line(&setup.work, Kind::Peer, "system_info")
-    );
-    println!(
-        "llama-server: {}",
-        log_line(&setup.work, Kind::Peer, "KV buffer size")
+        "llama-server: {} (scripts/llama-server.sh: CMake Release, GGML_NATIVE=ON, AMX off)",
+        String::from_utf8_lossy(&version.stderr)
+            .trim()
+            .replace('\n', "; ")
     );
     println!(
         "leasehold: {}",
         log_line(&setup.work, Kind::Leasehold, "CPU kernels")
     );
+    println!("logs: {}", setup.work.display());
     let of = |kind: Kind, f: fn(&Round) -> f64| {
         median(
             results
