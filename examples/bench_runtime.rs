@@ -118,8 +118,8 @@ fn main() {
     // llama.cpp's CPU kernels for this machine, checked as `serve` loads them.
     let kernels = leasehold::runtime::backends::load().unwrap();
     eprintln!("CPU kernels: {}", kernels.variant);
-    let mut backend = LlamaBackend::init().unwrap();
-    backend.void_logs();
+    // (load() has silenced llama.cpp's own logging.)
+    let backend = LlamaBackend::init().unwrap();
     // Warm the page cache for both files.
     let _ = std::fs::read(&plain).unwrap();
     let _ = std::fs::read(&sealed_path).unwrap();

@@ -182,8 +182,8 @@ fn perplexity(model_path: &str) {
     // llama.cpp's CPU kernels for this machine, checked as `serve` loads them.
     let kernels = leasehold::runtime::backends::load().unwrap();
     eprintln!("CPU kernels: {}", kernels.variant);
-    let mut backend = LlamaBackend::init().unwrap();
-    backend.void_logs();
+    // (load() has silenced llama.cpp's own logging.)
+    let backend = LlamaBackend::init().unwrap();
     let model =
         LlamaModel::load_from_file(&backend, model_path, &LlamaModelParams::default()).unwrap();
     let tokens = model.vocab().tokenize(FIXED_TEXT.as_bytes(), true, false);

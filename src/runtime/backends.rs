@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::io::AsRawFd as _;
 use std::path::{Path, PathBuf};
@@ -98,11 +98,11 @@ fn is_llama_library(stem: &str) -> bool {
 
 /// Check every llama.cpp library mapped into this process against the SHA-256 this
 /// build compiled in, by the inode the mapping uses.
-pub fn verify_linked() -> Result<usize, NativeError> {
+pub fn verify_linked() -> Result<(), NativeError> {
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| NativeError::Io(format!("/proc/self/maps: {e}")))?;
-    // path -> (device, inode) of its mapping
-    let mut mapped: BTreeMap<PathBuf, (String, u64)> = BTreeMap::new();
+    // path -> (device as (major, minor), inode) of its mapping
+    let mut mapped: BTreeMap<PathBuf, (Option<(u64, u64)>, u64)> = BTreeMap::new();
     for line in maps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 6 || !fields[5].starts_with('/') {
@@ -114,7 +114,7 @@ pub fn verify_linked() -> Result<usize, NativeError> {
             continue;
         }
         let inode: u64 = fields[4].parse().unwrap_or(0);
-        mapped.insert(path, (fields[3].to_string(), inode));
+        mapped.insert(path, (parse_device(fields[3]), inode));
     }
     for (path, (device, inode)) in &mapped {
         let stem = stem(path).unwrap_or_default();
@@ -125,33 +125,31 @@ pub fn verify_linked() -> Result<usize, NativeError> {
         let meta = file
             .metadata()
             .map_err(|e| NativeError::Io(format!("{}: {e}", path.display())))?;
-        let dev = format!(
-            "{:02x}:{:02x}",
-            rustix::fs::major(meta.dev()),
-            rustix::fs::minor(meta.dev())
+        let ours = (
+            u64::from(rustix::fs::major(meta.dev())),
+            u64::from(rustix::fs::minor(meta.dev())),
         );
-        if meta.ino() != *inode || !same_device(&dev, device) {
+        if meta.ino() != *inode || *device != Some(ours) {
             return Err(NativeError::Replaced { path: path.clone() });
         }
-        let bytes = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        let mut bytes = Vec::new();
+        (&file)
+            .read_to_end(&mut bytes)
             .map_err(|e| NativeError::Io(format!("{}: {e}", path.display())))?;
         if <[u8; 32]>::from(Sha256::digest(&bytes)) != expected {
             return Err(NativeError::Modified { path: path.clone() });
         }
     }
-    Ok(mapped.len())
+    Ok(())
 }
 
 /// /proc/self/maps writes the device as `major:minor` in hex, at least two digits each.
-fn same_device(ours: &str, maps: &str) -> bool {
-    let parse = |s: &str| -> Option<(u64, u64)> {
-        let (a, b) = s.split_once(':')?;
-        Some((
-            u64::from_str_radix(a, 16).ok()?,
-            u64::from_str_radix(b, 16).ok()?,
-        ))
-    };
-    parse(ours).is_some() && parse(ours) == parse(maps)
+fn parse_device(text: &str) -> Option<(u64, u64)> {
+    let (major, minor) = text.split_once(':')?;
+    Some((
+        u64::from_str_radix(major, 16).ok()?,
+        u64::from_str_radix(minor, 16).ok()?,
+    ))
 }
 
 /// Where this build put the CPU modules (dev and test builds load them from there; its
@@ -318,10 +316,10 @@ mod tests {
 
     #[test]
     fn devices_compare_as_numbers() {
-        assert!(same_device("fd:01", "fd:01"));
-        assert!(same_device("103:02", "103:02"));
-        assert!(!same_device("fd:01", "fd:02"));
-        assert!(!same_device("x", "x"));
+        assert_eq!(parse_device("fd:01"), Some((0xfd, 1)));
+        assert_eq!(parse_device("103:02"), Some((0x103, 2)));
+        assert_ne!(parse_device("fd:01"), parse_device("fd:02"));
+        assert_eq!(parse_device("x"), None);
     }
 
     #[test]

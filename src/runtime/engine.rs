@@ -300,10 +300,8 @@ fn backend() -> Result<&'static LlamaBackend, String> {
                 kernels.score,
                 kernels.dir.display()
             );
-            let mut backend =
-                LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))?;
-            backend.void_logs();
-            Ok(backend)
+            // llama.cpp's own logging is already silenced (backends::load).
+            LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
         })
         .as_ref()
         .map_err(Clone::clone)
