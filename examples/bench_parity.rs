@@ -9,7 +9,8 @@
 //! leasehold), prompt processing (three unique ~500-word prompts, 1 token out:
 //! prompt tokens/s and time to first token), one stream (128 tokens streamed: tokens/s
 //! between the first and the last token), 8 clients (16 completions of 64 tokens: total
-//! tokens/s) and memory (VmHWM, RssAnon, RssFile, RssShmem after the load). Prints
+//! tokens/s) and memory after the run (VmHWM, RssAnon, RssFile, RssShmem, and every page
+//! of leasehold's weights memfd, mapped or not: reading it needs root). Prints
 //! each round, then medians and the ratio leasehold / llama-server. scripts/bench.sh
 //! runs it; the README has its figures.
 
@@ -46,6 +47,7 @@ struct Round {
     anon_mb: f64,
     file_mb: f64,
     shmem_mb: f64,
+    memfd_mb: f64,
 }
 
 struct Setup {
@@ -157,6 +159,23 @@ fn start(setup: &Setup, kind: Kind, port: u16, log: &Path) -> Child {
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap()
+}
+
+/// Pages held by the server's weights memfds (leasehold), mapped or not: RssShmem counts
+/// only the mapped ones. Reading another process's fds needs root (it is not dumpable).
+fn memfd_mb(pid: u32) -> f64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0.0;
+    };
+    fds.flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:leasehold-weights"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.blocks() as f64 * 512.0 / (1024.0 * 1024.0))
+        .sum()
 }
 
 fn status_mb(pid: u32) -> [f64; 4] {
@@ -329,6 +348,7 @@ async fn measure(setup: &Setup, kind: Kind, round: usize) -> Round {
     r.clients_tps = tokens as f64 / wall.elapsed().as_secs_f64();
 
     [r.hwm_mb, r.anon_mb, r.file_mb, r.shmem_mb] = status_mb(child.id());
+    r.memfd_mb = memfd_mb(child.id());
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -431,9 +451,9 @@ async fn main() {
         for kind in order {
             let r = measure(&setup, kind, round).await;
             println!(
-                "round {round} {:>12}: ready {:.2} s | prompt {} tokens: {:.0} tokens/s, first token {:.3} s | 1 stream {:.1} tokens/s | 8 clients {:.1} tokens/s | VmHWM {:.0} MiB, RssAnon {:.0}, RssFile {:.0}, RssShmem {:.0}",
+                "round {round} {:>12}: ready {:.2} s | prompt {} tokens: {:.0} tokens/s, first token {:.3} s | 1 stream {:.1} tokens/s | 8 clients {:.1} tokens/s | VmHWM {:.0} MiB, RssAnon {:.0}, RssFile {:.0}, RssShmem {:.0}, memfd {:.0}",
                 kind.name(), r.ready, r.prompt_tokens, r.prompt_tps, r.ttft, r.stream_tps, r.clients_tps,
-                r.hwm_mb, r.anon_mb, r.file_mb, r.shmem_mb
+                r.hwm_mb, r.anon_mb, r.file_mb, r.shmem_mb, r.memfd_mb
             );
             results.push((kind, r));
         }
@@ -460,7 +480,7 @@ async fn main() {
         )
     };
     type Metric = (&'static str, fn(&Round) -> f64, &'static str);
-    let metrics: [Metric; 8] = [
+    let metrics: [Metric; 10] = [
         ("ready (s)", |r| r.ready, "<= 1.5 (SmolLM2), 1.15 (others)"),
         ("prompt tokens/s", |r| r.prompt_tps, ">= 0.97"),
         ("time to first token (s)", |r| r.ttft, ""),
@@ -469,6 +489,12 @@ async fn main() {
         ("peak RSS, VmHWM (MiB)", |r| r.hwm_mb, ""),
         ("RssAnon (MiB)", |r| r.anon_mb, ""),
         ("RssShmem (MiB)", |r| r.shmem_mb, ""),
+        ("weights memfd, all pages (MiB)", |r| r.memfd_mb, ""),
+        (
+            "held: RssAnon + RssFile + memfd (MiB)",
+            |r| r.anon_mb + r.file_mb + r.memfd_mb,
+            "",
+        ),
     ];
     println!(
         "\n| median of {rounds} | llama-server | leasehold | ratio | target |\n|---|---|---|---|---|"

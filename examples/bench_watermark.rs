@@ -85,6 +85,7 @@ fn speed(model: &str, threads: i32, rounds: usize) {
         threads,
         parallel: 1,
         batch: 512,
+        ..EngineConfig::default()
     })
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

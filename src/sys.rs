@@ -80,3 +80,185 @@ pub fn silence_llama_logs() {
     // user data is never read.
     unsafe { llama_cpp_sys_2::llama_log_set(Some(discard), std::ptr::null_mut()) }
 }
+
+/// One tensor of a GGUF file: its name and where its bytes lie in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GgufTensor {
+    pub name: String,
+    /// Absolute offset of the first byte in the file.
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The tensor table of the GGUF file at `path`, read by ggml's own GGUF parser (the one
+/// llama.cpp loads with; metadata only, no tensor data).
+pub fn gguf_tensor_table(path: &Path) -> Result<Vec<GgufTensor>, String> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let params = llama_cpp_sys_2::gguf_init_params {
+        no_alloc: true,
+        ctx: std::ptr::null_mut(),
+    };
+    // SAFETY: `c_path` is NUL-terminated and outlives the call; with a null `ctx` and
+    // `no_alloc` ggml reads only the header and the tensor table, into a context it
+    // returns (or null on a malformed file), freed below.
+    let ctx = unsafe { llama_cpp_sys_2::gguf_init_from_file(c_path.as_ptr(), params) };
+    if ctx.is_null() {
+        return Err(format!("ggml cannot read {} as GGUF", path.display()));
+    }
+    // SAFETY: `ctx` is the live context just returned; every id passed is in
+    // 0..gguf_get_n_tensors, and each name is a NUL-terminated string owned by `ctx`,
+    // copied before `ctx` is freed; `ctx` is freed once, after its last use.
+    let table = unsafe {
+        let base = llama_cpp_sys_2::gguf_get_data_offset(ctx) as u64;
+        let table = (0..llama_cpp_sys_2::gguf_get_n_tensors(ctx))
+            .map(|id| GgufTensor {
+                name: std::ffi::CStr::from_ptr(llama_cpp_sys_2::gguf_get_tensor_name(ctx, id))
+                    .to_string_lossy()
+                    .into_owned(),
+                offset: base + llama_cpp_sys_2::gguf_get_tensor_offset(ctx, id) as u64,
+                size: llama_cpp_sys_2::gguf_get_tensor_size(ctx, id) as u64,
+            })
+            .collect();
+        llama_cpp_sys_2::gguf_free(ctx);
+        table
+    };
+    Ok(table)
+}
+
+/// A weight tensor a decode read, and the address its data was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightRead {
+    pub name: String,
+    pub address: usize,
+}
+
+/// The raw `llama_model` behind llama-cpp-2's `LlamaModel`.
+fn model_pointer(model: &llama_cpp_2::model::LlamaModel) -> *mut llama_cpp_sys_2::llama_model {
+    // llama-cpp-2 (pinned to =0.1.160 in Cargo.toml) defines `LlamaModel` as a struct
+    // whose only field is `Ptr<llama_model>`, a #[repr(transparent)] NonNull, and gives
+    // no accessor for it. The size check stops the build if that changes.
+    const _: () = assert!(
+        std::mem::size_of::<llama_cpp_2::model::LlamaModel>()
+            == std::mem::size_of::<*mut llama_cpp_sys_2::llama_model>()
+    );
+    // SAFETY: by the layout above, the first (and only) pointer-sized word of a
+    // `LlamaModel` is its non-null `llama_model` pointer; it is copied out, not moved,
+    // and used only while `model` is borrowed.
+    unsafe { std::mem::transmute_copy::<_, *mut llama_cpp_sys_2::llama_model>(model) }
+}
+
+/// Decode one token in a throw-away context of `model` and report every weight tensor
+/// its graph reads, with the address llama.cpp reads it from: inside the weights' memfd
+/// mapping when llama.cpp uses the file's pages in place, elsewhere when it copied them
+/// into a buffer of its own (the CPU kernels' repacked layouts).
+pub fn weights_read_by_one_decode(
+    model: &llama_cpp_2::model::LlamaModel,
+    threads: i32,
+) -> Result<Vec<WeightRead>, String> {
+    struct Seen {
+        names: std::collections::HashSet<String>,
+        reads: Vec<WeightRead>,
+    }
+    unsafe extern "C" fn observe(
+        node: *mut llama_cpp_sys_2::ggml_tensor,
+        ask: bool,
+        user_data: *mut std::os::raw::c_void,
+    ) -> bool {
+        if !ask || node.is_null() || user_data.is_null() {
+            return false;
+        }
+        // SAFETY: ggml calls this during the decode below, on the decoding thread, with a
+        // node of the graph being computed; `user_data` is the `Seen` that outlives the
+        // decode and nothing else touches while it runs. A node's non-null sources and
+        // their view sources are live tensors of that graph or of the model; their names
+        // are NUL-terminated within the 64-byte array.
+        unsafe {
+            let seen = &mut *user_data.cast::<Seen>();
+            for &src in &(*node).src {
+                if src.is_null() {
+                    continue;
+                }
+                let tensor = if (*src).view_src.is_null() {
+                    src
+                } else {
+                    (*src).view_src
+                };
+                let buffer = (*tensor).buffer;
+                if buffer.is_null()
+                    || llama_cpp_sys_2::ggml_backend_buffer_get_usage(buffer)
+                        != llama_cpp_sys_2::GGML_BACKEND_BUFFER_USAGE_WEIGHTS
+                {
+                    continue;
+                }
+                let name = std::ffi::CStr::from_ptr((*tensor).name.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                if seen.names.insert(name.clone()) {
+                    seen.reads.push(WeightRead {
+                        name,
+                        address: (*tensor).data as usize,
+                    });
+                }
+            }
+        }
+        // Never ask for the node's result: the graph runs in one piece.
+        false
+    }
+
+    let mut seen = Seen {
+        names: std::collections::HashSet::new(),
+        reads: Vec::new(),
+    };
+    let model = model_pointer(model);
+    // SAFETY: plain data returned by value.
+    let mut params = unsafe { llama_cpp_sys_2::llama_context_default_params() };
+    params.n_ctx = 256;
+    params.n_batch = 1;
+    params.n_ubatch = 1;
+    params.n_seq_max = 1;
+    params.n_threads = threads.max(1);
+    params.n_threads_batch = threads.max(1);
+    params.no_perf = true;
+    params.cb_eval = Some(observe);
+    params.cb_eval_user_data = std::ptr::from_mut(&mut seen).cast();
+    // SAFETY: `model` is the live model borrowed by the caller for the whole call; the
+    // context made from it is freed before returning, so `seen` (its callback data)
+    // outlives every callback; `token` outlives the decode that reads it.
+    let status = unsafe {
+        let ctx = llama_cpp_sys_2::llama_init_from_model(model, params);
+        if ctx.is_null() {
+            return Err("llama.cpp could not create a context to probe the weights".into());
+        }
+        let mut token: llama_cpp_sys_2::llama_token = 0;
+        let status = llama_cpp_sys_2::llama_decode(
+            ctx,
+            llama_cpp_sys_2::llama_batch_get_one(&raw mut token, 1),
+        );
+        llama_cpp_sys_2::llama_free(ctx);
+        status
+    };
+    if status != 0 {
+        return Err(format!(
+            "the probe decode failed (llama_decode returned {status})"
+        ));
+    }
+    Ok(seen.reads)
+}
+
+/// The raw `llama_context_params` behind llama-cpp-2's `LlamaContextParams`, for the
+/// settings it has no setter for (`swa_full`).
+pub fn raw_context_params(
+    params: &mut llama_cpp_2::context::params::LlamaContextParams,
+) -> &mut llama_cpp_sys_2::llama_context_params {
+    // llama-cpp-2 (=0.1.160) defines `LlamaContextParams` as a struct whose only field is
+    // the `llama_context_params` it passes to llama.cpp. The size check stops the build
+    // if that changes.
+    const _: () = assert!(
+        std::mem::size_of::<llama_cpp_2::context::params::LlamaContextParams>()
+            == std::mem::size_of::<llama_cpp_sys_2::llama_context_params>()
+    );
+    // SAFETY: by the layout above the struct is exactly its one field, so the pointer to
+    // it points to a valid, aligned `llama_context_params`, borrowed mutably for as long
+    // as `params` is.
+    unsafe { &mut *std::ptr::from_mut(params).cast::<llama_cpp_sys_2::llama_context_params>() }
+}

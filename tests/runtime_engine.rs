@@ -6,11 +6,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::gguf::tiny_llama;
+use common::gguf::{tiny_llama, tiny_llama_q4_0};
 use leasehold::crypto::ContentKey;
 use leasehold::runtime::engine::{
     ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest, Prompt,
-    SamplingParams,
+    Repack, SamplingParams,
 };
 use leasehold::runtime::safeguards::Safeguards;
 use leasehold::runtime::weights::DecryptedWeights;
@@ -26,8 +26,11 @@ struct Sealed {
 }
 
 fn sealed_tiny() -> Sealed {
+    sealed_model(tiny_llama(1))
+}
+
+fn sealed_model(plaintext: Vec<u8>) -> Sealed {
     let dir = TempDir::new().unwrap();
-    let plaintext = tiny_llama(1);
     let model = dir.path().join("tiny.gguf");
     std::fs::write(&model, &plaintext).unwrap();
     let path = dir.path().join("tiny.sealed");
@@ -109,6 +112,7 @@ async fn loaded_engine(sealed: &Sealed, parallel: u32) -> Engine {
         threads: 2,
         parallel,
         batch: 128,
+        ..EngineConfig::default()
     })
     .unwrap();
     engine
@@ -232,6 +236,7 @@ async fn unload_ends_running_requests_and_a_reload_serves_again() {
         threads: 2,
         parallel: 2,
         batch: 128,
+        ..EngineConfig::default()
     })
     .unwrap();
     let load = |engine: &Engine| {
@@ -318,4 +323,64 @@ async fn stop_sequences_end_generation_without_emitting_the_stop() {
     assert!(!text.contains(&stop));
     assert!(free.starts_with(&text));
     engine.shutdown();
+}
+
+/// llama.cpp's x86 CPU kernels copy Q4_0 matrices into repacked layouts while loading; the
+/// decrypted memfd pages they replace are released, so the weights are held once, and
+/// the answers are the same as with those pages kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repacked_weights_are_held_once_and_the_answers_do_not_change() {
+    let sealed = sealed_model(tiny_llama_q4_0(3));
+    let mut answers = Vec::new();
+    for repack in [Repack::KeepPages, Repack::Release, Repack::Off] {
+        let engine = Engine::start(EngineConfig {
+            ctx: 256,
+            threads: 1,
+            parallel: 1,
+            batch: 64,
+            repack,
+        })
+        .unwrap();
+        let report = engine
+            .load(
+                sealed.path.clone(),
+                sealed.key.clone(),
+                Arc::new(Safeguards::none()),
+                None,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        match repack {
+            Repack::KeepPages | Repack::Release => {
+                // The layers' matrices (2 x 368,640 bytes) are repacked; the embeddings
+                // and the output matrix (263 rows) are used in place.
+                assert!(report.copied >= 700_000, "{repack:?}: {}", report.copied);
+                assert!(report.in_place >= 2 * 263 * 8 * 18, "{}", report.in_place);
+            }
+            Repack::Off => assert_eq!(report.copied, 0),
+        }
+        if repack == Repack::Release {
+            // Whole pages inside the one run of repacked matrices.
+            assert!(
+                report.released + 2 * 4096 >= report.copied && report.released <= report.copied,
+                "released {} of {} copied",
+                report.released,
+                report.copied
+            );
+        } else {
+            assert_eq!(report.released, 0);
+        }
+        let (text, ..) = complete(&engine, Prompt::Text("hello world".into()), greedy(24))
+            .await
+            .unwrap();
+        answers.push(text);
+        engine.unload().await.unwrap();
+        engine.shutdown();
+    }
+    assert!(!answers[0].is_empty());
+    assert_eq!(
+        answers[0], answers[1],
+        "releasing the pages changed the answer"
+    );
 }

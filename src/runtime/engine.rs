@@ -26,6 +26,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use super::output_filter::{FilterStream, Filtered};
+use super::residency;
 use super::safeguards::{Safeguards, Watermark};
 use super::text::{StopMatcher, Utf8Collector};
 use super::weights::{self, DecryptedWeights, LockPlan, PageBacking};
@@ -43,6 +44,39 @@ pub struct EngineConfig {
     pub parallel: u32,
     /// Largest number of tokens in one decode call.
     pub batch: u32,
+    /// How llama.cpp may hold the weights.
+    pub repack: Repack,
+}
+
+/// How llama.cpp may hold the weights: llama.cpp's CPU kernels copy some tensor types
+/// (Q4_0, Q4_K, IQ4_NL, … on x86) into repacked layouts that are faster to multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repack {
+    /// Repack what the kernels can, then release the decrypted memfd pages the copies
+    /// replace (runtime::residency): the weights are held once. While loading, both
+    /// exist for a moment.
+    #[default]
+    Release,
+    /// Repack, and keep the pages the copies replace (the weights are held twice; for
+    /// tests and diagnosis).
+    KeepPages,
+    /// No repacking: every tensor is used in place from the memfd, so the weights are
+    /// never held twice, not even while loading, at the cost of the repacked kernels'
+    /// speed (`LEASEHOLD_CPU_REPACK=off`).
+    Off,
+}
+
+impl Repack {
+    /// From `LEASEHOLD_CPU_REPACK`: `off` turns repacking off; unset or `on` repacks.
+    pub fn from_env() -> Result<Repack, String> {
+        match std::env::var("LEASEHOLD_CPU_REPACK").as_deref() {
+            Err(_) | Ok("" | "on") => Ok(Repack::Release),
+            Ok("off") => Ok(Repack::Off),
+            Ok(other) => Err(format!(
+                "LEASEHOLD_CPU_REPACK={other:?}: use `on` (the default) or `off`"
+            )),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -52,6 +86,7 @@ impl Default for EngineConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
             parallel: 4,
             batch: 512,
+            repack: Repack::Release,
         }
     }
 }
@@ -155,6 +190,14 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone)]
 pub struct LoadReport {
     pub bytes: u64,
+    /// How llama.cpp held the weights.
+    pub repack: Repack,
+    /// Bytes of tensors llama.cpp reads in place from the memfd.
+    pub in_place: u64,
+    /// Bytes of tensors it copied (repacked) into its own buffers.
+    pub copied: u64,
+    /// Bytes of memfd pages released because their tensors were copied.
+    pub released: u64,
     pub decrypt: Duration,
     pub load: Duration,
     pub backing: PageBacking,
@@ -380,8 +423,8 @@ fn engine_main(
                 reply,
             } => {
                 let loaded = match &progress {
-                    Some(bar) => load(backend, &sealed, &key, &|n| bar.inc(n)),
-                    None => load(backend, &sealed, &key, &crate::seal::no_progress),
+                    Some(bar) => load(backend, config, &sealed, &key, &|n| bar.inc(n)),
+                    None => load(backend, config, &sealed, &key, &crate::seal::no_progress),
                 };
                 if let Some(bar) = progress {
                     bar.finish_and_clear();
@@ -423,6 +466,7 @@ fn engine_main(
 
 fn load(
     backend: &LlamaBackend,
+    config: &EngineConfig,
     sealed_path: &std::path::Path,
     key: &ContentKey,
     progress: Progress,
@@ -447,14 +491,31 @@ fn load(
     let weights = DecryptedWeights::decrypt(&sealed, key, progress).map_err(|e| e.to_string())?;
     drop(sealed);
     let decrypt = started.elapsed();
-    let params = LlamaModelParams::default()
+    let mut params = std::pin::pin!(LlamaModelParams::default()
         .with_use_mmap(true)
-        .with_use_mlock(mlock);
+        .with_use_mlock(mlock));
+    if config.repack == Repack::Off {
+        // Every tensor in the plain CPU buffer type: used in place from the memfd.
+        params.as_mut().add_cpu_buft_override(c".*");
+    }
     let load_started = crate::node::clock::monotonic_now();
     // llama.cpp opens the path (twice) while loading; `weights` keeps the fd open.
     let model = LlamaModel::load_from_file(backend, weights.path(), &params)
         .map_err(|e| format!("llama.cpp could not load the decrypted model: {e}"))?;
+    let residency = match config.repack {
+        Repack::Release => release_copied(&weights, &model, config.threads, true),
+        Repack::KeepPages => release_copied(&weights, &model, config.threads, false),
+        Repack::Off => Ok(residency::Placement::default()),
+    };
+    let residency = residency.unwrap_or_else(|e| {
+        tracing::warn!("the weights llama.cpp copied could not be found ({e}); their memfd pages are kept, so those weights are held twice");
+        residency::Placement::default()
+    });
     let report = LoadReport {
+        repack: config.repack,
+        in_place: residency.in_place,
+        copied: residency.copied,
+        released: residency.releasable_bytes(),
         bytes: weights.len(),
         decrypt,
         load: load_started.elapsed(),
@@ -474,13 +535,18 @@ fn new_context<'m>(
     model: &'m LlamaModel,
     config: &EngineConfig,
 ) -> Result<LlamaContext<'m>, String> {
-    let params = LlamaContextParams::default()
+    let mut params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(config.ctx.saturating_mul(config.parallel)))
         .with_n_seq_max(config.parallel)
         .with_n_batch(config.batch)
         .with_n_ubatch(config.batch)
         .with_n_threads(config.threads)
         .with_n_threads_batch(config.threads);
+    // Sliding-window layers (Gemma 3: five in six) keep only their window in the KV
+    // cache, as llama-server does, instead of the whole context (llama.cpp's library
+    // default): less memory and less attention work per token. Sequences are only ever
+    // removed whole, which is all a windowed cache cannot do partially.
+    crate::sys::raw_context_params(&mut params).swa_full = false;
     model
         .new_context(backend, params)
         .map_err(|e| format!("cannot create a llama.cpp context: {e}"))
@@ -896,4 +962,29 @@ fn end_all(
         let _ = req.events.send(Event::Failed(error.clone()));
     }
     end
+}
+
+/// Find the tensors llama.cpp copied into its own buffers and, if `release`, punch their
+/// memfd pages (runtime::residency).
+fn release_copied(
+    weights: &DecryptedWeights,
+    model: &LlamaModel,
+    threads: i32,
+    release: bool,
+) -> Result<residency::Placement, String> {
+    let tensors = crate::sys::gguf_tensor_table(&weights.path())?;
+    let reads = crate::sys::weights_read_by_one_decode(model, threads)?;
+    let inode = weights.inode().map_err(|e| e.to_string())?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    let mappings = residency::mappings_of(&maps, inode, "/memfd:leasehold-weights");
+    let page = rustix::param::page_size() as u64;
+    let mut placement = residency::placement(&tensors, &reads, &mappings, page);
+    if !release {
+        placement.releasable.clear();
+        return Ok(placement);
+    }
+    weights
+        .release(&placement.releasable)
+        .map_err(|e| format!("punching the memfd failed: {e}"))?;
+    Ok(placement)
 }

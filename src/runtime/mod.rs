@@ -3,6 +3,8 @@
 //! - [`backends`]: llama.cpp's libraries checked against this build, and the CPU
 //!   kernels for this machine.
 //! - [`weights`]: decrypted weights in an anonymous memfd, and their wipe.
+//! - [`residency`]: the weights held once: memfd pages of tensors llama.cpp copied
+//!   (repacked) are released after loading.
 //! - [`engine`]: the one thread that owns llama.cpp (model, context, batching).
 //! - [`lifecycle`]: the license state machine (serving, grace, lapsed) on the
 //!   monotonic clock, renewal without restart.
@@ -28,6 +30,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod output_filter;
 pub mod renewal;
+pub mod residency;
 pub mod safeguards;
 pub mod text;
 pub mod weights;

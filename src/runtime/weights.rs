@@ -121,12 +121,71 @@ impl DecryptedWeights {
         drop(self);
     }
 
+    /// The memfd's inode, to find llama.cpp's mappings of it in /proc/self/maps.
+    pub fn inode(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(self.file.metadata()?.ino())
+    }
+
+    /// Release the pages of `ranges` (page-aligned file ranges no tensor in use is read
+    /// from: runtime::residency): punched out of the memfd, so the plaintext in them no
+    /// longer exists. Returns the bytes released.
+    pub fn release(&self, ranges: &[std::ops::Range<u64>]) -> std::io::Result<u64> {
+        let mut released = 0;
+        for range in ranges {
+            let end = range.end.min(self.len);
+            if range.start >= end {
+                continue;
+            }
+            rustix::fs::fallocate(
+                &self.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                range.start,
+                end - range.start,
+            )?;
+            released += end - range.start;
+        }
+        Ok(released)
+    }
+
+    /// The file ranges that hold pages (not holes).
+    fn data_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        use rustix::fs::SeekFrom;
+        let mut ranges = Vec::new();
+        let mut pos = 0;
+        while pos < self.len {
+            let start = match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(start) => start,
+                Err(rustix::io::Errno::NXIO) => break,
+                // No SEEK_DATA: treat everything left as data.
+                Err(_) => {
+                    ranges.push(pos..self.len);
+                    break;
+                }
+            };
+            let end = rustix::fs::seek(&self.file, SeekFrom::Hole(start))
+                .unwrap_or(self.len)
+                .min(self.len);
+            if end <= start {
+                break;
+            }
+            ranges.push(start..end);
+            pos = end;
+        }
+        ranges
+    }
+
     fn wipe_in_place(&mut self) {
         if self.len == 0 {
             return;
         }
+        // Zero the pages that exist, not the holes released after loading (writing to a
+        // hole would allocate it again).
+        let data = self.data_ranges();
         if let Ok(mut map) = crate::sys::map_memfd(&self.file) {
-            map.fill(0);
+            for range in data {
+                map[range.start as usize..range.end as usize].fill(0);
+            }
             let _ = map.flush();
         }
         if let Err(e) = rustix::fs::fallocate(
@@ -209,6 +268,33 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn released_ranges_become_holes_and_the_wipe_zeroes_only_what_remains() {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let mut file = create_memfd().unwrap();
+        file.write_all(&vec![0xAA; 64 << 10]).unwrap();
+        let weights = DecryptedWeights {
+            file,
+            len: 64 << 10,
+            backing: PageBacking::Regular,
+        };
+        assert_eq!(weights.data_ranges(), vec![0..64 << 10]);
+        assert_eq!(weights.release(std::slice::from_ref(&(8192..16_384))).unwrap(), 8192);
+        assert_eq!(weights.data_ranges(), vec![0..8192, 16_384..64 << 10]);
+        let mut bytes = Vec::new();
+        let mut file = weights.file.try_clone().unwrap();
+        file.rewind().unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        assert!(bytes[8192..16_384].iter().all(|&b| b == 0));
+        assert!(bytes[..8192]
+            .iter()
+            .chain(&bytes[16_384..])
+            .all(|&b| b == 0xAA));
+        drop(weights);
+        // The wipe zeroed and truncated the memfd the clone still refers to.
+        assert_eq!(file.metadata().unwrap().len(), 0);
+    }
 
     #[test]
     fn swap_with_unlockable_weights_is_a_refusal() {

@@ -1,10 +1,9 @@
 //! A tiny random-weight llama model written as GGUF, for tests: 2 layers, dim 64, a
 //! byte-level SentencePiece vocabulary (`<0x00>`…`<0xFF>`, type 6) plus ChatML control
 //! tokens and a ChatML chat template. llama.cpp loads it in milliseconds. Its output is
-//! noise, which is all a test of plumbing needs.
+//! noise, which is all a test of plumbing needs. A Q4_0 variant (dim 256) has matrices
+//! llama.cpp's x86 CPU kernels repack.
 
-const N_EMBD: u64 = 64;
-const N_FF: u64 = 128;
 const N_HEAD: u32 = 4;
 const N_LAYER: u32 = 2;
 const ALIGN: usize = 32;
@@ -67,8 +66,29 @@ fn put_kv(out: &mut Vec<u8>, key: &str, value: &Value) {
     }
 }
 
-/// The GGUF bytes of a tiny llama model with weights drawn from `seed`.
+/// The GGUF bytes of a tiny llama model with weights drawn from `seed` (F32, dim 64).
 pub fn tiny_llama(seed: u64) -> Vec<u8> {
+    llama(seed, 64, 128, false)
+}
+
+/// A tiny llama whose matrices are Q4_0 (dim 256, feed-forward 512), norms first: on x86
+/// llama.cpp repacks the layers' matrices (rows a multiple of 8) into its own buffers,
+/// and uses the embeddings and the output matrix (263 rows) in place.
+pub fn tiny_llama_q4_0(seed: u64) -> Vec<u8> {
+    llama(seed, 256, 512, true)
+}
+
+const GGML_TYPE_F32: u32 = 0;
+const GGML_TYPE_Q4_0: u32 = 2;
+
+/// An f32 in [2^-14, 2^15) as IEEE half-precision bits (truncated).
+fn f16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    (((bits >> 16) & 0x8000) as u16) | ((exp as u16) << 10) | (((bits >> 13) & 0x3ff) as u16)
+}
+
+fn llama(seed: u64, n_embd: u64, n_ff: u64, q4_0: bool) -> Vec<u8> {
     let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
     let mut types = vec![2, 3, 3];
     for b in 0..=255u32 {
@@ -89,14 +109,14 @@ pub fn tiny_llama(seed: u64) -> Vec<u8> {
             Value::Str("leasehold tiny test model".into()),
         ),
         ("llama.context_length", Value::U32(4096)),
-        ("llama.embedding_length", Value::U32(N_EMBD as u32)),
+        ("llama.embedding_length", Value::U32(n_embd as u32)),
         ("llama.block_count", Value::U32(N_LAYER)),
-        ("llama.feed_forward_length", Value::U32(N_FF as u32)),
+        ("llama.feed_forward_length", Value::U32(n_ff as u32)),
         ("llama.attention.head_count", Value::U32(N_HEAD)),
         ("llama.attention.head_count_kv", Value::U32(N_HEAD)),
         (
             "llama.rope.dimension_count",
-            Value::U32((N_EMBD as u32) / N_HEAD),
+            Value::U32((n_embd as u32) / N_HEAD),
         ),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("tokenizer.ggml.model", Value::Str("llama".into())),
@@ -111,22 +131,36 @@ pub fn tiny_llama(seed: u64) -> Vec<u8> {
 
     // (name, dims in ggml order, is a norm)
     let mut tensors: Vec<(String, Vec<u64>, bool)> = vec![
-        ("token_embd.weight".into(), vec![N_EMBD, n_vocab], false),
-        ("output_norm.weight".into(), vec![N_EMBD], true),
-        ("output.weight".into(), vec![N_EMBD, n_vocab], false),
+        ("token_embd.weight".into(), vec![n_embd, n_vocab], false),
+        ("output_norm.weight".into(), vec![n_embd], true),
+        ("output.weight".into(), vec![n_embd, n_vocab], false),
     ];
     for l in 0..N_LAYER {
         let p = |n: &str| format!("blk.{l}.{n}.weight");
-        tensors.push((p("attn_norm"), vec![N_EMBD], true));
-        tensors.push((p("attn_q"), vec![N_EMBD, N_EMBD], false));
-        tensors.push((p("attn_k"), vec![N_EMBD, N_EMBD], false));
-        tensors.push((p("attn_v"), vec![N_EMBD, N_EMBD], false));
-        tensors.push((p("attn_output"), vec![N_EMBD, N_EMBD], false));
-        tensors.push((p("ffn_norm"), vec![N_EMBD], true));
-        tensors.push((p("ffn_gate"), vec![N_EMBD, N_FF], false));
-        tensors.push((p("ffn_down"), vec![N_FF, N_EMBD], false));
-        tensors.push((p("ffn_up"), vec![N_EMBD, N_FF], false));
+        tensors.push((p("attn_norm"), vec![n_embd], true));
+        tensors.push((p("attn_q"), vec![n_embd, n_embd], false));
+        tensors.push((p("attn_k"), vec![n_embd, n_embd], false));
+        tensors.push((p("attn_v"), vec![n_embd, n_embd], false));
+        tensors.push((p("attn_output"), vec![n_embd, n_embd], false));
+        tensors.push((p("ffn_norm"), vec![n_embd], true));
+        tensors.push((p("ffn_gate"), vec![n_embd, n_ff], false));
+        tensors.push((p("ffn_down"), vec![n_ff, n_embd], false));
+        tensors.push((p("ffn_up"), vec![n_embd, n_ff], false));
     }
+
+    if q4_0 {
+        // Norms first, so the repacked matrices lie in one run of pages.
+        tensors.sort_by_key(|(_, _, is_norm)| !is_norm);
+    }
+    let quantized = |is_norm: bool| q4_0 && !is_norm;
+    let size = |dims: &[u64], is_norm: bool| {
+        let n = dims.iter().product::<u64>();
+        if quantized(is_norm) {
+            n / 32 * 18
+        } else {
+            n * 4
+        }
+    };
 
     let mut out = Vec::new();
     out.extend_from_slice(b"GGUF");
@@ -138,33 +172,51 @@ pub fn tiny_llama(seed: u64) -> Vec<u8> {
     }
     let mut offset = 0u64;
     let mut data_offsets = Vec::new();
-    for (name, dims, _) in &tensors {
+    for (name, dims, is_norm) in &tensors {
         put_str(&mut out, name);
         out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims {
             out.extend_from_slice(&d.to_le_bytes());
         }
-        out.extend_from_slice(&0u32.to_le_bytes()); // GGML_TYPE_F32
+        let kind = if quantized(*is_norm) {
+            GGML_TYPE_Q4_0
+        } else {
+            GGML_TYPE_F32
+        };
+        out.extend_from_slice(&kind.to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
         data_offsets.push(offset);
-        let bytes = dims.iter().product::<u64>() * 4;
-        offset += bytes.div_ceil(ALIGN as u64) * ALIGN as u64;
+        offset += size(dims, *is_norm).div_ceil(ALIGN as u64) * ALIGN as u64;
     }
     while out.len() % ALIGN != 0 {
         out.push(0);
     }
     let data_start = out.len();
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
     for ((_, dims, is_norm), start) in tensors.iter().zip(data_offsets) {
         out.resize(data_start + start as usize, 0);
+        if quantized(*is_norm) {
+            // Q4_0 blocks: an f16 scale, then 32 four-bit values (value = (q - 8) * d),
+            // d chosen so each output keeps about unit scale.
+            let d = 1.0 / (21.25 * dims[0] as f32).sqrt();
+            for _ in 0..dims.iter().product::<u64>() / 32 {
+                out.extend_from_slice(&f16_bits(d).to_le_bytes());
+                out.extend_from_slice(&next().to_le_bytes());
+                out.extend_from_slice(&next().to_le_bytes());
+            }
+            continue;
+        }
         for _ in 0..dims.iter().product::<u64>() {
             let v = if *is_norm {
                 1.0f32
             } else {
-                x ^= x >> 12;
-                x ^= x << 25;
-                x ^= x >> 27;
-                let r = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32;
+                let r = (next() >> 40) as f32 / (1u64 << 24) as f32;
                 (r - 0.5) * 0.2
             };
             out.extend_from_slice(&v.to_le_bytes());
