@@ -175,7 +175,7 @@ fn memfd_mb(pid: u32) -> f64 {
         })
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
         .map(|m| m.blocks() as f64 * 512.0 / (1024.0 * 1024.0))
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 fn status_mb(pid: u32) -> [f64; 4] {
@@ -501,6 +501,11 @@ async fn main() {
     );
     for (name, f, target) in metrics {
         let (p, l) = (of(Kind::Peer, f), of(Kind::Leasehold, f));
-        println!("| {name} | {p:.2} | {l:.2} | {:.2} | {target} |", l / p);
+        let ratio = if p > 0.0 {
+            format!("{:.2}", l / p)
+        } else {
+            "-".into()
+        };
+        println!("| {name} | {p:.2} | {l:.2} | {ratio} | {target} |");
     }
 }

@@ -373,10 +373,20 @@ With --license-server URL the node fetches its first license (after `leasehold e
 --server URL ...` and the vendor's approval), renews at about half of each lease, retries
 with backoff while the server is unreachable, and lapses at once if the license is revoked.
 
+Memory: llama.cpp's CPU kernels repack some tensor types (Q4_0, Q4_K, IQ4_NL on x86)
+into buffers of their own; the decrypted pages those copies replace are released after
+loading, so the weights are held once (the log says how much).
+
+Environment:
+  LEASEHOLD_CPU_KERNELS=NAME  load this CPU-kernel module (e.g. haswell) instead of the best
+  LEASEHOLD_CPU_REPACK=off    no repacking: every tensor used in place, never a second copy,
+                              not even while loading (slower prompts on Q4_0/Q4_K models)
+  LEASEHOLD_LOG=debug         more logging (LEASEHOLD_LOG_FORMAT=json for JSON lines)
+
 Exit codes: 0 clean shutdown; 1 error; 11-18, 20, 21 refused at start (as for check);
 12 lapsed with --exit-on-lapse; 22 the license server refused a license; 23 the usage
 ledger is damaged, deleted or rolled back (NODE_DIR/ledger.head remembers its last
-signed checkpoint).";
+signed checkpoint); 25 llama.cpp's libraries or CPU kernels are not this build's.";
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {

@@ -104,10 +104,11 @@ async fn start(
             );
             if report.repack != Repack::Off {
                 tracing::info!(
-                    "weights held once: {} MiB used in place from memory, {} MiB repacked by the CPU kernels (their {} MiB of decrypted pages released)",
+                    "weights held once: {} MiB used in place from memory, {} MiB repacked by the CPU kernels (their {} MiB of decrypted pages released, in {:.2} s)",
                     report.in_place >> 20,
                     report.copied >> 20,
-                    report.released >> 20
+                    report.released >> 20,
+                    report.residency.as_secs_f64()
                 );
             } else {
                 tracing::info!(

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use super::output_filter::{FilterStream, Filtered};
 use super::residency;
 use super::safeguards::{Safeguards, Watermark};
+use super::sampling::Direct;
 use super::text::{StopMatcher, Utf8Collector};
 use super::weights::{self, DecryptedWeights, LockPlan, PageBacking};
 use crate::crypto::ContentKey;
@@ -198,6 +199,8 @@ pub struct LoadReport {
     pub copied: u64,
     /// Bytes of memfd pages released because their tensors were copied.
     pub released: u64,
+    /// Time spent finding the copied tensors and releasing their pages.
+    pub residency: Duration,
     pub decrypt: Duration,
     pub load: Duration,
     pub backing: PageBacking,
@@ -502,6 +505,8 @@ fn load(
     // llama.cpp opens the path (twice) while loading; `weights` keeps the fd open.
     let model = LlamaModel::load_from_file(backend, weights.path(), &params)
         .map_err(|e| format!("llama.cpp could not load the decrypted model: {e}"))?;
+    let load = load_started.elapsed();
+    let residency_started = crate::node::clock::monotonic_now();
     let residency = match config.repack {
         Repack::Release => release_copied(&weights, &model, config.threads, true),
         Repack::KeepPages => release_copied(&weights, &model, config.threads, false),
@@ -518,7 +523,8 @@ fn load(
         released: residency.releasable_bytes(),
         bytes: weights.len(),
         decrypt,
-        load: load_started.elapsed(),
+        load,
+        residency: residency_started.elapsed(),
         backing: weights.backing(),
         mlocked: mlock,
         model_description: format!(
@@ -565,7 +571,7 @@ struct Slot {
     next: Option<LlamaToken>,
     /// Index in the current batch whose logits belong to this slot.
     logits_at: Option<i32>,
-    sampler: LlamaSampler,
+    sampler: Sampler,
     max_tokens: u32,
     generated: u32,
     utf8: Utf8Collector,
@@ -642,8 +648,7 @@ struct MarkBuffers {
 }
 
 /// Sample with the watermark: δ added to the green list's logits, then the request's
-/// own sampler chain on the biased candidates (what `LlamaSampler::sample` does, with
-/// the bias in between).
+/// own sampler on the biased logits.
 fn sample_watermarked(
     ctx: &LlamaContext<'_>,
     at: i32,
@@ -664,40 +669,70 @@ fn sample_watermarked(
     for &t in eog.iter().filter(|t| **t < original.len()) {
         logits[t] = original[t];
     }
-    candidates.clear();
-    candidates.extend(
-        logits
-            .iter()
-            .enumerate()
-            .map(|(i, l)| LlamaTokenData::new(LlamaToken(i as i32), *l, 0.0)),
-    );
-    let mut array = LlamaTokenDataArray::new(std::mem::take(candidates), false);
-    slot.sampler.apply(&mut array);
-    let token = array.selected_token().unwrap_or_else(|| {
-        // Every sampler chain ends in a selecting sampler; fall back to the best logit.
-        let best = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
-        LlamaToken(best as i32)
-    });
-    *candidates = array.data;
-    token
+    slot.sampler.sample_logits(logits, candidates)
 }
 
-fn sampler_for(params: &SamplingParams) -> LlamaSampler {
+/// A request's sampler: greedy and plain temperature sampling read the logits directly
+/// (runtime::sampling); nucleus sampling (`top_p` below 1) is llama.cpp's chain.
+enum Sampler {
+    Direct(Direct),
+    Chain(LlamaSampler),
+}
+
+impl Sampler {
+    /// The token drawn from the logits of batch index `at`.
+    fn sample(&mut self, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
+        match self {
+            Sampler::Direct(direct) => LlamaToken(direct.sample(ctx.get_logits_ith(at)) as i32),
+            Sampler::Chain(chain) => chain.sample(ctx, at),
+        }
+    }
+
+    /// The token drawn from `logits` (the watermark's biased copy); `candidates` is a
+    /// reusable buffer for llama.cpp's chain.
+    fn sample_logits(
+        &mut self,
+        logits: &[f32],
+        candidates: &mut Vec<LlamaTokenData>,
+    ) -> LlamaToken {
+        match self {
+            Sampler::Direct(direct) => LlamaToken(direct.sample(logits) as i32),
+            Sampler::Chain(chain) => {
+                candidates.clear();
+                candidates.extend(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .map(|(i, l)| LlamaTokenData::new(LlamaToken(i as i32), *l, 0.0)),
+                );
+                let mut array = LlamaTokenDataArray::new(std::mem::take(candidates), false);
+                chain.apply(&mut array);
+                // Every chain ends in a selecting sampler; fall back to the best logit.
+                let token = array
+                    .selected_token()
+                    .unwrap_or_else(|| LlamaToken(Direct::Greedy.sample(logits) as i32));
+                *candidates = array.data;
+                token
+            }
+        }
+    }
+}
+
+fn sampler_for(params: &SamplingParams) -> Sampler {
     if params.temperature <= 0.0 {
-        return LlamaSampler::greedy();
+        return Sampler::Direct(Direct::Greedy);
     }
     let seed = params
         .seed
         .unwrap_or_else(|| u32::from_le_bytes(crate::crypto::random::bytes::<4>()));
-    LlamaSampler::chain_simple([
+    if params.top_p >= 1.0 {
+        return Sampler::Direct(Direct::temperature(params.temperature, u64::from(seed)));
+    }
+    Sampler::Chain(LlamaSampler::chain_simple([
         LlamaSampler::top_p(params.top_p.clamp(0.0, 1.0), 1),
         LlamaSampler::temp(params.temperature),
         LlamaSampler::dist(seed),
-    ])
+    ]))
 }
 
 fn render_prompt(model: &LlamaModel, prompt: &Prompt) -> Result<(String, bool), GenerateError> {

@@ -15,6 +15,7 @@
 //! - [`answer`]: the one path every answer takes: phase, caps, queue, engine, and the
 //!   usage ledger's write-ahead `admitted` and `completed` records.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
+//! - [`sampling`]: greedy and temperature sampling straight from the logits.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //! - [`output_filter`]: the streaming-safe output filter (terms and bounded patterns).
 //! - [`safeguards`]: the watermark and output filter a license mandates, for the engine.
@@ -32,5 +33,6 @@ pub mod output_filter;
 pub mod renewal;
 pub mod residency;
 pub mod safeguards;
+pub mod sampling;
 pub mod text;
 pub mod weights;

@@ -280,7 +280,12 @@ mod tests {
             backing: PageBacking::Regular,
         };
         assert_eq!(weights.data_ranges(), vec![0..64 << 10]);
-        assert_eq!(weights.release(std::slice::from_ref(&(8192..16_384))).unwrap(), 8192);
+        assert_eq!(
+            weights
+                .release(std::slice::from_ref(&(8192..16_384)))
+                .unwrap(),
+            8192
+        );
         assert_eq!(weights.data_ranges(), vec![0..8192, 16_384..64 << 10]);
         let mut bytes = Vec::new();
         let mut file = weights.file.try_clone().unwrap();
