@@ -12,7 +12,8 @@
 //! tokens/s) and memory after the run (VmHWM, RssAnon, RssFile, RssShmem, and every page
 //! of leasehold's weights memfd, mapped or not: reading it needs root). Prints
 //! each round, then medians and the ratio leasehold / llama-server. scripts/bench.sh
-//! runs it; the README has its figures.
+//! runs it; the README has its figures. `BENCH_PARITY_ONLY=leasehold` (or `llama-server`)
+//! measures one side only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,7 +63,9 @@ struct Setup {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.len() % 2 == 1 {
+    if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
         v[v.len() / 2]
     } else {
         (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
@@ -448,7 +451,13 @@ async fn main() {
         } else {
             [Kind::Leasehold, Kind::Peer]
         };
+        // BENCH_PARITY_ONLY=leasehold|llama-server measures one side (to finish a run
+        // in which the other stopped answering; the summary then has no ratios).
+        let only = std::env::var("BENCH_PARITY_ONLY").ok();
         for kind in order {
+            if only.as_deref().is_some_and(|o| o != kind.name()) {
+                continue;
+            }
             let r = measure(&setup, kind, round).await;
             println!(
                 "round {round} {:>12}: ready {:.2} s | prompt {} tokens: {:.0} tokens/s, first token {:.3} s | 1 stream {:.1} tokens/s | 8 clients {:.1} tokens/s | VmHWM {:.0} MiB, RssAnon {:.0}, RssFile {:.0}, RssShmem {:.0}, memfd {:.0}",
@@ -501,7 +510,7 @@ async fn main() {
     );
     for (name, f, target) in metrics {
         let (p, l) = (of(Kind::Peer, f), of(Kind::Leasehold, f));
-        let ratio = if p > 0.0 {
+        let ratio = if p > 0.0 && l.is_finite() {
             format!("{:.2}", l / p)
         } else {
             "-".into()

@@ -20,7 +20,8 @@
 //!   reader, one constant-time comparison).
 //! - [`metrics`]: Prometheus text exposition for the node's and the server's `/metrics`.
 //! - [`watermark`]: the statistical text watermark's arithmetic (green lists, logit
-//!   bias, detection); not yet wired to licenses and the engine.
+//!   bias, detection); licenses mandate it and the engine applies it
+//!   (`runtime::safeguards`).
 //! - [`cli`]: the `leasehold` command line; thin, over the modules above.
 //!
 //! `unsafe` is confined to [`sys`], one small module with a `// SAFETY:` line per block.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::gguf::{tiny_llama, tiny_llama_q4_0};
 use leasehold::crypto::ContentKey;
 use leasehold::runtime::engine::{
-    ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest, Prompt,
-    Repack, SamplingParams,
+    ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest,
+    LoadReport, Prompt, Repack, SamplingParams,
 };
 use leasehold::runtime::safeguards::Safeguards;
 use leasehold::runtime::weights::DecryptedWeights;
@@ -107,15 +107,20 @@ async fn complete(
 }
 
 async fn loaded_engine(sealed: &Sealed, parallel: u32) -> Engine {
-    let engine = Engine::start(EngineConfig {
+    let config = EngineConfig {
         ctx: 256,
         threads: 2,
         parallel,
         batch: 128,
         ..EngineConfig::default()
-    })
-    .unwrap();
-    engine
+    };
+    engine_with(sealed, config).await.0
+}
+
+/// An engine with `config` that has loaded `sealed`, and its load report.
+async fn engine_with(sealed: &Sealed, config: EngineConfig) -> (Engine, LoadReport) {
+    let engine = Engine::start(config).unwrap();
+    let report = engine
         .load(
             sealed.path.clone(),
             sealed.key.clone(),
@@ -125,7 +130,7 @@ async fn loaded_engine(sealed: &Sealed, parallel: u32) -> Engine {
         .await
         .unwrap()
         .unwrap();
-    engine
+    (engine, report)
 }
 
 #[test]
@@ -333,24 +338,14 @@ async fn repacked_weights_are_held_once_and_the_answers_do_not_change() {
     let sealed = sealed_model(tiny_llama_q4_0(3));
     let mut answers = Vec::new();
     for repack in [Repack::KeepPages, Repack::Release, Repack::Off] {
-        let engine = Engine::start(EngineConfig {
+        let config = EngineConfig {
             ctx: 256,
             threads: 1,
             parallel: 1,
             batch: 64,
             repack,
-        })
-        .unwrap();
-        let report = engine
-            .load(
-                sealed.path.clone(),
-                sealed.key.clone(),
-                Arc::new(Safeguards::none()),
-                None,
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        };
+        let (engine, report) = engine_with(&sealed, config).await;
         match repack {
             Repack::KeepPages | Repack::Release => {
                 // The layers' matrices (2 x 368,640 bytes) are repacked; the embeddings

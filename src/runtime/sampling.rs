@@ -230,7 +230,7 @@ mod tests {
         let n = 200_000;
         for _ in 0..n {
             let i = sampler.sample(&logits);
-            assert!((i - 10) % 20 == 0, "drew token {i}");
+            assert!((i - 10).is_multiple_of(20), "drew token {i}");
             counts[(i - 10) / 20] += 1;
         }
         for (k, p) in [0.1f64, 0.2, 0.3, 0.4].iter().enumerate() {
