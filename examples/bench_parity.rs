@@ -239,10 +239,14 @@ async fn stream_tps(http: &reqwest::Client, base: &str, tag: &str) -> f64 {
         .json(&body)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{base}: the server did not answer (crashed?): {e}"));
     let (mut first, mut last, mut chunks) = (None, Instant::now(), 0u32);
     let mut pending = String::new();
-    while let Some(bytes) = response.chunk().await.unwrap() {
+    while let Some(bytes) = response
+        .chunk()
+        .await
+        .unwrap_or_else(|e| panic!("{base}: the stream broke off (crashed?): {e}"))
+    {
         pending.push_str(&String::from_utf8_lossy(&bytes));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();

@@ -379,8 +379,6 @@ loading, so the weights are held once (the log says how much).
 
 Environment:
   LEASEHOLD_CPU_KERNELS=NAME  load this CPU-kernel module (e.g. haswell) instead of the best
-  LEASEHOLD_CPU_REPACK=off    no repacking: every tensor used in place, never a second copy,
-                              not even while loading (slower prompts on Q4_0/Q4_K models)
   LEASEHOLD_LOG=debug         more logging (LEASEHOLD_LOG_FORMAT=json for JSON lines)
 
 Exit codes: 0 clean shutdown; 1 error; 11-18, 20, 21 refused at start (as for check);

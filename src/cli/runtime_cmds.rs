@@ -21,7 +21,7 @@ use crate::protocol::LicenseRef;
 use crate::runtime::admission::{assess_here, NodeRecords};
 use crate::runtime::answer::{Answerer, Piece, Question};
 use crate::runtime::engine::{
-    ChatMessage, Engine, EngineConfig, FinishReason, Prompt, Repack, SamplingParams,
+    ChatMessage, Engine, EngineConfig, FinishReason, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
 use crate::runtime::renewal::{fetch_license, FetchError, Renewer, ServerClient};
@@ -40,7 +40,6 @@ fn engine_config(ctx: u32, threads: Option<i32>, parallel: u32) -> anyhow::Resul
     let mut config = EngineConfig {
         ctx,
         parallel,
-        repack: Repack::from_env().map_err(|e| anyhow::anyhow!(e))?,
         ..EngineConfig::default()
     };
     if let Some(t) = threads {
@@ -102,20 +101,13 @@ async fn start(
                 },
                 report.model_description
             );
-            if report.repack != Repack::Off {
-                tracing::info!(
-                    "weights held once: {} MiB used in place from memory, {} MiB repacked by the CPU kernels (their {} MiB of decrypted pages released, in {:.2} s)",
-                    report.in_place >> 20,
-                    report.copied >> 20,
-                    report.released >> 20,
-                    report.residency.as_secs_f64()
-                );
-            } else {
-                tracing::info!(
-                    "weights held once, all {} MiB used in place (LEASEHOLD_CPU_REPACK=off)",
-                    report.bytes >> 20
-                );
-            }
+            tracing::info!(
+                "weights held once: {} MiB used in place from memory, {} MiB repacked by the CPU kernels (their {} MiB of decrypted pages released, in {:.2} s)",
+                report.in_place >> 20,
+                report.copied >> 20,
+                report.released >> 20,
+                report.residency.as_secs_f64()
+            );
             Ok((lifecycle, engine))
         }
         Err(StartError::Refused(refusal)) => {

@@ -49,8 +49,8 @@ pub struct EngineConfig {
     pub repack: Repack,
 }
 
-/// How llama.cpp may hold the weights: llama.cpp's CPU kernels copy some tensor types
-/// (Q4_0, Q4_K, IQ4_NL, … on x86) into repacked layouts that are faster to multiply.
+/// What happens to the decrypted pages of tensors llama.cpp's CPU kernels copy (Q4_0,
+/// Q4_K, IQ4_NL, … on x86) into repacked layouts that are faster to multiply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Repack {
     /// Repack what the kernels can, then release the decrypted memfd pages the copies
@@ -61,23 +61,6 @@ pub enum Repack {
     /// Repack, and keep the pages the copies replace (the weights are held twice; for
     /// tests and diagnosis).
     KeepPages,
-    /// No repacking: every tensor is used in place from the memfd, so the weights are
-    /// never held twice, not even while loading, at the cost of the repacked kernels'
-    /// speed (`LEASEHOLD_CPU_REPACK=off`).
-    Off,
-}
-
-impl Repack {
-    /// From `LEASEHOLD_CPU_REPACK`: `off` turns repacking off; unset or `on` repacks.
-    pub fn from_env() -> Result<Repack, String> {
-        match std::env::var("LEASEHOLD_CPU_REPACK").as_deref() {
-            Err(_) | Ok("" | "on") => Ok(Repack::Release),
-            Ok("off") => Ok(Repack::Off),
-            Ok(other) => Err(format!(
-                "LEASEHOLD_CPU_REPACK={other:?}: use `on` (the default) or `off`"
-            )),
-        }
-    }
 }
 
 impl Default for EngineConfig {
@@ -494,13 +477,9 @@ fn load(
     let weights = DecryptedWeights::decrypt(&sealed, key, progress).map_err(|e| e.to_string())?;
     drop(sealed);
     let decrypt = started.elapsed();
-    let mut params = std::pin::pin!(LlamaModelParams::default()
+    let params = LlamaModelParams::default()
         .with_use_mmap(true)
-        .with_use_mlock(mlock));
-    if config.repack == Repack::Off {
-        // Every tensor in the plain CPU buffer type: used in place from the memfd.
-        params.as_mut().add_cpu_buft_override(c".*");
-    }
+        .with_use_mlock(mlock);
     let load_started = crate::node::clock::monotonic_now();
     // llama.cpp opens the path (twice) while loading; `weights` keeps the fd open.
     let model = LlamaModel::load_from_file(backend, weights.path(), &params)
@@ -510,7 +489,6 @@ fn load(
     let residency = match config.repack {
         Repack::Release => release_copied(&weights, &model, config.threads, true),
         Repack::KeepPages => release_copied(&weights, &model, config.threads, false),
-        Repack::Off => Ok(residency::Placement::default()),
     };
     let residency = residency.unwrap_or_else(|e| {
         tracing::warn!("the weights llama.cpp copied could not be found ({e}); their memfd pages are kept, so those weights are held twice");
