@@ -125,23 +125,17 @@ fn an_installed_copy_loads_its_own_libraries_and_the_best_cpu_kernels() {
     let out = install
         .command(
             site.path(),
-            &[
-                "run",
-                "--license",
+            &NodeSite::run_args(
                 "x.license",
-                "--sealed",
-                "m.sealed",
-                "--node-dir",
-                "node",
-                "--threads",
-                "1",
-                "--prompt",
-                "Hello",
-                "--max-tokens",
-                "4",
-                "--temperature",
-                "0",
-            ],
+                &[
+                    "--prompt",
+                    "Hello",
+                    "--max-tokens",
+                    "4",
+                    "--temperature",
+                    "0",
+                ],
+            ),
         )
         .env("LEASEHOLD_LOG", "info")
         .output()

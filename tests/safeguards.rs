@@ -230,23 +230,17 @@ async fn the_watermark_is_found_in_what_a_watermarked_node_generates_and_only_th
     );
 
     // `run` goes through the same engine: its answer carries the watermark too.
-    let out = site.ok(&[
-        "run",
-        "--license",
+    let out = site.ok(&NodeSite::run_args(
         "marked.license",
-        "--sealed",
-        "m.sealed",
-        "--node-dir",
-        "node",
-        "--threads",
-        "1",
-        "--max-tokens",
-        "200",
-        "--seed",
-        "7",
-        "--prompt",
-        "Write a long story about a lighthouse keeper and a storm.",
-    ]);
+        &[
+            "--max-tokens",
+            "200",
+            "--seed",
+            "7",
+            "--prompt",
+            "Write a long story about a lighthouse keeper and a storm.",
+        ],
+    ));
     let ran = detections(
         &vocabulary,
         &[String::from_utf8_lossy(&out.stdout).trim_end().to_string()],

@@ -392,21 +392,17 @@ fn run_answers_one_prompt_and_refuses_an_expired_license() {
     let site = NodeSite::new(None);
     site.issue("x.license", "+1h", &[]);
     let args = |license: &'static str| {
-        [
-            "run",
-            "--license",
+        NodeSite::run_args(
             license,
-            "--sealed",
-            "m.sealed",
-            "--node-dir",
-            "node",
-            "--prompt",
-            "hello",
-            "--max-tokens",
-            "8",
-            "--temperature",
-            "0",
-        ]
+            &[
+                "--prompt",
+                "hello",
+                "--max-tokens",
+                "8",
+                "--temperature",
+                "0",
+            ],
+        )
     };
     let out = leasehold(site.path(), &args("x.license"));
     assert_eq!(

@@ -670,21 +670,7 @@ fn run_records_each_answer_and_obeys_the_caps() {
     let run = || {
         leasehold(
             site.path(),
-            &[
-                "run",
-                "--license",
-                "x.license",
-                "--sealed",
-                "m.sealed",
-                "--node-dir",
-                "node",
-                "--prompt",
-                "hello",
-                "--max-tokens",
-                "3",
-                "--threads",
-                "1",
-            ],
+            &NodeSite::run_args("x.license", &["--prompt", "hello", "--max-tokens", "3"]),
         )
     };
     for _ in 0..2 {

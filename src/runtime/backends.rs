@@ -103,18 +103,13 @@ pub fn verify_linked() -> Result<(), NativeError> {
         .map_err(|e| NativeError::Io(format!("/proc/self/maps: {e}")))?;
     // path -> (device as (major, minor), inode) of its mapping
     let mut mapped: BTreeMap<PathBuf, (Option<(u64, u64)>, u64)> = BTreeMap::new();
-    for line in maps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 6 || !fields[5].starts_with('/') {
-            continue;
-        }
-        let path = PathBuf::from(fields[5..].join(" "));
+    for mapping in super::maps::file_mappings(&maps) {
+        let path = PathBuf::from(mapping.path);
         let Some(stem) = stem(&path) else { continue };
         if !is_llama_library(&stem) {
             continue;
         }
-        let inode: u64 = fields[4].parse().unwrap_or(0);
-        mapped.insert(path, (parse_device(fields[3]), inode));
+        mapped.insert(path, (mapping.device, mapping.inode));
     }
     for (path, (device, inode)) in &mapped {
         let stem = stem(path).unwrap_or_default();
@@ -141,15 +136,6 @@ pub fn verify_linked() -> Result<(), NativeError> {
         }
     }
     Ok(())
-}
-
-/// /proc/self/maps writes the device as `major:minor` in hex, at least two digits each.
-fn parse_device(text: &str) -> Option<(u64, u64)> {
-    let (major, minor) = text.split_once(':')?;
-    Some((
-        u64::from_str_radix(major, 16).ok()?,
-        u64::from_str_radix(minor, 16).ok()?,
-    ))
 }
 
 /// Where this build put the CPU modules (dev and test builds load them from there; its
@@ -312,14 +298,6 @@ mod tests {
         assert_eq!(stem(Path::new("/usr/lib/locale/C.utf8")), None);
         assert!(is_llama_library("libllama-common"));
         assert!(!is_llama_library("libgomp"));
-    }
-
-    #[test]
-    fn devices_compare_as_numbers() {
-        assert_eq!(parse_device("fd:01"), Some((0xfd, 1)));
-        assert_eq!(parse_device("103:02"), Some((0x103, 2)));
-        assert_ne!(parse_device("fd:01"), parse_device("fd:02"));
-        assert_eq!(parse_device("x"), None);
     }
 
     #[test]

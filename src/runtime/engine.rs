@@ -174,8 +174,6 @@ pub struct GenerateRequest {
 #[derive(Debug, Clone)]
 pub struct LoadReport {
     pub bytes: u64,
-    /// How llama.cpp held the weights.
-    pub repack: Repack,
     /// Bytes of tensors llama.cpp reads in place from the memfd.
     pub in_place: u64,
     /// Bytes of tensors it copied (repacked) into its own buffers.
@@ -495,7 +493,6 @@ fn load(
         residency::Placement::default()
     });
     let report = LoadReport {
-        repack: config.repack,
         in_place: residency.in_place,
         copied: residency.copied,
         released: residency.releasable_bytes(),

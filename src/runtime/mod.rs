@@ -2,6 +2,7 @@
 //!
 //! - [`backends`]: llama.cpp's libraries checked against this build, and the CPU
 //!   kernels for this machine.
+//! - [`maps`]: lines of /proc/self/maps, for the library check and the residency.
 //! - [`weights`]: decrypted weights in an anonymous memfd, and their wipe.
 //! - [`residency`]: the weights held once: memfd pages of tensors llama.cpp copied
 //!   (repacked) are released after loading.
@@ -29,6 +30,7 @@ pub mod caps;
 pub mod checkpoints;
 pub mod engine;
 pub mod lifecycle;
+pub mod maps;
 pub mod output_filter;
 pub mod renewal;
 pub mod residency;

@@ -13,40 +13,18 @@
 
 use std::ops::Range;
 
+use super::maps::{file_mappings, Mapping};
 use crate::sys::{GgufTensor, WeightRead};
 
 /// llama.cpp reads tensors larger than this from the mapping on demand ("lazy read"),
 /// whatever buffer they sit in: never released.
 const LAZY_READ_MIN: u64 = 4 << 30;
 
-/// One mapping of the memfd in this process (a line of /proc/self/maps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: usize,
-    pub end: usize,
-    /// File offset of `start`.
-    pub offset: u64,
-}
-
 /// The mappings of the file with inode `inode` whose name starts with `name_prefix`
 /// (`/memfd:leasehold-weights`), from the text of /proc/self/maps.
 pub fn mappings_of(maps: &str, inode: u64, name_prefix: &str) -> Vec<Mapping> {
-    maps.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 6 || !fields[5].starts_with(name_prefix) {
-                return None;
-            }
-            if fields[4].parse::<u64>().ok()? != inode {
-                return None;
-            }
-            let (start, end) = fields[0].split_once('-')?;
-            Some(Mapping {
-                start: usize::from_str_radix(start, 16).ok()?,
-                end: usize::from_str_radix(end, 16).ok()?,
-                offset: u64::from_str_radix(fields[2], 16).ok()?,
-            })
-        })
+    file_mappings(maps)
+        .filter(|m| m.inode == inode && m.path.starts_with(name_prefix))
         .collect()
 }
 
@@ -141,11 +119,16 @@ mod tests {
         }
     }
 
-    const MAP: Mapping = Mapping {
-        start: 0x10_0000,
-        end: 0x20_0000,
-        offset: 0,
-    };
+    fn map() -> Mapping {
+        Mapping {
+            start: 0x10_0000,
+            end: 0x20_0000,
+            offset: 0,
+            device: Some((0, 1)),
+            inode: 7,
+            path: "/memfd:leasehold-weights (deleted)".into(),
+        }
+    }
 
     #[test]
     fn only_whole_pages_inside_runs_of_copied_tensors_are_released() {
@@ -165,7 +148,7 @@ mod tests {
             r("d", 0x10_0000 + 24_100),
             r("f", 0x9200_0000),
         ];
-        let p = placement(&tensors, &reads, &[MAP], 4096);
+        let p = placement(&tensors, &reads, &[map()], 4096);
         assert_eq!(p.in_place, 5100);
         assert_eq!(p.copied, 49_000);
         assert_eq!(p.unread, 20_000);
@@ -181,7 +164,7 @@ mod tests {
     #[test]
     fn nothing_is_released_when_everything_is_read_in_place_or_unread() {
         let tensors = [t("a", 0, 1 << 20), t("b", 1 << 20, 1 << 20)];
-        let p = placement(&tensors, &[r("a", 0x10_0000)], &[MAP], 4096);
+        let p = placement(&tensors, &[r("a", 0x10_0000)], &[map()], 4096);
         assert!(p.releasable.is_empty());
         assert_eq!((p.in_place, p.unread, p.copied), (1 << 20, 1 << 20, 0));
     }
@@ -194,19 +177,15 @@ mod tests {
 7f0000400000-7f0000500000 r--p 00000000 00:01 999 /memfd:leasehold-weights (deleted)
 7f0000600000-7f0000700000 r-xp 00000000 fd:01 4242 /usr/lib/libc.so.6
 ";
+        let found: Vec<(usize, usize, u64)> = mappings_of(maps, 4242, "/memfd:leasehold-weights")
+            .iter()
+            .map(|m| (m.start, m.end, m.offset))
+            .collect();
         assert_eq!(
-            mappings_of(maps, 4242, "/memfd:leasehold-weights"),
+            found,
             vec![
-                Mapping {
-                    start: 0x7f00_0000_0000,
-                    end: 0x7f00_0010_0000,
-                    offset: 0
-                },
-                Mapping {
-                    start: 0x7f00_0020_0000,
-                    end: 0x7f00_0030_0000,
-                    offset: 0x20_0000
-                },
+                (0x7f00_0000_0000, 0x7f00_0010_0000, 0),
+                (0x7f00_0020_0000, 0x7f00_0030_0000, 0x20_0000),
             ]
         );
     }

@@ -153,20 +153,32 @@ impl NodeSite {
     /// servers of two threads each make ggml's spinning thread barriers wait on one
     /// another (a 60-token answer once took over 120 s in CI that way).
     pub fn serve_args<'a>(license: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = Self::model_args("serve", license, &["--listen", "127.0.0.1:0"]);
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// `run` with `license` and extra flags, one inference thread (as `serve_args`).
+    pub fn run_args<'a>(license: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = Self::model_args("run", license, &[]);
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// `command --license LICENSE --sealed m.sealed --node-dir node OWN… --threads 1`
+    /// (tests address `serve`'s `--listen` value by its position, 8).
+    fn model_args<'a>(command: &'a str, license: &'a str, own: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
-            "serve",
+            command,
             "--license",
             license,
             "--sealed",
             "m.sealed",
             "--node-dir",
             "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
         ];
-        args.extend_from_slice(extra);
+        args.extend_from_slice(own);
+        args.extend_from_slice(&["--threads", "1"]);
         args
     }
 
