@@ -8,12 +8,15 @@
 //! Per server and round: ready (process start to /health 200, decryption included for
 //! leasehold), prompt processing (three unique ~500-word prompts, 1 token out:
 //! prompt tokens/s and time to first token), one stream (128 tokens streamed: tokens/s
-//! between the first and the last token), 8 clients (16 completions of 64 tokens: total
+//! between the first and the last token), a prompt during a stream (a ~500-word prompt
+//! sent after a 128-token stream's 16th token: the stream's longest pause between two
+//! tokens and the prompt's time to first token), 8 clients (16 completions of 64 tokens: total
 //! tokens/s) and memory after the run (VmHWM, RssAnon, RssFile, RssShmem, and every page
 //! of leasehold's weights memfd, mapped or not: reading it needs root). Prints
 //! each round, then medians and the ratio leasehold / llama-server. scripts/bench.sh
 //! runs it; the README has its figures. `BENCH_PARITY_ONLY=leasehold` (or `llama-server`)
-//! measures one side only.
+//! measures one side only; `BENCH_PARITY_LEASEHOLD_ARGS="--prompt-chunk 512"` adds flags
+//! to leasehold's command line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +46,8 @@ struct Round {
     ttft: f64,
     prompt_tokens: u64,
     stream_tps: f64,
+    pause: f64,
+    loaded_ttft: f64,
     clients_tps: f64,
     hwm_mb: f64,
     anon_mb: f64,
@@ -153,6 +158,10 @@ fn start(setup: &Setup, kind: Kind, port: u16, log: &Path) -> Child {
                 .args(["--ctx", &setup.ctx.to_string()])
                 .args(["--parallel", &setup.parallel.to_string()])
                 .args(["--listen", &format!("127.0.0.1:{port}")]);
+            // More flags for leasehold, to compare settings (`--prompt-chunk 512`).
+            if let Ok(extra) = std::env::var("BENCH_PARITY_LEASEHOLD_ARGS") {
+                c.args(extra.split_whitespace());
+            }
             c
         }
     };
@@ -230,8 +239,14 @@ async fn complete(http: &reqwest::Client, base: &str, body: Value) -> (f64, Valu
     (t.elapsed().as_secs_f64(), v)
 }
 
-/// Streamed completion: tokens per second between the first and the last content chunk.
-async fn stream_tps(http: &reqwest::Client, base: &str, tag: &str) -> f64 {
+/// Streamed completion of 128 tokens: when each content chunk arrived. After the
+/// `signal.0`-th chunk, `signal.1` fires.
+async fn stream_times(
+    http: &reqwest::Client,
+    base: &str,
+    tag: &str,
+    mut signal: Option<(usize, tokio::sync::oneshot::Sender<()>)>,
+) -> Vec<Instant> {
     let body = json!({"model": "bench", "prompt": format!("{tag}: Once upon a time, in a lighthouse by the sea,"),
         "max_tokens": 128, "temperature": 0.8, "seed": 7, "stream": true});
     let mut response = http
@@ -240,7 +255,7 @@ async fn stream_tps(http: &reqwest::Client, base: &str, tag: &str) -> f64 {
         .send()
         .await
         .unwrap_or_else(|e| panic!("{base}: the server did not answer (crashed?): {e}"));
-    let (mut first, mut last, mut chunks) = (None, Instant::now(), 0u32);
+    let mut times = Vec::new();
     let mut pending = String::new();
     while let Some(bytes) = response
         .chunk()
@@ -260,14 +275,45 @@ async fn stream_tps(http: &reqwest::Client, base: &str, tag: &str) -> f64 {
                 .as_str()
                 .is_some_and(|t| !t.is_empty())
             {
-                chunks += 1;
-                last = Instant::now();
-                first.get_or_insert(last);
+                times.push(Instant::now());
+                if signal.as_ref().is_some_and(|(n, _)| times.len() == *n) {
+                    let _ = signal.take().unwrap().1.send(());
+                }
             }
         }
     }
-    let first = first.expect("no streamed text");
-    f64::from(chunks.saturating_sub(1)) / (last - first).as_secs_f64()
+    assert!(times.len() > 1, "{base}: fewer than 2 streamed chunks");
+    times
+}
+
+/// Streamed completion: tokens per second between the first and the last content chunk.
+async fn stream_tps(http: &reqwest::Client, base: &str, tag: &str) -> f64 {
+    let times = stream_times(http, base, tag, None).await;
+    (times.len() - 1) as f64 / (times[times.len() - 1] - times[0]).as_secs_f64()
+}
+
+/// A ~500-word prompt (1 token out) sent while a stream of 128 tokens runs, after its
+/// 16th token: the stream's longest pause between two tokens, and the prompt's time to
+/// its first token.
+async fn prompt_under_load(http: &reqwest::Client, base: &str, tag: &str) -> (f64, f64) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stream = {
+        let (http, base, tag) = (http.clone(), base.to_string(), format!("{tag}s"));
+        tokio::spawn(async move { stream_times(&http, &base, &tag, Some((16, tx))).await })
+    };
+    rx.await.expect("the stream ended before its 16th token");
+    let (ttft, _) = complete(
+        http,
+        base,
+        json!({"model": "bench", "prompt": prompt(&format!("{tag}p"), 500), "max_tokens": 1, "temperature": 0}),
+    )
+    .await;
+    let times = stream.await.unwrap();
+    let pause = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .fold(0.0, f64::max);
+    (pause, ttft)
 }
 
 async fn measure(setup: &Setup, kind: Kind, round: usize) -> Round {
@@ -276,8 +322,12 @@ async fn measure(setup: &Setup, kind: Kind, round: usize) -> Round {
     let started = Instant::now();
     let mut child = start(setup, kind, port, &log);
     let base = format!("http://127.0.0.1:{port}");
+    // A fresh connection per request: a pooled keep-alive connection that the server
+    // closes just as it is reused fails the request ("error sending request"), which
+    // llama-server's HTTP library did here after some requests (and looked like a hang).
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(1200))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     let ready = loop {
@@ -329,6 +379,16 @@ async fn measure(setup: &Setup, kind: Kind, round: usize) -> Round {
         s.push(stream_tps(&http, &base, &format!("r{round}s{i}{}", kind.name())).await);
     }
     r.stream_tps = median(s);
+
+    let (mut pauses, mut ttfts) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        let (pause, ttft) =
+            prompt_under_load(&http, &base, &format!("r{round}u{i}{}", kind.name())).await;
+        pauses.push(pause);
+        ttfts.push(ttft);
+    }
+    r.pause = median(pauses);
+    r.loaded_ttft = median(ttfts);
 
     let wall = Instant::now();
     let tasks: Vec<_> = (0..8)
@@ -464,8 +524,8 @@ async fn main() {
             }
             let r = measure(&setup, kind, round).await;
             println!(
-                "round {round} {:>12}: ready {:.2} s | prompt {} tokens: {:.0} tokens/s, first token {:.3} s | 1 stream {:.1} tokens/s | 8 clients {:.1} tokens/s | VmHWM {:.0} MiB, RssAnon {:.0}, RssFile {:.0}, RssShmem {:.0}, memfd {:.0}",
-                kind.name(), r.ready, r.prompt_tokens, r.prompt_tps, r.ttft, r.stream_tps, r.clients_tps,
+                "round {round} {:>12}: ready {:.2} s | prompt {} tokens: {:.0} tokens/s, first token {:.3} s | 1 stream {:.1} tokens/s | prompt during a stream: pause {:.3} s, first token {:.3} s | 8 clients {:.1} tokens/s | VmHWM {:.0} MiB, RssAnon {:.0}, RssFile {:.0}, RssShmem {:.0}, memfd {:.0}",
+                kind.name(), r.ready, r.prompt_tokens, r.prompt_tps, r.ttft, r.stream_tps, r.pause, r.loaded_ttft, r.clients_tps,
                 r.hwm_mb, r.anon_mb, r.file_mb, r.shmem_mb, r.memfd_mb
             );
             results.push((kind, r));
@@ -493,11 +553,21 @@ async fn main() {
         )
     };
     type Metric = (&'static str, fn(&Round) -> f64, &'static str);
-    let metrics: [Metric; 10] = [
+    let metrics: [Metric; 12] = [
         ("ready (s)", |r| r.ready, "<= 1.5 (SmolLM2), 1.15 (others)"),
         ("prompt tokens/s", |r| r.prompt_tps, ">= 0.97"),
         ("time to first token (s)", |r| r.ttft, ""),
         ("1-stream tokens/s", |r| r.stream_tps, ">= 0.97"),
+        (
+            "prompt during a stream: the stream's longest pause (s)",
+            |r| r.pause,
+            "",
+        ),
+        (
+            "prompt during a stream: its first token (s)",
+            |r| r.loaded_ttft,
+            "",
+        ),
         ("8-client tokens/s", |r| r.clients_tps, ">= 1.0"),
         ("peak RSS, VmHWM (MiB)", |r| r.hwm_mb, ""),
         ("RssAnon (MiB)", |r| r.anon_mb, ""),

@@ -80,6 +80,25 @@ fn config_file_then_environment_then_flag() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LEASEHOLD_PARALLEL"));
+    // A batch that cannot hold one token of every sequence is a usage error.
+    let out = leasehold(
+        site.path(),
+        &[
+            "serve",
+            "--config",
+            "node.toml",
+            "--parallel",
+            "8",
+            "--batch",
+            "4",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--batch 4 is below --parallel 8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -174,12 +174,33 @@ async fn chat_generates_with_usage_and_respects_max_tokens() {
 async fn concurrent_sequences_match_their_sequential_results() {
     let sealed = sealed_tiny();
     let engine = loaded_engine(&sealed, 4).await;
+    batched_equals_sequential(&engine).await;
+}
+
+/// Prompts that arrive while others generate are fed 2 tokens per decode call (and
+/// 128 when nothing generates): the answers are still those of one request at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_fed_in_small_chunks_beside_running_streams_give_the_same_answers() {
+    let sealed = sealed_tiny();
+    let config = EngineConfig {
+        ctx: 256,
+        threads: 2,
+        parallel: 4,
+        batch: 128,
+        prompt_chunk: 2,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = engine_with(&sealed, config).await;
+    batched_equals_sequential(&engine).await;
+}
+
+async fn batched_equals_sequential(engine: &Engine) {
     let prompts: Vec<String> = (0..8)
         .map(|i| format!("request number {i} says {}", "x".repeat(i)))
         .collect();
     let mut sequential = Vec::new();
     for p in &prompts {
-        sequential.push(complete(&engine, chat(p), greedy(16)).await.unwrap());
+        sequential.push(complete(engine, chat(p), greedy(16)).await.unwrap());
     }
     let handles: Vec<_> = prompts
         .iter()
@@ -344,6 +365,7 @@ async fn repacked_weights_are_held_once_and_the_answers_do_not_change() {
             parallel: 1,
             batch: 64,
             repack,
+            ..EngineConfig::default()
         };
         let (engine, report) = engine_with(&sealed, config).await;
         // The layers' matrices (2 x 368,640 bytes) are repacked; the embeddings and the

@@ -632,12 +632,25 @@ pub struct ServeArgs {
     /// Context length per sequence, in tokens.
     #[arg(long, default_value_t = 2048, value_name = "N")]
     pub ctx: u32,
-    /// CPU threads for inference (default: all cores).
+    /// CPU threads for inference (default: all cores). On a machine where other busy
+    /// processes share the cores, use fewer than the cores: llama.cpp's threads wait for
+    /// each other at every step, and one that is descheduled stalls them all (README,
+    /// "Threads under competing load").
     #[arg(long, value_name = "N")]
     pub threads: Option<i32>,
     /// Sequences decoded together (continuous batching); more requests wait in a queue.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub parallel: u32,
+    /// Most tokens in one decode call (llama.cpp's batch and micro-batch); a longer
+    /// prompt is fed over several calls. At least --parallel.
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub batch: u32,
+    /// Most prompt tokens in one decode call while other sequences are generating:
+    /// their next tokens wait for that call, so a smaller chunk keeps running streams
+    /// smooth while a long prompt arrives, and a larger one gives the prompt its first
+    /// token sooner. Without generating sequences a prompt takes --batch per call.
+    #[arg(long, default_value_t = 128, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub prompt_chunk: u32,
     /// Most requests waiting for a sequence slot; beyond it requests get HTTP 503 with
     /// Retry-After (and a `refused:queue_full` ledger record) instead of waiting.
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -290,6 +290,15 @@ pub fn serve(args: ServeArgs) -> Outcome {
         return Ok(code);
     }
     let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
+    if args.batch < args.parallel {
+        super::report_error(&format!(
+            "--batch {} is below --parallel {}: every generating sequence puts one token into each decode call. Give --batch {} or more",
+            args.batch, args.parallel, args.parallel
+        ));
+        return Ok(exit::USAGE);
+    }
+    config.batch = args.batch;
+    config.prompt_chunk = args.prompt_chunk;
     let api_keys = match &args.api_key_file {
         Some(p) => read_tokens(p, "API key")?,
         None => Vec::new(),

@@ -43,8 +43,12 @@ pub struct EngineConfig {
     pub threads: i32,
     /// Sequences decoded together.
     pub parallel: u32,
-    /// Largest number of tokens in one decode call.
+    /// Largest number of tokens in one decode call (llama.cpp's n_batch and n_ubatch).
     pub batch: u32,
+    /// Most prompt tokens in one decode call while other sequences are generating: their
+    /// next tokens wait for that call, so this bounds the pause a long prompt puts into
+    /// the streams already running. With no sequence generating, a prompt takes `batch`.
+    pub prompt_chunk: u32,
     /// How llama.cpp may hold the weights.
     pub repack: Repack,
 }
@@ -70,6 +74,7 @@ impl Default for EngineConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get() as i32),
             parallel: 4,
             batch: 512,
+            prompt_chunk: 128,
             repack: Repack::Release,
         }
     }
@@ -868,9 +873,9 @@ fn serve(
         stats.active.store(active as u64, Ordering::Relaxed);
         stats.waiting.store(waiting.len() as u64, Ordering::Relaxed);
 
-        // 3. Build one batch: the next token of each generating sequence, then prompt chunks.
+        // 3. Build one batch: the next token of each generating sequence, then prompt
+        // chunks (fewer while sequences are generating, so their streams do not stall).
         batch.clear();
-        let capacity = config.batch as usize;
         for slot in slots.iter_mut().flatten() {
             slot.logits_at = None;
             if let Some(token) = slot.next.take() {
@@ -881,6 +886,12 @@ fn serve(
                 slot.n_past += 1;
             }
         }
+        let generating = batch.n_tokens() as usize;
+        let capacity = if generating == 0 {
+            config.batch as usize
+        } else {
+            (generating + config.prompt_chunk as usize).min(config.batch as usize)
+        };
         for slot in slots.iter_mut().flatten() {
             while slot.ingested < slot.prompt.len() && (batch.n_tokens() as usize) < capacity {
                 let last = slot.ingested + 1 == slot.prompt.len();
