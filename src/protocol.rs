@@ -194,6 +194,20 @@ pub enum ProtocolError {
     OutOfScope(String),
 }
 
+impl ProtocolError {
+    /// The failure's name in docs/FORMATS.md ("Verifying a renewal response").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProtocolError::Malformed { .. } => "malformed",
+            ProtocolError::WrongSigner(_) => "wrong-signer",
+            ProtocolError::Untrusted(_) => "untrusted",
+            ProtocolError::WrongNode { .. } => "wrong-node",
+            ProtocolError::Replayed => "replayed",
+            ProtocolError::OutOfScope(_) => "out-of-scope",
+        }
+    }
+}
+
 /// Sign a renewal request with the node key. Returns the document and its nonce.
 pub fn sign_request(
     identity: &NodeIdentity,

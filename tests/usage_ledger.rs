@@ -216,6 +216,101 @@ async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED"));
 }
 
+/// Re-chain `bodies` as a node holding `key` would write them: fresh `prev` links, hashes
+/// and checkpoint signatures (the operator has the node key on disk).
+fn rechain(bodies: Vec<RecordBody>, key: &SecretKey) -> Vec<String> {
+    let mut prev = [0u8; 32];
+    let mut lines = Vec::new();
+    for (seq, mut body) in bodies.into_iter().enumerate() {
+        body.seq = seq as u64;
+        body.prev = prev;
+        let (line, hash) = record::encode(&body, Some(key));
+        prev = hash;
+        lines.push(line.trim_end().to_string());
+    }
+    lines
+}
+
+/// A ledger rebuilt with the node's own key chains and signs correctly, yet breaks
+/// rules no node breaks: each is refused by `audit verify` (docs/FORMATS.md, step 5–6).
+#[tokio::test]
+async fn a_re_signed_ledger_that_breaks_the_writing_rules_is_refused() {
+    let (dir, _path, lines) = written_ledger().await;
+    let identity = NodeIdentity::load(&dir.path().join("node")).unwrap();
+    let key = identity.signing_key();
+    let bodies: Vec<RecordBody> = lines
+        .iter()
+        .map(|l| record::parse(l).unwrap().body)
+        .collect();
+    // Re-chaining the untouched bodies gives back the same file: the rebuild is faithful.
+    assert_eq!(rechain(bodies.clone(), key), lines);
+    let tampered = dir.path().join("tampered.ledger");
+    let check = |lines: &[String], kind: &str, says: &str| {
+        write_lines(&tampered, lines);
+        let (code, report) = audit(dir.path(), &tampered);
+        assert_eq!(code, 23, "{says}: {report}");
+        assert_eq!(report["problem"], kind, "{says}: {report}");
+        let message = report["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{message}");
+    };
+
+    // A second genesis record: the history after it would report another ledger id.
+    let mut second_genesis = bodies.clone();
+    second_genesis.insert(3, bodies[0].clone());
+    check(
+        &rechain(second_genesis, key),
+        "foreign",
+        "second genesis record",
+    );
+
+    // A record dated before the one ahead of it.
+    let mut backdated = bodies.clone();
+    backdated[4].at = bodies[3].at - chrono::Duration::seconds(3600);
+    check(&rechain(backdated, key), "edited", "dated before");
+
+    // A `reported` record naming a checkpoint the ledger does not hold.
+    let mut reported = bodies.clone();
+    let checkpoint = lines.iter().position(|l| is_checkpoint(l)).unwrap();
+    reported.insert(
+        checkpoint + 1,
+        RecordBody {
+            entry: Entry::Reported {
+                seq: checkpoint as u64 + 1,
+                hash: [7; 32],
+            },
+            ..bodies[checkpoint].clone()
+        },
+    );
+    check(
+        &rechain(reported, key),
+        "edited",
+        "not a checkpoint earlier",
+    );
+    // The same record naming the real checkpoint verifies.
+    let mut reported = bodies.clone();
+    let real = record::parse(&lines[checkpoint]).unwrap().actual_hash;
+    reported.insert(
+        checkpoint + 1,
+        RecordBody {
+            entry: Entry::Reported {
+                seq: checkpoint as u64,
+                hash: real,
+            },
+            ..bodies[checkpoint].clone()
+        },
+    );
+    write_lines(&tampered, &rechain(reported, key));
+    let (code, report) = audit(dir.path(), &tampered);
+    assert_eq!(code, 0, "{report}");
+
+    // A signature on a request record (outside the hash, so it changes nothing the
+    // chain covers, but no writer puts one there).
+    let mut signed_request = lines.clone();
+    let signature = &lines[checkpoint][lines[checkpoint].find(",\"signature\"").unwrap()..];
+    signed_request[2] = format!("{}{signature}", lines[2].strip_suffix('}').unwrap());
+    check(&signed_request, "malformed", "not a checkpoint");
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_moved_aside_and_recorded_at_the_next_start() {
     let (dir, path, _) = written_ledger().await;

@@ -9,13 +9,19 @@ use chrono::{TimeZone, Utc};
 use common::repo_path;
 use common::vectors::vector_profile;
 use leasehold::crypto::key_wrap;
+use leasehold::crypto::signing::SecretKey;
 use leasehold::crypto::ContentKey;
 use leasehold::format::{DocumentKind, Envelope};
+use leasehold::ledger;
+use leasehold::ledger::prompt_hash::{PromptParts, PromptSalt};
+use leasehold::license::assess;
 use leasehold::license::verify::{authenticate, evaluate};
 use leasehold::license::{Authority, Checks, TrustRoots, Verdict};
 use leasehold::node::trusted_time::{self, TimeContext};
 use leasehold::node::{enrollment, NodeIdentity};
+use leasehold::protocol;
 use leasehold::seal::{self, Header, SealedModel};
+use leasehold::watermark::{self, WatermarkKey};
 
 fn vector(name: &str) -> Vec<u8> {
     std::fs::read(repo_path("docs/vectors").join(name)).unwrap()
@@ -148,4 +154,318 @@ fn enrollment_certificate_and_state_vectors_parse() {
     );
     assert_eq!(state.refuses(&first, 10), None);
     assert_eq!(state.refuses(&second, 4), Some(Remembered::Revoked));
+}
+
+fn vector_json(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&vector(name)).unwrap()
+}
+
+fn vector_node() -> NodeIdentity {
+    NodeIdentity::load(&repo_path("docs/vectors/node")).unwrap()
+}
+
+/// The checks a node makes, on the vector node at 2027-06-01.
+fn on_vector_node<T>(f: impl FnOnce(&Checks) -> T) -> T {
+    let node = vector_node();
+    let public = node.public();
+    let profile = vector_profile();
+    let checks = Checks {
+        node: Some(&public),
+        hardware: Some(&profile),
+        time: TimeContext::new(Utc.with_ymd_and_hms(2027, 6, 1, 0, 0, 0).unwrap(), None),
+        memory: None,
+    };
+    f(&checks)
+}
+
+#[test]
+fn full_license_vector_carries_every_option_and_its_watermark_key_unwraps() {
+    let license = authenticate(
+        &vector("license-full-v1.license"),
+        &TrustRoots::compiled_in(),
+    )
+    .unwrap();
+    let body = &license.body;
+    assert!(on_vector_node(|checks| matches!(
+        evaluate(body, checks),
+        Verdict::Valid { .. }
+    )));
+    let caps = &body.caps;
+    assert_eq!(
+        (
+            caps.requests_per_day,
+            caps.requests_per_month,
+            caps.tokens_per_day
+        ),
+        (Some(1000), Some(20_000), Some(2_000_000))
+    );
+    assert_eq!(
+        (caps.tokens_per_month, caps.concurrent, caps.context),
+        (Some(40_000_000), Some(4), Some(2048))
+    );
+    assert_eq!(body.features, ["output-filter", "watermark"]);
+    assert_eq!(body.renewal.len(), 2);
+    let filter = body.output_filter.as_ref().unwrap();
+    assert_eq!(filter.terms, ["Project Albatross"]);
+    assert_eq!(filter.patterns.len(), 1);
+    assert_eq!(body.extensions.len(), 1);
+    assert!(!body.extensions[0].critical);
+    assert!(body.extensions[0].value["note"]
+        .as_str()
+        .unwrap()
+        .contains('\u{1}'));
+
+    let watermark = body.watermark.as_ref().unwrap();
+    let expected = vector_json("watermark-v1.json");
+    assert_eq!(watermark.gamma, expected["gamma"].as_f64().unwrap());
+    assert_eq!(watermark.delta, expected["delta"].as_f64().unwrap());
+    let key = key_wrap::unwrap_secret(
+        vector_node().unwrap_secret(),
+        &key_wrap::watermark_binding_info(&body.license_id, &body.model.model_id),
+        &watermark.key.to_wrapped(),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(*key), expected["key"].as_str().unwrap());
+    assert_eq!(expected["license_id"], body.license_id.as_str());
+}
+
+#[test]
+fn watermark_vector_key_and_green_lists_follow_from_the_signer() {
+    let v = vector_json("watermark-v1.json");
+    let seed: [u8; 32] = hex::decode(v["signer_seed"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signer = SecretKey::from_bytes(&seed);
+    let key = WatermarkKey::derive(
+        &signer,
+        v["license_id"].as_str().unwrap(),
+        v["model_id"].as_str().unwrap(),
+    );
+    assert_eq!(hex::encode(key.as_bytes()), v["key"].as_str().unwrap());
+    let params = watermark::Params {
+        gamma: v["gamma"].as_f64().unwrap(),
+        delta: v["delta"].as_f64().unwrap() as f32,
+        context: v["context"].as_u64().unwrap() as usize,
+    };
+    let steps = v["steps"].as_array().unwrap();
+    let mut greens = 0;
+    for step in steps {
+        let previous: Vec<i32> = serde_json::from_value(step["previous"].clone()).unwrap();
+        let seed = key.step_seed(&previous, &params);
+        assert_eq!(seed.to_string(), step["seed"].as_str().unwrap());
+        let token = step["token"].as_i64().unwrap() as i32;
+        let green = watermark::is_green(seed, token, &params);
+        assert_eq!(green, step["green"].as_bool().unwrap(), "{step}");
+        greens += usize::from(green);
+    }
+    // Both kinds of answer are in the vector.
+    assert!(
+        greens > 0 && greens < steps.len(),
+        "{greens} of {}",
+        steps.len()
+    );
+}
+
+#[test]
+fn renewal_vectors_verify_as_server_and_node_verify_them() {
+    let node = vector_node();
+    let public = node.public();
+    let (envelope, request) = protocol::parse_request(&vector("renewal-request-v1.json")).unwrap();
+    protocol::verify_request(&envelope, &request, &public.signing_key.to_bytes()).unwrap();
+    let ledger = vector_json("usage-v1.json");
+    let position = request.usage.ledger.as_ref().unwrap();
+    assert_eq!(
+        hex::encode(position.ledger_id),
+        ledger["ledger_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        position.seq,
+        ledger["last_checkpoint"]["seq"].as_u64().unwrap()
+    );
+    assert!(position.reported.is_some());
+
+    let node_id = public.node_id();
+    let expected = protocol::Expected {
+        node_id: &node_id,
+        nonce: request.nonce,
+        scope: Some(("Vector Org", "vector-model")),
+    };
+    let roots = TrustRoots::compiled_in();
+    let held = authenticate(&vector("license-issuer-v1.license"), &roots).unwrap();
+    for (file, status) in [
+        ("renewal-response-renewed-v1.json", "renewed"),
+        ("renewal-response-pending-v1.json", "pending"),
+        ("renewal-response-refused-v1.json", "refused"),
+    ] {
+        let opened = protocol::open_response(&vector(file), &roots, &expected).unwrap();
+        assert!(matches!(opened.authority, Authority::Issuer { .. }));
+        match (&opened.body.decision, status) {
+            (protocol::Decision::Renewed { license }, "renewed") => {
+                assert!(license.ends_with("}\n"));
+                let renewed = authenticate(license.as_bytes(), &roots).unwrap();
+                assert_eq!(renewed.body.license_id, held.body.license_id);
+                assert_eq!((held.body.serial, renewed.body.serial), (8, 9));
+            }
+            (protocol::Decision::Pending { enrollment_id, .. }, "pending") => {
+                assert_eq!(enrollment_id.len(), 16)
+            }
+            (protocol::Decision::Refused { reason, .. }, "refused") => {
+                assert_eq!(*reason, protocol::RefusalReason::Revoked)
+            }
+            (other, _) => panic!("{file}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ledger_vector_verifies_and_its_head_attestation_and_prompt_hashes_agree() {
+    let node = vector_node();
+    let key = node.public().signing_key;
+    let expected = vector_json("usage-v1.json");
+    let bytes = vector("usage-v1.ledger");
+    let (summary, problem) = ledger::verify::verify(&bytes, &key, &key.key_id());
+    assert_eq!(problem, None);
+    assert_eq!(summary.records, expected["records"].as_u64().unwrap());
+    assert_eq!(
+        summary.checkpoints,
+        expected["checkpoints"].as_u64().unwrap()
+    );
+    assert_eq!(summary.head_seq, expected["head_seq"].as_u64().unwrap());
+    assert_eq!(
+        hex::encode(summary.head_hash),
+        expected["head_hash"].as_str().unwrap()
+    );
+    assert_eq!(
+        serde_json::to_value(summary.totals).unwrap(),
+        expected["totals"]
+    );
+    assert_eq!(
+        hex::encode(summary.genesis.unwrap().0),
+        expected["ledger_id"].as_str().unwrap()
+    );
+    // Every entry type and outcome is in it.
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    for needle in [
+        "\"genesis\"",
+        "\"admitted\"",
+        "\"completed\"",
+        "\"request\"",
+        "\"checkpoint\"",
+        "\"reported\"",
+        "\"recovered\"",
+        "\"ok\"",
+        "\"cancelled\"",
+        "\"filtered\"",
+        "\"refused:queue_full\"",
+        "\"refused:license_expired\"",
+        "\"refused:engine_error\"",
+        "\"filter_rule\"",
+        "\"prompt_sha256\"",
+    ] {
+        assert!(text.contains(needle), "{needle}");
+    }
+
+    // The head, read as a node reads it at start from its directory.
+    let dir = tempfile::TempDir::new().unwrap();
+    for entry in std::fs::read_dir(repo_path("docs/vectors/node")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join(ledger::head::HEAD_FILE),
+        vector("ledger-v1.head"),
+    )
+    .unwrap();
+    let head = ledger::head::read(&NodeIdentity::load(dir.path()).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(Some((head.seq, head.hash)), summary.last_checkpoint);
+
+    let attestation = ledger::attestation::verify(&vector("attestation-v1.json"), &key).unwrap();
+    assert_eq!(
+        (
+            attestation.ledger_seq,
+            attestation.ledger_head,
+            attestation.totals
+        ),
+        (summary.head_seq, summary.head_hash, summary.totals)
+    );
+
+    let salt = PromptSalt::read(&repo_path("docs/vectors/node/ledger.salt")).unwrap();
+    for case in expected["prompt_hashes"].as_array().unwrap() {
+        let parts: Vec<&str> = case["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let prompt = match case["kind"].as_str().unwrap() {
+            "chat" => PromptParts::Chat(parts.chunks(2).map(|c| (c[0], c[1])).collect()),
+            _ => PromptParts::Text(parts[0]),
+        };
+        let hash = salt.hash(&prompt);
+        assert_eq!(serde_json::to_value(hash).unwrap(), case["prompt_sha256"]);
+        assert!(text.contains(case["prompt_sha256"].as_str().unwrap()));
+    }
+}
+
+/// Every file in docs/vectors/negative is refused as its manifest says, by the public
+/// path for its kind; the manifest and the directory list the same files.
+#[test]
+fn negative_vectors_are_refused_as_the_manifest_says() {
+    let manifest = vector_json("negative/manifest.json");
+    let entries = manifest.as_array().unwrap();
+    let mut listed: Vec<String> = entries
+        .iter()
+        .map(|e| e["file"].as_str().unwrap().to_string())
+        .collect();
+    listed.push("manifest.json".into());
+    listed.sort();
+    let mut present: Vec<String> = std::fs::read_dir(repo_path("docs/vectors/negative"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    present.sort();
+    assert_eq!(listed, present);
+
+    let node = vector_node();
+    let key = node.public().signing_key;
+    let roots = TrustRoots::compiled_in();
+    let request = protocol::parse_request(&vector("renewal-request-v1.json"))
+        .unwrap()
+        .1;
+    let node_id = key.key_id();
+    let expected_response = protocol::Expected {
+        node_id: &node_id,
+        nonce: request.nonce,
+        scope: Some(("Vector Org", "vector-model")),
+    };
+    let mut kinds = std::collections::BTreeSet::new();
+    for entry in entries {
+        let file = entry["file"].as_str().unwrap();
+        let bytes = vector(&format!("negative/{file}"));
+        let kind = entry["kind"].as_str().unwrap();
+        let found = match kind {
+            "license" => on_vector_node(|checks| assess(&bytes, &roots, checks).verdict.name()),
+            "ledger" => ledger::verify::verify(&bytes, &key, &node_id)
+                .1
+                .map_or("intact", |p| p.kind()),
+            "attestation" => ledger::attestation::verify(&bytes, &key)
+                .err()
+                .map_or("valid", |e| e.kind()),
+            "renewal-response" => protocol::open_response(&bytes, &roots, &expected_response)
+                .err()
+                .map_or("valid", |e| e.kind()),
+            other => panic!("{file}: unknown kind {other}"),
+        };
+        assert_eq!(
+            found,
+            entry["expected"].as_str().unwrap(),
+            "{file}: {}",
+            entry["why"]
+        );
+        kinds.insert(kind);
+    }
+    assert_eq!(kinds.len(), 4);
 }

@@ -335,7 +335,9 @@ pub fn verify_attestation(args: VerifyAttestationArgs) -> Outcome {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({"valid": false, "reason": reason}))?
+                    serde_json::to_string_pretty(
+                        &json!({"valid": false, "problem": reason.kind(), "reason": reason.to_string()})
+                    )?
                 );
             } else {
                 println!("INVALID: {reason}");
@@ -399,7 +401,7 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
 
 /// One row of `audit report`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-struct ReportRow {
+pub(crate) struct ReportRow {
     period: String,
     license_id: String,
     model_id: String,
@@ -478,24 +480,23 @@ fn report_row(
     })
 }
 
-pub fn audit_report(args: AuditReportArgs) -> Outcome {
+/// `audit report`'s tally of a ledger file: one row per (period, license, model, client
+/// key) over the intact records dated in `[from, to)`, and the number of lines that are
+/// not intact records (left out). Reads untrusted bytes: fuzzed (`crate::fuzzing`).
+pub(crate) fn report_rows(
+    ledger: &[u8],
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    by: Period,
+) -> (Vec<ReportRow>, u64) {
     use crate::ledger::record::{self, Entry};
     use chrono::Datelike;
 
-    let now = clock::system_now();
-    let parse = |t: &Option<String>| {
-        t.as_deref()
-            .map(|t| crate::format::time::parse_instant(t, now).map_err(anyhow::Error::msg))
-            .transpose()
-    };
-    let (from, to) = (parse(&args.from)?, parse(&args.to)?);
-    let text = std::fs::read(&args.ledger)
-        .with_context(|| format!("cannot read {}", args.ledger.display()))?;
     let mut rows: std::collections::BTreeMap<ReportKey, ReportRow> = Default::default();
     let mut unreadable = 0u64;
     // Admitted requests waiting for their completed record: request id → row.
     let mut open: std::collections::HashMap<String, ReportKey> = Default::default();
-    for parsed in record::each(&text) {
+    for parsed in record::each(ledger) {
         let Some(parsed) = parsed.filter(|p| p.actual_hash == p.written_hash) else {
             unreadable += 1;
             continue;
@@ -504,7 +505,7 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
         // A request belongs to the period it was admitted (or refused) in; its
         // completed record joins it whenever it came.
         let in_range = !(from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t));
-        let period = match args.by {
+        let period = match by {
             Period::Day => at.format("%Y-%m-%d").to_string(),
             Period::Month => at.format("%Y-%m").to_string(),
             Period::Quarter => format!("{}-Q{}", at.year(), (at.month() - 1) / 3 + 1),
@@ -526,8 +527,10 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
                     continue;
                 }
                 row.requests += 1;
-                row.prompt_tokens += prompt_tokens;
-                row.completion_tokens += completion_tokens;
+                // Token counts come from the file: a hand-written ledger can carry them
+                // past 2^64 - 1 (`audit verify` reports it). Saturate, never panic.
+                row.prompt_tokens = row.prompt_tokens.saturating_add(prompt_tokens);
+                row.completion_tokens = row.completion_tokens.saturating_add(completion_tokens);
                 row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
             }
             Entry::Admitted {
@@ -541,7 +544,7 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
                 let key = (period, license_id, model_id, client_key);
                 let row = report_row(&mut rows, key.clone());
                 row.requests += 1;
-                row.prompt_tokens += prompt_tokens;
+                row.prompt_tokens = row.prompt_tokens.saturating_add(prompt_tokens);
                 row.interrupted += 1; // until its completed record turns up
                 open.insert(request_id, key);
             }
@@ -554,23 +557,37 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
                 // Counted in the period its request was admitted in.
                 if let Some(row) = open.remove(&request_id).and_then(|k| rows.get_mut(&k)) {
                     row.interrupted -= 1;
-                    row.completion_tokens += completion_tokens;
+                    row.completion_tokens = row.completion_tokens.saturating_add(completion_tokens);
                     row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
                 }
             }
             _ => {}
         }
     }
+    (rows.into_values().collect(), unreadable)
+}
+
+pub fn audit_report(args: AuditReportArgs) -> Outcome {
+    let now = clock::system_now();
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| crate::format::time::parse_instant(t, now).map_err(anyhow::Error::msg))
+            .transpose()
+    };
+    let (from, to) = (parse(&args.from)?, parse(&args.to)?);
+    let text = std::fs::read(&args.ledger)
+        .with_context(|| format!("cannot read {}", args.ledger.display()))?;
+    let (rows, unreadable) = report_rows(&text, from, to, args.by);
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} line(s) of {} are not intact records and were left out; run `leasehold audit verify`",
             args.ledger.display()
         );
     }
-    let rows: Vec<ReportRow> = rows.into_values().collect();
     match args.format {
         ReportFormat::Json => {
-            let total = |f: fn(&ReportRow) -> u64| rows.iter().map(f).sum::<u64>();
+            let total =
+                |f: fn(&ReportRow) -> u64| rows.iter().map(f).fold(0u64, u64::saturating_add);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&json!({
@@ -601,4 +618,45 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
         }
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::record::{self, Entry, Outcome, RecordBody};
+
+    #[test]
+    fn report_token_sums_past_u64_saturate_instead_of_panicking() {
+        // A hand-written ledger (intact hashes) whose token counts add past 2^64 - 1:
+        // found by fuzzing `audit report`.
+        let mut text = String::new();
+        let mut prev = [0; 32];
+        for (seq, tokens) in [u64::MAX - 1, 5].into_iter().enumerate() {
+            let body = RecordBody {
+                seq: seq as u64,
+                prev,
+                at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                entry: Entry::Request {
+                    request_id: format!("r{seq}"),
+                    license_id: "l".into(),
+                    model_id: "m".into(),
+                    prompt_tokens: tokens,
+                    completion_tokens: tokens,
+                    outcome: Outcome::Ok,
+                    client_key: "-".into(),
+                    prompt_sha256: None,
+                    filter_rule: None,
+                },
+            };
+            let (line, hash) = record::encode(&body, None);
+            text.push_str(&line);
+            prev = hash;
+        }
+        let (rows, unreadable) = report_rows(text.as_bytes(), None, None, Period::Month);
+        assert_eq!(unreadable, 0);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].requests, 2);
+        assert_eq!(rows[0].prompt_tokens, u64::MAX);
+        assert_eq!(rows[0].completion_tokens, u64::MAX);
+    }
 }

@@ -109,6 +109,20 @@ pub enum EnvelopeError {
     BadSignature,
 }
 
+impl EnvelopeError {
+    /// The failure's name in docs/FORMATS.md ("Envelope and body failures").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EnvelopeError::TooLarge(_) => "too-large",
+            EnvelopeError::Malformed(_) => "malformed",
+            EnvelopeError::WrongKind { .. } => "wrong-kind",
+            EnvelopeError::NotCanonical => "not-canonical",
+            EnvelopeError::InvalidSigner => "invalid-signer",
+            EnvelopeError::BadSignature => "bad-signature",
+        }
+    }
+}
+
 impl From<BadSignature> for EnvelopeError {
     fn from(_: BadSignature) -> Self {
         EnvelopeError::BadSignature
@@ -138,6 +152,16 @@ pub enum BodyError {
     },
     #[error("the {kind} body is malformed: {reason}")]
     Malformed { kind: &'static str, reason: String },
+}
+
+impl BodyError {
+    /// The failure's name in docs/FORMATS.md ("Envelope and body failures").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyError::UnsupportedVersion { .. } => "unsupported-version",
+            BodyError::Malformed { .. } => "malformed-body",
+        }
+    }
 }
 
 #[derive(Deserialize)]

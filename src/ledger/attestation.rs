@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::record::Totals;
 use crate::crypto::signing::PublicKey;
 use crate::format::encoding::hex_array;
-use crate::format::{Body, DocumentKind, Envelope};
+use crate::format::{Body, BodyError, DocumentKind, Envelope, EnvelopeError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,23 +37,47 @@ impl Body for AttestationBody {
     const VERSION: u32 = 1;
 }
 
+/// Why an attestation does not check out (docs/FORMATS.md, "Verifying an attestation").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttestationError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error("it is signed by key {signer}, not by node {node}")]
+    WrongSigner { signer: String, node: String },
+    #[error("its node id does not match the signing key")]
+    WrongNodeId,
+}
+
+impl AttestationError {
+    /// The failure's name in docs/FORMATS.md (and `audit verify-attestation --json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttestationError::Envelope(e) => e.kind(),
+            AttestationError::Body(e) => e.kind(),
+            AttestationError::WrongSigner { .. } => "wrong-signer",
+            AttestationError::WrongNodeId => "wrong-node-id",
+        }
+    }
+}
+
 /// Verify an attestation against the node's key.
-pub fn verify(bytes: &[u8], node_key: &PublicKey) -> Result<AttestationBody, String> {
-    let envelope = Envelope::parse(bytes, DocumentKind::Attestation).map_err(|e| e.to_string())?;
+pub fn verify(bytes: &[u8], node_key: &PublicKey) -> Result<AttestationBody, AttestationError> {
+    let envelope = Envelope::parse(bytes, DocumentKind::Attestation)?;
     if envelope.signer != node_key.to_bytes() {
-        return Err(format!(
-            "it is signed by key {}, not by node {}",
-            envelope
+        return Err(AttestationError::WrongSigner {
+            signer: envelope
                 .signer_key()
                 .map(|k| k.key_id())
                 .unwrap_or_else(|_| "?".into()),
-            node_key.key_id()
-        ));
+            node: node_key.key_id(),
+        });
     }
-    envelope.verify_signature().map_err(|e| e.to_string())?;
-    let body: AttestationBody = envelope.decode_body().map_err(|e| e.to_string())?;
+    envelope.verify_signature()?;
+    let body: AttestationBody = envelope.decode_body()?;
     if body.node_id != node_key.key_id() {
-        return Err("its node id does not match the signing key".into());
+        return Err(AttestationError::WrongNodeId);
     }
     Ok(body)
 }

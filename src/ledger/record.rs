@@ -314,6 +314,9 @@ pub fn parse(line: &str) -> Result<Parsed, String> {
     if serde_json::to_string(&body).ok().as_deref() != Some(body_bytes.as_str()) {
         return Err("the record is not in canonical form".into());
     }
+    if parsed.signature.is_some() && !matches!(body.entry, Entry::Checkpoint { .. }) {
+        return Err("a signature on a record that is not a checkpoint".into());
+    }
     let canonical = serde_json::to_string(&parsed).map_err(|e| e.to_string())?;
     if canonical != line {
         return Err("the line is not in canonical form".into());

@@ -38,7 +38,11 @@ pub enum Problem {
         seq: u64,
         what: &'static str,
     },
-    /// Not this node's ledger, or no genesis record.
+    /// A record dated before the record ahead of it (writers never go back in time).
+    TimeWentBack { line: u64, seq: u64 },
+    /// A `reported` record naming no earlier checkpoint of this ledger.
+    UnknownReported { line: u64, seq: u64, reported: u64 },
+    /// Not this node's ledger, no genesis record, or a second one.
     Foreign { reason: String },
 }
 
@@ -55,6 +59,8 @@ impl Problem {
             Problem::BadCheckpointSignature { .. } => "bad-checkpoint-signature",
             Problem::CheckpointTotals { .. } => "edited",
             Problem::TotalsOverflow { .. } => "overflow",
+            Problem::TimeWentBack { .. } => "edited",
+            Problem::UnknownReported { .. } => "edited",
             Problem::Foreign { .. } => "foreign",
         }
     }
@@ -88,6 +94,12 @@ impl Problem {
             ),
             Problem::TotalsOverflow { line, seq, what } => format!(
                 "overflow: record {seq} (line {line}) carries the {what} total past 2^64 - 1, which no node writes: the ledger was written by hand"
+            ),
+            Problem::TimeWentBack { line, seq } => format!(
+                "edited: record {seq} (line {line}) is dated before the record ahead of it, which no node writes"
+            ),
+            Problem::UnknownReported { line, seq, reported } => format!(
+                "edited: record {seq} (line {line}) reports checkpoint {reported}, which is not a checkpoint earlier in this ledger"
             ),
             Problem::Foreign { reason } => format!("not this node's ledger: {reason}"),
         }
@@ -225,6 +237,28 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
                     seq: body.seq,
                 }),
             );
+        } else if matches!(body.entry, Entry::Genesis { .. }) {
+            let reason = format!(
+                "record {} (line {line_no}) is a second genesis record, the start of another ledger",
+                body.seq
+            );
+            return (summary, Some(Problem::Foreign { reason }));
+        } else if summary.last_at.is_some_and(|last| body.at < last) {
+            let problem = Problem::TimeWentBack {
+                line: line_no,
+                seq: body.seq,
+            };
+            return (summary, Some(problem));
+        }
+        if let Entry::Reported { seq, hash } = &body.entry {
+            if !summary.checkpoint_hashes.contains(&(*seq, *hash)) {
+                let problem = Problem::UnknownReported {
+                    line: line_no,
+                    seq: body.seq,
+                    reported: *seq,
+                };
+                return (summary, Some(problem));
+            }
         }
         if let Entry::Checkpoint { totals } = &body.entry {
             if !parsed.signature_ok(key) {
@@ -261,7 +295,7 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
             return (summary, Some(problem));
         }
         summary.records += 1;
-        summary.last_at = summary.last_at.max(Some(body.at));
+        summary.last_at = Some(body.at);
         summary.head_seq = body.seq;
         summary.head_hash = parsed.actual_hash;
         offset += end + 1;

@@ -198,6 +198,12 @@ pub fn seal_file(
         model_id: model_id.to_string(),
     };
     let encoded = header.encode();
+    // The reader's own checks (segment size, at most 2^32 - 1 segments): never write a
+    // file that no reader opens.
+    Header::parse(&encoded).map_err(|source| SealError::Header {
+        path: input.to_path_buf(),
+        source,
+    })?;
     let pending = PendingFile::create(output, crate::fsutil::PUBLIC_MODE)?;
     pending
         .file()
