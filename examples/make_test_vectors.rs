@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     let mut state = NodeStateBody::new(identity.public().node_id(), t0);
     std::fs::write(
         out.join("node-state-v1.json"),
-        Envelope::sign(&state, identity.signing_key(), vec![]).render(),
+        Envelope::sign(&state, identity.signer(), vec![]).render(),
     )?;
     let (first, second) = (format!("{:032x}", 1), format!("{:032x}", 2));
     state.note_spent(&first, 9);
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     state.note_revoked(&second);
     std::fs::write(
         out.join("node-state-v1-licenses.json"),
-        Envelope::sign(&state, identity.signing_key(), vec![]).render(),
+        Envelope::sign(&state, identity.signer(), vec![]).render(),
     )?;
 
     // Root-signed license, and an issuer-signed one with its certificate.
@@ -350,7 +350,7 @@ fn usage_ledger(
             totals: Totals::default(),
         },
     ];
-    let key = identity.signing_key();
+    let key = identity.signer();
     let mut text_out = String::new();
     let (mut prev, mut totals) = ([0u8; 32], Totals::default());
     let mut ledger = VectorLedger {
@@ -483,7 +483,7 @@ fn renewals(
     };
     std::fs::write(
         out.join("renewal-request-v1.json"),
-        Envelope::sign(&request, identity.signing_key(), vec![]).render(),
+        Envelope::sign(&request, identity.signer(), vec![]).render(),
     )?;
     let renewed = issue(
         issuer,
@@ -557,7 +557,7 @@ fn attestation(
     };
     std::fs::write(
         out.join("attestation-v1.json"),
-        Envelope::sign(&body, identity.signing_key(), vec![]).render(),
+        Envelope::sign(&body, identity.signer(), vec![]).render(),
     )?;
     Ok(())
 }
@@ -718,7 +718,7 @@ fn negatives(
     let text = std::fs::read_to_string(out.join("usage-v1.ledger"))?;
     let lines: Vec<String> = text.lines().map(String::from).collect();
     let join = |lines: &[String]| lines.join("\n") + "\n";
-    let key = identity.signing_key();
+    let key = identity.signer();
     let rechain = |bodies: &[RecordBody]| {
         let mut prev = [0u8; 32];
         let mut s = String::new();

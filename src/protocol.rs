@@ -228,7 +228,7 @@ pub fn sign_request(
         sent_at: crate::format::time::whole_seconds(now),
         usage,
     };
-    (Envelope::sign(&body, identity.signing_key(), vec![]), nonce)
+    (Envelope::sign(&body, identity.signer(), vec![]), nonce)
 }
 
 /// Parse a request without trusting it yet: the server looks up the node's enrolled

@@ -196,11 +196,11 @@ fn license_for_another_node_is_wrong_machine_and_its_key_cannot_unwrap() {
         .unwrap();
     let wrapped = license.content_key.to_wrapped();
     assert_eq!(
-        key_wrap::unwrap(other.unwrap_secret(), &license.key_binding_info(), &wrapped).unwrap_err(),
+        key_wrap::unwrap(other.unwrapper(), &license.key_binding_info(), &wrapped).unwrap_err(),
         UnwrapError::NotForThisKey
     );
     let key = key_wrap::unwrap(
-        fx.identity.unwrap_secret(),
+        fx.identity.unwrapper(),
         &license.key_binding_info(),
         &wrapped,
     )

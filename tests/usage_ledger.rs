@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::node::{get_text, leasehold, NodeSite};
-use leasehold::crypto::signing::SecretKey;
+use leasehold::crypto::signing::{DocumentSigner, SecretKey};
 use leasehold::ledger::record::{self, Entry, Outcome, RecordBody};
 use leasehold::ledger::{CheckpointPolicy, Ledger};
 use leasehold::node::NodeIdentity;
@@ -218,7 +218,7 @@ async fn an_intact_ledger_verifies_and_each_tampering_is_named() {
 
 /// Re-chain `bodies` as a node holding `key` would write them: fresh `prev` links, hashes
 /// and checkpoint signatures (the operator has the node key on disk).
-fn rechain(bodies: Vec<RecordBody>, key: &SecretKey) -> Vec<String> {
+fn rechain(bodies: Vec<RecordBody>, key: &dyn DocumentSigner) -> Vec<String> {
     let mut prev = [0u8; 32];
     let mut lines = Vec::new();
     for (seq, mut body) in bodies.into_iter().enumerate() {
@@ -237,7 +237,7 @@ fn rechain(bodies: Vec<RecordBody>, key: &SecretKey) -> Vec<String> {
 async fn a_re_signed_ledger_that_breaks_the_writing_rules_is_refused() {
     let (dir, _path, lines) = written_ledger().await;
     let identity = NodeIdentity::load(&dir.path().join("node")).unwrap();
-    let key = identity.signing_key();
+    let key = identity.signer();
     let bodies: Vec<RecordBody> = lines
         .iter()
         .map(|l| record::parse(l).unwrap().body)

@@ -102,7 +102,7 @@ fn license_vectors_verify_and_unwrap_the_vector_key() {
             Verdict::Valid { .. }
         ));
         let key = key_wrap::unwrap(
-            node.unwrap_secret(),
+            node.unwrapper(),
             &license.body.key_binding_info(),
             &license.body.content_key.to_wrapped(),
         )
@@ -220,7 +220,7 @@ fn full_license_vector_carries_every_option_and_its_watermark_key_unwraps() {
     assert_eq!(watermark.gamma, expected["gamma"].as_f64().unwrap());
     assert_eq!(watermark.delta, expected["delta"].as_f64().unwrap());
     let key = key_wrap::unwrap_secret(
-        vector_node().unwrap_secret(),
+        vector_node().unwrapper(),
         &key_wrap::watermark_binding_info(&body.license_id, &body.model.model_id),
         &watermark.key.to_wrapped(),
     )

@@ -235,7 +235,7 @@ fn on_node(
     }
     let safeguards = Safeguards::from_license(body, &identity).map_err(anyhow::Error::msg)?;
     let content_key = body
-        .unwrap_content_key(identity.unwrap_secret())
+        .unwrap_content_key(identity.unwrapper())
         .map_err(|e| anyhow::anyhow!("cannot unwrap the content key: {e}"))?;
     let vocabulary = Vocabulary::load_sealed(sealed, &content_key).map_err(anyhow::Error::msg)?;
     let key = safeguards.watermark.map(|w| w.key);

@@ -43,6 +43,32 @@ impl UnwrapSecret {
     }
 }
 
+/// Whatever holds a node's unwrap key and opens what licenses wrap to it: the seam
+/// between licenses and where the key lives (after age's `Identity::unwrap_stanza`).
+/// A key in a file ([`UnwrapSecret`]) is one implementation; a TPM-resident key, whose
+/// DH the TPM computes, is another.
+pub trait KeyUnwrapper: Send + Sync {
+    /// The public key licenses wrap to.
+    fn public_key(&self) -> [u8; 32];
+    /// Open a 32-byte secret wrapped to this key under `info`.
+    fn unwrap(&self, info: &[u8], wrapped: &WrappedKey)
+        -> Result<Zeroizing<[u8; 32]>, UnwrapError>;
+}
+
+impl KeyUnwrapper for UnwrapSecret {
+    fn public_key(&self) -> [u8; 32] {
+        UnwrapSecret::public_key(self)
+    }
+
+    fn unwrap(
+        &self,
+        info: &[u8],
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
+        open_with_secret(self, info, wrapped)
+    }
+}
+
 /// A content key sealed to one node: the HPKE encapsulated key and the ciphertext.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WrappedKey {
@@ -111,17 +137,28 @@ pub fn wrap_secret(
     })
 }
 
-/// Unwrap a content key with this node's secret.
+/// Unwrap a content key with this node's unwrap key.
 pub fn unwrap(
-    secret: &UnwrapSecret,
+    unwrapper: &dyn KeyUnwrapper,
     info: &[u8],
     wrapped: &WrappedKey,
 ) -> Result<ContentKey, UnwrapError> {
-    unwrap_secret(secret, info, wrapped).map(|bytes| ContentKey::from_bytes(*bytes))
+    unwrapper
+        .unwrap(info, wrapped)
+        .map(|bytes| ContentKey::from_bytes(*bytes))
 }
 
 /// Unwrap any 32-byte secret wrapped with [`wrap_secret`].
 pub fn unwrap_secret(
+    unwrapper: &dyn KeyUnwrapper,
+    info: &[u8],
+    wrapped: &WrappedKey,
+) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
+    unwrapper.unwrap(info, wrapped)
+}
+
+/// The software half of RFC 9180 with the secret in memory.
+fn open_with_secret(
     secret: &UnwrapSecret,
     info: &[u8],
     wrapped: &WrappedKey,

@@ -44,6 +44,28 @@ impl Domain {
     }
 }
 
+/// Whatever holds a signing key and signs documents with it: the one seam between the
+/// formats and where a key lives (after rustls's `SigningKey`/`Signer`). A key in a
+/// file ([`SecretKey`]) is one implementation; a key sealed to a TPM, unsealed at start,
+/// is another. [`Envelope::sign`](crate::format::Envelope::sign) and the usage ledger
+/// take this, never the key bytes.
+pub trait DocumentSigner: Send + Sync {
+    /// The public key documents name as their signer.
+    fn public_key(&self) -> PublicKey;
+    /// Sign `message` for `domain` (the tag is prepended here, never by the caller).
+    fn sign(&self, domain: Domain, message: &[u8]) -> [u8; 64];
+}
+
+impl DocumentSigner for SecretKey {
+    fn public_key(&self) -> PublicKey {
+        SecretKey::public_key(self)
+    }
+
+    fn sign(&self, domain: Domain, message: &[u8]) -> [u8; 64] {
+        SecretKey::sign(self, domain, message)
+    }
+}
+
 /// An Ed25519 secret key (root, issuer or node). Zeroized on drop.
 #[derive(ZeroizeOnDrop)]
 pub struct SecretKey(SigningKey);

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::crypto::signing::{BadSignature, Domain, InvalidPublicKey, PublicKey, SecretKey};
+use crate::crypto::signing::{BadSignature, DocumentSigner, Domain, InvalidPublicKey, PublicKey};
 use crate::format::encoding::base64_array;
 
 /// Largest signed document accepted (a license with a certificate chain is ~3 KiB).
@@ -171,7 +171,7 @@ struct VersionProbe {
 
 impl Envelope {
     /// Sign `body` with `key` into a new envelope.
-    pub fn sign<B: Body>(body: &B, key: &SecretKey, chain: Vec<Envelope>) -> Envelope {
+    pub fn sign<B: Body>(body: &B, key: &dyn DocumentSigner, chain: Vec<Envelope>) -> Envelope {
         let json = serde_json::to_string(body).expect("document bodies always serialize");
         let signature = key.sign(B::KIND.domain(), json.as_bytes());
         Envelope {
@@ -261,6 +261,7 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::signing::SecretKey;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -44,7 +44,7 @@ pub fn write(
         hash,
         at: crate::format::time::whole_seconds(at),
     };
-    let envelope = Envelope::sign(&body, identity.signing_key(), vec![]);
+    let envelope = Envelope::sign(&body, identity.signer(), vec![]);
     fsutil::write_atomic(
         &identity.dir().join(HEAD_FILE),
         envelope.render().as_bytes(),

@@ -29,7 +29,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use crate::crypto::sha256;
-use crate::crypto::signing::SecretKey;
 use crate::fsutil::{self, FsError, Replace};
 use crate::node::{clock, NodeIdentity};
 use record::{Entry, RecordBody, Totals};
@@ -121,7 +120,7 @@ pub struct Head {
 
 struct Writer {
     file: File,
-    key: SecretKey,
+    /// Signs checkpoints and the head (the node's signer, shared: no key bytes copied).
     identity: NodeIdentity,
     /// The checkpoint to record in `ledger.head` once it is on disk.
     pending_head: Option<(u64, [u8; 32])>,
@@ -160,7 +159,7 @@ impl Writer {
             at: self.last_at,
             entry,
         };
-        let (line, hash) = record::encode(&body, Some(&self.key));
+        let (line, hash) = record::encode(&body, Some(self.identity.signer()));
         out.push_str(&line);
         self.head = hash;
         if checkpoint {
@@ -321,7 +320,6 @@ impl Ledger {
     ) -> Result<(Ledger, Opened), LedgerError> {
         let public = identity.public();
         let node_id = public.node_id();
-        let key = SecretKey::from_bytes(&identity.signing_key().to_bytes());
         let head_path = identity.dir().join(head::HEAD_FILE);
         let recorded = head::read(identity).map_err(|problem| LedgerError::Damaged {
             path: head_path.display().to_string(),
@@ -411,9 +409,7 @@ impl Ledger {
         }));
         let mut writer = Writer {
             file,
-            key,
-            identity: NodeIdentity::load(identity.dir())
-                .map_err(|e| LedgerError::Write(format!("cannot load the node identity: {e}")))?,
+            identity: identity.clone(),
             pending_head: None,
             durable: durable.clone(),
             seq: summary.head_seq,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::crypto::sha256;
-use crate::crypto::signing::{Domain, PublicKey, SecretKey};
+use crate::crypto::signing::{DocumentSigner, Domain, PublicKey};
 use crate::format::encoding::{base64_array, hex_array, Digest};
 
 const HASH_TAG: &[u8] = b"leasehold ledger record\0";
@@ -286,7 +286,7 @@ fn hash_body(body: &str) -> [u8; 32] {
 }
 
 /// Encode a record as its line (with the newline); returns the line and its hash.
-pub fn encode(body: &RecordBody, key: Option<&SecretKey>) -> (String, [u8; 32]) {
+pub fn encode(body: &RecordBody, key: Option<&dyn DocumentSigner>) -> (String, [u8; 32]) {
     let text = serde_json::to_string(body).expect("record bodies always serialize");
     let hash = hash_body(&text);
     let signature = match (&body.entry, key) {

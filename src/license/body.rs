@@ -110,13 +110,13 @@ impl LicenseBody {
         })
     }
 
-    /// The content key, unwrapped with the node's secret.
+    /// The content key, unwrapped with the node's unwrap key.
     pub fn unwrap_content_key(
         &self,
-        secret: &crate::crypto::key_wrap::UnwrapSecret,
+        unwrapper: &dyn crate::crypto::key_wrap::KeyUnwrapper,
     ) -> Result<crate::crypto::ContentKey, crate::crypto::key_wrap::UnwrapError> {
         crate::crypto::key_wrap::unwrap(
-            secret,
+            unwrapper,
             &self.key_binding_info(),
             &self.content_key.to_wrapped(),
         )

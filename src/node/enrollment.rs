@@ -126,7 +126,7 @@ pub fn create(
         declared_use,
         request,
     };
-    Ok(Envelope::sign(&body, identity.signing_key(), vec![]))
+    Ok(Envelope::sign(&body, identity.signer(), vec![]))
 }
 
 /// The match policy `choice` makes of `components`: the required kinds given or

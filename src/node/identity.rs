@@ -6,9 +6,11 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::crypto::key_wrap::UnwrapSecret;
+use std::sync::Arc;
+
+use crate::crypto::key_wrap::{KeyUnwrapper, UnwrapSecret};
 use crate::crypto::keyfile::{self, KeyFileError, KeyKind};
-use crate::crypto::signing::{PublicKey, SecretKey};
+use crate::crypto::signing::{DocumentSigner, PublicKey, SecretKey};
 use crate::fsutil::FsError;
 
 pub const SIGNING_KEY_FILE: &str = "node.key";
@@ -48,11 +50,13 @@ impl NodePublic {
     }
 }
 
-/// A node's secret keys, loaded from its directory. Zeroized on drop.
+/// A node's keys, loaded from its directory, behind the two seams every user of them
+/// goes through: a document signer and a key unwrapper. File keys are zeroized on drop.
+#[derive(Clone)]
 pub struct NodeIdentity {
     dir: PathBuf,
-    signing: SecretKey,
-    unwrap: UnwrapSecret,
+    signer: Arc<dyn DocumentSigner>,
+    unwrapper: Arc<dyn KeyUnwrapper>,
 }
 
 impl NodeIdentity {
@@ -88,8 +92,8 @@ impl NodeIdentity {
         let unwrap = keyfile::read(&unwrap_path, KeyKind::X25519Secret)?;
         Ok(NodeIdentity {
             dir: dir.to_path_buf(),
-            signing,
-            unwrap: UnwrapSecret::from_bytes(*unwrap),
+            signer: Arc::new(signing),
+            unwrapper: Arc::new(UnwrapSecret::from_bytes(*unwrap)),
         })
     }
 
@@ -137,8 +141,8 @@ impl NodeIdentity {
         Ok((
             NodeIdentity {
                 dir: dir.to_path_buf(),
-                signing,
-                unwrap,
+                signer: Arc::new(signing),
+                unwrapper: Arc::new(unwrap),
             },
             true,
         ))
@@ -150,17 +154,25 @@ impl NodeIdentity {
 
     pub fn public(&self) -> NodePublic {
         NodePublic {
-            signing_key: self.signing.public_key(),
-            unwrap_key: self.unwrap.public_key(),
+            signing_key: self.signer.public_key(),
+            unwrap_key: self.unwrapper.public_key(),
         }
     }
 
-    pub fn signing_key(&self) -> &SecretKey {
-        &self.signing
+    /// Signs the node's documents: enrollment, state, renewal requests, checkpoint
+    /// reports, ledger checkpoints and head, attestations.
+    pub fn signer(&self) -> &dyn DocumentSigner {
+        &*self.signer
     }
 
-    pub fn unwrap_secret(&self) -> &UnwrapSecret {
-        &self.unwrap
+    /// The signer, shared (the usage ledger's writer keeps it).
+    pub fn shared_signer(&self) -> Arc<dyn DocumentSigner> {
+        Arc::clone(&self.signer)
+    }
+
+    /// Opens the content and watermark keys licenses wrap to this node.
+    pub fn unwrapper(&self) -> &dyn KeyUnwrapper {
+        &*self.unwrapper
     }
 }
 

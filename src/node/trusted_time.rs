@@ -256,7 +256,7 @@ pub fn load_high_water(dir: &Path, node: &NodePublic) -> Result<Option<DateTime<
 }
 
 fn write(identity: &NodeIdentity, body: &NodeStateBody) -> Result<(), StateError> {
-    let envelope = Envelope::sign(body, identity.signing_key(), vec![]);
+    let envelope = Envelope::sign(body, identity.signer(), vec![]);
     fsutil::write_atomic(
         &state_path(identity.dir()),
         envelope.render().as_bytes(),
@@ -310,7 +310,7 @@ pub fn create(
 ) -> Result<NodeStateBody, StateError> {
     locked(identity, || {
         let body = NodeStateBody::new(identity.public().node_id(), high_water);
-        let envelope = Envelope::sign(&body, identity.signing_key(), vec![]);
+        let envelope = Envelope::sign(&body, identity.signer(), vec![]);
         fsutil::write_atomic(
             &state_path(identity.dir()),
             envelope.render().as_bytes(),

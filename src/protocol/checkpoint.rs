@@ -99,7 +99,7 @@ pub fn sign_report(
         sent_at: crate::format::time::whole_seconds(now),
         usage,
     };
-    (Envelope::sign(&body, identity.signing_key(), vec![]), nonce)
+    (Envelope::sign(&body, identity.signer(), vec![]), nonce)
 }
 
 /// Parse a report without trusting it yet: the server looks up the node's enrolled

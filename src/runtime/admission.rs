@@ -163,7 +163,7 @@ pub fn admit(bytes: &[u8], records: NodeRecords, sealed_path: &Path) -> Result<A
         )));
     }
     let key = body
-        .unwrap_content_key(identity.unwrap_secret())
+        .unwrap_content_key(identity.unwrapper())
         .map_err(|e| Refusal::Unwrap(e.to_string()))?;
     sealed.check_key(&key)?;
     let safeguards = Safeguards::from_license(body, identity).map_err(Refusal::Safeguards)?;

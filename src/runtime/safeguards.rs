@@ -36,7 +36,7 @@ impl Safeguards {
             None => None,
             Some(mandate) => {
                 let key = key_wrap::unwrap_secret(
-                    identity.unwrap_secret(),
+                    identity.unwrapper(),
                     &body.watermark_binding_info(),
                     &mandate.key.to_wrapped(),
                 )

@@ -637,7 +637,7 @@ async fn attestation(State(state): State<Shared>) -> Result<Response, ApiError> 
         ledger_head: head.hash,
         totals: head.totals,
     };
-    let document = crate::format::Envelope::sign(&body, identity.signing_key(), vec![]).render();
+    let document = crate::format::Envelope::sign(&body, identity.signer(), vec![]).render();
     Ok(([(header::CONTENT_TYPE, "application/json")], document).into_response())
 }
 
