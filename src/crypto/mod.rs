@@ -2,12 +2,14 @@
 //!
 //! - [`signing`]: the one place that makes and checks Ed25519 signatures.
 //! - [`key_wrap`]: HPKE (RFC 9180) wrapping of content keys to a node's X25519 key.
+//! - [`hpke_p256`]: the P-256 HPKE suite split at the DH step, for keys held in a TPM.
 //! - [`keyfile`]: the text format of key files.
 //! - [`random`]: the one source of randomness (the operating system).
 //!
 //! Secret key types zeroize their bytes on drop.
 
 pub mod at_rest;
+pub mod hpke_p256;
 pub mod key_wrap;
 pub mod keyfile;
 pub mod random;
