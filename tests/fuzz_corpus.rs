@@ -35,3 +35,48 @@ fn license_parser_corpus_replays_without_panic() {
 fn sealed_header_corpus_replays_without_panic() {
     assert!(replay("sealed_header", leasehold::fuzzing::sealed_header_input) >= 4);
 }
+
+#[test]
+fn ledger_verify_corpus_replays_without_panic() {
+    assert!(replay("ledger_verify", leasehold::fuzzing::ledger_input) >= 25);
+}
+
+#[test]
+fn renewal_request_corpus_replays_without_panic() {
+    assert!(replay("renewal_request", leasehold::fuzzing::renewal_request_input) >= 5);
+}
+
+#[test]
+fn renewal_response_corpus_replays_without_panic() {
+    assert!(
+        replay(
+            "renewal_response",
+            leasehold::fuzzing::renewal_response_input
+        ) >= 17
+    );
+}
+
+#[test]
+fn attestation_corpus_replays_without_panic() {
+    assert!(replay("attestation", leasehold::fuzzing::attestation_input) >= 7);
+}
+
+#[test]
+fn filter_rules_corpus_replays_without_panic() {
+    assert!(replay("filter_rules", leasehold::fuzzing::filter_rules_input) >= 7);
+}
+
+#[test]
+fn config_file_corpus_replays_without_panic() {
+    assert!(replay("config_file", leasehold::fuzzing::config_file_input) >= 6);
+}
+
+#[test]
+fn signed_documents_corpus_replays_without_panic() {
+    assert!(
+        replay(
+            "signed_documents",
+            leasehold::fuzzing::signed_document_input
+        ) >= 5
+    );
+}

@@ -1,10 +1,10 @@
 //! The `leasehold` command line. Each command is a thin layer over the library: parse
 //! flags, call the module that does the work, print the outcome, choose the exit code.
 
-mod config;
+pub(crate) mod config;
 pub mod exit;
 mod generated;
-mod inspect;
+pub(crate) mod inspect;
 mod node_cmds;
 mod progress;
 mod prompt_hash;

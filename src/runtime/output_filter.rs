@@ -18,6 +18,9 @@ pub struct OutputFilter {
     /// One alternation of every rule, each in its own group, in rule order.
     regex: Regex,
     names: std::sync::Arc<[String]>,
+    /// The capture group that wraps each rule, in rule order. Not simply rule + 1: a
+    /// pattern's own capture groups are numbered among them.
+    groups: std::sync::Arc<[usize]>,
     /// The longest text any rule can match, in characters.
     max_span: usize,
 }
@@ -37,6 +40,8 @@ impl OutputFilter {
         let mut parts = Vec::new();
         let mut names = Vec::new();
         let mut max_bytes = 0usize;
+        let mut groups = Vec::new();
+        let mut next_group = 1;
         for term in &rules.terms {
             if term.is_empty() {
                 return Err("an empty filter term would match everything".into());
@@ -58,6 +63,8 @@ impl OutputFilter {
                 return Err(format!("{name} can match empty text"));
             }
             max_bytes = max_bytes.max(max);
+            groups.push(next_group);
+            next_group += 1 + props.explicit_captures_len();
         }
         if parts.is_empty() {
             return Err("a filter needs at least one term or pattern".into());
@@ -67,6 +74,7 @@ impl OutputFilter {
         Ok(OutputFilter {
             regex,
             names: names.into(),
+            groups: groups.into(),
             // A rule's byte length bounds its length in characters.
             max_span: max_bytes,
         })
@@ -98,9 +106,9 @@ impl FilterStream {
         self.held.push_str(text);
         if let Some(caps) = self.filter.regex.captures(&self.held) {
             let whole = caps.get(0).expect("group 0 always matches");
-            let rule = (1..caps.len())
-                .find(|i| caps.get(*i).is_some())
-                .map(|i| self.filter.names[i - 1].clone())
+            let rule = (self.filter.groups.iter())
+                .position(|&g| caps.get(g).is_some())
+                .map(|rule| self.filter.names[rule].clone())
                 .unwrap_or_default();
             let before = self.held[..whole.start()].to_string();
             self.held.clear();
@@ -203,6 +211,25 @@ mod tests {
         assert_eq!(sent.len() + held.len(), 100);
         assert_eq!(held.len(), f.max_span - 1);
         assert!(f.max_span < 64, "{}", f.max_span);
+    }
+
+    #[test]
+    fn patterns_with_their_own_groups_name_the_rule_that_matched() {
+        // Found by fuzzing: a pattern's capture groups shifted the group numbers of
+        // the rules after it (a wrong rule named, or an index out of bounds).
+        let f = OutputFilter::new(&FilterRules {
+            terms: vec!["memo".into()],
+            patterns: vec!["(a)(b)?c".into(), "(?P<n>x{1,3})y".into(), "123".into()],
+        })
+        .unwrap();
+        for (text, rule) in [
+            ("see 123 now", "pattern /123/"),
+            ("an xxy here", "pattern /(?P<n>x{1,3})y/"),
+            ("abc", "pattern /(a)(b)?c/"),
+            ("a MEMO", "term 'memo'"),
+        ] {
+            assert_eq!(run(&f, &[text]).1.as_deref(), Some(rule), "{text}");
+        }
     }
 
     #[test]
