@@ -11,6 +11,7 @@ use std::path::Path;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{Duration, TimeZone, Utc};
+use leasehold::crypto::key_wrap::{KeyUnwrapper, P256UnwrapSecret};
 use leasehold::crypto::keyfile;
 use leasehold::crypto::signing::SecretKey;
 use leasehold::crypto::ContentKey;
@@ -171,6 +172,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(out.join("license-issuer-v1.license"), issued.render())?;
 
     let full = full_license(&out, &root, &enrollment, &header, &key, &terms)?;
+    p256_license(&out, &root, &enrollment, &header, &key, &terms)?;
     let ledger = usage_ledger(&out, &identity, t0)?;
     let issuer_license: LicenseBody = issued.decode_body()?;
     renewals(
@@ -257,6 +259,52 @@ fn full_license(
     let envelope = Envelope::sign(&body, root, vec![]);
     std::fs::write(out.join("license-full-v1.license"), envelope.render())?;
     Ok(body)
+}
+
+/// The vector TPM node's P-256 unwrap key: a fixed scalar (public test data; a real TPM
+/// node's key never leaves its TPM), SHA-256 of a label.
+fn p256_vector_secret() -> [u8; 32] {
+    leasehold::crypto::sha256(&[b"leasehold vector P-256 unwrap key"])
+}
+
+/// A license for a node whose unwrap key is a P-256 key (the suite of TPM nodes): the
+/// vector node's enrollment with its unwrap key replaced, and the scalar that opens it.
+fn p256_license(
+    out: &Path,
+    root: &SecretKey,
+    enrollment: &enrollment::EnrollmentBody,
+    header: &Header,
+    key: &ContentKey,
+    terms: &Terms,
+) -> anyhow::Result<()> {
+    let secret = P256UnwrapSecret::from_bytes(p256_vector_secret())?;
+    let public = secret.public_key();
+    let tpm_enrollment = enrollment::EnrollmentBody {
+        unwrap_key: public.as_bytes().to_vec(),
+        unwrap_suite: public.suite_field(),
+        ..enrollment.clone()
+    };
+    let license = issue(
+        root,
+        None,
+        &tpm_enrollment,
+        header,
+        key,
+        &Terms {
+            serial: 11,
+            ..terms.clone()
+        },
+    )?;
+    std::fs::write(out.join("license-p256-v1.license"), license.render())?;
+    write_json(
+        &out.join("license-p256-v1.json"),
+        &serde_json::json!({
+            "unwrap_secret_hex": hex::encode(secret.as_bytes()),
+            "unwrap_point_hex": hex::encode(public.as_bytes()),
+            "suite": public.suite(),
+            "content_key": B64.encode(key.as_bytes()),
+        }),
+    )
 }
 
 /// What the vector ledger holds, for the documents that name it.
@@ -686,7 +734,7 @@ fn negatives(
             .as_bytes(),
     );
     let mut body = license.clone();
-    body.node.unwrap_key = [9; 32];
+    body.node.unwrap_key = vec![9; 32];
     add(
         "license-other-node.license",
         "license",

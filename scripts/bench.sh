@@ -10,6 +10,7 @@
 #
 #   scripts/bench.sh              # everything (about an hour on 2 cores, once built)
 #   scripts/bench.sh parity       # only the side-by-side comparison
+#   scripts/bench-tpm.sh          # what TPM-held node keys add to a start (swtpm)
 #   BENCH_PARITY_MODELS="smollm2 gemma3 1b 7b"  BENCH_THREADS=2  BENCH_ROUNDS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."

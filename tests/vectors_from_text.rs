@@ -223,6 +223,7 @@ fn documented_fields(kind: &str) -> &'static [&'static str] {
             "node_id",
             "signing_key",
             "unwrap_key",
+            "unwrap_suite",
             "created_at",
             "hardware",
             "declared_use",
@@ -383,6 +384,7 @@ fn signed_documents_rederive_from_the_text() {
         ("license-v1.license", "license"),
         ("license-issuer-v1.license", "license"),
         ("license-full-v1.license", "license"),
+        ("license-p256-v1.license", "license"),
         ("issuer-v1.cert", "issuer-certificate"),
         ("enrollment-v1.enroll", "enrollment"),
         ("node-state-v1.json", "node-state"),
@@ -440,7 +442,13 @@ fn license_fields_rederive_from_the_text() {
     check_order(
         "node",
         body["node"].as_object().unwrap(),
-        &["node_id", "signing_key", "unwrap_key", "hardware"],
+        &[
+            "node_id",
+            "signing_key",
+            "unwrap_key",
+            "unwrap_suite",
+            "hardware",
+        ],
     );
     check_order(
         "model",
@@ -544,6 +552,67 @@ fn license_fields_rederive_from_the_text() {
             "{kind}"
         );
     }
+}
+
+#[test]
+fn p256_license_unwraps_from_the_text() {
+    // "Content key wrapping": DHKEM(P-256, HKDF-SHA256) when node.unwrap_suite names it;
+    // enc and the recipient key are uncompressed SEC1 points.
+    use hpke::{
+        aead::AesGcm256, kdf::HkdfSha256, kem::DhP256HkdfSha256, Deserializable, Kem, OpModeR,
+    };
+    let suite = "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM";
+    let body = check_signed("license-p256-v1.license", "license");
+    check_order(
+        "node",
+        body["node"].as_object().unwrap(),
+        &[
+            "node_id",
+            "signing_key",
+            "unwrap_key",
+            "unwrap_suite",
+            "hardware",
+        ],
+    );
+    assert_eq!(body["node"]["unwrap_suite"], suite);
+    assert_eq!(body["content_key"]["suite"], suite);
+    let params: Value = serde_json::from_slice(&read("license-p256-v1.json")).unwrap();
+    let point = B64
+        .decode(body["node"]["unwrap_key"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(point.len(), 65);
+    assert_eq!(point[0], 0x04);
+    assert_eq!(
+        hex::encode(&point),
+        params["unwrap_point_hex"].as_str().unwrap()
+    );
+    let private =
+        <DhP256HkdfSha256 as Kem>::PrivateKey::from_bytes(&hex_bytes(&params["unwrap_secret_hex"]))
+            .unwrap();
+    let enc = B64
+        .decode(body["content_key"]["encapsulated"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(enc.len(), 65);
+    let info = format!(
+        "leasehold content key v1\0{}\0{}",
+        body["license_id"].as_str().unwrap(),
+        body["model"]["model_id"].as_str().unwrap()
+    );
+    let content_key = hpke::single_shot_open::<AesGcm256, HkdfSha256, DhP256HkdfSha256>(
+        &OpModeR::Base,
+        &private,
+        &<DhP256HkdfSha256 as Kem>::EncappedKey::from_bytes(&enc).unwrap(),
+        info.as_bytes(),
+        &B64.decode(body["content_key"]["ciphertext"].as_str().unwrap())
+            .unwrap(),
+        b"",
+    )
+    .unwrap();
+    let sealed: Value = serde_json::from_slice(&read("sealed-v1.json")).unwrap();
+    assert_eq!(
+        B64.encode(&content_key),
+        sealed["content_key"].as_str().unwrap()
+    );
 }
 
 #[test]

@@ -47,7 +47,8 @@ Exit codes:
   12  expired (grace period over), or this node saw the license lapse (spent)
   13  clock rolled back: the system clock is behind time this node has seen;
       or the node's trusted-time state (state.json) is missing or damaged
-  14  wrong machine: issued to another node, or the hardware does not match
+  14  wrong machine: issued to another node, or the hardware does not match, or
+      the node's TPM keys do not load on this TPM (copied node directory, cleared TPM)
   15  tampered: the license is damaged, edited, or not a license
   16  unknown issuer: not signed by a root trusted by this build
   17  issuer not authorized: a certified issuer acted outside its scope
@@ -78,6 +79,15 @@ pub fn for_verdict(verdict: &Verdict) -> u8 {
         Verdict::UnknownIssuer { .. } => UNKNOWN_ISSUER,
         Verdict::IssuerNotAuthorized { .. } => ISSUER_NOT_AUTHORIZED,
         Verdict::Unsupported { .. } => UNSUPPORTED,
+    }
+}
+
+/// The exit code of an error no step turned into a verdict: a node directory whose TPM
+/// keys do not load on this TPM is the wrong machine (14); anything else is 1.
+pub fn for_error(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<crate::node::identity::IdentityError>() {
+        Some(crate::node::identity::IdentityError::TpmNotThisMachine(_)) => WRONG_MACHINE,
+        _ => ERROR,
     }
 }
 

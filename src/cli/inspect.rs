@@ -54,7 +54,15 @@ fn print_license(license: &VerifiedLicense) {
     println!("License {}  serial {}", b.license_id, b.serial);
     println!("  licensee      {}", b.licensee);
     println!("  signed by     {}", authority_line(&license.authority));
-    println!("  node          {}", b.node.node_id);
+    println!(
+        "  node          {} (unwrap key: {})",
+        b.node.node_id,
+        if b.node.unwrap_suite.is_some() {
+            "P-256, held in the node's TPM"
+        } else {
+            "X25519, in a file"
+        }
+    );
     let kinds: Vec<&str> = b
         .node
         .hardware
@@ -196,7 +204,7 @@ impl From<SealError> for CheckFailure {
 impl From<anyhow::Error> for CheckFailure {
     fn from(e: anyhow::Error) -> Self {
         CheckFailure {
-            code: exit::ERROR,
+            code: exit::for_error(&e),
             message: format!("{e:#}"),
         }
     }

@@ -547,6 +547,29 @@ pub struct EnrollArgs {
     /// How many of the other bound components must match; default: 2 (or fewer if fewer exist).
     #[arg(long, value_name = "N")]
     pub min_others: Option<u32>,
+    /// Create the node's unwrap key in the TPM 2.0 (a P-256 key that never leaves it, so a
+    /// copy of the node directory unwraps nothing elsewhere): `--tpm` requires a TPM,
+    /// `--tpm auto` uses one when /dev/tpmrm0 exists or a TCTI is named, `--tpm off` (the
+    /// default) keeps file keys. Applies when the node directory is created.
+    #[arg(long, value_enum, value_name = "WHEN", num_args = 0..=1, default_missing_value = "on", default_value = "off")]
+    pub tpm: TpmChoice,
+    /// The TPM, named as tpm2-tools name it: device:/dev/tpmrm0 (the default),
+    /// swtpm:host=127.0.0.1,port=2321 for a software TPM. Default: the TCTI environment
+    /// variable. Later commands (serve, run, check) find it the same way: set TCTI for
+    /// them too unless the TPM is /dev/tpmrm0.
+    #[arg(long, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+/// Whether `enroll` puts the unwrap key in a TPM.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TpmChoice {
+    /// File keys (unwrap.key).
+    Off,
+    /// The TPM; fail when there is none.
+    On,
+    /// The TPM when one is present, else file keys.
+    Auto,
 }
 
 #[derive(Args, Debug)]
@@ -966,6 +989,12 @@ fn version_text() -> String {
 
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
+    // The TPM software stack (libtss2) prints its own warnings for what leasehold's
+    // errors already say (a TPM that does not answer, a key that does not load). Quiet
+    // unless the operator asks (TSS2_LOG=all+debug). Set before any thread exists.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
     let argv = match config::layer(std::env::args_os().collect()) {
         Ok(argv) => argv,
         Err(e) => {
@@ -994,8 +1023,12 @@ pub fn main() -> ExitCode {
         Command::Serve(_) | Command::LicenseServer(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| {
+            // tss-esapi logs the TPM errors that leasehold reports itself, with less
+            // context; LEASEHOLD_LOG=tss_esapi=debug shows them.
+            tracing_subscriber::EnvFilter::new(format!("{default_level},tss_esapi=off"))
+        });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -1035,7 +1068,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report_error(&format!("{e:#}"));
-            ExitCode::from(exit::ERROR)
+            ExitCode::from(exit::for_error(&e))
         }
     }
 }

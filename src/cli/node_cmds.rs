@@ -3,19 +3,42 @@
 use anyhow::Context;
 use serde_json::json;
 
-use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs};
+use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs, TpmChoice};
 use crate::fsutil::{self, Replace};
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
 use crate::node::hardware::{self, ComponentKind, HardwareProfile};
+use crate::node::identity::{KeyLocation, UnwrapKeyStore};
 use crate::node::{clock, trusted_time, NodeIdentity};
 use crate::protocol::{self, Decision, LicenseRef, UsageCheckpoint};
 use crate::runtime::admission::{assess_here, NodeRecords};
 use crate::runtime::renewal;
 
+/// Where `enroll --tpm WHEN [--tcti T]` puts a new node's unwrap key.
+fn unwrap_key_store(choice: TpmChoice, tcti: Option<&str>) -> UnwrapKeyStore {
+    let named = tcti.is_some_and(|t| !t.trim().is_empty())
+        || std::env::var("TCTI").is_ok_and(|t| !t.trim().is_empty());
+    let tpm = || UnwrapKeyStore::Tpm {
+        tcti: crate::node::tpm_tcti(tcti),
+    };
+    match choice {
+        TpmChoice::Off => UnwrapKeyStore::File,
+        TpmChoice::On => tpm(),
+        TpmChoice::Auto if named || std::path::Path::new("/dev/tpmrm0").exists() => tpm(),
+        TpmChoice::Auto => UnwrapKeyStore::File,
+    }
+}
+
 pub fn enroll(args: EnrollArgs) -> Outcome {
     let now = clock::system_now();
-    let (identity, created) = NodeIdentity::load_or_create(&args.node_dir)?;
+    let store = unwrap_key_store(args.tpm, args.tcti.as_deref());
+    let (identity, created) = NodeIdentity::load_or_create_with(&args.node_dir, &store)?;
+    if !created && args.tpm == TpmChoice::On && *identity.unwrap_location() == KeyLocation::File {
+        eprintln!(
+            "warning: {} already holds a node identity with file keys; --tpm applies to new node directories only (enroll a fresh --node-dir to use the TPM)",
+            args.node_dir.display()
+        );
+    }
     // A new node starts its trusted time here; an existing one never starts it afresh.
     let high_water = if created {
         trusted_time::create(&identity, now)?.high_water
@@ -72,6 +95,18 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
         .iter()
         .map(|c| c.kind.name())
         .collect();
+    println!(
+        "  unwrap key        {} ({})",
+        identity.unwrap_location(),
+        public.unwrap_key.suite()
+    );
+    println!(
+        "  signing key       {}",
+        match identity.signing_location() {
+            KeyLocation::File => "file (node.key)".to_string(),
+            tpm => format!("{tpm}, sealed (node.key.tpm)"),
+        }
+    );
     println!("  bound components  {}", kinds.join(", "));
     println!(
         "  match policy      {}",
@@ -174,6 +209,7 @@ pub fn fingerprint(args: FingerprintArgs) -> Outcome {
                 "components": rows,
                 "unreadable": profile.unreadable,
                 "default_policy": policy,
+                "tpm": tpm_probe(),
             }))?
         );
         return Ok(exit::OK);
@@ -200,7 +236,35 @@ pub fn fingerprint(args: FingerprintArgs) -> Outcome {
     if let Some(warning) = clone_warning(&policy.required) {
         println!("warning: {warning}");
     }
+    let tpm = tpm_probe();
+    match tpm["available"].as_bool() {
+        Some(true) => println!(
+            "TPM 2.0 at {}: `enroll --tpm` keeps the node's unwrap key in it",
+            tpm["tcti"].as_str().unwrap_or_default()
+        ),
+        _ => println!(
+            "TPM: none usable ({}); nodes here keep file keys",
+            tpm["detail"].as_str().unwrap_or_default()
+        ),
+    }
     Ok(exit::OK)
+}
+
+/// Whether a TPM answers at the TCTI `enroll --tpm` would use (the `TCTI` environment
+/// variable, else /dev/tpmrm0): `{tcti, available, detail}`.
+fn tpm_probe() -> serde_json::Value {
+    let tcti = crate::node::tpm_tcti(None);
+    #[cfg(feature = "tpm")]
+    let (available, detail) = match crate::node::tpm::open_context(&tcti) {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
+    };
+    #[cfg(not(feature = "tpm"))]
+    let (available, detail) = (
+        false,
+        "this build has no TPM support (cargo feature `tpm`)".to_string(),
+    );
+    json!({"tcti": tcti, "available": available, "detail": detail})
 }
 
 /// The request an air-gapped node is waiting on: kept in the node directory so that

@@ -62,7 +62,7 @@ async fn start(
         sealed,
         node_dir,
     } = licensed;
-    let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
+    let fail = |e: anyhow::Error| (exit::for_error(&e), format!("{e:#}"));
     let identity = NodeIdentity::load(node_dir).map_err(|e| fail(e.into()))?;
     let bytes =
         fsutil::read_limited(license, MAX_LICENSE_BYTES, "license").map_err(|e| fail(e.into()))?;
@@ -131,7 +131,7 @@ async fn obtain_license(
     licensed: &LicensedModel,
     ledger: Option<&Path>,
 ) -> Result<(), (u8, String)> {
-    let fail = |e: anyhow::Error| (exit::ERROR, format!("{e:#}"));
+    let fail = |e: anyhow::Error| (exit::for_error(&e), format!("{e:#}"));
     let identity = NodeIdentity::load(&licensed.node_dir).map_err(|e| fail(e.into()))?;
     let sealed = SealedModel::open(&licensed.sealed).map_err(|e| fail(e.into()))?;
     let model_id = sealed.header().model_id.clone();

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::key_wrap::WrappedKey;
+use crate::crypto::key_wrap::{UnwrapPublicKey, WrappedKey};
 use crate::format::encoding::{base64_array, base64_vec, hex_array, Digest};
 use crate::format::{Body, DocumentKind};
 use crate::node::hardware::{BoundComponent, MatchPolicy};
@@ -135,9 +135,21 @@ pub struct NodeBinding {
     pub node_id: String,
     #[serde(with = "base64_array")]
     pub signing_key: [u8; 32],
-    #[serde(with = "base64_array")]
-    pub unwrap_key: [u8; 32],
+    /// The node's unwrap key: 32 bytes (X25519) or, with `unwrap_suite`, a 65-byte P-256
+    /// point. Read it with [`NodeBinding::unwrap_public`].
+    #[serde(with = "base64_vec")]
+    pub unwrap_key: Vec<u8>,
+    /// Omitted for X25519 nodes; the P-256 suite for TPM nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwrap_suite: Option<String>,
     pub hardware: LicenseHardware,
+}
+
+impl NodeBinding {
+    /// The node's unwrap key, checked against its suite.
+    pub fn unwrap_public(&self) -> Result<UnwrapPublicKey, String> {
+        UnwrapPublicKey::from_parts(self.unwrap_suite.as_deref(), &self.unwrap_key)
+    }
 }
 
 /// Hardware bound by a license: the enrollment's hashes re-hashed under a license salt.
@@ -231,17 +243,20 @@ impl Caps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WrappedContentKey {
+    /// The HPKE suite: the node's ([`UnwrapPublicKey::suite`]).
     pub suite: String,
-    #[serde(with = "base64_array")]
-    pub encapsulated: [u8; 32],
+    /// 32 bytes (X25519) or a 65-byte uncompressed point (P-256).
+    #[serde(with = "base64_vec")]
+    pub encapsulated: Vec<u8>,
     #[serde(with = "base64_vec")]
     pub ciphertext: Vec<u8>,
 }
 
 impl WrappedContentKey {
-    pub fn from_wrapped(wrapped: WrappedKey) -> Self {
+    /// A key wrapped to `recipient`, labelled with its suite.
+    pub fn from_wrapped(recipient: &UnwrapPublicKey, wrapped: WrappedKey) -> Self {
         WrappedContentKey {
-            suite: crate::crypto::key_wrap::SUITE.to_string(),
+            suite: recipient.suite().to_string(),
             encapsulated: wrapped.encapsulated,
             ciphertext: wrapped.ciphertext,
         }
@@ -249,7 +264,7 @@ impl WrappedContentKey {
 
     pub fn to_wrapped(&self) -> WrappedKey {
         WrappedKey {
-            encapsulated: self.encapsulated,
+            encapsulated: self.encapsulated.clone(),
             ciphertext: self.ciphertext.clone(),
         }
     }

@@ -141,6 +141,9 @@ pub fn issue(
             sealed: hex::encode(sealed.key_id),
         });
     }
+    let recipient = enrollment
+        .unwrap_public()
+        .map_err(|e| IssueError::Wrap(format!("the enrollment's unwrap key: {e}")))?;
     let licensee = terms.licensee.trim();
     if licensee.is_empty() || licensee.len() > 256 || licensee.chars().any(char::is_control) {
         return Err(IssueError::Licensee(
@@ -182,14 +185,14 @@ pub fn issue(
         Some(params) => {
             let key = WatermarkKey::derive(signer, &license_id, &sealed.model_id);
             let info = key_wrap::watermark_binding_info(&license_id, &sealed.model_id);
-            let wrapped = key_wrap::wrap_secret(&enrollment.unwrap_key, &info, key.as_bytes())
+            let wrapped = key_wrap::wrap_secret(&recipient, &info, key.as_bytes())
                 .map_err(|e| IssueError::Wrap(e.to_string()))?;
             features.push(FEATURE_WATERMARK.to_string());
             Some(WatermarkMandate {
                 gamma: params.gamma,
                 delta: f64::from(params.delta),
                 context: params.context as u32,
-                key: WrappedContentKey::from_wrapped(wrapped),
+                key: WrappedContentKey::from_wrapped(&recipient, wrapped),
             })
         }
     };
@@ -213,7 +216,7 @@ pub fn issue(
         })
         .collect();
     let info = key_wrap::binding_info(&license_id, &sealed.model_id);
-    let wrapped = key_wrap::wrap(&enrollment.unwrap_key, &info, content_key)
+    let wrapped = key_wrap::wrap(&recipient, &info, content_key)
         .map_err(|e| IssueError::Wrap(e.to_string()))?;
     let body = LicenseBody {
         version: LicenseBody::VERSION,
@@ -227,7 +230,8 @@ pub fn issue(
         node: NodeBinding {
             node_id: enrollment.node_id.clone(),
             signing_key: enrollment.signing_key,
-            unwrap_key: enrollment.unwrap_key,
+            unwrap_key: recipient.as_bytes().to_vec(),
+            unwrap_suite: recipient.suite_field(),
             hardware: LicenseHardware {
                 enrollment_salt: enrollment.hardware.salt,
                 license_salt,
@@ -245,7 +249,7 @@ pub fn issue(
         caps: terms.caps.clone(),
         features,
         renewal: terms.renewal.clone(),
-        content_key: WrappedContentKey::from_wrapped(wrapped),
+        content_key: WrappedContentKey::from_wrapped(&recipient, wrapped),
         watermark,
         output_filter: terms.safeguards.output_filter.clone(),
         extensions: Vec::new(),

@@ -282,10 +282,31 @@ pub fn authenticate(bytes: &[u8], roots: &TrustRoots) -> Result<VerifiedLicense,
             reason: format!("the license mandates feature '{feature}', which this build does not implement; upgrade leasehold"),
         });
     }
-    if let Some(reason) = safeguard_problem(&body) {
+    if let Some(reason) = safeguard_problem(&body).or_else(|| suite_problem(&body)) {
         return Err(Verdict::Unsupported { reason });
     }
     Ok(VerifiedLicense { body, authority })
+}
+
+/// The node's unwrap key is not a key of a suite this build knows, or a wrapped key
+/// names another suite than the node's.
+fn suite_problem(body: &LicenseBody) -> Option<String> {
+    let node = match body.node.unwrap_public() {
+        Ok(key) => key,
+        Err(e) => return Some(format!("the license's node key cannot be used ({e}); upgrade leasehold, or ask the vendor for a corrected license")),
+    };
+    let wrapped = std::iter::once(("content", &body.content_key))
+        .chain(body.watermark.as_ref().map(|w| ("watermark", &w.key)));
+    for (what, key) in wrapped {
+        if key.suite != node.suite() {
+            return Some(format!(
+                "the license wraps its {what} key with suite {:?}, but its node's key is of suite {:?}; ask the vendor for a corrected license",
+                key.suite,
+                node.suite()
+            ));
+        }
+    }
+    None
 }
 
 /// A mandated watermark or filter this node could not apply as written. The node
@@ -373,7 +394,7 @@ pub fn authenticate_signer(
 pub fn evaluate(license: &LicenseBody, checks: &Checks) -> Verdict {
     if let Some(node) = checks.node {
         if node.signing_key.to_bytes() != license.node.signing_key
-            || node.unwrap_key != license.node.unwrap_key
+            || license.node.unwrap_public().ok() != Some(node.unwrap_key)
         {
             return Verdict::WrongMachine {
                 reason: format!(

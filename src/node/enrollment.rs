@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::hardware::{self, BoundComponent, ComponentKind, HardwareProfile, MatchPolicy};
 use super::identity::NodeIdentity;
+use crate::crypto::key_wrap::UnwrapPublicKey;
 use crate::crypto::random;
 use crate::crypto::signing::PublicKey;
-use crate::format::encoding::{base64_array, hex_array};
+use crate::format::encoding::{base64_array, base64_vec, hex_array};
 use crate::format::{Body, DocumentKind, Envelope};
 
 /// Hardware as an enrollment binds it.
@@ -50,13 +51,24 @@ pub struct EnrollmentBody {
     pub node_id: String,
     #[serde(with = "base64_array")]
     pub signing_key: [u8; 32],
-    #[serde(with = "base64_array")]
-    pub unwrap_key: [u8; 32],
+    /// 32 bytes (X25519) or, with `unwrap_suite`, a 65-byte P-256 point (TPM nodes).
+    #[serde(with = "base64_vec")]
+    pub unwrap_key: Vec<u8>,
+    /// Omitted for X25519 nodes; the P-256 suite for nodes whose unwrap key is in a TPM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwrap_suite: Option<String>,
     pub created_at: DateTime<Utc>,
     pub hardware: HardwareClaim,
     pub declared_use: DeclaredUse,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<LicenseRequest>,
+}
+
+impl EnrollmentBody {
+    /// The node's unwrap key, checked against its suite.
+    pub fn unwrap_public(&self) -> Result<UnwrapPublicKey, String> {
+        UnwrapPublicKey::from_parts(self.unwrap_suite.as_deref(), &self.unwrap_key)
+    }
 }
 
 impl Body for EnrollmentBody {
@@ -116,7 +128,8 @@ pub fn create(
         version: EnrollmentBody::VERSION,
         node_id: public.node_id(),
         signing_key: public.signing_key.to_bytes(),
-        unwrap_key: public.unwrap_key,
+        unwrap_key: public.unwrap_key.as_bytes().to_vec(),
+        unwrap_suite: public.unwrap_key.suite_field(),
         created_at: crate::format::time::whole_seconds(now),
         hardware: HardwareClaim {
             salt,
@@ -178,6 +191,7 @@ pub fn verify(bytes: &[u8]) -> Result<EnrollmentBody, EnrollmentError> {
     if body.node_id != declared.key_id() {
         return Err(invalid("its node id does not match its signing key".into()));
     }
+    body.unwrap_public().map_err(invalid)?;
     body.hardware
         .policy
         .validate(&body.hardware.components)

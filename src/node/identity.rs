@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use crate::crypto::key_wrap::{KeyUnwrapper, UnwrapSecret};
+use crate::crypto::key_wrap::{KeyUnwrapper, UnwrapPublicKey, UnwrapSecret};
 use crate::crypto::keyfile::{self, KeyFileError, KeyKind};
 use crate::crypto::signing::{DocumentSigner, PublicKey, SecretKey};
 use crate::fsutil::FsError;
@@ -17,6 +17,10 @@ pub const SIGNING_KEY_FILE: &str = "node.key";
 pub const SIGNING_PUB_FILE: &str = "node.pub";
 pub const UNWRAP_KEY_FILE: &str = "unwrap.key";
 pub const UNWRAP_PUB_FILE: &str = "unwrap.pub";
+/// A TPM-held unwrap key's blobs (in place of `unwrap.key`; useless on another TPM).
+pub const TPM_UNWRAP_KEY_FILE: &str = "unwrap.tpm";
+/// TPM nodes: the signing key's seed sealed to the TPM (in place of `node.key`).
+pub const TPM_SIGNING_KEY_FILE: &str = "node.key.tpm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -34,13 +38,20 @@ pub enum IdentityError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The TPM that holds (or was to hold) a node key failed; the message says what to do.
+    #[error("{0}")]
+    Tpm(String),
+    /// The node's TPM keys do not load on this TPM: the node directory came from another
+    /// machine, or this TPM was cleared since enrollment.
+    #[error("{0}")]
+    TpmNotThisMachine(String),
 }
 
 /// The public half of a node identity, as licenses bind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodePublic {
     pub signing_key: PublicKey,
-    pub unwrap_key: [u8; 32],
+    pub unwrap_key: UnwrapPublicKey,
 }
 
 impl NodePublic {
@@ -57,14 +68,58 @@ pub struct NodeIdentity {
     dir: PathBuf,
     signer: Arc<dyn DocumentSigner>,
     unwrapper: Arc<dyn KeyUnwrapper>,
+    unwrap_location: KeyLocation,
+    signing_location: KeyLocation,
+}
+
+/// Where a new node's unwrap key is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnwrapKeyStore {
+    /// An X25519 key in `unwrap.key` (mode 0600).
+    File,
+    /// A non-exportable P-256 key created by the TPM at this TCTI; the node directory
+    /// keeps only its TPM-encrypted blobs (`unwrap.tpm`).
+    Tpm { tcti: String },
+}
+
+/// Where a node's unwrap key lives, for `fingerprint` and `inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyLocation {
+    File,
+    Tpm { tcti: String },
+}
+
+impl std::fmt::Display for KeyLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyLocation::File => write!(f, "file"),
+            KeyLocation::Tpm { tcti } => write!(f, "tpm ({tcti})"),
+        }
+    }
 }
 
 impl NodeIdentity {
-    /// Load the identity in `dir`.
+    /// Load the identity in `dir`. A TPM-held unwrap key is checked against the TPM
+    /// chosen as tpm2-tools choose it (the `TCTI` environment variable, else
+    /// `device:/dev/tpmrm0`).
     pub fn load(dir: &Path) -> Result<NodeIdentity, IdentityError> {
         let signing_path = dir.join(SIGNING_KEY_FILE);
+        let sealed_signing_path = dir.join(TPM_SIGNING_KEY_FILE);
         let unwrap_path = dir.join(UNWRAP_KEY_FILE);
-        match (signing_path.exists(), unwrap_path.exists()) {
+        let tpm_path = dir.join(TPM_UNWRAP_KEY_FILE);
+        let signing_present = if sealed_signing_path.exists() {
+            TPM_SIGNING_KEY_FILE
+        } else {
+            SIGNING_KEY_FILE
+        };
+        let has_signing = signing_path.exists() || sealed_signing_path.exists();
+        let unwrap_present = if tpm_path.exists() {
+            TPM_UNWRAP_KEY_FILE
+        } else {
+            UNWRAP_KEY_FILE
+        };
+        let has_unwrap = unwrap_path.exists() || tpm_path.exists();
+        match (has_signing, has_unwrap) {
             (false, false) => {
                 return Err(IdentityError::NotEnrolled {
                     dir: dir.display().to_string(),
@@ -73,33 +128,56 @@ impl NodeIdentity {
             (true, false) => {
                 return Err(IdentityError::Incomplete {
                     dir: dir.display().to_string(),
-                    present: SIGNING_KEY_FILE,
+                    present: signing_present,
                     missing: UNWRAP_KEY_FILE,
                 })
             }
             (false, true) => {
                 return Err(IdentityError::Incomplete {
                     dir: dir.display().to_string(),
-                    present: UNWRAP_KEY_FILE,
+                    present: unwrap_present,
                     missing: SIGNING_KEY_FILE,
                 })
             }
             (true, true) => {}
         }
-        warn_if_exposed(&signing_path);
-        warn_if_exposed(&unwrap_path);
-        let signing = keyfile::read_secret_key(&signing_path)?;
-        let unwrap = keyfile::read(&unwrap_path, KeyKind::X25519Secret)?;
+        let (signing, signing_location) = if sealed_signing_path.exists() {
+            unseal_tpm_signing_key(&sealed_signing_path)?
+        } else {
+            warn_if_exposed(&signing_path);
+            (keyfile::read_secret_key(&signing_path)?, KeyLocation::File)
+        };
+        let (unwrapper, location): (Arc<dyn KeyUnwrapper>, KeyLocation) = if tpm_path.exists() {
+            load_tpm_unwrapper(&tpm_path)?
+        } else {
+            warn_if_exposed(&unwrap_path);
+            let unwrap = keyfile::read(&unwrap_path, KeyKind::X25519Secret)?;
+            (
+                Arc::new(UnwrapSecret::from_bytes(*unwrap)),
+                KeyLocation::File,
+            )
+        };
         Ok(NodeIdentity {
             dir: dir.to_path_buf(),
             signer: Arc::new(signing),
-            unwrapper: Arc::new(UnwrapSecret::from_bytes(*unwrap)),
+            unwrapper,
+            unwrap_location: location,
+            signing_location,
         })
     }
 
-    /// Load the identity in `dir`, creating it (and `dir`, mode 0700) when absent.
-    /// Returns whether it was created.
+    /// Load the identity in `dir`, creating it (and `dir`, mode 0700) with file keys
+    /// when absent. Returns whether it was created.
     pub fn load_or_create(dir: &Path) -> Result<(NodeIdentity, bool), IdentityError> {
+        Self::load_or_create_with(dir, &UnwrapKeyStore::File)
+    }
+
+    /// Load the identity in `dir`, or create it with its unwrap key in `store`. An
+    /// existing identity is returned as it is (whatever `store` says).
+    pub fn load_or_create_with(
+        dir: &Path,
+        store: &UnwrapKeyStore,
+    ) -> Result<(NodeIdentity, bool), IdentityError> {
         match Self::load(dir) {
             Err(IdentityError::NotEnrolled { .. }) => {}
             other => return other.map(|id| (id, false)),
@@ -110,28 +188,41 @@ impl NodeIdentity {
         })?;
         let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
         let signing = SecretKey::generate();
-        let unwrap = UnwrapSecret::generate();
         let id = signing.public_key().key_id();
         // Unwrap key first: a crash between the two leaves `Incomplete`, which names the fix,
         // rather than a signing key whose unwrap half never existed.
-        keyfile::write(
-            &dir.join(UNWRAP_KEY_FILE),
-            KeyKind::X25519Secret,
-            unwrap.as_bytes(),
-            &format!("leasehold node {id} X25519 unwrap key; keep private, never copy to another machine"),
-        )?;
-        keyfile::write(
-            &dir.join(UNWRAP_PUB_FILE),
-            KeyKind::X25519Public,
-            &unwrap.public_key(),
-            &format!("leasehold node {id} X25519 public key"),
-        )?;
-        keyfile::write(
-            &dir.join(SIGNING_KEY_FILE),
-            KeyKind::Ed25519Secret,
-            &signing.to_bytes(),
-            &format!("leasehold node {id} Ed25519 signing key; keep private, never copy to another machine"),
-        )?;
+        let (unwrapper, location): (Arc<dyn KeyUnwrapper>, KeyLocation) = match store {
+            UnwrapKeyStore::File => {
+                let unwrap = UnwrapSecret::generate();
+                keyfile::write(
+                    &dir.join(UNWRAP_KEY_FILE),
+                    KeyKind::X25519Secret,
+                    unwrap.as_bytes(),
+                    &format!("leasehold node {id} X25519 unwrap key; keep private, never copy to another machine"),
+                )?;
+                keyfile::write(
+                    &dir.join(UNWRAP_PUB_FILE),
+                    KeyKind::X25519Public,
+                    &unwrap.public_key(),
+                    &format!("leasehold node {id} X25519 public key"),
+                )?;
+                (Arc::new(unwrap), KeyLocation::File)
+            }
+            UnwrapKeyStore::Tpm { tcti } => create_tpm_unwrapper(dir, tcti)?,
+        };
+        let signing_location = match store {
+            UnwrapKeyStore::File => {
+                keyfile::write(
+                    &dir.join(SIGNING_KEY_FILE),
+                    KeyKind::Ed25519Secret,
+                    &signing.to_bytes(),
+                    &format!("leasehold node {id} Ed25519 signing key; keep private, never copy to another machine"),
+                )?;
+                KeyLocation::File
+            }
+            // Sealed to the TPM: the seed never touches the disk in clear.
+            UnwrapKeyStore::Tpm { tcti } => seal_tpm_signing_key(dir, tcti, &signing)?,
+        };
         keyfile::write(
             &dir.join(SIGNING_PUB_FILE),
             KeyKind::Ed25519Public,
@@ -142,7 +233,9 @@ impl NodeIdentity {
             NodeIdentity {
                 dir: dir.to_path_buf(),
                 signer: Arc::new(signing),
-                unwrapper: Arc::new(unwrap),
+                unwrapper,
+                unwrap_location: location,
+                signing_location,
             },
             true,
         ))
@@ -174,6 +267,165 @@ impl NodeIdentity {
     pub fn unwrapper(&self) -> &dyn KeyUnwrapper {
         &*self.unwrapper
     }
+
+    /// Where the unwrap key lives.
+    pub fn unwrap_location(&self) -> &KeyLocation {
+        &self.unwrap_location
+    }
+
+    /// Where the signing key is kept (TPM nodes: sealed to the TPM, unsealed into
+    /// zeroized memory at load).
+    pub fn signing_location(&self) -> &KeyLocation {
+        &self.signing_location
+    }
+}
+
+#[cfg(feature = "tpm")]
+mod tpm_keys {
+    use super::*;
+    use crate::crypto::key_wrap::{p256_encapsulated, UnwrapError, WrappedKey};
+    use crate::node::tpm::{self, TpmError, TpmKeyBlobs, TpmUnwrapper};
+    use zeroize::Zeroizing;
+
+    impl KeyUnwrapper for TpmUnwrapper {
+        fn public_key(&self) -> UnwrapPublicKey {
+            UnwrapPublicKey::P256(self.public_point())
+        }
+
+        fn unwrap(
+            &self,
+            info: &[u8],
+            wrapped: &WrappedKey,
+        ) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
+            let enc = p256_encapsulated(wrapped)?;
+            self.unwrap_p256(info, enc, &wrapped.ciphertext)
+                .map_err(|e| match e {
+                    TpmError::NotForThisKey => UnwrapError::NotForThisKey,
+                    TpmError::Malformed => UnwrapError::Malformed,
+                    other => UnwrapError::Device(other.to_string()),
+                })
+        }
+    }
+
+    pub(super) fn load(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+        let tcti = tpm::select_tcti(None);
+        let blobs = TpmKeyBlobs::read(path).map_err(tpm_error)?;
+        let unwrapper = TpmUnwrapper::load(&tcti, blobs).map_err(tpm_error)?;
+        Ok((Arc::new(unwrapper), KeyLocation::Tpm { tcti }))
+    }
+
+    pub(super) fn create(
+        dir: &Path,
+        tcti: &str,
+    ) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+        let blobs = tpm::create_unwrap_key(tcti).map_err(tpm_error)?;
+        blobs
+            .write(&dir.join(TPM_UNWRAP_KEY_FILE))
+            .map_err(tpm_error)?;
+        let unwrapper = TpmUnwrapper::load(tcti, blobs).map_err(tpm_error)?;
+        Ok((
+            Arc::new(unwrapper),
+            KeyLocation::Tpm {
+                tcti: tcti.to_string(),
+            },
+        ))
+    }
+
+    pub(super) fn seal_signing_key(
+        dir: &Path,
+        tcti: &str,
+        key: &SecretKey,
+    ) -> Result<KeyLocation, IdentityError> {
+        let sealed = tpm::seal_secret(tcti, &key.to_bytes()).map_err(tpm_error)?;
+        sealed
+            .write(&dir.join(TPM_SIGNING_KEY_FILE))
+            .map_err(tpm_error)?;
+        Ok(KeyLocation::Tpm {
+            tcti: tcti.to_string(),
+        })
+    }
+
+    pub(super) fn unseal_signing_key(
+        path: &Path,
+    ) -> Result<(SecretKey, KeyLocation), IdentityError> {
+        let tcti = tpm::select_tcti(None);
+        let sealed = tpm::SealedSecret::read(path).map_err(tpm_error)?;
+        let seed = sealed.unseal(&tcti).map_err(tpm_error)?;
+        Ok((SecretKey::from_bytes(&seed), KeyLocation::Tpm { tcti }))
+    }
+
+    fn tpm_error(e: TpmError) -> IdentityError {
+        match e {
+            TpmError::ReEnrollmentNeeded { .. } => IdentityError::TpmNotThisMachine(e.to_string()),
+            other => IdentityError::Tpm(other.to_string()),
+        }
+    }
+}
+
+#[cfg(feature = "tpm")]
+fn seal_tpm_signing_key(
+    dir: &Path,
+    tcti: &str,
+    key: &SecretKey,
+) -> Result<KeyLocation, IdentityError> {
+    tpm_keys::seal_signing_key(dir, tcti, key)
+}
+
+#[cfg(feature = "tpm")]
+fn unseal_tpm_signing_key(path: &Path) -> Result<(SecretKey, KeyLocation), IdentityError> {
+    tpm_keys::unseal_signing_key(path)
+}
+
+#[cfg(not(feature = "tpm"))]
+fn seal_tpm_signing_key(
+    _dir: &Path,
+    _tcti: &str,
+    _key: &SecretKey,
+) -> Result<KeyLocation, IdentityError> {
+    Err(IdentityError::Tpm(NO_TPM_BUILD.into()))
+}
+
+#[cfg(not(feature = "tpm"))]
+fn unseal_tpm_signing_key(path: &Path) -> Result<(SecretKey, KeyLocation), IdentityError> {
+    Err(IdentityError::Tpm(format!(
+        "{}: this node's signing key is sealed to a TPM; {NO_TPM_BUILD}",
+        path.display()
+    )))
+}
+
+#[cfg(not(feature = "tpm"))]
+const NO_TPM_BUILD: &str =
+    "this leasehold was built without TPM support (cargo feature `tpm`); use a build with it";
+
+#[cfg(feature = "tpm")]
+fn load_tpm_unwrapper(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+    tpm_keys::load(path)
+}
+
+#[cfg(feature = "tpm")]
+fn create_tpm_unwrapper(
+    dir: &Path,
+    tcti: &str,
+) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+    tpm_keys::create(dir, tcti)
+}
+
+#[cfg(not(feature = "tpm"))]
+fn load_tpm_unwrapper(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+    Err(IdentityError::Tpm(format!(
+        "{}: this node's unwrap key is in a TPM, and this leasehold was built without TPM support (cargo feature `tpm`); use a build with it",
+        path.display()
+    )))
+}
+
+#[cfg(not(feature = "tpm"))]
+fn create_tpm_unwrapper(
+    _dir: &Path,
+    _tcti: &str,
+) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+    Err(IdentityError::Tpm(
+        "this leasehold was built without TPM support (cargo feature `tpm`); enroll without --tpm, or use a build with it".into(),
+    ))
 }
 
 fn warn_if_exposed(path: &Path) {

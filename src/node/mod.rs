@@ -8,6 +8,26 @@ pub mod clock;
 pub mod enrollment;
 pub mod hardware;
 pub mod identity;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod trusted_time;
 
 pub use identity::{NodeIdentity, NodePublic};
+
+/// The TPM to use, chosen as tpm2-tools choose it: `explicit` (a `--tcti` option), else
+/// the `TCTI` environment variable, else `device:/dev/tpmrm0`. Without the `tpm`
+/// feature, the same choice (so errors can name it).
+pub fn tpm_tcti(explicit: Option<&str>) -> String {
+    #[cfg(feature = "tpm")]
+    {
+        tpm::select_tcti(explicit)
+    }
+    #[cfg(not(feature = "tpm"))]
+    {
+        explicit
+            .map(str::to_string)
+            .or_else(|| std::env::var("TCTI").ok())
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| "device:/dev/tpmrm0".into())
+    }
+}

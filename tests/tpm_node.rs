@@ -1,0 +1,330 @@
+//! A node whose unwrap key lives in a TPM, through the CLI as an operator runs it, against
+//! real software TPMs (`swtpm`, one per "machine", started by the test): enroll with
+//! `--tpm`, a license issued to it, `serve` the demo model and answer a chat; the node
+//! directory copied to a machine with another TPM unwraps nothing there while the
+//! original keeps serving; a cleared TPM is named, with what to do.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::node::{leasehold_env, NodeSite, Server};
+use common::swtpm::Swtpm;
+use serde_json::{json, Value};
+
+/// `check` of the site's license, model and node directory.
+const CHECK: [&str; 7] = [
+    "check",
+    "--license",
+    "x.license",
+    "--sealed",
+    "m.sealed",
+    "--node-dir",
+    "node",
+];
+
+fn ok(out: Output, what: &str) -> String {
+    common::vendor::ok(&out, what)
+}
+
+fn failed(out: Output, what: &str) -> (i32, String) {
+    assert!(
+        !out.status.success(),
+        "{what} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `leasehold ARGS` in `dir` with `TCTI` naming `tpm`.
+fn with_tpm(dir: &Path, tpm: &Swtpm, args: &[&str]) -> Output {
+    let tcti = tpm.tcti();
+    leasehold_env(dir, args, &[("TCTI", Path::new(&tcti))])
+}
+
+async fn chat(server: &Server) -> Value {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let response = http
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": "smollm2-135m",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 8,
+            "temperature": 0
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// A node site whose node directory was enrolled with `--tpm` on `tpm`, its model
+/// sealed (the demo model when set, else the tiny one) and a license issued to it.
+fn tpm_site(tpm: &Swtpm) -> (NodeSite, tempfile::TempDir) {
+    let (model, _) = common::demo_prerequisites().unzip();
+    let scratch = tempfile::tempdir().unwrap();
+    // NodeSite enrolls a file-key node; the TPM node gets its own directory.
+    let site = NodeSite::new(model.as_deref());
+    std::fs::remove_dir_all(site.path().join("node")).unwrap();
+    let started = Instant::now();
+    let stdout = ok(
+        leasehold_env(
+            site.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--out",
+                "node.enroll",
+                "--tpm",
+                "--tcti",
+                &tpm.tcti(),
+            ],
+            &[],
+        ),
+        "enroll --tpm",
+    );
+    eprintln!("enroll --tpm took {:?}:\n{stdout}", started.elapsed());
+    assert!(stdout.contains("unwrap key        tpm (swtpm:"), "{stdout}");
+    assert!(stdout.contains("P-256"), "{stdout}");
+    let node = site.path().join("node");
+    assert!(node.join("unwrap.tpm").exists());
+    assert!(
+        !node.join("unwrap.key").exists(),
+        "no unwrap secret in the node directory"
+    );
+    assert!(stdout.contains("signing key       tpm (swtpm:"), "{stdout}");
+    assert!(node.join("node.key.tpm").exists());
+    assert!(
+        !node.join("node.key").exists(),
+        "no signing seed in clear in the node directory"
+    );
+    let seed_file = std::fs::read_to_string(node.join("node.key.tpm")).unwrap();
+    assert!(seed_file.contains("leasehold TPM sealed signing key v1"));
+    site.issue("x.license", "+1h", &[]);
+    (site, scratch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_node_serves_and_a_copy_of_its_directory_on_another_tpm_unwraps_nothing() {
+    let states = tempfile::tempdir().unwrap();
+    let first = Swtpm::start(&states.path().join("first"));
+    let (site, _scratch) = tpm_site(&first);
+
+    let inspect = ok(
+        with_tpm(site.path(), &first, &["inspect", "x.license"]),
+        "inspect",
+    );
+    assert!(
+        inspect.contains("P-256, held in the node's TPM"),
+        "{inspect}"
+    );
+    ok(
+        with_tpm(site.path(), &first, &CHECK),
+        "check on the enrolled machine",
+    );
+
+    let model = site.model_id.clone();
+    let tcti = first.tcti();
+    let server = Server::start_env(
+        site.path(),
+        &NodeSite::serve_args("x.license", &[]),
+        &[("TCTI", Path::new(&tcti))],
+    );
+    let answer = chat(&server).await;
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+    assert_eq!(answer["model"], model.as_str());
+
+    // The operator copies the whole node directory, license and model to another
+    // machine (here: the same box with another TPM, so only the TPM differs).
+    let clone = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(site.path().join("."))
+        .arg(clone.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let second = Swtpm::start(&states.path().join("second"));
+    for command in ["check", "run"] {
+        let mut args = CHECK.to_vec();
+        args[0] = command;
+        if command == "run" {
+            args.extend(["--prompt", "hello", "--max-tokens", "2", "--threads", "1"]);
+        }
+        let (code, stderr) = failed(with_tpm(clone.path(), &second, &args), command);
+        eprintln!("{command} on the clone: exit {code}: {stderr}");
+        assert_eq!(code, 14, "wrong machine");
+        assert!(stderr.contains("another machine's TPM"), "{stderr}");
+        assert!(stderr.contains("re-enroll"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    // The original machine keeps serving.
+    let again = chat(&server).await;
+    assert!(again["choices"][0]["message"]["content"].is_string());
+}
+
+#[test]
+fn a_cleared_tpm_or_none_at_all_is_named_with_what_to_do() {
+    let states = tempfile::tempdir().unwrap();
+    let state = states.path().join("tpm");
+    let tpm = Swtpm::start(&state);
+    let (site, _scratch) = tpm_site(&tpm);
+    tpm.stop();
+    let check = CHECK;
+
+    // The TPM is gone (no process answers at its address).
+    let port = common::swtpm::free_port_pair();
+    let gone = format!("swtpm:host=127.0.0.1,port={port}");
+    let (_, stderr) = failed(
+        leasehold_env(site.path(), &check, &[("TCTI", Path::new(&gone))]),
+        "check without its TPM",
+    );
+    eprintln!("no TPM: {stderr}");
+    assert!(stderr.contains(&format!("no TPM at {gone}")), "{stderr}");
+
+    // The TPM cleared: its state removed, so its seeds are new.
+    std::fs::remove_dir_all(&state).unwrap();
+    let cleared = Swtpm::start(&state);
+    let (_, stderr) = failed(
+        with_tpm(site.path(), &cleared, &check),
+        "check after a clear",
+    );
+    eprintln!("cleared: {stderr}");
+    assert!(stderr.contains("cleared"), "{stderr}");
+    assert!(stderr.contains("re-enroll this node"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn enroll_tpm_auto_keeps_file_keys_without_a_tpm_and_tpm_on_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // No TCTI named and no /dev/tpmrm0 on a test machine: auto means file keys.
+    if !Path::new("/dev/tpmrm0").exists() {
+        let out = leasehold_env(
+            dir.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "auto",
+                "--out",
+                "auto.enroll",
+                "--tpm",
+                "auto",
+            ],
+            &[],
+        );
+        let stdout = ok(out, "enroll --tpm auto");
+        assert!(stdout.contains("unwrap key        file"), "{stdout}");
+        assert!(dir.path().join("auto/unwrap.key").exists());
+    }
+    let port = common::swtpm::free_port_pair();
+    let nowhere = format!("swtpm:host=127.0.0.1,port={port}");
+    let (code, stderr) = failed(
+        leasehold_env(
+            dir.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "on",
+                "--out",
+                "on.enroll",
+                "--tpm",
+                "--tcti",
+                &nowhere,
+            ],
+            &[],
+        ),
+        "enroll --tpm with no TPM there",
+    );
+    eprintln!("enroll --tpm, no TPM: exit {code}: {stderr}");
+    assert!(stderr.contains(&format!("no TPM at {nowhere}")), "{stderr}");
+    assert!(
+        !dir.path().join("on/node.key").exists(),
+        "no half-made node identity is left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
+    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
+    let states = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&states.path().join("tpm"));
+    let tcti = tpm.tcti();
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "8s", "4s");
+    let node = Node::new(&vendor);
+    let url = vendor.url();
+    let enrolled = common::vendor::ok(
+        &vendor.client(
+            node.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--server",
+                &url,
+                "--org",
+                ORG,
+                "--model",
+                "tiny",
+                "--tpm",
+                "--tcti",
+                &tcti,
+            ],
+        ),
+        "enroll --tpm --server",
+    );
+    let id = enrolled.lines().last().unwrap().trim().to_string();
+    vendor.admin_ok(&["approve", &id]);
+
+    let args = serve_args(&url);
+    let server = Server::start_env(node.path(), &as_strs(&args), &[("TCTI", Path::new(&tcti))]);
+    let license: Value =
+        serde_json::from_slice(&std::fs::read(node.path().join("node.license")).unwrap()).unwrap();
+    assert_eq!(
+        license["body"]["node"]["unwrap_suite"],
+        "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
+    );
+    assert_eq!(
+        license["body"]["content_key"]["suite"],
+        license["body"]["node"]["unwrap_suite"]
+    );
+
+    // Leases of 8 s renewed at about half: after 20 s of serving, several renewals,
+    // each a license wrapped to the TPM's key, and every request answered.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let response = http
+            .post(server.url("/v1/chat/completions"))
+            .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "at {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let state: Value = common::node::get_json(&http, &server.url("/v1/license")).await;
+    assert_eq!(state["phase"], "serving", "{state}");
+    let serial = state["serial"].as_u64().unwrap();
+    assert!(serial >= 3, "renewed leases: serial {serial}");
+    assert_eq!(state["renewal"]["consecutive_failures"], 0, "{state}");
+}
