@@ -128,6 +128,20 @@ async fn a_tpm_node_serves_and_a_copy_of_its_directory_on_another_tpm_unwraps_no
         inspect.contains("P-256, held in the node's TPM"),
         "{inspect}"
     );
+    let inspected: Value = serde_json::from_str(&ok(
+        with_tpm(
+            site.path(),
+            &first,
+            &["inspect", "x.license", "--node-dir", "node", "--json"],
+        ),
+        "inspect --node-dir --json",
+    ))
+    .unwrap();
+    assert_eq!(inspected["verdict"], "valid", "{inspected}");
+    for key in ["signing", "unwrap"] {
+        let location = inspected["node_keys"][key].as_str().unwrap();
+        assert!(location.starts_with("tpm (swtpm:"), "{inspected}");
+    }
     ok(
         with_tpm(site.path(), &first, &CHECK),
         "check on the enrolled machine",

@@ -18,14 +18,26 @@ use crate::node::{clock, NodeIdentity};
 use crate::runtime::admission::{self, Refusal};
 use crate::seal::SealError;
 
-/// Assess a license file for this machine, with the node directory when given.
-fn assess_file(license: &Path, node_dir: Option<&Path>) -> anyhow::Result<Assessment> {
+/// Assess a license file for this machine, with the node directory when given (whose
+/// identity is returned too).
+fn assess_file(
+    license: &Path,
+    node_dir: Option<&Path>,
+) -> anyhow::Result<(Assessment, Option<NodeIdentity>)> {
     let bytes = fsutil::read_limited(license, MAX_LICENSE_BYTES, "license")?;
     let identity = node_dir.map(NodeIdentity::load).transpose()?;
-    Ok(admission::assess_here(
-        &bytes,
-        identity.as_ref().map(admission::NodeRecords::new),
-    )?)
+    let assessment =
+        admission::assess_here(&bytes, identity.as_ref().map(admission::NodeRecords::new))?;
+    Ok((assessment, identity))
+}
+
+/// Where a node's keys live: `{"signing": "file"|"tpm (TCTI)", "unwrap": …}`.
+fn node_keys_json(identity: &NodeIdentity) -> serde_json::Value {
+    json!({
+        "signing": identity.signing_location().to_string(),
+        "unwrap": identity.unwrap_location().to_string(),
+        "unwrap_suite": identity.public().unwrap_key.suite(),
+    })
 }
 
 fn authority_line(authority: &Authority) -> String {
@@ -155,7 +167,7 @@ fn license_json(license: &VerifiedLicense) -> serde_json::Value {
 }
 
 pub fn inspect(args: InspectArgs) -> Outcome {
-    let assessment = assess_file(&args.license, args.node_dir.as_deref())?;
+    let (assessment, identity) = assess_file(&args.license, args.node_dir.as_deref())?;
     let now = clock::system_now();
     let code = exit::for_verdict(&assessment.verdict);
     let message = assessment.verdict.explain(now);
@@ -165,12 +177,20 @@ pub fn inspect(args: InspectArgs) -> Outcome {
             "exit_code": code,
             "message": message,
             "node_checked": args.node_dir.is_some(),
+            "node_keys": identity.as_ref().map(node_keys_json),
             "license": assessment.license.as_ref().map(license_json),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if let Some(license) = &assessment.license {
             print_license(license);
+        }
+        if let Some(identity) = &identity {
+            println!(
+                "  node keys     signing key: {}; unwrap key: {}",
+                identity.signing_location(),
+                identity.unwrap_location()
+            );
         }
         println!("verdict: {message}");
         if args.node_dir.is_none() && assessment.verdict.allows_serving() {
