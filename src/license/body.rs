@@ -349,3 +349,17 @@ pub struct Extension {
     pub critical: bool,
     pub value: serde_json::Value,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FilterRules;
+
+    #[test]
+    fn a_malformed_rules_file_is_an_error_not_a_panic() {
+        // Found by fuzzing (filter_rules): toml_edit 0.23 panicked ("all items have
+        // spans") on this table header; 0.25 reports it.
+        let text = "==  \nine=\n  [ 1\0\0\nns = = ]\u{1}\0\0\0\0rsm =\n  [ ..\0\u{6}\", \"end$\", \"\0\\\\";
+        assert!(FilterRules::parse_toml(text).is_err());
+        assert!(crate::cli::config::parse(text).is_err());
+    }
+}
