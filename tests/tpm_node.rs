@@ -125,7 +125,7 @@ async fn a_tpm_node_serves_and_a_copy_of_its_directory_on_another_tpm_unwraps_no
         "inspect",
     );
     assert!(
-        inspect.contains("P-256, held in the node's TPM"),
+        inspect.contains("P-256, which the node's enrollment says is held in its TPM"),
         "{inspect}"
     );
     let inspected: Value = serde_json::from_str(&ok(

@@ -107,6 +107,7 @@ pub fn for_refusal(refusal: &Refusal) -> u8 {
         Refusal::Sealed(e) => for_seal_error(e),
         Refusal::ModelMismatch(_) => MODEL_MISMATCH,
         Refusal::Unwrap(_) => WRONG_MACHINE,
+        Refusal::KeyDevice(_) => ERROR,
         Refusal::Safeguards(_) => UNSUPPORTED,
         Refusal::State(StateError::Fs(_)) | Refusal::Fs(_) => ERROR,
         Refusal::State(_) => CLOCK_ROLLED_BACK,

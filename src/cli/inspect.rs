@@ -70,7 +70,7 @@ fn print_license(license: &VerifiedLicense) {
         "  node          {} (unwrap key: {})",
         b.node.node_id,
         if b.node.unwrap_suite.is_some() {
-            "P-256, held in the node's TPM"
+            "P-256, which the node's enrollment says is held in its TPM (not attested)"
         } else {
             "X25519, in a file"
         }

@@ -548,8 +548,8 @@ pub struct EnrollArgs {
     #[arg(long, value_name = "N")]
     pub min_others: Option<u32>,
     /// Keep the node's keys in the TPM 2.0: the unwrap key is a P-256 key that never leaves
-    /// it and the signing key is sealed to it, so a copy of the node directory unwraps and
-    /// signs nothing elsewhere. `--tpm` requires a TPM,
+    /// it and the signing key is sealed to it, so a copy of the node directory loads
+    /// neither key on another machine. `--tpm` requires a TPM,
     /// `--tpm auto` uses one when /dev/tpmrm0 exists or a TCTI is named, `--tpm off` (the
     /// default) keeps file keys. Applies when the node directory is created.
     #[arg(long, value_enum, value_name = "WHEN", num_args = 0..=1, default_missing_value = "on", default_value = "off")]

@@ -297,7 +297,18 @@ fn suite_problem(body: &LicenseBody) -> Option<String> {
     };
     let wrapped = std::iter::once(("content", &body.content_key))
         .chain(body.watermark.as_ref().map(|w| ("watermark", &w.key)));
+    let enc_len = match node {
+        crate::crypto::key_wrap::UnwrapPublicKey::X25519(_) => 32,
+        crate::crypto::key_wrap::UnwrapPublicKey::P256(_) => 65,
+    };
     for (what, key) in wrapped {
+        if key.encapsulated.len() != enc_len {
+            return Some(format!(
+                "the license's wrapped {what} key has a {}-byte encapsulated key; suite {:?} has {enc_len}; ask the vendor for a corrected license",
+                key.encapsulated.len(),
+                node.suite()
+            ));
+        }
         if key.suite != node.suite() {
             return Some(format!(
                 "the license wraps its {what} key with suite {:?}, but its node's key is of suite {:?}; ask the vendor for a corrected license",

@@ -129,14 +129,22 @@ impl NodeIdentity {
                 return Err(IdentityError::Incomplete {
                     dir: dir.display().to_string(),
                     present: signing_present,
-                    missing: UNWRAP_KEY_FILE,
+                    missing: if signing_present == TPM_SIGNING_KEY_FILE {
+                        TPM_UNWRAP_KEY_FILE
+                    } else {
+                        UNWRAP_KEY_FILE
+                    },
                 })
             }
             (false, true) => {
                 return Err(IdentityError::Incomplete {
                     dir: dir.display().to_string(),
                     present: unwrap_present,
-                    missing: SIGNING_KEY_FILE,
+                    missing: if unwrap_present == TPM_UNWRAP_KEY_FILE {
+                        TPM_SIGNING_KEY_FILE
+                    } else {
+                        SIGNING_KEY_FILE
+                    },
                 })
             }
             (true, true) => {}
@@ -220,8 +228,13 @@ impl NodeIdentity {
                 )?;
                 KeyLocation::File
             }
-            // Sealed to the TPM: the seed never touches the disk in clear.
-            UnwrapKeyStore::Tpm { tcti } => seal_tpm_signing_key(dir, tcti, &signing)?,
+            // Sealed to the TPM: the seed never touches the disk in clear. If sealing
+            // fails, the unwrap key's blobs go too, so that enrolling again starts afresh.
+            UnwrapKeyStore::Tpm { tcti } => {
+                seal_tpm_signing_key(dir, tcti, &signing).inspect_err(|_| {
+                    let _ = fs::remove_file(dir.join(TPM_UNWRAP_KEY_FILE));
+                })?
+            }
         };
         keyfile::write(
             &dir.join(SIGNING_PUB_FILE),

@@ -74,7 +74,7 @@ pub const KEY_FILE: &str = "unwrap.tpm";
 pub const KEY_FILE_FORMAT: &str = "leasehold TPM P-256 unwrap key v1";
 /// What re-enrolling takes, named in errors.
 const REENROLL: &str =
-    "re-enroll this node (leasehold enroll --tpm) and have its licenses reissued";
+    "if this node's TPM is not the one the TCTI names, set TCTI to it; otherwise re-enroll this node (leasehold enroll --tpm) and have its licenses reissued";
 
 /// Errors from the TPM, each saying what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -405,7 +405,7 @@ fn with_srk<T>(
         .execute_with_session(Some(AuthSession::Password), |ctx| {
             ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
         })
-        .map_err(|e| tpm_error("CreatePrimary (storage root key)", tcti, &e))?;
+        .map_err(|e| hierarchy_error("CreatePrimary (storage root key)", "owner", tcti, &e))?;
     let srk = Srk {
         handle: primary.key_handle,
         point: match public_point_of(&primary.out_public) {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
+use crate::crypto::key_wrap::UnwrapError;
 use crate::crypto::ContentKey;
 use crate::fsutil::FsError;
 use crate::ledger::{self, LEDGER_FILE};
@@ -29,6 +30,10 @@ pub enum Refusal {
     ModelMismatch(String),
     #[error("cannot unwrap the content key: {0}")]
     Unwrap(String),
+    /// The TPM that holds the node's unwrap key failed (busy, lockout, gone): a fault
+    /// of the device, not a verdict on the license; retrying may succeed.
+    #[error("cannot unwrap the content key: {0}")]
+    KeyDevice(String),
     #[error("cannot apply the safeguards the license mandates: {0}")]
     Safeguards(String),
     #[error(transparent)]
@@ -164,7 +169,10 @@ pub fn admit(bytes: &[u8], records: NodeRecords, sealed_path: &Path) -> Result<A
     }
     let key = body
         .unwrap_content_key(identity.unwrapper())
-        .map_err(|e| Refusal::Unwrap(e.to_string()))?;
+        .map_err(|e| match e {
+            UnwrapError::Device(message) => Refusal::KeyDevice(message),
+            other => Refusal::Unwrap(other.to_string()),
+        })?;
     sealed.check_key(&key)?;
     let safeguards = Safeguards::from_license(body, identity).map_err(Refusal::Safeguards)?;
     Ok(Admitted {
