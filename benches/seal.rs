@@ -95,7 +95,7 @@ fn seal_unseal(c: &mut Criterion) {
 fn license_verification(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
     let (identity, _) = NodeIdentity::load_or_create(&dir.path().join("node")).unwrap();
-    let profile = HardwareProfile::collect();
+    let profile = HardwareProfile::collect(None);
     let enrollment_envelope = enrollment::create(
         &identity,
         &profile,

@@ -167,7 +167,7 @@ async fn main() {
 
     // 1,000 nodes: identity, enrollment, approval, first license.
     let setup = Instant::now();
-    let profile = HardwareProfile::collect();
+    let profile = HardwareProfile::collect(None);
     let mut identities = Vec::with_capacity(nodes);
     for i in 0..nodes {
         let (identity, _) = NodeIdentity::load_or_create(&p.join(format!("node{i}"))).unwrap();

@@ -25,7 +25,7 @@ use leasehold::license::body::Extension;
 use leasehold::license::issue::{certify, issue, Safeguards, Terms};
 use leasehold::license::{Caps, FilterRules, IssuerCertBody, LicenseBody};
 use leasehold::node::enrollment::{self, BindingChoice, DeclaredUse};
-use leasehold::node::trusted_time::NodeStateBody;
+use leasehold::node::trusted_time::{NodeStateBody, TpmMark};
 use leasehold::node::NodeIdentity;
 use leasehold::protocol::{
     sign_response, Decision, LedgerAnchor, LedgerPosition, LicenseRef, RefusalReason,
@@ -108,6 +108,16 @@ fn main() -> anyhow::Result<()> {
     state.note_revoked(&second);
     std::fs::write(
         out.join("node-state-v1-licenses.json"),
+        Envelope::sign(&state, identity.signer(), vec![]).render(),
+    )?;
+    // The same state as a TPM node writes it: its counter and the TPM's Clock.
+    state.tpm = Some(TpmMark {
+        nv_index: 0x0138_1234,
+        counter: 42,
+        clock_ms: 86_400_000,
+    });
+    std::fs::write(
+        out.join("node-state-v1-tpm.json"),
         Envelope::sign(&state, identity.signer(), vec![]).render(),
     )?;
 

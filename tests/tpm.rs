@@ -567,7 +567,7 @@ fn the_endorsement_key_hash_is_stable_per_tpm_and_differs_between_tpms() {
     let first = Swtpm::start(&state);
     let second = Swtpm::start(&state_dir(&root, "second"));
     let hash = timed(
-        "endorsement_key_sha256 (connect, RSA 2048 EK CreatePrimary, flush)",
+        "endorsement_key_sha256 (connect, ECC P-256 EK CreatePrimary, flush)",
         || tpm::endorsement_key_sha256(&first.tcti()),
     )
     .unwrap();
@@ -587,7 +587,7 @@ fn the_endorsement_key_hash_is_stable_per_tpm_and_differs_between_tpms() {
     let status = Command::new("tpm2_createek")
         .arg("-T")
         .arg(first.tcti())
-        .args(["-G", "rsa", "-f", "tss"])
+        .args(["-G", "ecc", "-f", "tss"])
         .arg("-u")
         .arg(&public)
         .arg("-c")
@@ -818,5 +818,181 @@ fn define(tcti: &str, index: u32, kind: tss_esapi::constants::NvIndexType) {
             0,
         )
         .unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The node state anchored in the TPM: its counter and Clock (src/node/trusted_time.rs).
+
+mod anchored_state {
+    use super::*;
+    use chrono::{Duration, Utc};
+    use leasehold::format::Envelope;
+    use leasehold::node::identity::{UnwrapKeyStore, TPM_COUNTER_FILE};
+    use leasehold::node::trusted_time::{self, NodeStateBody, StateError};
+    use leasehold::node::NodeIdentity;
+
+    /// A TPM node directory on `swtpm`, its state created.
+    fn tpm_node(root: &tempfile::TempDir, swtpm: &Swtpm) -> NodeIdentity {
+        let store = UnwrapKeyStore::Tpm { tcti: swtpm.tcti() };
+        let (identity, created) =
+            NodeIdentity::load_or_create_with(&root.path().join("node"), &store).unwrap();
+        assert!(created);
+        assert!(identity.dir().join(TPM_COUNTER_FILE).exists());
+        trusted_time::create(&identity, Utc::now()).unwrap();
+        identity
+    }
+
+    fn state_bytes(identity: &NodeIdentity) -> Vec<u8> {
+        std::fs::read(identity.dir().join(trusted_time::STATE_FILE)).unwrap()
+    }
+
+    fn put_state(identity: &NodeIdentity, bytes: &[u8]) {
+        std::fs::write(identity.dir().join(trusted_time::STATE_FILE), bytes).unwrap();
+    }
+
+    fn on_disk(identity: &NodeIdentity) -> NodeStateBody {
+        trusted_time::read_signed(identity.dir(), &identity.public())
+            .unwrap()
+            .unwrap()
+    }
+
+    fn tpm_counter(identity: &NodeIdentity) -> u64 {
+        identity.state_anchor().unwrap().read().unwrap().counter
+    }
+
+    /// Sign `body` as the node and put it in place of the state.
+    fn forge(identity: &NodeIdentity, body: &NodeStateBody) {
+        let envelope = Envelope::sign(body, identity.signer(), vec![]);
+        put_state(identity, envelope.render().as_bytes());
+    }
+
+    #[test]
+    fn each_state_write_moves_the_counter_and_an_older_state_file_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let swtpm = Swtpm::start(&state_dir(&root, "tpm"));
+        let node = tpm_node(&root, &swtpm);
+        let created = on_disk(&node);
+        let mark = created
+            .tpm
+            .expect("a TPM node's state carries its TPM mark");
+        assert_eq!(mark.nv_index, node.state_anchor().unwrap().nv_index());
+        assert_eq!(mark.counter, tpm_counter(&node));
+
+        let backup = state_bytes(&node);
+        let written = timed(
+            "state write on a TPM node (read, sign, write, increment)",
+            || trusted_time::update(&node, |s| s.note_serial("license-a", 1)).unwrap(),
+        );
+        assert_eq!(written.seen("license-a").unwrap().serial, 1);
+        assert_eq!(tpm_counter(&node), mark.counter + 1);
+        assert_eq!(on_disk(&node).tpm.unwrap().counter, mark.counter + 1);
+
+        // The operator restores the state from before the write.
+        put_state(&node, &backup);
+        let err = trusted_time::load(&node).unwrap_err();
+        match &err {
+            StateError::RolledBack {
+                state_counter,
+                tpm_counter,
+                ..
+            } => assert_eq!(
+                (*state_counter, *tpm_counter),
+                (mark.counter, mark.counter + 1)
+            ),
+            other => panic!("not refused as rolled back: {other}"),
+        }
+        let message = err.to_string();
+        assert!(message.contains("rolled back"), "{message}");
+        assert!(message.contains("restored backup"), "{message}");
+        // Writes are refused too: the restored file is never built upon.
+        assert!(matches!(
+            trusted_time::update(&node, |s| s.note_serial("license-a", 2)),
+            Err(StateError::RolledBack { .. })
+        ));
+    }
+
+    #[test]
+    fn between_writes_the_mark_moves_with_the_tpm_clock_and_small_moves_write_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let swtpm = Swtpm::start(&state_dir(&root, "tpm"));
+        let node = tpm_node(&root, &swtpm);
+        let before = on_disk(&node);
+        let counter = tpm_counter(&node);
+
+        std::thread::sleep(std::time::Duration::from_millis(2300));
+        let loaded = trusted_time::load(&node).unwrap().unwrap();
+        let moved = loaded.high_water - before.high_water;
+        assert!(
+            moved >= Duration::seconds(2) && moved <= Duration::seconds(3),
+            "the mark moved {moved} in 2.3 s of TPM Clock"
+        );
+
+        // A heartbeat inside the slack: the TPM's Clock already implies it.
+        let bytes = state_bytes(&node);
+        trusted_time::update(&node, |s| {
+            s.raise(loaded.high_water + Duration::seconds(30))
+        })
+        .unwrap();
+        assert_eq!(state_bytes(&node), bytes, "nothing written");
+        assert_eq!(tpm_counter(&node), counter, "the counter did not move");
+
+        // Beyond it (the wall clock after the machine was off): written, counted.
+        let later = loaded.high_water + Duration::minutes(10);
+        let now = trusted_time::record(&node, later).unwrap();
+        assert_eq!(now, leasehold::format::time::whole_seconds(later));
+        assert_eq!(tpm_counter(&node), counter + 1);
+        assert_eq!(on_disk(&node).high_water, now);
+    }
+
+    #[test]
+    fn a_write_whose_increment_never_happened_is_accepted_and_caught_up() {
+        let root = tempfile::tempdir().unwrap();
+        let swtpm = Swtpm::start(&state_dir(&root, "tpm"));
+        let node = tpm_node(&root, &swtpm);
+        let counter = tpm_counter(&node);
+
+        // The file of a write that crashed before its increment: one ahead of the TPM.
+        let mut pending = on_disk(&node);
+        pending.note_serial("license-a", 3);
+        pending.tpm.as_mut().unwrap().counter = counter + 1;
+        forge(&node, &pending);
+        let loaded = trusted_time::load(&node).unwrap().unwrap();
+        assert_eq!(loaded.seen("license-a").unwrap().serial, 3);
+
+        trusted_time::update(&node, |s| s.note_serial("license-a", 4)).unwrap();
+        assert_eq!(tpm_counter(&node), counter + 2, "caught up, then counted");
+        assert_eq!(on_disk(&node).tpm.unwrap().counter, counter + 2);
+        trusted_time::load(&node).unwrap().unwrap();
+
+        // Two ahead is no crash: the counter is not the one the state was written with.
+        let mut ahead = on_disk(&node);
+        ahead.tpm.as_mut().unwrap().counter += 2;
+        forge(&node, &ahead);
+        let err = trusted_time::load(&node).unwrap_err();
+        assert!(matches!(err, StateError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("ahead of the TPM"), "{err}");
+
+        // A state without its TPM mark, or naming another counter, is not this node's.
+        let mut unmarked = on_disk(&node);
+        unmarked.tpm = None;
+        forge(&node, &unmarked);
+        let err = trusted_time::load(&node).unwrap_err();
+        assert!(err.to_string().contains("carries no TPM counter"), "{err}");
+        let mut other = ahead.clone();
+        other.tpm.as_mut().unwrap().nv_index ^= 1;
+        forge(&node, &other);
+        let err = trusted_time::load(&node).unwrap_err();
+        assert!(err.to_string().contains("not this node's"), "{err}");
+    }
+
+    #[test]
+    fn a_tpm_node_without_its_counter_file_is_incomplete() {
+        let root = tempfile::tempdir().unwrap();
+        let swtpm = Swtpm::start(&state_dir(&root, "tpm"));
+        let node = tpm_node(&root, &swtpm);
+        std::fs::remove_file(node.dir().join(TPM_COUNTER_FILE)).unwrap();
+        let err = NodeIdentity::load(node.dir()).err().unwrap();
+        assert!(err.to_string().contains("counter.tpm"), "{err}");
     }
 }

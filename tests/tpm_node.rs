@@ -108,6 +108,30 @@ fn tpm_site(tpm: &Swtpm) -> (NodeSite, tempfile::TempDir) {
         !node.join("node.key").exists(),
         "no signing seed in clear in the node directory"
     );
+    assert!(
+        stdout.contains("state counter     TPM NV index 0x0138"),
+        "{stdout}"
+    );
+    // The TPM's endorsement key is a bound component the default policy requires.
+    let enrollment: Value =
+        serde_json::from_str(&std::fs::read_to_string(site.path().join("node.enroll")).unwrap())
+            .unwrap();
+    let hardware = &enrollment["body"]["hardware"];
+    assert!(
+        hardware["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "tpm-ek"),
+        "{hardware}"
+    );
+    assert!(
+        hardware["policy"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tpm-ek")),
+        "{hardware}"
+    );
     let seed_file = std::fs::read_to_string(node.join("node.key.tpm")).unwrap();
     assert!(seed_file.contains("leasehold TPM sealed signing key v1"));
     site.issue("x.license", "+1h", &[]);
@@ -142,6 +166,9 @@ async fn a_tpm_node_serves_and_a_copy_of_its_directory_on_another_tpm_unwraps_no
         let location = inspected["node_keys"][key].as_str().unwrap();
         assert!(location.starts_with("tpm (swtpm:"), "{inspected}");
     }
+    let counter = inspected["node_keys"]["state_counter"].as_str().unwrap();
+    let counter_file = std::fs::read_to_string(site.path().join("node/counter.tpm")).unwrap();
+    assert!(counter_file.contains(counter), "{counter_file}");
     ok(
         with_tpm(site.path(), &first, &CHECK),
         "check on the enrolled machine",
@@ -160,6 +187,21 @@ async fn a_tpm_node_serves_and_a_copy_of_its_directory_on_another_tpm_unwraps_no
         "{answer}"
     );
     assert_eq!(answer["model"], model.as_str());
+
+    // `fingerprint` shows the TPM's endorsement key as a component, required by default.
+    let fingerprint: Value = serde_json::from_str(&ok(
+        with_tpm(site.path(), &first, &["fingerprint", "--json"]),
+        "fingerprint --json",
+    ))
+    .unwrap();
+    let ek = fingerprint["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "tpm-ek")
+        .unwrap_or_else(|| panic!("no tpm-ek: {fingerprint}"));
+    assert_eq!(ek["required_by_default"], true, "{ek}");
+    assert_eq!(ek["values"][0]["raw"].as_str().unwrap().len(), 64, "{ek}");
 
     // The operator copies the whole node directory, license and model to another
     // machine (here: the same box with another TPM, so only the TPM differs).
@@ -341,4 +383,98 @@ async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
     let serial = state["serial"].as_u64().unwrap();
     assert!(serial >= 3, "renewed leases: serial {serial}");
     assert_eq!(state["renewal"]["consecutive_failures"], 0, "{state}");
+}
+
+/// `cp -a FROM TO`, as an operator restores a backup.
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_of_a_tpm_node_directory_is_refused_as_rolled_back() {
+    let states = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&states.path().join("tpm"));
+    let (site, _scratch) = tpm_site(&tpm);
+    let node = site.path().join("node");
+    assert!(node.join("counter.tpm").exists());
+    ok(
+        with_tpm(site.path(), &tpm, &CHECK),
+        "check before the backup",
+    );
+
+    // The operator backs up the whole node directory (keys, state, ledger)...
+    let backup = site.path().join("node.backup");
+    copy_dir(&node, &backup);
+
+    // ...serves for a while and stops: the node's state moves the TPM's counter.
+    let tcti = tpm.tcti();
+    let mut server = Server::start_env(
+        site.path(),
+        &NodeSite::serve_args("x.license", &[]),
+        &[("TCTI", Path::new(&tcti))],
+    );
+    chat(&server).await;
+    server.stop();
+
+    // ...then restores the backup, to rewind trusted time, license memory and ledger.
+    std::fs::remove_dir_all(&node).unwrap();
+    copy_dir(&backup, &node);
+    for command in ["check", "run"] {
+        let mut args = CHECK.to_vec();
+        args[0] = command;
+        if command == "run" {
+            args.extend(["--prompt", "hello", "--max-tokens", "2", "--threads", "1"]);
+        }
+        let (code, stderr) = failed(with_tpm(site.path(), &tpm, &args), command);
+        eprintln!("{command} after the restore: exit {code}: {stderr}");
+        assert_eq!(code, 13, "rolled back");
+        assert!(stderr.contains("rolled back"), "{stderr}");
+        assert!(stderr.contains("restored backup"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let mut serve = std::process::Command::new("timeout");
+    serve
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_leasehold"))
+        .args(NodeSite::serve_args("x.license", &[]))
+        .current_dir(site.path())
+        .env("TCTI", &tcti);
+    let (code, stderr) = failed(serve.output().unwrap(), "serve after the restore");
+    assert_eq!(code, 13, "serve refuses: {stderr}");
+    assert!(stderr.contains("rolled back"), "{stderr}");
+
+    // Restoring the state file alone is the same rollback.
+    std::fs::copy(backup.join("state.json"), node.join("state.json")).unwrap();
+    let (code, _) = failed(with_tpm(site.path(), &tpm, &CHECK), "check");
+    assert_eq!(code, 13);
+
+    // The way back the message names: the state moved away, a license issued after
+    // the node's last recorded use re-establishes trusted time.
+    std::fs::rename(
+        node.join("state.json"),
+        site.path().join("state.rolled-back"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    site.issue("y.license", "+1h", &[]);
+    let mut args = CHECK.to_vec();
+    args[2] = "y.license";
+    args[0] = "run";
+    args.extend(["--prompt", "hello", "--max-tokens", "2", "--threads", "1"]);
+    ok(
+        with_tpm(site.path(), &tpm, &args),
+        "run with a fresh license",
+    );
+    ok(with_tpm(site.path(), &tpm, &CHECK), "check after recovery");
 }

@@ -167,7 +167,9 @@ fn enrollment_certificate_and_state_vectors_parse() {
         vector("node-state-v1.json"),
     )
     .unwrap();
-    let high_water = trusted_time::load_high_water(state_dir.path(), &node.public()).unwrap();
+    let high_water = trusted_time::read_signed(state_dir.path(), &node.public())
+        .unwrap()
+        .map(|s| s.high_water);
     assert_eq!(
         high_water,
         Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap())
@@ -179,7 +181,7 @@ fn enrollment_certificate_and_state_vectors_parse() {
         vector("node-state-v1-licenses.json"),
     )
     .unwrap();
-    let state = trusted_time::load(state_dir.path(), &node.public())
+    let state = trusted_time::read_signed(state_dir.path(), &node.public())
         .unwrap()
         .unwrap();
     let (first, second) = (format!("{:032x}", 1), format!("{:032x}", 2));
@@ -194,6 +196,27 @@ fn enrollment_certificate_and_state_vectors_parse() {
     );
     assert_eq!(state.refuses(&first, 10), None);
     assert_eq!(state.refuses(&second, 4), Some(Remembered::Revoked));
+
+    // The same state as a TPM node writes it, and the mark its TPM Clock implies an
+    // hour later (FORMATS.md's worked example).
+    std::fs::write(
+        state_dir.path().join(trusted_time::STATE_FILE),
+        vector("node-state-v1-tpm.json"),
+    )
+    .unwrap();
+    let tpm_state = trusted_time::read_signed(state_dir.path(), &node.public())
+        .unwrap()
+        .unwrap();
+    let mark = tpm_state.tpm.unwrap();
+    assert_eq!(
+        (mark.nv_index, mark.counter, mark.clock_ms),
+        (0x0138_1234, 42, 86_400_000)
+    );
+    assert_eq!(tpm_state.licenses, state.licenses);
+    assert_eq!(
+        trusted_time::anchored_high_water(tpm_state.high_water, &mark, 86_400_000 + 3_600_000),
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 58, 7).unwrap()
+    );
 }
 
 fn vector_json(name: &str) -> serde_json::Value {

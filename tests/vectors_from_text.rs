@@ -229,7 +229,7 @@ fn documented_fields(kind: &str) -> &'static [&'static str] {
             "declared_use",
             "request",
         ],
-        "node-state" => &["version", "node_id", "high_water", "licenses"],
+        "node-state" => &["version", "node_id", "high_water", "licenses", "tpm"],
         "renewal-request" => &[
             "version", "node_id", "node_key", "model_id", "license", "nonce", "sent_at", "usage",
         ],
@@ -389,6 +389,7 @@ fn signed_documents_rederive_from_the_text() {
         ("enrollment-v1.enroll", "enrollment"),
         ("node-state-v1.json", "node-state"),
         ("node-state-v1-licenses.json", "node-state"),
+        ("node-state-v1-tpm.json", "node-state"),
         ("renewal-request-v1.json", "renewal-request"),
         ("renewal-response-renewed-v1.json", "renewal-response"),
         ("renewal-response-pending-v1.json", "renewal-response"),
@@ -416,6 +417,27 @@ fn signed_documents_rederive_from_the_text() {
             check_time(body["server_time"].as_str().unwrap(), false);
         }
     }
+}
+
+#[test]
+fn the_tpm_node_state_rederives_from_the_text() {
+    let body = check_signed("node-state-v1-tpm.json", "node-state");
+    let mark = body["tpm"].as_object().unwrap();
+    check_order("tpm", mark, &["nv_index", "counter", "clock_ms"]);
+    assert_eq!(mark["nv_index"], 0x0138_1234);
+    assert_eq!(mark["counter"], 42);
+    assert_eq!(mark["clock_ms"], 86_400_000);
+    assert_eq!(body["high_water"], "2026-01-01T00:00:00Z");
+    // "Between writes": the worked example, one hour of TPM Clock later.
+    let elapsed: u64 = (86_400_000 + 3_600_000) - mark["clock_ms"].as_u64().unwrap();
+    let credited_ms = elapsed - elapsed / 32;
+    assert_eq!(credited_ms, 3_487_500);
+    let floor_seconds = credited_ms / 1000; // whole seconds, rounded down
+    assert_eq!(
+        (floor_seconds / 60, floor_seconds % 60),
+        (58, 7),
+        "2026-01-01T00:58:07Z"
+    );
 }
 
 #[test]

@@ -46,7 +46,8 @@ Exit codes:
   11  not yet valid
   12  expired (grace period over), or this node saw the license lapse (spent)
   13  clock rolled back: the system clock is behind time this node has seen;
-      or the node's trusted-time state (state.json) is missing or damaged
+      or the node's trusted-time state (state.json) is missing or damaged, or
+      (TPM nodes) older than the TPM's counter: a restored backup or snapshot
   14  wrong machine: issued to another node, or the hardware does not match, or
       the node's TPM keys do not load on this TPM (copied node directory, cleared TPM)
   15  tampered: the license is damaged, edited, or not a license
@@ -109,7 +110,7 @@ pub fn for_refusal(refusal: &Refusal) -> u8 {
         Refusal::Unwrap(_) => WRONG_MACHINE,
         Refusal::KeyDevice(_) => ERROR,
         Refusal::Safeguards(_) => UNSUPPORTED,
-        Refusal::State(StateError::Fs(_)) | Refusal::Fs(_) => ERROR,
+        Refusal::State(StateError::Fs(_) | StateError::Tpm(_)) | Refusal::Fs(_) => ERROR,
         Refusal::State(_) => CLOCK_ROLLED_BACK,
     }
 }

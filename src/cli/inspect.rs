@@ -37,6 +37,7 @@ fn node_keys_json(identity: &NodeIdentity) -> serde_json::Value {
         "signing": identity.signing_location().to_string(),
         "unwrap": identity.unwrap_location().to_string(),
         "unwrap_suite": identity.public().unwrap_key.suite(),
+        "state_counter": identity.state_anchor().map(|a| format!("{:#010x}", a.nv_index())),
     })
 }
 
@@ -191,6 +192,12 @@ pub fn inspect(args: InspectArgs) -> Outcome {
                 identity.signing_location(),
                 identity.unwrap_location()
             );
+            if let Some(anchor) = identity.state_anchor() {
+                println!(
+                    "  node state    anchored in TPM counter {:#010x} and the TPM's Clock (checked)",
+                    anchor.nv_index()
+                );
+            }
         }
         println!("verdict: {message}");
         if args.node_dir.is_none() && assessment.verdict.allows_serving() {

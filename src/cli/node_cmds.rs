@@ -52,7 +52,7 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
             Err(e) => return Err(e.into()),
         }
     };
-    let profile = HardwareProfile::collect();
+    let profile = HardwareProfile::collect(identity.tpm_tcti());
     let choice = BindingChoice {
         components: args.bind.clone(),
         required: args.require.clone(),
@@ -107,6 +107,12 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
             tpm => format!("{tpm}, sealed (node.key.tpm)"),
         }
     );
+    if let Some(anchor) = identity.state_anchor() {
+        println!(
+            "  state counter     TPM NV index {:#010x} (counter.tpm): a restored older state.json is refused",
+            anchor.nv_index()
+        );
+    }
     println!("  bound components  {}", kinds.join(", "));
     println!(
         "  match policy      {}",
@@ -179,7 +185,7 @@ fn clone_warning(required: &[ComponentKind]) -> Option<String> {
 }
 
 pub fn fingerprint(args: FingerprintArgs) -> Outcome {
-    let profile = HardwareProfile::collect();
+    let profile = HardwareProfile::collect(crate::node::tpm_if_present().as_deref());
     // A fixed all-zero salt: stable between runs for comparison; enrollments use a random one.
     let salt = [0u8; 16];
     let bound = hardware::bind(&profile, &salt, None);

@@ -160,15 +160,17 @@ pub fn choose_policy(components: &[BoundComponent], choice: &BindingChoice) -> M
 }
 
 /// The components the default policy requires among `components`: `machine-id` (a new
-/// OS installation is a new node) and every component a copy of the disk does not carry
-/// ([`ComponentKind::CLONE_RESISTANT`]) that this machine offers. Those it does not
-/// offer are left out, so the policy stays satisfiable; `leasehold enroll` says which.
+/// OS installation is a new node), `tpm-ek` (bound by TPM nodes) and every component a
+/// copy of the disk does not carry ([`ComponentKind::CLONE_RESISTANT`]) that this machine
+/// offers. Those it does not offer are left out, so the policy stays satisfiable;
+/// `leasehold enroll` says which.
 pub fn default_required(components: &[BoundComponent]) -> Vec<ComponentKind> {
     components
         .iter()
         .map(|c| c.kind)
         .filter(|kind| {
-            *kind == ComponentKind::MachineId || ComponentKind::CLONE_RESISTANT.contains(kind)
+            matches!(kind, ComponentKind::MachineId | ComponentKind::TpmEk)
+                || ComponentKind::CLONE_RESISTANT.contains(kind)
         })
         .collect()
 }

@@ -46,10 +46,12 @@ pub enum ComponentKind {
     Hostname,
     RootDiskSerial,
     DefaultRouteMac,
+    /// TPM nodes: the hash of the TPM's endorsement key.
+    TpmEk,
 }
 
 impl ComponentKind {
-    pub const ALL: [ComponentKind; 8] = [
+    pub const ALL: [ComponentKind; 9] = [
         ComponentKind::MachineId,
         ComponentKind::ProductUuid,
         ComponentKind::RootDiskSerial,
@@ -58,6 +60,7 @@ impl ComponentKind {
         ComponentKind::MemoryClass,
         ComponentKind::MacAddress,
         ComponentKind::Hostname,
+        ComponentKind::TpmEk,
     ];
 
     /// Components of the box itself, which a copy of its disk does not carry: the
@@ -78,6 +81,7 @@ impl ComponentKind {
             ComponentKind::Hostname => "hostname",
             ComponentKind::RootDiskSerial => "root-disk-serial",
             ComponentKind::DefaultRouteMac => "default-route-mac",
+            ComponentKind::TpmEk => "tpm-ek",
         }
     }
 
@@ -89,7 +93,8 @@ impl ComponentKind {
             ComponentKind::ProductUuid
             | ComponentKind::RootDiskSerial
             | ComponentKind::DefaultRouteMac
-            | ComponentKind::MacAddress => OnAClone::Differs,
+            | ComponentKind::MacAddress
+            | ComponentKind::TpmEk => OnAClone::Differs,
         }
     }
 }
@@ -149,8 +154,9 @@ pub struct HardwareProfile {
 
 impl HardwareProfile {
     /// Read this machine's components. Unreadable ones are left out, and listed in
-    /// `unreadable` with the reason.
-    pub fn collect() -> HardwareProfile {
+    /// `unreadable` with the reason. `tpm` names the TPM whose endorsement key is the
+    /// `tpm-ek` component (TPM nodes); without it, `tpm-ek` is not read.
+    pub fn collect(tpm: Option<&str>) -> HardwareProfile {
         use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
         let system = System::new_with_specifics(
             RefreshKind::nothing()
@@ -161,7 +167,7 @@ impl HardwareProfile {
         let found = |values: Option<String>, missing: &str| {
             values.map(|v| vec![v]).ok_or_else(|| missing.to_string())
         };
-        let reads: [(ComponentKind, Result<Vec<String>, String>); 8] = [
+        let reads: [(ComponentKind, Result<Vec<String>, String>); 9] = [
             (
                 ComponentKind::MachineId,
                 found(
@@ -204,6 +210,7 @@ impl HardwareProfile {
                 ComponentKind::Hostname,
                 found(System::host_name(), "the kernel has no host name"),
             ),
+            (ComponentKind::TpmEk, tpm_endorsement_key(tpm)),
         ];
         let mut profile = HardwareProfile::default();
         for (kind, read) in reads {
@@ -247,6 +254,28 @@ impl HardwareProfile {
 
     pub fn get(&self, kind: ComponentKind) -> Option<&Component> {
         self.components.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// `tpm-ek`: the hex SHA-256 of the endorsement key's public area of the TPM at `tcti`.
+fn tpm_endorsement_key(tcti: Option<&str>) -> Result<Vec<String>, String> {
+    let Some(tcti) = tcti else {
+        return Err(
+            "not read: only TPM nodes bind their TPM's endorsement key (a file-key node, or no TPM here)"
+                .into(),
+        );
+    };
+    #[cfg(feature = "tpm")]
+    {
+        super::tpm::endorsement_key_sha256(tcti)
+            .map(|hash| vec![hex::encode(hash)])
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "tpm"))]
+    {
+        Err(format!(
+            "the TPM at {tcti} cannot be read: this build has no TPM support (cargo feature `tpm`)"
+        ))
     }
 }
 
@@ -740,7 +769,7 @@ mod tests {
 
     #[test]
     fn this_machine_has_some_components() {
-        let profile = HardwareProfile::collect();
+        let profile = HardwareProfile::collect(None);
         assert!(!profile.components.is_empty());
         // Every kind is either read or explained.
         for kind in ComponentKind::ALL {

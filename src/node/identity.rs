@@ -12,6 +12,7 @@ use crate::crypto::key_wrap::{KeyUnwrapper, UnwrapPublicKey, UnwrapSecret};
 use crate::crypto::keyfile::{self, KeyFileError, KeyKind};
 use crate::crypto::signing::{DocumentSigner, PublicKey, SecretKey};
 use crate::fsutil::FsError;
+use crate::node::trusted_time::StateAnchor;
 
 pub const SIGNING_KEY_FILE: &str = "node.key";
 pub const SIGNING_PUB_FILE: &str = "node.pub";
@@ -21,6 +22,8 @@ pub const UNWRAP_PUB_FILE: &str = "unwrap.pub";
 pub const TPM_UNWRAP_KEY_FILE: &str = "unwrap.tpm";
 /// TPM nodes: the signing key's seed sealed to the TPM (in place of `node.key`).
 pub const TPM_SIGNING_KEY_FILE: &str = "node.key.tpm";
+/// TPM nodes: the NV index of the counter that anchors the node state.
+pub const TPM_COUNTER_FILE: &str = "counter.tpm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -70,6 +73,8 @@ pub struct NodeIdentity {
     unwrapper: Arc<dyn KeyUnwrapper>,
     unwrap_location: KeyLocation,
     signing_location: KeyLocation,
+    /// TPM nodes: the counter and clock the node state is checked against.
+    anchor: Option<Arc<dyn StateAnchor>>,
 }
 
 /// Where a new node's unwrap key is made.
@@ -149,14 +154,23 @@ impl NodeIdentity {
             }
             (true, true) => {}
         }
+        let counter_path = dir.join(TPM_COUNTER_FILE);
+        let tpm_node = sealed_signing_path.exists() || tpm_path.exists();
+        if tpm_node && !counter_path.exists() {
+            return Err(IdentityError::Incomplete {
+                dir: dir.display().to_string(),
+                present: unwrap_present,
+                missing: TPM_COUNTER_FILE,
+            });
+        }
         let (signing, signing_location) = if sealed_signing_path.exists() {
-            unseal_tpm_signing_key(&sealed_signing_path)?
+            tpm_keys::unseal_signing_key(&sealed_signing_path)?
         } else {
             warn_if_exposed(&signing_path);
             (keyfile::read_secret_key(&signing_path)?, KeyLocation::File)
         };
         let (unwrapper, location): (Arc<dyn KeyUnwrapper>, KeyLocation) = if tpm_path.exists() {
-            load_tpm_unwrapper(&tpm_path)?
+            tpm_keys::load(&tpm_path)?
         } else {
             warn_if_exposed(&unwrap_path);
             let unwrap = keyfile::read(&unwrap_path, KeyKind::X25519Secret)?;
@@ -165,12 +179,18 @@ impl NodeIdentity {
                 KeyLocation::File,
             )
         };
+        let anchor = if tpm_node {
+            Some(tpm_keys::load_anchor(&counter_path)?)
+        } else {
+            None
+        };
         Ok(NodeIdentity {
             dir: dir.to_path_buf(),
             signer: Arc::new(signing),
             unwrapper,
             unwrap_location: location,
             signing_location,
+            anchor,
         })
     }
 
@@ -216,7 +236,7 @@ impl NodeIdentity {
                 )?;
                 (Arc::new(unwrap), KeyLocation::File)
             }
-            UnwrapKeyStore::Tpm { tcti } => create_tpm_unwrapper(dir, tcti)?,
+            UnwrapKeyStore::Tpm { tcti } => tpm_keys::create(dir, tcti)?,
         };
         let signing_location = match store {
             UnwrapKeyStore::File => {
@@ -230,10 +250,19 @@ impl NodeIdentity {
             }
             // Sealed to the TPM: the seed never touches the disk in clear. If sealing
             // fails, the unwrap key's blobs go too, so that enrolling again starts afresh.
-            UnwrapKeyStore::Tpm { tcti } => {
-                seal_tpm_signing_key(dir, tcti, &signing).inspect_err(|_| {
+            UnwrapKeyStore::Tpm { tcti } => tpm_keys::seal_signing_key(dir, tcti, &signing)
+                .inspect_err(|_| {
                     let _ = fs::remove_file(dir.join(TPM_UNWRAP_KEY_FILE));
-                })?
+                })?,
+        };
+        // The state's counter last: if it cannot be made, the TPM keys' files go too.
+        let anchor = match store {
+            UnwrapKeyStore::File => None,
+            UnwrapKeyStore::Tpm { tcti } => {
+                Some(tpm_keys::create_anchor(dir, tcti).inspect_err(|_| {
+                    let _ = fs::remove_file(dir.join(TPM_UNWRAP_KEY_FILE));
+                    let _ = fs::remove_file(dir.join(TPM_SIGNING_KEY_FILE));
+                })?)
             }
         };
         keyfile::write(
@@ -249,6 +278,7 @@ impl NodeIdentity {
                 unwrapper,
                 unwrap_location: location,
                 signing_location,
+                anchor,
             },
             true,
         ))
@@ -286,10 +316,23 @@ impl NodeIdentity {
         &self.unwrap_location
     }
 
+    /// TPM nodes: the TCTI of the TPM that holds the unwrap key.
+    pub fn tpm_tcti(&self) -> Option<&str> {
+        match &self.unwrap_location {
+            KeyLocation::Tpm { tcti } => Some(tcti),
+            KeyLocation::File => None,
+        }
+    }
+
     /// Where the signing key is kept (TPM nodes: sealed to the TPM, unsealed into
     /// zeroized memory at load).
     pub fn signing_location(&self) -> &KeyLocation {
         &self.signing_location
+    }
+
+    /// TPM nodes: what the node state is anchored in (its TPM counter and Clock).
+    pub fn state_anchor(&self) -> Option<&dyn StateAnchor> {
+        self.anchor.as_deref()
     }
 }
 
@@ -298,6 +341,7 @@ mod tpm_keys {
     use super::*;
     use crate::crypto::key_wrap::{p256_encapsulated, UnwrapError, WrappedKey};
     use crate::node::tpm::{self, TpmError, TpmKeyBlobs, TpmUnwrapper};
+    use crate::node::trusted_time::AnchorReading;
     use zeroize::Zeroizing;
 
     impl KeyUnwrapper for TpmUnwrapper {
@@ -367,6 +411,57 @@ mod tpm_keys {
         Ok((SecretKey::from_bytes(&seed), KeyLocation::Tpm { tcti }))
     }
 
+    /// The node state's anchor: the counter named in `counter.tpm`, on the TPM chosen
+    /// as for the keys.
+    struct TpmStateAnchor {
+        tcti: String,
+        counter: tpm::NvCounter,
+    }
+
+    impl StateAnchor for TpmStateAnchor {
+        fn nv_index(&self) -> u32 {
+            self.counter.index
+        }
+
+        fn read(&self) -> Result<AnchorReading, String> {
+            self.counter
+                .read_with_clock(&self.tcti)
+                .map(|r| AnchorReading {
+                    counter: r.counter,
+                    clock_ms: r.clock_ms,
+                })
+                .map_err(|e| e.to_string())
+        }
+
+        fn increment(&self) -> Result<u64, String> {
+            self.counter
+                .increment(&self.tcti)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    pub(super) fn load_anchor(path: &Path) -> Result<Arc<dyn StateAnchor>, IdentityError> {
+        let counter = tpm::NvCounter::read_file(path).map_err(tpm_error)?;
+        Ok(Arc::new(TpmStateAnchor {
+            tcti: tpm::select_tcti(None),
+            counter,
+        }))
+    }
+
+    pub(super) fn create_anchor(
+        dir: &Path,
+        tcti: &str,
+    ) -> Result<Arc<dyn StateAnchor>, IdentityError> {
+        let counter = tpm::create_counter(tcti).map_err(tpm_error)?;
+        counter
+            .write_file(&dir.join(TPM_COUNTER_FILE))
+            .map_err(tpm_error)?;
+        Ok(Arc::new(TpmStateAnchor {
+            tcti: tcti.to_string(),
+            counter,
+        }))
+    }
+
     fn tpm_error(e: TpmError) -> IdentityError {
         match e {
             TpmError::ReEnrollmentNeeded { .. } => IdentityError::TpmNotThisMachine(e.to_string()),
@@ -375,70 +470,58 @@ mod tpm_keys {
     }
 }
 
-#[cfg(feature = "tpm")]
-fn seal_tpm_signing_key(
-    dir: &Path,
-    tcti: &str,
-    key: &SecretKey,
-) -> Result<KeyLocation, IdentityError> {
-    tpm_keys::seal_signing_key(dir, tcti, key)
-}
-
-#[cfg(feature = "tpm")]
-fn unseal_tpm_signing_key(path: &Path) -> Result<(SecretKey, KeyLocation), IdentityError> {
-    tpm_keys::unseal_signing_key(path)
-}
-
+/// A build without the `tpm` feature: TPM nodes are named, not loaded.
 #[cfg(not(feature = "tpm"))]
-fn seal_tpm_signing_key(
-    _dir: &Path,
-    _tcti: &str,
-    _key: &SecretKey,
-) -> Result<KeyLocation, IdentityError> {
-    Err(IdentityError::Tpm(NO_TPM_BUILD.into()))
-}
+mod tpm_keys {
+    use super::*;
 
-#[cfg(not(feature = "tpm"))]
-fn unseal_tpm_signing_key(path: &Path) -> Result<(SecretKey, KeyLocation), IdentityError> {
-    Err(IdentityError::Tpm(format!(
-        "{}: this node's signing key is sealed to a TPM; {NO_TPM_BUILD}",
-        path.display()
-    )))
-}
+    const NO_TPM_BUILD: &str =
+        "this leasehold was built without TPM support (cargo feature `tpm`); use a build with it";
 
-#[cfg(not(feature = "tpm"))]
-const NO_TPM_BUILD: &str =
-    "this leasehold was built without TPM support (cargo feature `tpm`); use a build with it";
+    fn refused(path: &Path, what: &str) -> IdentityError {
+        IdentityError::Tpm(format!(
+            "{}: {what} is in a TPM; {NO_TPM_BUILD}",
+            path.display()
+        ))
+    }
 
-#[cfg(feature = "tpm")]
-fn load_tpm_unwrapper(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
-    tpm_keys::load(path)
-}
+    pub(super) fn load(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+        Err(refused(path, "this node's unwrap key"))
+    }
 
-#[cfg(feature = "tpm")]
-fn create_tpm_unwrapper(
-    dir: &Path,
-    tcti: &str,
-) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
-    tpm_keys::create(dir, tcti)
-}
+    pub(super) fn create(
+        _dir: &Path,
+        _tcti: &str,
+    ) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
+        Err(IdentityError::Tpm(format!(
+            "enroll without --tpm, or use a build with TPM support: {NO_TPM_BUILD}"
+        )))
+    }
 
-#[cfg(not(feature = "tpm"))]
-fn load_tpm_unwrapper(path: &Path) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
-    Err(IdentityError::Tpm(format!(
-        "{}: this node's unwrap key is in a TPM, and this leasehold was built without TPM support (cargo feature `tpm`); use a build with it",
-        path.display()
-    )))
-}
+    pub(super) fn seal_signing_key(
+        dir: &Path,
+        _tcti: &str,
+        _key: &SecretKey,
+    ) -> Result<KeyLocation, IdentityError> {
+        Err(refused(dir, "a new node's signing key"))
+    }
 
-#[cfg(not(feature = "tpm"))]
-fn create_tpm_unwrapper(
-    _dir: &Path,
-    _tcti: &str,
-) -> Result<(Arc<dyn KeyUnwrapper>, KeyLocation), IdentityError> {
-    Err(IdentityError::Tpm(
-        "this leasehold was built without TPM support (cargo feature `tpm`); enroll without --tpm, or use a build with it".into(),
-    ))
+    pub(super) fn unseal_signing_key(
+        path: &Path,
+    ) -> Result<(SecretKey, KeyLocation), IdentityError> {
+        Err(refused(path, "this node's signing key"))
+    }
+
+    pub(super) fn load_anchor(path: &Path) -> Result<Arc<dyn StateAnchor>, IdentityError> {
+        Err(refused(path, "this node's state counter"))
+    }
+
+    pub(super) fn create_anchor(
+        dir: &Path,
+        _tcti: &str,
+    ) -> Result<Arc<dyn StateAnchor>, IdentityError> {
+        Err(refused(dir, "a new node's state counter"))
+    }
 }
 
 fn warn_if_exposed(path: &Path) {

@@ -31,3 +31,10 @@ pub fn tpm_tcti(explicit: Option<&str>) -> String {
             .unwrap_or_else(|| "device:/dev/tpmrm0".into())
     }
 }
+
+/// The TPM a command without a node directory looks at, when one is there: the `TCTI`
+/// environment variable when set, else `/dev/tpmrm0` when it exists.
+pub fn tpm_if_present() -> Option<String> {
+    let named = std::env::var("TCTI").is_ok_and(|t| !t.trim().is_empty());
+    (named || std::path::Path::new("/dev/tpmrm0").exists()).then(|| tpm_tcti(None))
+}

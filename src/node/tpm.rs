@@ -18,18 +18,14 @@
 //! string, else the `TCTI` environment variable, else `device:/dev/tpmrm0`
 //! (`swtpm:host=127.0.0.1,port=N` for a software TPM).
 //!
-//! Not wired yet: enrollment (`enroll --tpm`), the P-256 suite in licenses, `issue` and
-//! the license server, and the [`KeyUnwrapper`](crate::crypto::key_wrap::KeyUnwrapper)
-//! seam (its X25519-sized public key and `WrappedKey` do not fit a 65-byte P-256 point, so
-//! [`TpmUnwrapper`] has its own [`TpmUnwrapper::unwrap_p256`]).
-//!
-//! Three more primitives of issue 16, not wired yet either:
+//! What else a TPM node keeps here:
 //! - [`seal_secret`] / [`SealedSecret::unseal`]: the node's Ed25519 signing seed as a
-//!   sealed data object under the same regenerated SRK ([`SEALED_SIGNING_KEY_FILE`]),
-//!   crossing the bus only inside the salted session's parameter encryption.
-//! - [`create_counter`] / [`NvCounter`]: a TPM_NT_COUNTER NV index, the node state's
-//!   rollback anchor. Every read and increment first checks that the index is still a
-//!   counter.
+//!   sealed data object under the same regenerated SRK (`node.key.tpm`), crossing the
+//!   bus only inside the salted session's parameter encryption.
+//! - [`create_counter`] / [`NvCounter`]: a TPM_NT_COUNTER NV index (`counter.tpm`
+//!   names it), the node state's rollback anchor, read together with the TPM's Clock
+//!   ([`NvCounter::read_with_clock`]). Every read and increment first checks that the
+//!   index is still a counter.
 //! - [`endorsement_key_sha256`]: the hash of the endorsement key's public area, the
 //!   `tpm-ek` hardware component.
 
@@ -52,10 +48,11 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Auth, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, KeyDerivationFunctionScheme,
-    KeyedHashScheme, NvPublicBuilder, Private, Public, PublicBuffer, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyedHashParameters, Sensitive, SensitiveBuffer,
-    SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+    Auth, Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret,
+    KeyDerivationFunctionScheme, KeyedHashScheme, NvPublicBuilder, Private, Public, PublicBuffer,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, Sensitive,
+    SensitiveBuffer, SensitiveData, SignatureScheme, SymmetricDefinition,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -1101,6 +1098,27 @@ pub fn create_counter(tcti: &str) -> Result<NvCounter, TpmError> {
 /// A counter's data area: a big-endian u64.
 const COUNTER_SIZE: u16 = 8;
 
+/// The `format` field of the counter file (`counter.tpm`).
+pub const COUNTER_FILE_FORMAT: &str = "leasehold TPM state counter v1";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterFileJson {
+    format: String,
+    /// `0x` and eight hex digits, as tpm2-tools print NV indices.
+    nv_index: String,
+}
+
+/// The node's counter and the TPM's Clock, read in one go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterReading {
+    pub counter: u64,
+    /// The TPM's Clock (TPMS_CLOCK_INFO.clock): milliseconds the TPM has been powered,
+    /// kept across reboots, never set back (TPM2_ClockSet only moves it forward), reset
+    /// only by TPM2_Clear.
+    pub clock_ms: u64,
+}
+
 impl NvCounter {
     /// The counter's value (TPM2_NV_Read), after checking that the index is still a
     /// counter ([`TpmError::NotACounter`], [`TpmError::CounterGone`]).
@@ -1116,6 +1134,68 @@ impl NvCounter {
         let mut ctx = open_context(tcti)?;
         let handle = self.open(&mut ctx, tcti)?;
         increment_counter(&mut ctx, tcti, handle)
+    }
+
+    /// The counter's value and the TPM's Clock, over one connection.
+    pub fn read_with_clock(&self, tcti: &str) -> Result<CounterReading, TpmError> {
+        let mut ctx = open_context(tcti)?;
+        let handle = self.open(&mut ctx, tcti)?;
+        let counter = read_counter(&mut ctx, tcti, handle)?;
+        let clock_ms = read_clock(&mut ctx, tcti)?;
+        Ok(CounterReading { counter, clock_ms })
+    }
+
+    /// The counter file's bytes (pretty JSON).
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        file_bytes(&CounterFileJson {
+            format: COUNTER_FILE_FORMAT.into(),
+            nv_index: format!("{:#010x}", self.index),
+        })
+    }
+
+    /// Parse a counter file (`path` names it in errors).
+    pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<NvCounter, TpmError> {
+        let bad = |detail: String| TpmError::BadKeyFile {
+            path: path.to_string(),
+            detail,
+        };
+        let json: CounterFileJson =
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if json.format != COUNTER_FILE_FORMAT {
+            return Err(bad(format!(
+                "unknown format {:?} (expected {COUNTER_FILE_FORMAT:?})",
+                json.format
+            )));
+        }
+        let index = json
+            .nv_index
+            .strip_prefix("0x")
+            .filter(|h| h.len() == 8)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .filter(|i| (0x0100_0000..=0x01FF_FFFF).contains(i))
+            .ok_or_else(|| {
+                bad(format!(
+                    "nv_index {:?} is not an NV index (0x01000000 to 0x01ffffff)",
+                    json.nv_index
+                ))
+            })?;
+        Ok(NvCounter { index })
+    }
+
+    /// Write the counter file: never over an existing one.
+    pub fn write_file(&self, path: &Path) -> Result<(), TpmError> {
+        fsutil::write_atomic(
+            path,
+            &self.to_file_bytes(),
+            fsutil::PUBLIC_MODE,
+            Replace::Never,
+        )?;
+        Ok(())
+    }
+
+    /// Read a counter file.
+    pub fn read_file(path: &Path) -> Result<NvCounter, TpmError> {
+        read_key_file(path, Self::from_file_bytes)
     }
 
     /// Find the index (TPM2_NV_ReadPublic) and check that it is a TPM_NT_COUNTER: an
@@ -1186,16 +1266,34 @@ fn increment_counter(
     read_counter(ctx, tcti, handle)
 }
 
+/// The TPM's Clock, from an unsigned TPM2_GetTime (signing key TPM_RH_NULL; the
+/// endorsement hierarchy's empty password authorizes it).
+fn read_clock(ctx: &mut Context, tcti: &str) -> Result<u64, TpmError> {
+    const OPERATION: &str = "GetTime (clock)";
+    let (attest, _) = ctx
+        .execute_with_sessions(
+            (
+                Some(AuthSession::Password),
+                Some(AuthSession::Password),
+                None,
+            ),
+            |ctx| ctx.get_time(KeyHandle::Null, Data::default(), SignatureScheme::Null),
+        )
+        .map_err(|e| hierarchy_error(OPERATION, "endorsement", tcti, &e))?;
+    Ok(attest.clock_info().clock())
+}
+
 /// The SHA-256 of the TPM's endorsement key public area: the `tpm-ek` hardware
-/// component. The EK is regenerated from the TCG's default RSA 2048 template (EK
-/// Credential Profile, template L-1: the EK most servers' TPMs carry a certificate
-/// for) in the endorsement hierarchy (empty password), and the hash covers its
-/// marshalled TPMT_PUBLIC as the TPM returned it, modulus included. It is the same for
-/// as long as the TPM's endorsement seed is, which TPM2_Clear does not change.
+/// component. The EK is regenerated from the TCG's default ECC NIST P-256 template (EK
+/// Credential Profile, template L-2; an ECC primary key is made in milliseconds where
+/// an RSA one can take seconds on a hardware TPM) in the endorsement hierarchy (empty
+/// password), and the hash covers its marshalled TPMT_PUBLIC as the TPM returned it,
+/// point included. It is the same for as long as the TPM's endorsement seed is, which
+/// TPM2_Clear does not change.
 pub fn endorsement_key_sha256(tcti: &str) -> Result<[u8; 32], TpmError> {
     const OPERATION: &str = "CreatePrimary (endorsement key)";
     let template =
-        ek::create_ek_public_from_default_template(AsymmetricAlgorithm::Rsa, None::<DefaultKey>)
+        ek::create_ek_public_from_default_template(AsymmetricAlgorithm::Ecc, None::<DefaultKey>)
             .map_err(|e| tpm_error(OPERATION, tcti, &e))?;
     let mut ctx = open_context(tcti)?;
     let primary = ctx
@@ -1317,6 +1415,41 @@ mod tests {
         assert!(message.contains("not a sealed data object"), "{message}");
         let err = SealedSecret::from_file_bytes("f", b"not json").unwrap_err();
         assert!(matches!(err, TpmError::BadKeyFile { .. }), "{err}");
+    }
+
+    #[test]
+    fn counter_files_round_trip_and_are_checked() {
+        let counter = NvCounter { index: 0x0138_00ab };
+        let bytes = counter.to_file_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("\"nv_index\": \"0x013800ab\""), "{text}");
+        assert_eq!(NvCounter::from_file_bytes("f", &bytes).unwrap(), counter);
+        for (bad, why) in [
+            (
+                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x81000001"}"#,
+                "not an NV index",
+            ),
+            (
+                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x138"}"#,
+                "not an NV index",
+            ),
+            (
+                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x0138zzzz"}"#,
+                "not an NV index",
+            ),
+            (
+                r#"{"format":"something else","nv_index":"0x01380000"}"#,
+                "unknown format",
+            ),
+            (
+                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x01380000","x":1}"#,
+                "unknown field",
+            ),
+        ] {
+            let err = NvCounter::from_file_bytes("counter.tpm", bad.as_bytes()).unwrap_err();
+            assert!(matches!(err, TpmError::BadKeyFile { .. }), "{err}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

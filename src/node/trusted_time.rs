@@ -13,6 +13,14 @@
 //! An enrolled node always has a state file (`enroll` creates it). A missing one is a
 //! refusal, never a fresh start: only a license issued after everything this node has
 //! recorded (its usage ledger) re-establishes it.
+//!
+//! On a TPM node the state is also anchored in the TPM ([`StateAnchor`]): a monotonic
+//! NV counter and the TPM's Clock. Each write records the counter's next value and the
+//! Clock, then increments the counter, so a state file older than the last write (a
+//! restored backup, a VM snapshot of the disk) is behind the TPM's counter and refused
+//! ([`StateError::RolledBack`]). Between writes, the mark moves with the TPM's Clock
+//! ([`anchored_high_water`]), so the running node's heartbeats need not write (nor wear
+//! the TPM's NV memory) unless the time served gets ahead of what the Clock implies.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -45,6 +53,17 @@ pub fn rollback_tolerance() -> Duration {
     Duration::minutes(5)
 }
 
+/// How far a TPM node's time served may get ahead of the mark its TPM Clock implies
+/// before a heartbeat writes the state (and increments the counter). Restoring the state
+/// a write replaced gains at most this much, well inside [`rollback_tolerance`].
+pub fn anchor_slack() -> Duration {
+    Duration::seconds(60)
+}
+
+/// The share of the TPM's Clock credited to trusted time: all but 1/32, so that a TPM
+/// oscillator up to ~3% fast does not put the mark ahead of true time.
+const CLOCK_CREDIT_DIVISOR: u64 = 32;
+
 /// The signed body of `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +74,59 @@ pub struct NodeStateBody {
     /// Licenses this node has seen, oldest first; omitted when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub licenses: Vec<SeenLicense>,
+    /// TPM nodes: the TPM counter and Clock this state was written at; omitted on nodes
+    /// with file keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmMark>,
+}
+
+/// Where a TPM node's state stands against its TPM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmMark {
+    /// The NV index of the node's TPM_NT_COUNTER.
+    pub nv_index: u32,
+    /// The counter's value once this write is complete (the writer increments the
+    /// counter to it right after the file is in place).
+    pub counter: u64,
+    /// The TPM's Clock (milliseconds) when `high_water` was taken.
+    pub clock_ms: u64,
+}
+
+/// A TPM counter's value and the TPM's Clock, read together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnchorReading {
+    pub counter: u64,
+    pub clock_ms: u64,
+}
+
+/// What anchors a node's state in hardware: a monotonic counter only it moves, and a
+/// clock that cannot be set back (the TPM's NV counter and Clock).
+pub trait StateAnchor: Send + Sync {
+    /// The counter's NV index, recorded in the state.
+    fn nv_index(&self) -> u32;
+    /// The counter's value and the Clock now.
+    fn read(&self) -> Result<AnchorReading, String>;
+    /// Move the counter up by one; its value after.
+    fn increment(&self) -> Result<u64, String>;
+}
+
+/// The high-water mark a state written at `mark` implies at TPM Clock `clock_ms`: the
+/// mark plus the Clock's advance since (less 1/32; nothing when the Clock is behind,
+/// as after a power loss that lost its last save).
+pub fn anchored_high_water(
+    high_water: DateTime<Utc>,
+    mark: &TpmMark,
+    clock_ms: u64,
+) -> DateTime<Utc> {
+    let elapsed = clock_ms.saturating_sub(mark.clock_ms);
+    let credited = elapsed - elapsed / CLOCK_CREDIT_DIVISOR;
+    let credited = Duration::milliseconds(i64::try_from(credited).unwrap_or(i64::MAX / 2));
+    crate::format::time::whole_seconds(
+        high_water
+            .checked_add_signed(credited)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
 }
 
 impl Body for NodeStateBody {
@@ -92,6 +164,7 @@ impl NodeStateBody {
             node_id,
             high_water: crate::format::time::whole_seconds(high_water),
             licenses: Vec::new(),
+            tpm: None,
         }
     }
 
@@ -167,6 +240,17 @@ pub enum StateError {
     Invalid { path: String, reason: String },
     #[error("{path} (this node's trusted time and license memory) was removed. The node does not start afresh: recover with a fresh license from the vendor, issued after this node's last recorded use, or a renewal from the license server (`serve --license-server`, or `leasehold renew`)")]
     Missing { path: String },
+    #[error("{path} is older than this node's last state write: it records the node's TPM counter (NV index {nv_index:#010x}) at {state_counter}, and the TPM's counter is at {tpm_counter}. The node state was rolled back (a restored backup or VM snapshot), so trusted time and license memory cannot be believed. Recover as from a removed state: move {path} away, then get a fresh license from the vendor, issued after this node's last recorded use, or a renewal from the license server (`leasehold renew`)")]
+    RolledBack {
+        path: String,
+        nv_index: u32,
+        state_counter: u64,
+        tpm_counter: u64,
+    },
+    /// The TPM that anchors the state failed (busy, gone, locked out); the message says
+    /// what to do.
+    #[error("cannot check the node state against the TPM: {0}")]
+    Tpm(String),
     #[error(transparent)]
     Fs(#[from] FsError),
 }
@@ -217,8 +301,89 @@ fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Read and verify the node's state; `None` when there is no state file.
-pub fn load(dir: &Path, node: &NodePublic) -> Result<Option<NodeStateBody>, StateError> {
+/// Read and verify the node's state; `None` when there is no state file. On a TPM node
+/// the state is checked against the TPM's counter (with the state lock held, so that a
+/// write in progress is not taken for a rollback) and the returned mark is the one the
+/// TPM's Clock implies ([`anchored_high_water`]).
+pub fn load(identity: &NodeIdentity) -> Result<Option<NodeStateBody>, StateError> {
+    if identity.state_anchor().is_some() {
+        locked(identity, || Ok(load_unlocked(identity)?.map(|l| l.body)))
+    } else {
+        Ok(load_unlocked(identity)?.map(|l| l.body))
+    }
+}
+
+/// A verified state and the TPM reading it was checked against.
+struct Loaded {
+    body: NodeStateBody,
+    reading: Option<AnchorReading>,
+}
+
+fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> {
+    let dir = identity.dir();
+    let node = identity.public();
+    let path = state_path(dir);
+    // The TPM first: a write that lands between the two reads is then one ahead, which
+    // is allowed, rather than a file behind the counter.
+    let reading = identity
+        .state_anchor()
+        .map(|a| a.read().map_err(StateError::Tpm))
+        .transpose()?;
+    let Some(mut body) = read_signed(dir, &node)? else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| StateError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
+    match (identity.state_anchor(), reading, body.tpm) {
+        (None, _, None) => {}
+        (None, _, Some(mark)) => {
+            return Err(invalid(format!(
+                "it names TPM counter {:#010x}, but this node directory has no TPM counter ({} is missing)",
+                mark.nv_index,
+                crate::node::identity::TPM_COUNTER_FILE
+            )))
+        }
+        (Some(_), _, None) => {
+            return Err(invalid(
+                "it carries no TPM counter, and this node's state is anchored in its TPM".into(),
+            ))
+        }
+        (Some(anchor), Some(reading), Some(mark)) => {
+            if mark.nv_index != anchor.nv_index() {
+                return Err(invalid(format!(
+                    "it names TPM counter {:#010x}, not this node's {:#010x}",
+                    mark.nv_index,
+                    anchor.nv_index()
+                )));
+            }
+            if mark.counter < reading.counter {
+                return Err(StateError::RolledBack {
+                    path: path.display().to_string(),
+                    nv_index: mark.nv_index,
+                    state_counter: mark.counter,
+                    tpm_counter: reading.counter,
+                });
+            }
+            if mark.counter > reading.counter + 1 {
+                return Err(invalid(format!(
+                    "it records TPM counter {:#010x} at {}, ahead of the TPM's {}: the counter is not the one this state was written with",
+                    mark.nv_index, mark.counter, reading.counter
+                )));
+            }
+            body.high_water = body
+                .high_water
+                .max(anchored_high_water(body.high_water, &mark, reading.clock_ms));
+        }
+        (Some(_), None, Some(_)) => unreachable!("an anchor is always read"),
+    }
+    Ok(Some(Loaded { body, reading }))
+}
+
+/// Read the state file in `dir` and check that `node` signed it for itself; `None` when
+/// there is none. Nothing more: [`load`] also checks a TPM node's state against its TPM.
+pub fn read_signed(dir: &Path, node: &NodePublic) -> Result<Option<NodeStateBody>, StateError> {
     let path = state_path(dir);
     if !path.exists() {
         return Ok(None);
@@ -250,19 +415,45 @@ pub fn load(dir: &Path, node: &NodePublic) -> Result<Option<NodeStateBody>, Stat
     Ok(Some(body))
 }
 
-/// Read and verify the node's high-water mark; `None` when no state was written yet.
-pub fn load_high_water(dir: &Path, node: &NodePublic) -> Result<Option<DateTime<Utc>>, StateError> {
-    Ok(load(dir, node)?.map(|s| s.high_water))
-}
-
-fn write(identity: &NodeIdentity, body: &NodeStateBody) -> Result<(), StateError> {
-    let envelope = Envelope::sign(body, identity.signer(), vec![]);
+/// Write `body`; on a TPM node, record the counter's next value and the Clock of
+/// `reading` (taken when the state was loaded, under the same lock), then increment the
+/// counter. A counter one behind the state on disk (a write whose increment did not
+/// happen) is caught up first.
+fn write(
+    identity: &NodeIdentity,
+    body: &mut NodeStateBody,
+    on_disk: Option<&TpmMark>,
+    reading: Option<AnchorReading>,
+    replace: Replace,
+) -> Result<(), StateError> {
+    let anchor = identity.state_anchor();
+    if let (Some(anchor), Some(reading)) = (anchor, reading) {
+        let mut counter = reading.counter;
+        if on_disk.is_some_and(|m| m.counter > counter) {
+            counter = anchor.increment().map_err(StateError::Tpm)?;
+        }
+        body.tpm = Some(TpmMark {
+            nv_index: anchor.nv_index(),
+            counter: counter + 1,
+            clock_ms: reading.clock_ms,
+        });
+    }
+    let envelope = Envelope::sign(&*body, identity.signer(), vec![]);
     fsutil::write_atomic(
         &state_path(identity.dir()),
         envelope.render().as_bytes(),
         fsutil::PUBLIC_MODE,
-        Replace::Allowed,
+        replace,
     )?;
+    if let (Some(anchor), Some(mark)) = (anchor, body.tpm) {
+        let after = anchor.increment().map_err(StateError::Tpm)?;
+        if after != mark.counter {
+            return Err(StateError::Tpm(format!(
+                "the TPM counter {:#010x} moved to {after}, not {}: another program increments it",
+                mark.nv_index, mark.counter
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -282,6 +473,14 @@ fn locked<T>(
     f()
 }
 
+/// Does the TPM's Clock already imply `new`, so that writing it would change nothing a
+/// restore could take away? Only the mark moved, by at most [`anchor_slack`].
+fn implied_by_anchor(identity: &NodeIdentity, loaded: &NodeStateBody, new: &NodeStateBody) -> bool {
+    identity.state_anchor().is_some()
+        && new.licenses == loaded.licenses
+        && new.high_water <= loaded.high_water + anchor_slack()
+}
+
 /// Change the state under its lock and write it atomically. A missing state is
 /// [`StateError::Missing`]: it is created only by [`create`].
 pub fn update(
@@ -289,14 +488,22 @@ pub fn update(
     change: impl FnOnce(&mut NodeStateBody),
 ) -> Result<NodeStateBody, StateError> {
     locked(identity, || {
-        let mut body =
-            load(identity.dir(), &identity.public())?.ok_or_else(|| StateError::Missing {
-                path: state_path(identity.dir()).display().to_string(),
-            })?;
-        let before = body.clone();
+        let Loaded {
+            body: before,
+            reading,
+        } = load_unlocked(identity)?.ok_or_else(|| StateError::Missing {
+            path: state_path(identity.dir()).display().to_string(),
+        })?;
+        let mut body = before.clone();
         change(&mut body);
-        if body != before {
-            write(identity, &body)?;
+        if body != before && !implied_by_anchor(identity, &before, &body) {
+            write(
+                identity,
+                &mut body,
+                before.tpm.as_ref(),
+                reading,
+                Replace::Allowed,
+            )?;
         }
         Ok(body)
     })
@@ -309,14 +516,12 @@ pub fn create(
     high_water: DateTime<Utc>,
 ) -> Result<NodeStateBody, StateError> {
     locked(identity, || {
-        let body = NodeStateBody::new(identity.public().node_id(), high_water);
-        let envelope = Envelope::sign(&body, identity.signer(), vec![]);
-        fsutil::write_atomic(
-            &state_path(identity.dir()),
-            envelope.render().as_bytes(),
-            fsutil::PUBLIC_MODE,
-            Replace::Never,
-        )?;
+        let reading = identity
+            .state_anchor()
+            .map(|a| a.read().map_err(StateError::Tpm))
+            .transpose()?;
+        let mut body = NodeStateBody::new(identity.public().node_id(), high_water);
+        write(identity, &mut body, None, reading, Replace::Never)?;
         Ok(body)
     })
 }
@@ -362,6 +567,42 @@ mod tests {
         assert_eq!(s.licenses.len(), MAX_REMEMBERED);
         assert_eq!(s.refuses("revoked", 1), Some(Remembered::Revoked));
         assert!(s.seen("l0").is_none());
+    }
+
+    #[test]
+    fn the_tpm_clock_moves_the_mark_less_a_thirty_second_and_never_back() {
+        let high_water = "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        let mark = TpmMark {
+            nv_index: 0x0138_1234,
+            counter: 42,
+            clock_ms: 86_400_000,
+        };
+        // FORMATS.md's worked example: an hour of Clock credits 58 min 7.5 s.
+        assert_eq!(
+            anchored_high_water(high_water, &mark, 86_400_000 + 3_600_000),
+            "2026-01-01T00:58:07Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        // A Clock behind the mark (a save lost at power loss) credits nothing.
+        assert_eq!(anchored_high_water(high_water, &mark, 1_000), high_water);
+        assert!(anchored_high_water(high_water, &mark, u64::MAX) > high_water);
+    }
+
+    #[test]
+    fn a_file_key_node_refuses_a_state_that_names_a_tpm_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, _) = NodeIdentity::load_or_create(&dir.path().join("node")).unwrap();
+        let mut body = create(&identity, Utc::now()).unwrap();
+        assert_eq!(body.tpm, None);
+        body.tpm = Some(TpmMark {
+            nv_index: 0x0138_0001,
+            counter: 1,
+            clock_ms: 0,
+        });
+        let envelope = Envelope::sign(&body, identity.signer(), vec![]);
+        std::fs::write(state_path(identity.dir()), envelope.render()).unwrap();
+        let err = load(&identity).unwrap_err();
+        assert!(matches!(err, StateError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("no TPM counter"), "{err}");
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub struct NodeKnowledge {
 
 impl NodeKnowledge {
     pub fn gather(records: NodeRecords) -> Result<NodeKnowledge, Refusal> {
-        let state = trusted_time::load(records.identity.dir(), &records.identity.public())?;
+        let state = trusted_time::load(records.identity)?;
         let recorded = records.recorded_until()?;
         let high_water = match (&state, recorded) {
             (Some(s), Some(r)) => Some(s.high_water.max(r)),
@@ -126,7 +126,13 @@ fn assess_with(
     knowledge: Option<&NodeKnowledge>,
 ) -> Assessment {
     let public = records.map(|r| r.identity.public());
-    let profile = HardwareProfile::collect();
+    // TPM nodes bind their TPM's endorsement key; without a node directory, whatever TPM
+    // is here is read, for licenses that bind one.
+    let tpm = match records {
+        Some(r) => r.identity.tpm_tcti().map(str::to_string),
+        None => crate::node::tpm_if_present(),
+    };
+    let profile = HardwareProfile::collect(tpm.as_deref());
     let checks = Checks {
         node: public.as_ref(),
         hardware: Some(&profile),
