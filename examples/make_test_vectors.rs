@@ -183,6 +183,19 @@ fn main() -> anyhow::Result<()> {
 
     let full = full_license(&out, &root, &enrollment, &header, &key, &terms)?;
     p256_license(&out, &root, &enrollment, &header, &key, &terms)?;
+    // A TPM node's enrollment: the P-256 unwrap key, and the TPM's count of refused
+    // rolled-back states when it enrolled.
+    let tpm_public = P256UnwrapSecret::from_bytes(p256_vector_secret())?.public_key();
+    let tpm_enrollment = enrollment::EnrollmentBody {
+        unwrap_key: tpm_public.as_bytes().to_vec(),
+        unwrap_suite: tpm_public.suite_field(),
+        tpm_rollbacks: Some(7),
+        ..enrollment.clone()
+    };
+    std::fs::write(
+        out.join("enrollment-tpm-v1.enroll"),
+        Envelope::sign(&tpm_enrollment, identity.signer(), vec![]).render(),
+    )?;
     let ledger = usage_ledger(&out, &identity, t0)?;
     let issuer_license: LicenseBody = issued.decode_body()?;
     renewals(
@@ -537,11 +550,24 @@ fn renewals(
                     hash: ledger.checkpoints[0].1,
                 }),
             }),
+            tpm_rollbacks: None,
         },
     };
     std::fs::write(
         out.join("renewal-request-v1.json"),
         Envelope::sign(&request, identity.signer(), vec![]).render(),
+    )?;
+    // The same request from a TPM node that has since refused one rolled-back state.
+    let tpm_request = RenewalRequestBody {
+        usage: UsageCheckpoint {
+            tpm_rollbacks: Some(8),
+            ..request.usage.clone()
+        },
+        ..request.clone()
+    };
+    std::fs::write(
+        out.join("renewal-request-tpm-v1.json"),
+        Envelope::sign(&tpm_request, identity.signer(), vec![]).render(),
     )?;
     let renewed = issue(
         issuer,

@@ -46,6 +46,27 @@ pub struct UsageCheckpoint {
     /// Absent when the node had no ledger open (a first license fetched at start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerPosition>,
+    /// TPM nodes: the TPM counter of rolled-back node states the node refused. Set when
+    /// the request or report is signed ([`sign_request`]); absent on file-key nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_rollbacks: Option<u64>,
+}
+
+impl UsageCheckpoint {
+    /// On a TPM node, with the node's count of refused rolled-back states read from
+    /// its TPM (left out when the TPM does not answer: the next report carries it). A
+    /// file-key node's usage is returned as it is.
+    pub fn with_rollbacks_of(mut self, identity: &NodeIdentity) -> UsageCheckpoint {
+        if let Some(anchor) = identity.state_anchor() {
+            self.tpm_rollbacks = anchor
+                .rollbacks()
+                .inspect_err(|e| {
+                    tracing::warn!("cannot read the TPM's count of refused rolled-back states: {e}")
+                })
+                .ok();
+        }
+        self
+    }
 }
 
 /// A signed checkpoint in the node's usage ledger, named so the license server can
@@ -226,7 +247,7 @@ pub fn sign_request(
         license,
         nonce,
         sent_at: crate::format::time::whole_seconds(now),
-        usage,
+        usage: usage.with_rollbacks_of(identity),
     };
     (Envelope::sign(&body, identity.signer(), vec![]), nonce)
 }

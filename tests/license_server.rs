@@ -756,6 +756,7 @@ fn at_checkpoint(seq: u64, reported: Option<u64>) -> UsageCheckpoint {
                 hash: [s as u8; 32],
             }),
         }),
+        tpm_rollbacks: None,
     }
 }
 
@@ -798,8 +799,12 @@ async fn a_replayed_or_stale_renewal_request_is_refused_and_plants_no_finding() 
     assert_eq!(post_renewal(&http, &url, &earlier).await.0, 200);
     let later = signed_request(&identity, at_checkpoint(9, Some(5)), Utc::now());
     assert_eq!(post_renewal(&http, &url, &later).await.0, 200);
+    // (The serve above may have reported its real ledger before it was stopped, which
+    // the first made-up checkpoint then replaces: only the replay must add nothing.)
+    let before = ledger_findings(&vendor);
+    assert!(before.iter().all(|f| f.contains("replaced")), "{before:?}");
     assert_eq!(post_renewal(&http, &url, &earlier).await.0, 409);
-    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
+    assert_eq!(ledger_findings(&vendor), before);
 
     // Signed 10 minutes ago, or 10 minutes ahead: outside the 5-minute window.
     for offset in [Span::minutes(-10), Span::minutes(10)] {
@@ -848,7 +853,7 @@ async fn a_replayed_or_stale_renewal_request_is_refused_and_plants_no_finding() 
     // None of it stopped the server: the next genuine request renews.
     let fresh = signed_request(&identity, at_checkpoint(12, Some(9)), Utc::now());
     assert_eq!(post_renewal(&http, &url, &fresh).await.0, 200);
-    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
+    assert_eq!(ledger_findings(&vendor), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1208,6 +1213,68 @@ fn two_replicas_with_node(db: &TempDatabase) -> (Vendor, Vendor, Node) {
     (a, b, node)
 }
 
+/// A node's count of refused rolled-back states (TPM nodes' `tpm_rollbacks`), reported
+/// through `urls` in turn: the first report is the baseline, the same count again is
+/// nothing, a higher one is flagged once, on every replica.
+async fn rollback_counts_are_flagged_when_they_rise(
+    identity: &leasehold::node::NodeIdentity,
+    urls: &[String],
+    vendors: &[&Vendor],
+) {
+    let usage = |seq: u64, rollbacks: u64| UsageCheckpoint {
+        since: None,
+        requests: seq,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        ledger: None,
+        tpm_rollbacks: Some(rollbacks),
+    };
+    let findings = |v: &Vendor| {
+        v.admin_json(&["usage"])["nodes"][0]["ledger_findings"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.as_str().unwrap().contains("state-rolled-back"))
+            .count()
+    };
+    renew_reporting(identity, &urls[..1], 1, usage(1, 3)).await;
+    renew_reporting(identity, &urls[urls.len() - 1..], 1, usage(2, 3)).await;
+    for v in vendors {
+        assert_eq!(
+            findings(v),
+            0,
+            "a first count and the same again are no finding"
+        );
+    }
+    renew_reporting(identity, &urls[urls.len() - 1..], 1, usage(3, 5)).await;
+    for v in vendors {
+        assert_eq!(findings(v), 1);
+        let all = v.admin_json(&["usage"]).to_string();
+        assert!(
+            all.contains("refused 2 rolled-back node state(s) since its last report"),
+            "{all}"
+        );
+    }
+    renew_reporting(identity, &urls[..1], 1, usage(4, 5)).await;
+    for v in vendors {
+        assert_eq!(findings(v), 1, "flagged once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rising_count_of_refused_rolled_back_states_is_a_finding() {
+    use leasehold::node::NodeIdentity;
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "1h", "0s");
+    let node = Node::new(&vendor);
+    let id = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &id]);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    rollback_counts_are_flagged_when_they_rise(&identity, &[vendor.url()], &[&vendor]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
     use leasehold::node::NodeIdentity;
@@ -1248,6 +1315,7 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
             hash: [seq as u8; 32],
             reported: None,
         }),
+        tpm_rollbacks: None,
     };
     renew_reporting(&identity, &[a.url()], 1, at(9, 4)).await;
     renew_reporting(&identity, &[b.url()], 1, at(5, 2)).await;
@@ -1256,6 +1324,19 @@ async fn two_replicas_on_postgres_hand_out_serials_that_never_repeat() {
     assert_eq!(findings.len(), 1, "{usage}");
     assert!(findings[0].as_str().unwrap().contains("went-backwards"));
     assert_eq!(usage["nodes"], a.admin_json(&["usage"])["nodes"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_flag_a_rising_rollback_count() {
+    use leasehold::node::NodeIdentity;
+
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let (a, b, node) = two_replicas_with_node(&db);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    rollback_counts_are_flagged_when_they_rise(&identity, &[a.url(), b.url()], &[&a, &b]).await;
 }
 
 #[test]
@@ -1575,6 +1656,7 @@ async fn hostile_values_are_refused_and_the_server_keeps_answering() {
         prompt_tokens: requests,
         completion_tokens: requests,
         ledger: None,
+        tpm_rollbacks: None,
     };
     let (status, answer) = post_renewal(
         &http,

@@ -278,6 +278,7 @@ async fn checkpoint_reports_replayed_out_of_the_skew_window_or_not_from_the_enro
             hash: [7; 32],
             reported: None,
         }),
+        tpm_rollbacks: None,
     };
     let report = |license: LicenseRef, sent_at: chrono::DateTime<chrono::Utc>| {
         sign_report(&identity, "tiny", license, usage.clone(), sent_at)

@@ -478,3 +478,100 @@ async fn a_restored_backup_of_a_tpm_node_directory_is_refused_as_rolled_back() {
     );
     ok(with_tpm(site.path(), &tpm, &CHECK), "check after recovery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restore_is_counted_in_the_tpm_and_flagged_by_the_license_server() {
+    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
+    let states = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&states.path().join("tpm"));
+    let tcti = tpm.tcti();
+    let env = [("TCTI", Path::new(&tcti))];
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "30m", "10m");
+    let node = Node::new(&vendor);
+    let url = vendor.url();
+    let enrolled = common::vendor::ok(
+        &vendor.client(
+            node.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--server",
+                &url,
+                "--org",
+                ORG,
+                "--model",
+                "tiny",
+                "--tpm",
+                "--tcti",
+                &tcti,
+            ],
+        ),
+        "enroll --tpm --server",
+    );
+    let id = enrolled.lines().last().unwrap().trim().to_string();
+    vendor.admin_ok(&["approve", &id]);
+    let args = serve_args(&url);
+
+    // Back up the enrolled node directory; serve (the first license: a state write
+    // that moves the TPM's counter) and stop. (A restart within the lease writes
+    // nothing the TPM's Clock does not imply, so a backup taken then is current.)
+    let dir = node.path().join("node");
+    let backup = node.path().join("node.backup");
+    copy_dir(&dir, &backup);
+    let mut server = Server::start_env(node.path(), &as_strs(&args), &env);
+    server.stop();
+
+    // Restore the backup: refused, and counted in the TPM.
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&backup, &dir);
+    let mut serve = std::process::Command::new("timeout");
+    serve
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_leasehold"))
+        .args(&args)
+        .current_dir(node.path())
+        .env("TCTI", &tcti);
+    let (code, stderr) = failed(serve.output().unwrap(), "serve on the restored directory");
+    assert_eq!(code, 13, "{stderr}");
+    assert!(stderr.contains("rolled back"), "{stderr}");
+    let usage = vendor.admin_json(&["usage"]);
+    assert!(
+        !usage.to_string().contains("state-rolled-back"),
+        "nothing reported yet: {usage}"
+    );
+
+    // The way back: the state moved away; the license the serve fetched is newer than
+    // everything the restored directory recorded, so the node starts, and its first
+    // report carries the TPM's count, which the server flags.
+    std::fs::rename(
+        dir.join("state.json"),
+        node.path().join("state.rolled-back"),
+    )
+    .unwrap();
+    let mut server = Server::start_env(node.path(), &as_strs(&args), &env);
+    let http = reqwest::Client::new();
+    let flagged = common::node::eventually(Duration::from_secs(30), async || {
+        let usage = vendor.admin_json(&["usage"]);
+        usage["nodes"][0]["ledger_findings"]
+            .as_array()
+            .is_some_and(|f| {
+                f.iter()
+                    .any(|f| f.as_str().unwrap().contains("state-rolled-back"))
+            })
+    })
+    .await;
+    let usage = vendor.admin_json(&["usage"]);
+    assert!(flagged, "{usage}");
+    let findings = usage["nodes"][0]["ledger_findings"].to_string();
+    eprintln!("findings after the restore: {findings}");
+    assert!(
+        findings.contains("refused 1 rolled-back node state"),
+        "{findings}"
+    );
+    let state: Value = common::node::get_json(&http, &server.url("/v1/license")).await;
+    assert_eq!(state["phase"], "serving", "{state}");
+    server.stop();
+}

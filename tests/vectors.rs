@@ -156,6 +156,13 @@ fn enrollment_certificate_and_state_vectors_parse() {
     let enrollment = enrollment::verify(&vector("enrollment-v1.enroll")).unwrap();
     let node = NodeIdentity::load(&repo_path("docs/vectors/node")).unwrap();
     assert_eq!(enrollment.node_id, node.public().node_id());
+    assert_eq!(enrollment.tpm_rollbacks, None);
+    let tpm_enrollment = enrollment::verify(&vector("enrollment-tpm-v1.enroll")).unwrap();
+    assert_eq!(tpm_enrollment.tpm_rollbacks, Some(7));
+    assert_eq!(
+        tpm_enrollment.unwrap_public().unwrap().suite(),
+        "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
+    );
     assert_eq!(enrollment.declared_use.use_case, "test vectors");
 
     let cert = Envelope::parse(&vector("issuer-v1.cert"), DocumentKind::IssuerCertificate).unwrap();
@@ -336,6 +343,12 @@ fn renewal_vectors_verify_as_server_and_node_verify_them() {
     let public = node.public();
     let (envelope, request) = protocol::parse_request(&vector("renewal-request-v1.json")).unwrap();
     protocol::verify_request(&envelope, &request, &public.signing_key.to_bytes()).unwrap();
+    assert_eq!(request.usage.tpm_rollbacks, None);
+    // A TPM node's request carries its count of refused rolled-back states.
+    let (tpm_envelope, tpm_request) =
+        protocol::parse_request(&vector("renewal-request-tpm-v1.json")).unwrap();
+    protocol::verify_request(&tpm_envelope, &tpm_request, &public.signing_key.to_bytes()).unwrap();
+    assert_eq!(tpm_request.usage.tpm_rollbacks, Some(8));
     let ledger = vector_json("usage-v1.json");
     let position = request.usage.ledger.as_ref().unwrap();
     assert_eq!(

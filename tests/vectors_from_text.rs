@@ -228,6 +228,7 @@ fn documented_fields(kind: &str) -> &'static [&'static str] {
             "hardware",
             "declared_use",
             "request",
+            "tpm_rollbacks",
         ],
         "node-state" => &["version", "node_id", "high_water", "licenses", "tpm"],
         "renewal-request" => &[
@@ -387,10 +388,12 @@ fn signed_documents_rederive_from_the_text() {
         ("license-p256-v1.license", "license"),
         ("issuer-v1.cert", "issuer-certificate"),
         ("enrollment-v1.enroll", "enrollment"),
+        ("enrollment-tpm-v1.enroll", "enrollment"),
         ("node-state-v1.json", "node-state"),
         ("node-state-v1-licenses.json", "node-state"),
         ("node-state-v1-tpm.json", "node-state"),
         ("renewal-request-v1.json", "renewal-request"),
+        ("renewal-request-tpm-v1.json", "renewal-request"),
         ("renewal-response-renewed-v1.json", "renewal-response"),
         ("renewal-response-pending-v1.json", "renewal-response"),
         ("renewal-response-refused-v1.json", "renewal-response"),
@@ -652,7 +655,36 @@ fn renewal_vectors_rederive_from_the_text() {
             "prompt_tokens",
             "completion_tokens",
             "ledger",
+            "tpm_rollbacks",
         ],
+    );
+    // A TPM node's request: the same, with its count of refused rolled-back states.
+    let tpm = check_signed("renewal-request-tpm-v1.json", "renewal-request");
+    check_order(
+        "usage",
+        tpm["usage"].as_object().unwrap(),
+        &[
+            "since",
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "ledger",
+            "tpm_rollbacks",
+        ],
+    );
+    assert_eq!(tpm["usage"]["tpm_rollbacks"], 8);
+    assert!(
+        request["usage"].get("tpm_rollbacks").is_none(),
+        "omitted on file-key nodes"
+    );
+    let mut without = tpm["usage"].clone();
+    without.as_object_mut().unwrap().remove("tpm_rollbacks");
+    assert_eq!(without, request["usage"]);
+    let enrollment = check_signed("enrollment-tpm-v1.enroll", "enrollment");
+    assert_eq!(enrollment["tpm_rollbacks"], 7);
+    assert_eq!(
+        enrollment["unwrap_suite"],
+        "DHKEM(P-256,HKDF-SHA256)/HKDF-SHA256/AES-256-GCM"
     );
     check_order(
         "usage.ledger",

@@ -84,11 +84,17 @@ pub fn for_verdict(verdict: &Verdict) -> u8 {
 }
 
 /// The exit code of an error no step turned into a verdict: a node directory whose TPM
-/// keys do not load on this TPM is the wrong machine (14); anything else is 1.
+/// keys do not load on this TPM is the wrong machine (14); a node state that is missing,
+/// damaged or rolled back is 13; anything else is 1.
 pub fn for_error(error: &anyhow::Error) -> u8 {
-    match error.downcast_ref::<crate::node::identity::IdentityError>() {
-        Some(crate::node::identity::IdentityError::TpmNotThisMachine(_)) => WRONG_MACHINE,
-        _ => ERROR,
+    if let Some(crate::node::identity::IdentityError::TpmNotThisMachine(_)) =
+        error.downcast_ref::<crate::node::identity::IdentityError>()
+    {
+        return WRONG_MACHINE;
+    }
+    match error.downcast_ref::<StateError>() {
+        Some(StateError::Fs(_) | StateError::Tpm(_)) | None => ERROR,
+        Some(_) => CLOCK_ROLLED_BACK,
     }
 }
 

@@ -144,7 +144,8 @@ async fn obtain_license(
             identity: &identity,
             ledger,
         };
-        let assessment = assess_here(&bytes, Some(records)).map_err(|e| fail(e.into()))?;
+        let assessment = assess_here(&bytes, Some(records))
+            .map_err(|e| (exit::for_refusal(&e), format!("{e:#}")))?;
         if assessment.verdict.allows_serving() {
             return Ok(());
         }

@@ -21,8 +21,9 @@ use chrono::{DateTime, Utc};
 use super::ledger_check::{self, Finding, FindingKind};
 use super::store::{Sql, StoreError, Value};
 use super::{check_node_id, registry, ApiError, Service, SignedMessage};
-use crate::format::Body as _;
+use crate::format::{Body as _, DocumentKind};
 use crate::node::clock;
+use crate::node::enrollment::EnrollmentBody;
 use crate::protocol::checkpoint::{self, CheckpointReceiptBody, CheckpointReportBody};
 use crate::protocol::{LedgerAnchor, UsageCheckpoint};
 
@@ -43,7 +44,8 @@ fn int(v: u64) -> Value {
 }
 
 /// Compare a node's reported usage with the checkpoint held for it, and store it with
-/// what was found. Returns the finding, if any.
+/// what was found. Returns the findings (the ledger's first, then the TPM's count of
+/// refused rolled-back states).
 pub fn record(
     sql: &mut dyn Sql,
     node_id: &str,
@@ -52,34 +54,42 @@ pub fn record(
     usage: &UsageCheckpoint,
     source: Source,
     now: DateTime<Utc>,
-) -> Result<Option<Finding>, StoreError> {
+) -> Result<Vec<Finding>, StoreError> {
     let ledger = usage.ledger.as_ref();
     let held = ledger_check::held(sql, node_id)?;
-    let finding = match (&held, ledger) {
-        (Some(held), Some(new)) => {
-            if source == Source::Report && held.is(new, usage) {
-                // Nothing moved since the last report: nothing to store.
-                return Ok(None);
-            }
-            ledger_check::check(sql, node_id, held, new, usage)?
+    let rolled_back = rollbacks_finding(sql, node_id, usage.tpm_rollbacks)?;
+    let mut findings = Vec::new();
+    if let (Some(held), Some(new)) = (&held, ledger) {
+        if source == Source::Report && held.is(new, usage) && rolled_back.is_none() {
+            // Nothing moved since the last report: nothing to store.
+            return Ok(findings);
         }
-        _ => None,
-    };
-    if let Some(f) = &finding {
+        findings.extend(ledger_check::check(sql, node_id, held, new, usage)?);
+    }
+    findings.extend(rolled_back);
+    for f in &findings {
         tracing::warn!(
-            "node {node_id} ({org}) reported a usage ledger that {}: {}",
+            "node {node_id} ({org}) reported {}: {}",
             match f.kind {
-                FindingKind::Replaced => "was replaced",
-                FindingKind::WentBackwards => "went backwards",
-                FindingKind::Forked => "forked",
-                FindingKind::Unconfirmed => "cannot be confirmed",
+                FindingKind::Replaced => "a usage ledger that was replaced",
+                FindingKind::WentBackwards => "a usage ledger that went backwards",
+                FindingKind::Forked => "a usage ledger that forked",
+                FindingKind::Unconfirmed => "a usage ledger that cannot be confirmed",
+                FindingKind::StateRolledBack => "refused rolled-back node states",
             },
             f.detail
         );
     }
+    let rendered = (!findings.is_empty()).then(|| {
+        findings
+            .iter()
+            .map(Finding::render)
+            .collect::<Vec<_>>()
+            .join("; ")
+    });
     sql.execute(
-        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO checkpoints (node_id, license_id, org, received_at, since, requests, prompt_tokens, completion_tokens, ledger_id, ledger_seq, ledger_hash, finding, tpm_rollbacks)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             node_id.into(),
             license_id.into(),
@@ -92,10 +102,65 @@ pub fn record(
             ledger.map_or(Value::Null, |l| hex::encode(l.ledger_id).into()),
             ledger.map_or(Value::Null, |l| int(l.seq)),
             ledger.map_or(Value::Null, |l| hex::encode(l.hash).into()),
-            finding.as_ref().map_or(Value::Null, |f| f.render().into()),
+            rendered.map_or(Value::Null, Value::from),
+            usage.tpm_rollbacks.map_or(Value::Null, int),
         ],
     )?;
-    Ok(finding)
+    Ok(findings)
+}
+
+/// A TPM node's count of refused rolled-back states against the highest it reported
+/// before (or, before its first report, the count its enrollment carried): a rise is a
+/// finding. The count lives in a TPM counter, which the operator cannot lower.
+fn rollbacks_finding(
+    sql: &mut dyn Sql,
+    node_id: &str,
+    reported: Option<u64>,
+) -> Result<Option<Finding>, StoreError> {
+    let Some(now) = reported else {
+        return Ok(None);
+    };
+    let before = sql
+        .query_opt(
+            "SELECT MAX(tpm_rollbacks) FROM checkpoints WHERE node_id = $1",
+            &[node_id.into()],
+        )?
+        .and_then(|row| row.opt_int(0).ok().flatten())
+        .map(|v| (v.max(0) as u64, "its last report"));
+    let before = match before {
+        Some(b) => Some(b),
+        None => enrolled_rollbacks(sql, node_id)?.map(|v| (v, "it enrolled")),
+    };
+    Ok(match before {
+        Some((before, since)) if now > before => Some(Finding {
+            kind: FindingKind::StateRolledBack,
+            detail: format!(
+                "the node refused {} rolled-back node state(s) since {since} (its TPM's count went from {before} to {now}): its node directory or state.json was restored from a backup or a VM snapshot",
+                now - before
+            ),
+        }),
+        _ => None,
+    })
+}
+
+/// The count of refused rolled-back states a node's enrollments carried (the lowest,
+/// when it enrolled for several models).
+fn enrolled_rollbacks(sql: &mut dyn Sql, node_id: &str) -> Result<Option<u64>, StoreError> {
+    let rows = sql.query(
+        "SELECT document FROM enrollments WHERE node_id = $1",
+        &[node_id.into()],
+    )?;
+    let mut lowest: Option<u64> = None;
+    for row in rows {
+        let document = row.text(0)?;
+        let body = crate::format::Envelope::parse(document.as_bytes(), DocumentKind::Enrollment)
+            .ok()
+            .and_then(|e| e.decode_body::<EnrollmentBody>().ok());
+        if let Some(count) = body.and_then(|b| b.tpm_rollbacks) {
+            lowest = Some(lowest.map_or(count, |l| l.min(count)));
+        }
+    }
+    Ok(lowest)
 }
 
 /// Record a verified report for the license it names. The node must be enrolled for
@@ -106,7 +171,7 @@ fn receive(
     sql: &mut dyn Sql,
     report: &CheckpointReportBody,
     now: DateTime<Utc>,
-) -> Result<Option<Finding>, StoreError> {
+) -> Result<Vec<Finding>, StoreError> {
     let row = sql
         .query_opt(
             "SELECT e.node_key, l.license_id, l.org FROM enrollments e
@@ -180,10 +245,10 @@ impl Service {
                 receive(sql, &report, now).map(Some)
             })
             .await?;
-        let Some(finding) = finding else {
+        let Some(findings) = finding else {
             return Err(self.replayed(&CHECKPOINT_REPORT, &node_id, &nonce));
         };
-        if let Some(f) = &finding {
+        for f in &findings {
             self.metrics.finding(f.kind.as_str());
         }
         let receipt = CheckpointReceiptBody {

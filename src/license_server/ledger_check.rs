@@ -27,6 +27,9 @@ pub enum FindingKind {
     /// Continues an earlier checkpoint but not the latest one the server holds: a lost
     /// renewal response, or a ledger rolled back to between the two.
     Unconfirmed,
+    /// A TPM node counted refused rolled-back node states since it last reported: its
+    /// node directory (or `state.json`) was restored from a backup or a snapshot.
+    StateRolledBack,
 }
 
 impl FindingKind {
@@ -36,6 +39,7 @@ impl FindingKind {
             FindingKind::WentBackwards => "went-backwards",
             FindingKind::Forked => "forked",
             FindingKind::Unconfirmed => "unconfirmed",
+            FindingKind::StateRolledBack => "state-rolled-back",
         }
     }
 }
@@ -223,6 +227,7 @@ mod tests {
                 hash: [hash; 32],
                 reported: reported.map(|(seq, h)| LedgerAnchor { seq, hash: [h; 32] }),
             }),
+            tpm_rollbacks: None,
         }
     }
 

@@ -561,7 +561,7 @@ impl Service {
         let decision = match decision {
             Renewal::Grant(grant) => {
                 let license = self.sign_license(&grant, now)?;
-                if let Some(f) = &grant.finding {
+                for f in &grant.findings {
                     self.metrics.finding(f.kind.as_str());
                 }
                 tracing::info!(

@@ -502,7 +502,7 @@ pub struct IssuerLimits {
 #[derive(Debug, Clone)]
 pub struct Grant {
     /// What the ledger comparison found, if anything.
-    pub finding: Option<ledger_check::Finding>,
+    pub findings: Vec<ledger_check::Finding>,
     pub license_id: String,
     pub serial: u64,
     pub org: String,
@@ -698,7 +698,7 @@ pub fn renew(
         )?
         .ok_or_else(|| StoreError::Corrupt(format!("license {license_id} vanished")))?
         .int(0)?;
-    let finding = checkpoints::record(
+    let findings = checkpoints::record(
         sql,
         &input.node_id,
         &license_id,
@@ -719,7 +719,7 @@ pub fn renew(
             ))
         })?;
     Ok(Renewal::Grant(Box::new(Grant {
-        finding,
+        findings,
         license_id,
         serial: serial.max(0) as u64,
         org,

@@ -62,6 +62,10 @@ pub struct EnrollmentBody {
     pub declared_use: DeclaredUse,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<LicenseRequest>,
+    /// TPM nodes: the TPM counter of refused rolled-back states when the node enrolled
+    /// (where the license server starts counting); absent on file-key nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_rollbacks: Option<u64>,
 }
 
 impl EnrollmentBody {
@@ -82,6 +86,8 @@ pub enum EnrollmentError {
     Invalid(String),
     #[error("the enrollment's hardware policy cannot be met: {0}")]
     Policy(String),
+    #[error("cannot read the node's TPM counters: {0}")]
+    Tpm(String),
 }
 
 /// Which components to bind and how to match them.
@@ -138,6 +144,10 @@ pub fn create(
         },
         declared_use,
         request,
+        tpm_rollbacks: identity
+            .state_anchor()
+            .map(|a| a.rollbacks().map_err(EnrollmentError::Tpm))
+            .transpose()?,
     };
     Ok(Envelope::sign(&body, identity.signer(), vec![]))
 }

@@ -415,16 +415,17 @@ mod tpm_keys {
     /// as for the keys.
     struct TpmStateAnchor {
         tcti: String,
-        counter: tpm::NvCounter,
+        counters: tpm::NodeCounters,
     }
 
     impl StateAnchor for TpmStateAnchor {
         fn nv_index(&self) -> u32 {
-            self.counter.index
+            self.counters.state.index
         }
 
         fn read(&self) -> Result<AnchorReading, String> {
-            self.counter
+            self.counters
+                .state
                 .read_with_clock(&self.tcti)
                 .map(|r| AnchorReading {
                     counter: r.counter,
@@ -434,17 +435,32 @@ mod tpm_keys {
         }
 
         fn increment(&self) -> Result<u64, String> {
-            self.counter
+            self.counters
+                .state
+                .increment(&self.tcti)
+                .map_err(|e| e.to_string())
+        }
+
+        fn rollbacks(&self) -> Result<u64, String> {
+            self.counters
+                .rollbacks
+                .read(&self.tcti)
+                .map_err(|e| e.to_string())
+        }
+
+        fn record_rollback(&self) -> Result<u64, String> {
+            self.counters
+                .rollbacks
                 .increment(&self.tcti)
                 .map_err(|e| e.to_string())
         }
     }
 
     pub(super) fn load_anchor(path: &Path) -> Result<Arc<dyn StateAnchor>, IdentityError> {
-        let counter = tpm::NvCounter::read_file(path).map_err(tpm_error)?;
+        let counters = tpm::NodeCounters::read_file(path).map_err(tpm_error)?;
         Ok(Arc::new(TpmStateAnchor {
             tcti: tpm::select_tcti(None),
-            counter,
+            counters,
         }))
     }
 
@@ -452,13 +468,17 @@ mod tpm_keys {
         dir: &Path,
         tcti: &str,
     ) -> Result<Arc<dyn StateAnchor>, IdentityError> {
-        let counter = tpm::create_counter(tcti).map_err(tpm_error)?;
-        counter
+        let counters = tpm::NodeCounters::create(tcti).map_err(tpm_error)?;
+        counters
             .write_file(&dir.join(TPM_COUNTER_FILE))
+            .inspect_err(|_| {
+                let _ = counters.state.undefine(tcti);
+                let _ = counters.rollbacks.undefine(tcti);
+            })
             .map_err(tpm_error)?;
         Ok(Arc::new(TpmStateAnchor {
             tcti: tcti.to_string(),
-            counter,
+            counters,
         }))
     }
 

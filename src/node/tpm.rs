@@ -1107,6 +1107,92 @@ struct CounterFileJson {
     format: String,
     /// `0x` and eight hex digits, as tpm2-tools print NV indices.
     nv_index: String,
+    /// The counter of refused rolled-back states, spelled the same way.
+    rollbacks_nv_index: String,
+}
+
+/// A TPM node's two counters: the node state's, and the count of rolled-back states
+/// the node refused (reported to the license server, which sees it rise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCounters {
+    pub state: NvCounter,
+    pub rollbacks: NvCounter,
+}
+
+impl NodeCounters {
+    /// Define both counters in the TPM at `tcti`; the first is undefined again when the
+    /// second cannot be made.
+    pub fn create(tcti: &str) -> Result<NodeCounters, TpmError> {
+        let state = create_counter(tcti)?;
+        let rollbacks = create_counter(tcti).inspect_err(|_| {
+            let _ = state.undefine(tcti);
+        })?;
+        Ok(NodeCounters { state, rollbacks })
+    }
+
+    /// The counter file's bytes (pretty JSON).
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        file_bytes(&CounterFileJson {
+            format: COUNTER_FILE_FORMAT.into(),
+            nv_index: format!("{:#010x}", self.state.index),
+            rollbacks_nv_index: format!("{:#010x}", self.rollbacks.index),
+        })
+    }
+
+    /// Parse a counter file (`path` names it in errors).
+    pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<NodeCounters, TpmError> {
+        let bad = |detail: String| TpmError::BadKeyFile {
+            path: path.to_string(),
+            detail,
+        };
+        let json: CounterFileJson =
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if json.format != COUNTER_FILE_FORMAT {
+            return Err(bad(format!(
+                "unknown format {:?} (expected {COUNTER_FILE_FORMAT:?})",
+                json.format
+            )));
+        }
+        let index = |field: &str, value: &str| {
+            value
+                .strip_prefix("0x")
+                .filter(|h| h.len() == 8)
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .filter(|i| (0x0100_0000..=0x01FF_FFFF).contains(i))
+                .map(|index| NvCounter { index })
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{field} {value:?} is not an NV index (0x01000000 to 0x01ffffff)"
+                    ))
+                })
+        };
+        let counters = NodeCounters {
+            state: index("nv_index", &json.nv_index)?,
+            rollbacks: index("rollbacks_nv_index", &json.rollbacks_nv_index)?,
+        };
+        if counters.state == counters.rollbacks {
+            return Err(bad(
+                "nv_index and rollbacks_nv_index are the same index".into()
+            ));
+        }
+        Ok(counters)
+    }
+
+    /// Write the counter file: never over an existing one.
+    pub fn write_file(&self, path: &Path) -> Result<(), TpmError> {
+        fsutil::write_atomic(
+            path,
+            &self.to_file_bytes(),
+            fsutil::PUBLIC_MODE,
+            Replace::Never,
+        )?;
+        Ok(())
+    }
+
+    /// Read a counter file.
+    pub fn read_file(path: &Path) -> Result<NodeCounters, TpmError> {
+        read_key_file(path, Self::from_file_bytes)
+    }
 }
 
 /// The node's counter and the TPM's Clock, read in one go.
@@ -1145,57 +1231,14 @@ impl NvCounter {
         Ok(CounterReading { counter, clock_ms })
     }
 
-    /// The counter file's bytes (pretty JSON).
-    pub fn to_file_bytes(&self) -> Vec<u8> {
-        file_bytes(&CounterFileJson {
-            format: COUNTER_FILE_FORMAT.into(),
-            nv_index: format!("{:#010x}", self.index),
+    /// Remove the counter (TPM2_NV_UndefineSpace, owner hierarchy).
+    pub fn undefine(&self, tcti: &str) -> Result<(), TpmError> {
+        let mut ctx = open_context(tcti)?;
+        let handle = self.open(&mut ctx, tcti)?;
+        ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.nv_undefine_space(Provision::Owner, handle)
         })
-    }
-
-    /// Parse a counter file (`path` names it in errors).
-    pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<NvCounter, TpmError> {
-        let bad = |detail: String| TpmError::BadKeyFile {
-            path: path.to_string(),
-            detail,
-        };
-        let json: CounterFileJson =
-            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if json.format != COUNTER_FILE_FORMAT {
-            return Err(bad(format!(
-                "unknown format {:?} (expected {COUNTER_FILE_FORMAT:?})",
-                json.format
-            )));
-        }
-        let index = json
-            .nv_index
-            .strip_prefix("0x")
-            .filter(|h| h.len() == 8)
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .filter(|i| (0x0100_0000..=0x01FF_FFFF).contains(i))
-            .ok_or_else(|| {
-                bad(format!(
-                    "nv_index {:?} is not an NV index (0x01000000 to 0x01ffffff)",
-                    json.nv_index
-                ))
-            })?;
-        Ok(NvCounter { index })
-    }
-
-    /// Write the counter file: never over an existing one.
-    pub fn write_file(&self, path: &Path) -> Result<(), TpmError> {
-        fsutil::write_atomic(
-            path,
-            &self.to_file_bytes(),
-            fsutil::PUBLIC_MODE,
-            Replace::Never,
-        )?;
-        Ok(())
-    }
-
-    /// Read a counter file.
-    pub fn read_file(path: &Path) -> Result<NvCounter, TpmError> {
-        read_key_file(path, Self::from_file_bytes)
+        .map_err(|e| hierarchy_error("NV_UndefineSpace (counter)", "owner", tcti, &e))
     }
 
     /// Find the index (TPM2_NV_ReadPublic) and check that it is a TPM_NT_COUNTER: an
@@ -1419,34 +1462,42 @@ mod tests {
 
     #[test]
     fn counter_files_round_trip_and_are_checked() {
-        let counter = NvCounter { index: 0x0138_00ab };
-        let bytes = counter.to_file_bytes();
+        let counters = NodeCounters {
+            state: NvCounter { index: 0x0138_00ab },
+            rollbacks: NvCounter { index: 0x0138_00ac },
+        };
+        let bytes = counters.to_file_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(text.contains("\"nv_index\": \"0x013800ab\""), "{text}");
-        assert_eq!(NvCounter::from_file_bytes("f", &bytes).unwrap(), counter);
+        assert!(
+            text.contains("\"rollbacks_nv_index\": \"0x013800ac\""),
+            "{text}"
+        );
+        assert_eq!(
+            NodeCounters::from_file_bytes("f", &bytes).unwrap(),
+            counters
+        );
+        let file = |format: &str, state: &str, rollbacks: &str| {
+            format!(
+                r#"{{"format":"{format}","nv_index":"{state}","rollbacks_nv_index":"{rollbacks}"}}"#
+            )
+        };
+        let v1 = COUNTER_FILE_FORMAT;
         for (bad, why) in [
+            (file(v1, "0x81000001", "0x01380001"), "not an NV index"),
+            (file(v1, "0x138", "0x01380001"), "not an NV index"),
+            (file(v1, "0x01380000", "0x0138zzzz"), "rollbacks_nv_index"),
+            (file(v1, "0x01380000", "0x01380000"), "the same index"),
             (
-                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x81000001"}"#,
-                "not an NV index",
-            ),
-            (
-                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x138"}"#,
-                "not an NV index",
-            ),
-            (
-                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x0138zzzz"}"#,
-                "not an NV index",
-            ),
-            (
-                r#"{"format":"something else","nv_index":"0x01380000"}"#,
+                file("something else", "0x01380000", "0x01380001"),
                 "unknown format",
             ),
             (
-                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x01380000","x":1}"#,
-                "unknown field",
+                r#"{"format":"leasehold TPM state counter v1","nv_index":"0x01380000"}"#.into(),
+                "missing field",
             ),
         ] {
-            let err = NvCounter::from_file_bytes("counter.tpm", bad.as_bytes()).unwrap_err();
+            let err = NodeCounters::from_file_bytes("counter.tpm", bad.as_bytes()).unwrap_err();
             assert!(matches!(err, TpmError::BadKeyFile { .. }), "{err}");
             assert!(err.to_string().contains(why), "{bad}: {err}");
         }

@@ -109,6 +109,11 @@ pub trait StateAnchor: Send + Sync {
     fn read(&self) -> Result<AnchorReading, String>;
     /// Move the counter up by one; its value after.
     fn increment(&self) -> Result<u64, String>;
+    /// How many rolled-back states this node has refused: a second counter, which the
+    /// node's reports carry to the license server (it only ever goes up).
+    fn rollbacks(&self) -> Result<u64, String>;
+    /// Count one more refused rolled-back state.
+    fn record_rollback(&self) -> Result<u64, String>;
 }
 
 /// The high-water mark a state written at `mark` implies at TPM Clock `clock_ms`: the
@@ -359,6 +364,15 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
                 )));
             }
             if mark.counter < reading.counter {
+                // Counted in the TPM, where the operator cannot take it back; the next
+                // renewal or checkpoint report carries the count to the license server.
+                match anchor.record_rollback() {
+                    Ok(count) => tracing::warn!(
+                        "refused a rolled-back node state (TPM counter {} at {}, state at {}); counted for the license server ({count})",
+                        mark.nv_index, reading.counter, mark.counter
+                    ),
+                    Err(e) => tracing::error!("cannot count the refused rolled-back state in the TPM: {e}"),
+                }
                 return Err(StateError::RolledBack {
                     path: path.display().to_string(),
                     nv_index: mark.nv_index,

@@ -97,7 +97,7 @@ pub fn sign_report(
         license,
         nonce,
         sent_at: crate::format::time::whole_seconds(now),
-        usage,
+        usage: usage.with_rollbacks_of(identity),
     };
     (Envelope::sign(&body, identity.signer(), vec![]), nonce)
 }
@@ -155,6 +155,7 @@ mod tests {
                     hash: [4; 32],
                 }),
             }),
+            tpm_rollbacks: None,
         }
     }
 

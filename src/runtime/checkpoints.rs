@@ -48,6 +48,7 @@ pub fn usage_of(p: &Position) -> UsageCheckpoint {
             hash: p.hash,
             reported: p.reported.map(|(seq, hash)| LedgerAnchor { seq, hash }),
         }),
+        tpm_rollbacks: None,
     }
 }
 

@@ -282,6 +282,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     UPDATE entitlements SET enrolled = enrolled - (SELECT COUNT(*) FROM enrollments
         WHERE enrollments.entitlement_id = entitlements.id AND enrollments.status = 'pending')",
     ),
+    (
+        // TPM nodes: their count of refused rolled-back states, as each report gave it.
+        5,
+        "ALTER TABLE checkpoints ADD COLUMN tpm_rollbacks BIGINT",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {
