@@ -1221,44 +1221,58 @@ async fn rollback_counts_are_flagged_when_they_rise(
     urls: &[String],
     vendors: &[&Vendor],
 ) {
-    let usage = |seq: u64, rollbacks: u64| UsageCheckpoint {
+    let usage = |seq: u64, rollbacks: Option<u64>| UsageCheckpoint {
         since: None,
         requests: seq,
         prompt_tokens: 0,
         completion_tokens: 0,
         ledger: None,
-        tpm_rollbacks: Some(rollbacks),
+        tpm_rollbacks: rollbacks,
     };
-    let findings = |v: &Vendor| {
+    let findings = |v: &Vendor, kind: &str| {
         v.admin_json(&["usage"])["nodes"][0]["ledger_findings"]
             .as_array()
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|f| f.as_str().unwrap().contains("state-rolled-back"))
+            .filter(|f| f.as_str().unwrap().contains(kind))
             .count()
     };
-    renew_reporting(identity, &urls[..1], 1, usage(1, 3)).await;
-    renew_reporting(identity, &urls[urls.len() - 1..], 1, usage(2, 3)).await;
+    let (first, last) = (&urls[..1], &urls[urls.len() - 1..]);
+    renew_reporting(identity, first, 1, usage(1, Some(3))).await;
+    renew_reporting(identity, last, 1, usage(2, Some(3))).await;
     for v in vendors {
         assert_eq!(
-            findings(v),
+            findings(v, "state-rolled-back"),
             0,
             "a first count and the same again are no finding"
         );
     }
-    renew_reporting(identity, &urls[urls.len() - 1..], 1, usage(3, 5)).await;
+    renew_reporting(identity, last, 1, usage(3, Some(5))).await;
     for v in vendors {
-        assert_eq!(findings(v), 1);
+        assert_eq!(findings(v, "state-rolled-back"), 1);
         let all = v.admin_json(&["usage"]).to_string();
         assert!(
             all.contains("refused 2 rolled-back node state(s) since its last report"),
             "{all}"
         );
     }
-    renew_reporting(identity, &urls[..1], 1, usage(4, 5)).await;
+    renew_reporting(identity, first, 1, usage(4, Some(5))).await;
     for v in vendors {
-        assert_eq!(findings(v), 1, "flagged once");
+        assert_eq!(findings(v, "state-rolled-back"), 1, "flagged once");
+    }
+    // A count that goes down (another counter) or goes missing (a deleted one) cannot
+    // be trusted: flagged when it starts, not at every report.
+    renew_reporting(identity, last, 1, usage(5, Some(4))).await;
+    renew_reporting(identity, first, 1, usage(6, Some(4))).await;
+    for v in vendors {
+        assert_eq!(findings(v, "rollback-count-unverified"), 1);
+    }
+    renew_reporting(identity, last, 1, usage(7, None)).await;
+    renew_reporting(identity, first, 1, usage(8, None)).await;
+    for v in vendors {
+        assert_eq!(findings(v, "rollback-count-unverified"), 2);
+        assert_eq!(findings(v, "state-rolled-back"), 1);
     }
 }
 

@@ -920,12 +920,12 @@ mod anchored_state {
         let before = on_disk(&node);
         let counter = tpm_counter(&node);
 
-        std::thread::sleep(std::time::Duration::from_millis(2300));
+        std::thread::sleep(std::time::Duration::from_millis(3600));
         let loaded = trusted_time::load(&node).unwrap().unwrap();
         let moved = loaded.high_water - before.high_water;
         assert!(
-            moved >= Duration::seconds(2) && moved <= Duration::seconds(3),
-            "the mark moved {moved} in 2.3 s of TPM Clock"
+            moved >= Duration::seconds(3) && moved <= Duration::seconds(6),
+            "the mark moved {moved} in 3.6 s of TPM Clock (17/20 credited: 3.06 s)"
         );
 
         // A heartbeat inside the slack: the TPM's Clock already implies it.

@@ -433,13 +433,13 @@ fn the_tpm_node_state_rederives_from_the_text() {
     assert_eq!(body["high_water"], "2026-01-01T00:00:00Z");
     // "Between writes": the worked example, one hour of TPM Clock later.
     let elapsed: u64 = (86_400_000 + 3_600_000) - mark["clock_ms"].as_u64().unwrap();
-    let credited_ms = elapsed - elapsed / 32;
-    assert_eq!(credited_ms, 3_487_500);
+    let credited_ms = elapsed * 17 / 20;
+    assert_eq!(credited_ms, 3_060_000);
     let floor_seconds = credited_ms / 1000; // whole seconds, rounded down
     assert_eq!(
         (floor_seconds / 60, floor_seconds % 60),
-        (58, 7),
-        "2026-01-01T00:58:07Z"
+        (51, 0),
+        "2026-01-01T00:51:00Z"
     );
 }
 

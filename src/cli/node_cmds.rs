@@ -45,7 +45,10 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
     } else {
         match trusted_time::record(&identity, now) {
             Ok(t) => t,
-            Err(e @ trusted_time::StateError::Missing { .. }) => {
+            Err(
+                e @ (trusted_time::StateError::Missing { .. }
+                | trusted_time::StateError::RemovedFromTpmNode { .. }),
+            ) => {
                 eprintln!("warning: {e}");
                 crate::format::time::whole_seconds(now)
             }
@@ -290,7 +293,9 @@ struct PendingRenewal {
 pub fn renew(args: RenewArgs) -> Outcome {
     let identity = NodeIdentity::load(&args.node_dir)?;
     let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")?;
-    let current = assess_here(&bytes, Some(NodeRecords::new(&identity)))?
+    // The license only (authenticated): a TPM node whose state was removed renews too,
+    // which is how it gets its state back.
+    let current = assess_here(&bytes, None)?
         .license
         .with_context(|| {
             format!(
@@ -373,7 +378,7 @@ pub fn renew(args: RenewArgs) -> Outcome {
     .with_context(|| format!("{} is refused", response_path.display()))?;
     // The issuer signed its clock in answer to this node's nonce: a trusted-time floor.
     let server_time = opened.body.server_time;
-    if let Err(e) = trusted_time::update(&identity, |s| s.raise(server_time)) {
+    if let Err(e) = trusted_time::observe_server_time(&identity, server_time) {
         eprintln!("warning: cannot record the license server's time: {e}");
     }
     match opened.body.decision {

@@ -16,9 +16,10 @@ use crate::ledger::prompt_hash::PromptSalt;
 use crate::ledger::{CheckpointPolicy, Ledger, LedgerError, LEDGER_FILE};
 use crate::license::verify::authenticate;
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
+use crate::node::trusted_time::StateError;
 use crate::node::NodeIdentity;
 use crate::protocol::LicenseRef;
-use crate::runtime::admission::{assess_here, NodeRecords};
+use crate::runtime::admission::{assess_here, NodeRecords, Refusal};
 use crate::runtime::answer::{Answerer, Piece, Question};
 use crate::runtime::engine::{
     ChatMessage, Engine, EngineConfig, FinishReason, Prompt, SamplingParams,
@@ -144,9 +145,18 @@ async fn obtain_license(
             identity: &identity,
             ledger,
         };
-        let assessment = assess_here(&bytes, Some(records))
-            .map_err(|e| (exit::for_refusal(&e), format!("{e:#}")))?;
-        if assessment.verdict.allows_serving() {
+        let mut state_removed = false;
+        let assessment = match assess_here(&bytes, Some(records)) {
+            Ok(assessment) => assessment,
+            // A TPM node's removed state comes back only from the license server's time.
+            Err(Refusal::State(e @ StateError::RemovedFromTpmNode { .. })) => {
+                tracing::warn!("{e}; asking {} for a license", client.url());
+                state_removed = true;
+                assess_here(&bytes, None).map_err(|e| (exit::for_refusal(&e), format!("{e:#}")))?
+            }
+            Err(e) => return Err((exit::for_refusal(&e), format!("{e:#}"))),
+        };
+        if assessment.verdict.allows_serving() && !state_removed {
             return Ok(());
         }
         if let Some(l) = assessment.license {

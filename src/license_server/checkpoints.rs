@@ -76,6 +76,9 @@ pub fn record(
                 FindingKind::Forked => "a usage ledger that forked",
                 FindingKind::Unconfirmed => "a usage ledger that cannot be confirmed",
                 FindingKind::StateRolledBack => "refused rolled-back node states",
+                FindingKind::RollbackCountUnverified => {
+                    "a count of refused rolled-back states that cannot be trusted"
+                }
             },
             f.detail
         );
@@ -109,36 +112,63 @@ pub fn record(
     Ok(findings)
 }
 
-/// A TPM node's count of refused rolled-back states against the highest it reported
-/// before (or, before its first report, the count its enrollment carried): a rise is a
-/// finding. The count lives in a TPM counter, which the operator cannot lower.
+/// A TPM node's count of refused rolled-back states against what it reported before
+/// (or, before its first report, the count its enrollment carried). The count lives in
+/// a TPM counter, which the operator cannot lower: a rise is *state-rolled-back*; a
+/// count that goes missing from the reports of a node that enrolled with one, or goes
+/// down, is *rollback-count-unverified* (each flagged when it starts, not at every
+/// report).
 fn rollbacks_finding(
     sql: &mut dyn Sql,
     node_id: &str,
     reported: Option<u64>,
 ) -> Result<Option<Finding>, StoreError> {
-    let Some(now) = reported else {
-        return Ok(None);
-    };
-    let before = sql
+    // Compared as stored: a count past 2^63 - 1 (no TPM's) is kept as 2^63 - 1.
+    let reported = reported.map(|n| n.min(i64::MAX as u64));
+    let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+    let highest = sql
         .query_opt(
             "SELECT MAX(tpm_rollbacks) FROM checkpoints WHERE node_id = $1",
             &[node_id.into()],
         )?
-        .and_then(|row| row.opt_int(0).ok().flatten())
-        .map(|v| (v.max(0) as u64, "its last report"));
-    let before = match before {
-        Some(b) => Some(b),
-        None => enrolled_rollbacks(sql, node_id)?.map(|v| (v, "it enrolled")),
+        .map(|row| row.opt_int(0))
+        .transpose()?
+        .flatten();
+    let last = sql
+        .query_opt(
+            "SELECT tpm_rollbacks FROM checkpoints WHERE node_id = $1 ORDER BY id DESC LIMIT 1",
+            &[node_id.into()],
+        )?
+        .map(|row| row.opt_int(0))
+        .transpose()?;
+    let enrolled = enrolled_rollbacks(sql, node_id)?;
+    let (before, since) = match count(highest) {
+        Some(h) => (Some(h), "its last report"),
+        None => (enrolled, "it enrolled"),
     };
-    Ok(match before {
-        Some((before, since)) if now > before => Some(Finding {
+    let unverified = |detail: String| {
+        Some(Finding {
+            kind: FindingKind::RollbackCountUnverified,
+            detail,
+        })
+    };
+    Ok(match (reported, before) {
+        (Some(now), Some(before)) if now > before => Some(Finding {
             kind: FindingKind::StateRolledBack,
             detail: format!(
-                "the node refused {} rolled-back node state(s) since {since} (its TPM's count went from {before} to {now}): its node directory or state.json was restored from a backup or a VM snapshot",
+                "the node refused {} rolled-back node state(s) since {since} (its TPM's count went from {before} to {now}): its node directory or state.json was restored from a backup or a VM snapshot, or removed",
                 now - before
             ),
         }),
+        (Some(now), Some(before)) if now < before && count(last.flatten()) != Some(now) => {
+            unverified(format!(
+                "the node's TPM count of refused rolled-back states is {now}, below the {before} it reported before, which a TPM counter never does: the counter it reports is not the one it enrolled with (counter.tpm edited, or the counter deleted)"
+            ))
+        }
+        (None, Some(_)) if last.is_none_or(|l| l.is_some()) => unverified(
+            "a TPM node's report carries no count of refused rolled-back states: its counter was deleted, or its TPM did not answer"
+                .into(),
+        ),
         _ => None,
     })
 }

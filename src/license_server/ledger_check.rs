@@ -30,6 +30,9 @@ pub enum FindingKind {
     /// A TPM node counted refused rolled-back node states since it last reported: its
     /// node directory (or `state.json`) was restored from a backup or a snapshot.
     StateRolledBack,
+    /// A TPM node's count of refused rolled-back states went missing from its reports,
+    /// or went down: its counter was deleted, or `counter.tpm` points elsewhere.
+    RollbackCountUnverified,
 }
 
 impl FindingKind {
@@ -40,6 +43,7 @@ impl FindingKind {
             FindingKind::Forked => "forked",
             FindingKind::Unconfirmed => "unconfirmed",
             FindingKind::StateRolledBack => "state-rolled-back",
+            FindingKind::RollbackCountUnverified => "rollback-count-unverified",
         }
     }
 }

@@ -529,6 +529,7 @@ impl Service {
         if counters
             .into_iter()
             .chain(usage.ledger.as_ref().map(|l| l.seq))
+            .chain(usage.tpm_rollbacks)
             .any(|n| i64::try_from(n).is_err())
         {
             return Err(ApiError::BadRequest(

@@ -146,7 +146,7 @@ pub fn create(
         request,
         tpm_rollbacks: identity
             .state_anchor()
-            .map(|a| a.rollbacks().map_err(EnrollmentError::Tpm))
+            .map(|a| a.rollbacks().map_err(|e| EnrollmentError::Tpm(e.message)))
             .transpose()?,
     };
     Ok(Envelope::sign(&body, identity.signer(), vec![]))

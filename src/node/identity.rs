@@ -341,7 +341,7 @@ mod tpm_keys {
     use super::*;
     use crate::crypto::key_wrap::{p256_encapsulated, UnwrapError, WrappedKey};
     use crate::node::tpm::{self, TpmError, TpmKeyBlobs, TpmUnwrapper};
-    use crate::node::trusted_time::AnchorReading;
+    use crate::node::trusted_time::{AnchorError, AnchorReading};
     use zeroize::Zeroizing;
 
     impl KeyUnwrapper for TpmUnwrapper {
@@ -423,7 +423,7 @@ mod tpm_keys {
             self.counters.state.index
         }
 
-        fn read(&self) -> Result<AnchorReading, String> {
+        fn read(&self) -> Result<AnchorReading, AnchorError> {
             self.counters
                 .state
                 .read_with_clock(&self.tcti)
@@ -431,28 +431,38 @@ mod tpm_keys {
                     counter: r.counter,
                     clock_ms: r.clock_ms,
                 })
-                .map_err(|e| e.to_string())
+                .map_err(anchor_error)
         }
 
-        fn increment(&self) -> Result<u64, String> {
+        fn increment(&self) -> Result<u64, AnchorError> {
             self.counters
                 .state
                 .increment(&self.tcti)
-                .map_err(|e| e.to_string())
+                .map_err(anchor_error)
         }
 
-        fn rollbacks(&self) -> Result<u64, String> {
+        fn rollbacks(&self) -> Result<u64, AnchorError> {
             self.counters
                 .rollbacks
                 .read(&self.tcti)
-                .map_err(|e| e.to_string())
+                .map_err(anchor_error)
         }
 
-        fn record_rollback(&self) -> Result<u64, String> {
+        fn record_rollback(&self) -> Result<u64, AnchorError> {
             self.counters
                 .rollbacks
                 .increment(&self.tcti)
-                .map_err(|e| e.to_string())
+                .map_err(anchor_error)
+        }
+    }
+
+    fn anchor_error(e: TpmError) -> AnchorError {
+        AnchorError {
+            gone: matches!(
+                e,
+                TpmError::CounterGone { .. } | TpmError::NotACounter { .. }
+            ),
+            message: e.to_string(),
         }
     }
 

@@ -18,9 +18,12 @@
 //! NV counter and the TPM's Clock. Each write records the counter's next value and the
 //! Clock, then increments the counter, so a state file older than the last write (a
 //! restored backup, a VM snapshot of the disk) is behind the TPM's counter and refused
-//! ([`StateError::RolledBack`]). Between writes, the mark moves with the TPM's Clock
-//! ([`anchored_high_water`]), so the running node's heartbeats need not write (nor wear
-//! the TPM's NV memory) unless the time served gets ahead of what the Clock implies.
+//! ([`StateError::RolledBack`]), and a removed one too ([`StateError::RemovedFromTpmNode`]:
+//! only a license server's signed time makes a new one, [`observe_server_time`]); both
+//! are counted in a second TPM counter that the node's reports carry to the license
+//! server. Between writes, the mark moves with the TPM's Clock ([`anchored_high_water`]),
+//! so the heartbeats and starts above need not write (nor wear the TPM's NV memory)
+//! unless the time served gets [`anchor_slack`] ahead of what the Clock implies.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -54,15 +57,20 @@ pub fn rollback_tolerance() -> Duration {
 }
 
 /// How far a TPM node's time served may get ahead of the mark its TPM Clock implies
-/// before a heartbeat writes the state (and increments the counter). Restoring the state
-/// a write replaced gains at most this much, well inside [`rollback_tolerance`].
+/// before a heartbeat writes the state (and increments the counter): what a `kill -9`
+/// can cost the mark, inside [`rollback_tolerance`].
 pub fn anchor_slack() -> Duration {
-    Duration::seconds(60)
+    Duration::minutes(4)
 }
 
-/// The share of the TPM's Clock credited to trusted time: all but 1/32, so that a TPM
-/// oscillator up to ~3% fast does not put the mark ahead of true time.
-const CLOCK_CREDIT_DIVISOR: u64 = 32;
+/// The share of the TPM's Clock credited to trusted time, in twentieths: 17/20, so that
+/// a TPM oscillator as fast as the TPM specification allows (15%) does not put the mark
+/// ahead of true time.
+const CLOCK_CREDIT_TWENTIETHS: u128 = 17;
+
+/// At most this much Clock is credited at once (100 years): a Clock moved far ahead
+/// (TPM2_ClockSet) cannot push the mark past the end of time.
+const MAX_CREDIT_MS: u64 = 100 * 366 * 24 * 3600 * 1000;
 
 /// The signed body of `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,32 +108,56 @@ pub struct AnchorReading {
     pub clock_ms: u64,
 }
 
+/// A failure of the TPM that anchors the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchorError {
+    pub message: String,
+    /// The counter is gone or replaced (not a retry away): re-enrollment is needed.
+    pub gone: bool,
+}
+
+impl std::fmt::Display for AnchorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<AnchorError> for StateError {
+    fn from(e: AnchorError) -> StateError {
+        if e.gone {
+            StateError::CounterGone(e.message)
+        } else {
+            StateError::Tpm(e.message)
+        }
+    }
+}
+
 /// What anchors a node's state in hardware: a monotonic counter only it moves, and a
 /// clock that cannot be set back (the TPM's NV counter and Clock).
 pub trait StateAnchor: Send + Sync {
     /// The counter's NV index, recorded in the state.
     fn nv_index(&self) -> u32;
     /// The counter's value and the Clock now.
-    fn read(&self) -> Result<AnchorReading, String>;
+    fn read(&self) -> Result<AnchorReading, AnchorError>;
     /// Move the counter up by one; its value after.
-    fn increment(&self) -> Result<u64, String>;
+    fn increment(&self) -> Result<u64, AnchorError>;
     /// How many rolled-back states this node has refused: a second counter, which the
     /// node's reports carry to the license server (it only ever goes up).
-    fn rollbacks(&self) -> Result<u64, String>;
+    fn rollbacks(&self) -> Result<u64, AnchorError>;
     /// Count one more refused rolled-back state.
-    fn record_rollback(&self) -> Result<u64, String>;
+    fn record_rollback(&self) -> Result<u64, AnchorError>;
 }
 
 /// The high-water mark a state written at `mark` implies at TPM Clock `clock_ms`: the
-/// mark plus the Clock's advance since (less 1/32; nothing when the Clock is behind,
-/// as after a power loss that lost its last save).
+/// mark plus 17/20 of the Clock's advance since (nothing when the Clock is behind, as
+/// after a power loss that lost its last save).
 pub fn anchored_high_water(
     high_water: DateTime<Utc>,
     mark: &TpmMark,
     clock_ms: u64,
 ) -> DateTime<Utc> {
-    let elapsed = clock_ms.saturating_sub(mark.clock_ms);
-    let credited = elapsed - elapsed / CLOCK_CREDIT_DIVISOR;
+    let elapsed = clock_ms.saturating_sub(mark.clock_ms).min(MAX_CREDIT_MS);
+    let credited = u128::from(elapsed) * CLOCK_CREDIT_TWENTIETHS / 20;
     let credited = Duration::milliseconds(i64::try_from(credited).unwrap_or(i64::MAX / 2));
     crate::format::time::whole_seconds(
         high_water
@@ -245,6 +277,8 @@ pub enum StateError {
     Invalid { path: String, reason: String },
     #[error("{path} (this node's trusted time and license memory) was removed. The node does not start afresh: recover with a fresh license from the vendor, issued after this node's last recorded use, or a renewal from the license server (`serve --license-server`, or `leasehold renew`)")]
     Missing { path: String },
+    #[error("{path} (this node's trusted time and license memory) was removed. On a TPM node that is counted, like a restored backup, and only the license server re-establishes it: start with `serve --license-server URL`, or renew by file (`leasehold renew --request-out`, then `--response`); the license server is told")]
+    RemovedFromTpmNode { path: String },
     #[error("{path} is older than this node's last state write: it records the node's TPM counter (NV index {nv_index:#010x}) at {state_counter}, and the TPM's counter is at {tpm_counter}. The node state was rolled back (a restored backup or VM snapshot), so trusted time and license memory cannot be believed. Recover as from a removed state: move {path} away, then get a fresh license from the vendor, issued after this node's last recorded use, or a renewal from the license server (`leasehold renew`)")]
     RolledBack {
         path: String,
@@ -252,10 +286,13 @@ pub enum StateError {
         state_counter: u64,
         tpm_counter: u64,
     },
-    /// The TPM that anchors the state failed (busy, gone, locked out); the message says
-    /// what to do.
+    /// The TPM that anchors the state failed (busy, unreachable, locked out); the
+    /// message says what to do.
     #[error("cannot check the node state against the TPM: {0}")]
     Tpm(String),
+    /// The state's counter is gone or replaced: the state can never be checked again.
+    #[error("cannot check the node state against the TPM: {0}")]
+    CounterGone(String),
     #[error(transparent)]
     Fs(#[from] FsError),
 }
@@ -332,9 +369,16 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
     // is allowed, rather than a file behind the counter.
     let reading = identity
         .state_anchor()
-        .map(|a| a.read().map_err(StateError::Tpm))
+        .map(|a| a.read().map_err(StateError::from))
         .transpose()?;
     let Some(mut body) = read_signed(dir, &node)? else {
+        if let Some(anchor) = identity.state_anchor() {
+            // The state of a TPM node never goes missing on its own: enrollment makes it.
+            count_rollback(anchor, "a removed node state");
+            return Err(StateError::RemovedFromTpmNode {
+                path: path.display().to_string(),
+            });
+        }
         return Ok(None);
     };
     let invalid = |reason: String| StateError::Invalid {
@@ -364,15 +408,13 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
                 )));
             }
             if mark.counter < reading.counter {
-                // Counted in the TPM, where the operator cannot take it back; the next
-                // renewal or checkpoint report carries the count to the license server.
-                match anchor.record_rollback() {
-                    Ok(count) => tracing::warn!(
-                        "refused a rolled-back node state (TPM counter {} at {}, state at {}); counted for the license server ({count})",
+                count_rollback(
+                    anchor,
+                    &format!(
+                        "a rolled-back node state (TPM counter {:#010x} at {}, state at {})",
                         mark.nv_index, reading.counter, mark.counter
                     ),
-                    Err(e) => tracing::error!("cannot count the refused rolled-back state in the TPM: {e}"),
-                }
+                );
                 return Err(StateError::RolledBack {
                     path: path.display().to_string(),
                     nv_index: mark.nv_index,
@@ -393,6 +435,35 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
         (Some(_), None, Some(_)) => unreachable!("an anchor is always read"),
     }
     Ok(Some(Loaded { body, reading }))
+}
+
+/// Count a refused state in the TPM, where the operator cannot take it back; the next
+/// renewal or checkpoint report carries the count to the license server.
+fn count_rollback(anchor: &dyn StateAnchor, what: &str) {
+    match anchor.record_rollback() {
+        Ok(count) => tracing::warn!(
+            "refused {what}; counted in the TPM for the license server (count {count})"
+        ),
+        Err(e) => tracing::error!("refused {what}, but cannot count it in the TPM: {e}"),
+    }
+}
+
+/// A license server's signed time, in answer to this node's fresh nonce: raise the
+/// mark to it; on a TPM node whose state was removed, make the state afresh from it
+/// (the one way a TPM node's state comes back, and the request that fetched it carried
+/// the TPM's count of refused states to the server).
+pub fn observe_server_time(
+    identity: &NodeIdentity,
+    server_time: DateTime<Utc>,
+) -> Result<NodeStateBody, StateError> {
+    if identity.state_anchor().is_some() && !state_path(identity.dir()).exists() {
+        let body = create(identity, server_time)?;
+        tracing::warn!(
+            "this TPM node's state was removed; re-established from the license server's time {server_time}"
+        );
+        return Ok(body);
+    }
+    update(identity, |s| s.raise(server_time))
 }
 
 /// Read the state file in `dir` and check that `node` signed it for itself; `None` when
@@ -444,7 +515,7 @@ fn write(
     if let (Some(anchor), Some(reading)) = (anchor, reading) {
         let mut counter = reading.counter;
         if on_disk.is_some_and(|m| m.counter > counter) {
-            counter = anchor.increment().map_err(StateError::Tpm)?;
+            counter = anchor.increment()?;
         }
         body.tpm = Some(TpmMark {
             nv_index: anchor.nv_index(),
@@ -460,7 +531,7 @@ fn write(
         replace,
     )?;
     if let (Some(anchor), Some(mark)) = (anchor, body.tpm) {
-        let after = anchor.increment().map_err(StateError::Tpm)?;
+        let after = anchor.increment()?;
         if after != mark.counter {
             return Err(StateError::Tpm(format!(
                 "the TPM counter {:#010x} moved to {after}, not {}: another program increments it",
@@ -492,7 +563,10 @@ fn locked<T>(
 fn implied_by_anchor(identity: &NodeIdentity, loaded: &NodeStateBody, new: &NodeStateBody) -> bool {
     identity.state_anchor().is_some()
         && new.licenses == loaded.licenses
-        && new.high_water <= loaded.high_water + anchor_slack()
+        && loaded
+            .high_water
+            .checked_add_signed(anchor_slack())
+            .is_some_and(|limit| new.high_water <= limit)
 }
 
 /// Change the state under its lock and write it atomically. A missing state is
@@ -532,7 +606,7 @@ pub fn create(
     locked(identity, || {
         let reading = identity
             .state_anchor()
-            .map(|a| a.read().map_err(StateError::Tpm))
+            .map(|a| a.read().map_err(StateError::from))
             .transpose()?;
         let mut body = NodeStateBody::new(identity.public().node_id(), high_water);
         write(identity, &mut body, None, reading, Replace::Never)?;
@@ -584,21 +658,29 @@ mod tests {
     }
 
     #[test]
-    fn the_tpm_clock_moves_the_mark_less_a_thirty_second_and_never_back() {
+    fn the_tpm_clock_moves_the_mark_by_seventeen_twentieths_and_never_back() {
         let high_water = "2026-01-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
         let mark = TpmMark {
             nv_index: 0x0138_1234,
             counter: 42,
             clock_ms: 86_400_000,
         };
-        // FORMATS.md's worked example: an hour of Clock credits 58 min 7.5 s.
+        // FORMATS.md's worked example: an hour of Clock credits 51 minutes.
         assert_eq!(
             anchored_high_water(high_water, &mark, 86_400_000 + 3_600_000),
-            "2026-01-01T00:58:07Z".parse::<DateTime<Utc>>().unwrap()
+            "2026-01-01T00:51:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            anchored_high_water(high_water, &mark, 86_400_000 + 1_999),
+            "2026-01-01T00:00:01Z".parse::<DateTime<Utc>>().unwrap(),
+            "17/20 of 1,999 ms is 1,699 ms: rounded down to a whole second"
         );
         // A Clock behind the mark (a save lost at power loss) credits nothing.
         assert_eq!(anchored_high_water(high_water, &mark, 1_000), high_water);
-        assert!(anchored_high_water(high_water, &mark, u64::MAX) > high_water);
+        // A Clock set far ahead counts at most 100 years (85 credited); nothing overflows.
+        let far = anchored_high_water(high_water, &mark, u64::MAX);
+        assert!(far > high_water + Duration::days(365 * 84));
+        assert!(far < high_water + Duration::days(366 * 86));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::crypto::random;
 use crate::fsutil::{self, Replace};
 use crate::ledger::Ledger;
 use crate::license::TrustRoots;
-use crate::node::trusted_time::rollback_tolerance;
+use crate::node::trusted_time::{self, rollback_tolerance};
 use crate::node::{clock, NodeIdentity};
 use crate::protocol::{
     self, Decision, Expected, LicenseRef, OpenedResponse, RefusalReason, UsageCheckpoint,
@@ -238,6 +238,13 @@ pub async fn fetch_license(
                 failures = 0;
                 match opened.body.decision {
                     Decision::Renewed { license } => {
+                        // Signed in answer to this request's nonce: trusted time, and
+                        // the only way back for a TPM node whose state was removed.
+                        if let Err(e) =
+                            trusted_time::observe_server_time(identity, opened.body.server_time)
+                        {
+                            tracing::warn!("cannot record the license server's time: {e}");
+                        }
                         write_license(path, &license)?;
                         tracing::info!(
                             "license received from {} into {}",
