@@ -482,11 +482,13 @@ fn a_counter_redefined_at_its_handle_does_not_start_lower() {
     let err = counter.read(&tcti).unwrap_err();
     eprintln!("deleted counter: {err}");
     assert!(matches!(err, TpmError::CounterGone { .. }), "{err}");
-    // ...and defines a new one at the same handle.
+    // ...and defines a new one at the same handle (with the password from counter.tpm,
+    // which root can read).
     define(
         &tcti,
         counter.index,
         tss_esapi::constants::NvIndexType::Counter,
+        &counter.auth,
     );
     let err = counter.read(&tcti).unwrap_err();
     eprintln!("redefined counter, never written: {err}");
@@ -517,6 +519,7 @@ fn an_ordinary_nv_index_at_the_counter_handle_is_refused() {
         &tcti,
         counter.index,
         tss_esapi::constants::NvIndexType::Ordinary,
+        &counter.auth,
     );
     for err in [
         counter.read(&tcti).unwrap_err(),
@@ -530,8 +533,58 @@ fn an_ordinary_nv_index_at_the_counter_handle_is_refused() {
         assert!(message.contains("re-enroll"), "{message}");
     }
     // An index outside the NV range is named, not sent.
-    let err = NvCounter { index: 0x8100_0001 }.read(&tcti).unwrap_err();
+    let err = NvCounter {
+        index: 0x8100_0001,
+        auth: [0; tpm::COUNTER_AUTH_LEN],
+    }
+    .read(&tcti)
+    .unwrap_err();
     assert!(err.to_string().contains("not an NV index handle"), "{err}");
+}
+
+#[test]
+fn another_user_of_the_tpm_cannot_move_a_counter_without_its_password() {
+    let root = tempfile::tempdir().unwrap();
+    let swtpm = Swtpm::start(&state_dir(&root, "tpm"));
+    let tcti = swtpm.tcti();
+    let counter = tpm::create_counter(&tcti).unwrap();
+    let value = counter.read(&tcti).unwrap();
+    let nvincrement = |password: Option<String>| {
+        let mut command = Command::new("tpm2_nvincrement");
+        command
+            .arg("-T")
+            .arg(&tcti)
+            .arg(format!("{:#010x}", counter.index));
+        if let Some(p) = password {
+            command.args(["-P", &p]);
+        }
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("tpm2_nvincrement runs (scripts/setup.sh --test installs tpm2-tools)")
+    };
+    // Another process with access to the TPM, without the password: refused.
+    assert!(!nvincrement(None).success());
+    assert!(!nvincrement(Some("hex:00".into())).success());
+    assert_eq!(counter.read(&tcti).unwrap(), value);
+    // With the password from counter.tpm (root can read it): it moves.
+    assert!(nvincrement(Some(format!("hex:{}", hex::encode(counter.auth)))).success());
+    assert_eq!(counter.read(&tcti).unwrap(), value + 1);
+
+    // A counter file with another password is named, not taken for a TPM failure.
+    let wrong = NvCounter {
+        auth: [0x55; tpm::COUNTER_AUTH_LEN],
+        ..counter
+    };
+    for err in [
+        wrong.read(&tcti).unwrap_err(),
+        wrong.increment(&tcti).unwrap_err(),
+    ] {
+        assert!(matches!(err, TpmError::CounterPassword { .. }), "{err}");
+        assert!(err.to_string().contains("counter.tpm"), "{err}");
+    }
+    assert_eq!(counter.read(&tcti).unwrap(), value + 1);
 }
 
 #[test]
@@ -736,7 +789,12 @@ fn the_sealed_seed_never_crosses_the_bus_in_clear() {
 
     // The control: what goes over without parameter encryption is seen in clear.
     let index = 0x0100_0ABC;
-    define(&tcti, index, tss_esapi::constants::NvIndexType::Ordinary);
+    define(
+        &tcti,
+        index,
+        tss_esapi::constants::NvIndexType::Ordinary,
+        &[],
+    );
     let mut ctx = raw_context(&tcti);
     let handle = tss_esapi::handles::NvIndexHandle::from(
         ctx.tr_from_tpm_public(
@@ -781,9 +839,9 @@ fn undefine(tcti: &str, index: u32) {
     .unwrap();
 }
 
-/// Define an 8-byte NV index of `kind` at `index` (owner authorization, empty index
-/// auth), as tpm2_nvdefine; an ordinary one is written with zeros.
-fn define(tcti: &str, index: u32, kind: tss_esapi::constants::NvIndexType) {
+/// Define an 8-byte NV index of `kind` at `index` (owner authorization, index password
+/// `auth`), as tpm2_nvdefine; an ordinary one is written with zeros.
+fn define(tcti: &str, index: u32, kind: tss_esapi::constants::NvIndexType, auth: &[u8]) {
     use tss_esapi::attributes::NvIndexAttributesBuilder;
     use tss_esapi::handles::NvIndexTpmHandle;
     use tss_esapi::interface_types::{
@@ -809,7 +867,11 @@ fn define(tcti: &str, index: u32, kind: tss_esapi::constants::NvIndexType) {
         .with_data_area_size(8)
         .build()
         .unwrap();
-    let handle = ctx.nv_define_space(Provision::Owner, None, public).unwrap();
+    let password = tss_esapi::structures::Auth::try_from(auth.to_vec()).unwrap();
+    let handle = ctx
+        .nv_define_space(Provision::Owner, Some(password.clone()), public)
+        .unwrap();
+    ctx.tr_set_auth(handle.into(), password).unwrap();
     if kind == tss_esapi::constants::NvIndexType::Ordinary {
         ctx.nv_write(
             NvAuth::NvIndex(handle),

@@ -460,7 +460,9 @@ mod tpm_keys {
         AnchorError {
             gone: matches!(
                 e,
-                TpmError::CounterGone { .. } | TpmError::NotACounter { .. }
+                TpmError::CounterGone { .. }
+                    | TpmError::NotACounter { .. }
+                    | TpmError::CounterPassword { .. }
             ),
             message: e.to_string(),
         }

@@ -102,6 +102,8 @@ pub enum TpmError {
     NotForThisKey,
     #[error("the TPM's counter for this node (NV index {index:#010x}) is gone: the TPM was cleared or the index was deleted; {REENROLL}")]
     CounterGone { index: u32 },
+    #[error("the TPM refuses the password counter.tpm holds for counter {index:#010x}: the file was edited or comes from another node; {REENROLL}")]
+    CounterPassword { index: u32 },
     #[error("NV index {index:#010x} in the TPM is not a monotonic counter but an index of type {kind}, which can be written freely: the node's counter was deleted and something else defined in its place, so the node's state can no longer be checked for rollback; {REENROLL}")]
     NotACounter { index: u32, kind: String },
     #[error("the TPM's {hierarchy} hierarchy refuses the empty password ({detail}); leasehold needs it empty, as the TCG's provisioning guidance leaves it: have the TPM's owner remove it (tpm2_changeauth -c {hierarchy} -p OLD-PASSWORD)")]
@@ -1040,13 +1042,27 @@ fn random_counter_index() -> u32 {
 pub struct NvCounter {
     /// The NV index handle (in [`COUNTER_INDEX_RANGE`] when made by [`create_counter`]).
     pub index: u32,
+    /// The index's password (authValue): random per node, kept in the node directory
+    /// (mode 0600), so that other users of the TPM cannot move the counter.
+    pub auth: [u8; COUNTER_AUTH_LEN],
 }
+
+/// The length of a counter's password.
+pub const COUNTER_AUTH_LEN: usize = 16;
 
 /// Define a monotonic counter in the TPM at `tcti` (TPM2_NV_DefineSpace under the owner
 /// hierarchy, with the empty owner password the TCG's provisioning guidance leaves) at a
-/// free random index of [`COUNTER_INDEX_RANGE`], and increment it once: a counter cannot
-/// be read before its first write.
+/// free random index of [`COUNTER_INDEX_RANGE`], with a random password, and increment
+/// it once: a counter cannot be read before its first write.
 pub fn create_counter(tcti: &str) -> Result<NvCounter, TpmError> {
+    create_counter_with(tcti, random::bytes::<COUNTER_AUTH_LEN>())
+}
+
+/// [`create_counter`] with the password `auth`.
+pub fn create_counter_with(
+    tcti: &str,
+    auth: [u8; COUNTER_AUTH_LEN],
+) -> Result<NvCounter, TpmError> {
     const OPERATION: &str = "NV_DefineSpace (counter)";
     let local = |e: tss_esapi::Error| tpm_error(OPERATION, tcti, &e);
     let attributes = NvIndexAttributesBuilder::new()
@@ -1066,8 +1082,9 @@ pub fn create_counter(tcti: &str) -> Result<NvCounter, TpmError> {
             .with_data_area_size(COUNTER_SIZE.into())
             .build()
             .map_err(local)?;
+        let password = Auth::try_from(auth.to_vec()).map_err(local)?;
         let defined = ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.nv_define_space(Provision::Owner, None, public)
+            ctx.nv_define_space(Provision::Owner, Some(password), public)
         });
         let handle = match defined {
             Ok(handle) => handle,
@@ -1076,14 +1093,18 @@ pub fn create_counter(tcti: &str) -> Result<NvCounter, TpmError> {
             }
             Err(e) => return Err(hierarchy_error(OPERATION, "owner", tcti, &e)),
         };
-        if let Err(err) = increment_counter(&mut ctx, tcti, handle) {
+        let counter = NvCounter { index, auth };
+        let incremented = counter
+            .set_auth(&mut ctx, tcti, handle)
+            .and_then(|()| increment_counter(&mut ctx, tcti, handle));
+        if let Err(err) = incremented {
             // Leave no half-made counter behind.
             let _ = ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.nv_undefine_space(Provision::Owner, handle)
             });
             return Err(err);
         }
-        return Ok(NvCounter { index });
+        return Ok(counter);
     }
     Err(TpmError::Tpm {
         operation: OPERATION,
@@ -1109,6 +1130,8 @@ struct CounterFileJson {
     nv_index: String,
     /// The counter of refused rolled-back states, spelled the same way.
     rollbacks_nv_index: String,
+    /// Both counters' password, 32 hex.
+    auth: String,
 }
 
 /// A TPM node's two counters: the node state's, and the count of rolled-back states
@@ -1120,11 +1143,11 @@ pub struct NodeCounters {
 }
 
 impl NodeCounters {
-    /// Define both counters in the TPM at `tcti`; the first is undefined again when the
-    /// second cannot be made.
+    /// Define both counters in the TPM at `tcti`, with one random password; the first
+    /// is undefined again when the second cannot be made.
     pub fn create(tcti: &str) -> Result<NodeCounters, TpmError> {
         let state = create_counter(tcti)?;
-        let rollbacks = create_counter(tcti).inspect_err(|_| {
+        let rollbacks = create_counter_with(tcti, state.auth).inspect_err(|_| {
             let _ = state.undefine(tcti);
         })?;
         Ok(NodeCounters { state, rollbacks })
@@ -1136,6 +1159,7 @@ impl NodeCounters {
             format: COUNTER_FILE_FORMAT.into(),
             nv_index: format!("{:#010x}", self.state.index),
             rollbacks_nv_index: format!("{:#010x}", self.rollbacks.index),
+            auth: hex::encode(self.state.auth),
         })
     }
 
@@ -1153,13 +1177,17 @@ impl NodeCounters {
                 json.format
             )));
         }
+        let auth: [u8; COUNTER_AUTH_LEN] = hex::decode(&json.auth)
+            .ok()
+            .and_then(|a| a.try_into().ok())
+            .ok_or_else(|| bad(format!("auth is not {} hex digits", 2 * COUNTER_AUTH_LEN)))?;
         let index = |field: &str, value: &str| {
             value
                 .strip_prefix("0x")
                 .filter(|h| h.len() == 8)
                 .and_then(|h| u32::from_str_radix(h, 16).ok())
                 .filter(|i| (0x0100_0000..=0x01FF_FFFF).contains(i))
-                .map(|index| NvCounter { index })
+                .map(|index| NvCounter { index, auth })
                 .ok_or_else(|| {
                     bad(format!(
                         "{field} {value:?} is not an NV index (0x01000000 to 0x01ffffff)"
@@ -1178,15 +1206,10 @@ impl NodeCounters {
         Ok(counters)
     }
 
-    /// Write the counter file: never over an existing one.
+    /// Write the counter file (mode 0600: it holds the counters' password): never over
+    /// an existing one.
     pub fn write_file(&self, path: &Path) -> Result<(), TpmError> {
-        fsutil::write_atomic(
-            path,
-            &self.to_file_bytes(),
-            fsutil::PUBLIC_MODE,
-            Replace::Never,
-        )?;
-        Ok(())
+        write_key_file(path, &self.to_file_bytes())
     }
 
     /// Read a counter file.
@@ -1262,7 +1285,10 @@ impl NvCounter {
             .execute_without_session(|ctx| ctx.nv_read_public(handle))
             .map_err(missing)?;
         match public.attributes().index_type() {
-            Ok(NvIndexType::Counter) => Ok(handle),
+            Ok(NvIndexType::Counter) => {
+                self.set_auth(ctx, tcti, handle)?;
+                Ok(handle)
+            }
             Ok(kind) => Err(TpmError::NotACounter {
                 index,
                 kind: format!("{kind:?}").to_lowercase(),
@@ -1273,6 +1299,33 @@ impl NvCounter {
             }),
         }
     }
+}
+
+impl NvCounter {
+    /// Use this counter's password for the index behind `handle`.
+    fn set_auth(
+        &self,
+        ctx: &mut Context,
+        tcti: &str,
+        handle: NvIndexHandle,
+    ) -> Result<(), TpmError> {
+        let password = Auth::try_from(self.auth.to_vec())
+            .map_err(|e| tpm_error("TR_SetAuth (counter)", tcti, &e))?;
+        ctx.tr_set_auth(handle.into(), password)
+            .map_err(|e| tpm_error("TR_SetAuth (counter)", tcti, &e))
+    }
+}
+
+/// A counter command refused for its password: `counter.tpm` does not hold the
+/// password the counter was made with.
+fn counter_auth_error(err: &tss_esapi::Error, handle: NvIndexHandle) -> Option<TpmError> {
+    matches!(
+        classify(err),
+        Class::Tpm(Tss2ResponseCodeKind::BadAuth | Tss2ResponseCodeKind::AuthFail)
+    )
+    .then(|| TpmError::CounterPassword {
+        index: u32::from(ObjectHandle::from(handle)),
+    })
 }
 
 fn read_counter(ctx: &mut Context, tcti: &str, handle: NvIndexHandle) -> Result<u64, TpmError> {
@@ -1287,7 +1340,8 @@ fn read_counter(ctx: &mut Context, tcti: &str, handle: NvIndexHandle) -> Result<
                     "the counter was defined but never incremented (enrollment was interrupted); {REENROLL}"
                 ),
             },
-            _ => tpm_error("NV_Read (counter)", tcti, &e),
+            _ => counter_auth_error(&e, handle)
+                .unwrap_or_else(|| tpm_error("NV_Read (counter)", tcti, &e)),
         })?;
     <[u8; 8]>::try_from(data.value())
         .map(u64::from_be_bytes)
@@ -1305,7 +1359,10 @@ fn increment_counter(
     ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
         ctx.nv_increment(NvAuth::NvIndex(handle), handle)
     })
-    .map_err(|e| tpm_error("NV_Increment (counter)", tcti, &e))?;
+    .map_err(|e| {
+        counter_auth_error(&e, handle)
+            .unwrap_or_else(|| tpm_error("NV_Increment (counter)", tcti, &e))
+    })?;
     read_counter(ctx, tcti, handle)
 }
 
@@ -1463,8 +1520,14 @@ mod tests {
     #[test]
     fn counter_files_round_trip_and_are_checked() {
         let counters = NodeCounters {
-            state: NvCounter { index: 0x0138_00ab },
-            rollbacks: NvCounter { index: 0x0138_00ac },
+            state: NvCounter {
+                index: 0x0138_00ab,
+                auth: [7; COUNTER_AUTH_LEN],
+            },
+            rollbacks: NvCounter {
+                index: 0x0138_00ac,
+                auth: [7; COUNTER_AUTH_LEN],
+            },
         };
         let bytes = counters.to_file_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
@@ -1495,6 +1558,10 @@ mod tests {
             (
                 r#"{"format":"leasehold TPM state counter v1","nv_index":"0x01380000"}"#.into(),
                 "missing field",
+            ),
+            (
+                file(v1, "0x01380000", "0x01380001").replace("\"auth\":\"07", "\"auth\":\""),
+                "auth is not 32 hex digits",
             ),
         ] {
             let err = NodeCounters::from_file_bytes("counter.tpm", bad.as_bytes()).unwrap_err();
