@@ -237,8 +237,21 @@ pub fn sign_request(
     usage: UsageCheckpoint,
     now: DateTime<Utc>,
 ) -> (Envelope, [u8; 16]) {
-    let public = identity.public();
     let nonce = random::bytes::<16>();
+    sign_request_with_nonce(identity, model_id, license, usage, now, nonce)
+}
+
+/// [`sign_request`] with a nonce the caller made (unique and unpredictable: a TPM node
+/// renewing by file binds its first 8 bytes to its TPM counter).
+pub fn sign_request_with_nonce(
+    identity: &NodeIdentity,
+    model_id: &str,
+    license: Option<LicenseRef>,
+    usage: UsageCheckpoint,
+    now: DateTime<Utc>,
+    nonce: [u8; 16],
+) -> (Envelope, [u8; 16]) {
+    let public = identity.public();
     let body = RenewalRequestBody {
         version: RenewalRequestBody::VERSION,
         node_id: public.node_id(),

@@ -1253,7 +1253,7 @@ async fn rollback_counts_are_flagged_when_they_rise(
         assert_eq!(findings(v, "state-rolled-back"), 1);
         let all = v.admin_json(&["usage"]).to_string();
         assert!(
-            all.contains("refused 2 rolled-back node state(s) since its last report"),
+            all.contains("refused 2 rolled-back or removed node state(s) since its last report"),
             "{all}"
         );
     }

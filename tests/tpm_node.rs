@@ -368,7 +368,15 @@ async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
         .build()
         .unwrap();
     let started = Instant::now();
+    let state_file = node.path().join("node/state.json");
+    let mut removed = false;
     while started.elapsed() < Duration::from_secs(20) {
+        // Halfway, the state is removed under the running node: the next renewal's
+        // signed time makes it again, and serving goes on.
+        if !removed && started.elapsed() > Duration::from_secs(8) {
+            std::fs::remove_file(&state_file).unwrap();
+            removed = true;
+        }
         let response = http
             .post(server.url("/v1/chat/completions"))
             .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}))
@@ -383,6 +391,7 @@ async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
     let serial = state["serial"].as_u64().unwrap();
     assert!(serial >= 3, "renewed leases: serial {serial}");
     assert_eq!(state["renewal"]["consecutive_failures"], 0, "{state}");
+    assert!(state_file.exists(), "the removed state was made again");
 }
 
 /// `cp -a FROM TO`, as an operator restores a backup.
@@ -576,10 +585,100 @@ async fn a_refused_restore_is_counted_in_the_tpm_and_flagged_by_the_license_serv
     eprintln!("findings after the restore: {findings}");
     // Counted twice: the restored state, then the removed one.
     assert!(
-        findings.contains("refused 2 rolled-back node state"),
+        findings.contains("refused 2 rolled-back or removed node state"),
         "{findings}"
     );
     let state: Value = common::node::get_json(&http, &server.url("/v1/license")).await;
     assert_eq!(state["phase"], "serving", "{state}");
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_tpm_state_comes_back_from_a_renewal_by_file_once() {
+    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
+    let states = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&states.path().join("tpm"));
+    let tcti = tpm.tcti();
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "30m", "10m");
+    let node = Node::new(&vendor);
+    let url = vendor.url();
+    let enrolled = common::vendor::ok(
+        &vendor.client(
+            node.path(),
+            &[
+                "enroll",
+                "--node-dir",
+                "node",
+                "--server",
+                &url,
+                "--org",
+                ORG,
+                "--model",
+                "tiny",
+                "--tpm",
+                "--tcti",
+                &tcti,
+            ],
+        ),
+        "enroll --tpm --server",
+    );
+    let id = enrolled.lines().last().unwrap().trim().to_string();
+    vendor.admin_ok(&["approve", &id]);
+    let mut server = Server::start_env(
+        node.path(),
+        &as_strs(&serve_args(&url)),
+        &[("TCTI", Path::new(&tcti))],
+    );
+    server.stop();
+    let p = node.path();
+    let state = p.join("node/state.json");
+    let renew = |args: &[&str]| {
+        let mut all = vec!["renew", "--node-dir", "node", "--license", "node.license"];
+        all.extend_from_slice(args);
+        with_tpm(p, &tpm, &all)
+    };
+    let check = [
+        "check",
+        "--license",
+        "node.license",
+        "--sealed",
+        "m.sealed",
+        "--node-dir",
+        "node",
+    ];
+
+    // The state removed: refused; a renewal by file (an air-gapped site) brings it back.
+    std::fs::remove_file(&state).unwrap();
+    let (code, _) = failed(with_tpm(p, &tpm, &check), "check without the state");
+    assert_eq!(code, 13);
+    ok(renew(&["--request-out", "req.json"]), "renew --request-out");
+    let kept = std::fs::read(p.join("node/renewal-pending.json")).unwrap();
+    std::fs::copy(p.join("req.json"), vendor.path().join("req.json")).unwrap();
+    vendor.admin_ok(&[
+        "renew",
+        "--request",
+        "req.json",
+        "--response-out",
+        "resp.json",
+    ]);
+    std::fs::copy(vendor.path().join("resp.json"), p.join("resp.json")).unwrap();
+    ok(renew(&["--response", "resp.json"]), "renew --response");
+    assert!(state.exists(), "made afresh from the server's time");
+    ok(with_tpm(p, &tpm, &check), "check after the renewal by file");
+
+    // Once: the same response, with the pending file kept from then, does not make a
+    // removed state again (the request was bound to the TPM counter, which moved).
+    std::fs::remove_file(&state).unwrap();
+    std::fs::write(p.join("node/renewal-pending.json"), &kept).unwrap();
+    let (code, stderr) = failed(renew(&["--response", "resp.json"]), "a replayed response");
+    eprintln!("replayed response: exit {code}: {stderr}");
+    assert!(
+        stderr.contains("answers a request written before"),
+        "{stderr}"
+    );
+    assert!(!state.exists());
+    let (code, _) = failed(with_tpm(p, &tpm, &check), "check");
+    assert_eq!(code, 13);
 }

@@ -9,6 +9,7 @@ use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
 use crate::node::hardware::{self, ComponentKind, HardwareProfile};
 use crate::node::identity::{KeyLocation, UnwrapKeyStore};
+use crate::node::trusted_time::StateError;
 use crate::node::{clock, trusted_time, NodeIdentity};
 use crate::protocol::{self, Decision, LicenseRef, UsageCheckpoint};
 use crate::runtime::admission::{assess_here, NodeRecords};
@@ -293,9 +294,12 @@ struct PendingRenewal {
 pub fn renew(args: RenewArgs) -> Outcome {
     let identity = NodeIdentity::load(&args.node_dir)?;
     let bytes = fsutil::read_limited(&args.license, MAX_LICENSE_BYTES, "license")?;
-    // The license only (authenticated): a TPM node whose state was removed renews too,
-    // which is how it gets its state back.
-    let current = assess_here(&bytes, None)?
+    // A TPM node whose state was removed renews too (which is how it gets its state
+    // back): for it, the license only (authenticated).
+    let state_removed = !identity.dir().join(trusted_time::STATE_FILE).exists()
+        && identity.state_anchor().is_some();
+    let records = (!state_removed).then(|| NodeRecords::new(&identity));
+    let current = assess_here(&bytes, records)?
         .license
         .with_context(|| {
             format!(
@@ -306,7 +310,15 @@ pub fn renew(args: RenewArgs) -> Outcome {
         .body;
     let pending_path = args.node_dir.join(PENDING_FILE);
     if let Some(out) = &args.request_out {
-        let (request, nonce) = protocol::sign_request(
+        let mut nonce = crate::crypto::random::bytes::<16>();
+        if let (true, Some(anchor)) = (state_removed, identity.state_anchor()) {
+            // The response will make the state afresh: bind the request to the TPM's
+            // counter, moved now, so that no response to an earlier request (kept with
+            // its pending file) can do that again.
+            let bound = anchor.increment().map_err(StateError::from)?;
+            nonce[..8].copy_from_slice(&bound.to_be_bytes());
+        }
+        let (request, nonce) = protocol::sign_request_with_nonce(
             &identity,
             &current.model.model_id,
             Some(LicenseRef {
@@ -315,6 +327,7 @@ pub fn renew(args: RenewArgs) -> Outcome {
             }),
             UsageCheckpoint::default(),
             clock::system_now(),
+            nonce,
         );
         let pending = PendingRenewal {
             nonce: hex::encode(nonce),
@@ -378,7 +391,19 @@ pub fn renew(args: RenewArgs) -> Outcome {
     .with_context(|| format!("{} is refused", response_path.display()))?;
     // The issuer signed its clock in answer to this node's nonce: a trusted-time floor.
     let server_time = opened.body.server_time;
+    if let (true, Some(anchor)) = (state_removed, identity.state_anchor()) {
+        let counter = anchor.read().map_err(StateError::from)?.counter;
+        if nonce[..8] != counter.to_be_bytes() {
+            anyhow::bail!(
+                "{} answers a request written before this node's TPM counter last moved (it is at {counter}); a response re-establishes a removed state only for the latest request: write a new one with --request-out",
+                response_path.display()
+            );
+        }
+    }
     if let Err(e) = trusted_time::observe_server_time(&identity, server_time) {
+        if state_removed {
+            return Err(e.into());
+        }
         eprintln!("warning: cannot record the license server's time: {e}");
     }
     match opened.body.decision {

@@ -112,12 +112,12 @@ pub fn record(
     Ok(findings)
 }
 
-/// A TPM node's count of refused rolled-back states against what it reported before
-/// (or, before its first report, the count its enrollment carried). The count lives in
-/// a TPM counter, which the operator cannot lower: a rise is *state-rolled-back*; a
-/// count that goes missing from the reports of a node that enrolled with one, or goes
-/// down, is *rollback-count-unverified* (each flagged when it starts, not at every
-/// report).
+/// A TPM node's count of refused rolled-back states against the last one it reported
+/// (or, before its first, the count its enrollment carried). The count lives in a TPM
+/// counter, which the operator cannot lower: a rise is *state-rolled-back*; a count
+/// that goes down, or goes missing from the reports of a node that had one, is
+/// *rollback-count-unverified* (flagged when it happens: the next report is compared
+/// with the new value, so nothing repeats at every report).
 fn rollbacks_finding(
     sql: &mut dyn Sql,
     node_id: &str,
@@ -125,26 +125,24 @@ fn rollbacks_finding(
 ) -> Result<Option<Finding>, StoreError> {
     // Compared as stored: a count past 2^63 - 1 (no TPM's) is kept as 2^63 - 1.
     let reported = reported.map(|n| n.min(i64::MAX as u64));
-    let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
-    let highest = sql
-        .query_opt(
-            "SELECT MAX(tpm_rollbacks) FROM checkpoints WHERE node_id = $1",
-            &[node_id.into()],
-        )?
-        .map(|row| row.opt_int(0))
-        .transpose()?
-        .flatten();
-    let last = sql
+    let last_row = sql
         .query_opt(
             "SELECT tpm_rollbacks FROM checkpoints WHERE node_id = $1 ORDER BY id DESC LIMIT 1",
             &[node_id.into()],
         )?
         .map(|row| row.opt_int(0))
         .transpose()?;
-    let enrolled = enrolled_rollbacks(sql, node_id)?;
-    let (before, since) = match count(highest) {
-        Some(h) => (Some(h), "its last report"),
-        None => (enrolled, "it enrolled"),
+    let last_count = sql
+        .query_opt(
+            "SELECT tpm_rollbacks FROM checkpoints WHERE node_id = $1 AND tpm_rollbacks IS NOT NULL ORDER BY id DESC LIMIT 1",
+            &[node_id.into()],
+        )?
+        .map(|row| row.int(0))
+        .transpose()?
+        .map(|v| v.max(0) as u64);
+    let (before, since) = match last_count {
+        Some(c) => (Some(c), "its last report"),
+        None => (enrolled_rollbacks(sql, node_id)?, "it enrolled"),
     };
     let unverified = |detail: String| {
         Some(Finding {
@@ -156,17 +154,16 @@ fn rollbacks_finding(
         (Some(now), Some(before)) if now > before => Some(Finding {
             kind: FindingKind::StateRolledBack,
             detail: format!(
-                "the node refused {} rolled-back node state(s) since {since} (its TPM's count went from {before} to {now}): its node directory or state.json was restored from a backup or a VM snapshot, or removed",
+                "the node refused {} rolled-back or removed node state(s) since {since} (its TPM's count went from {before} to {now}): its node directory or state.json was restored from a backup or a VM snapshot, or removed",
                 now - before
             ),
         }),
-        (Some(now), Some(before)) if now < before && count(last.flatten()) != Some(now) => {
-            unverified(format!(
-                "the node's TPM count of refused rolled-back states is {now}, below the {before} it reported before, which a TPM counter never does: the counter it reports is not the one it enrolled with (counter.tpm edited, or the counter deleted)"
-            ))
-        }
-        (None, Some(_)) if last.is_none_or(|l| l.is_some()) => unverified(
-            "a TPM node's report carries no count of refused rolled-back states: its counter was deleted, or its TPM did not answer"
+        (Some(now), Some(before)) if now < before => unverified(format!(
+            "the node's TPM count of refused rolled-back states is {now}, below the {before} it reported before, which a TPM counter never does: the counter it reports is not the one it had (counter.tpm edited, or the counter deleted and made again)"
+        )),
+        // Missing now, there before (the last report had one, or the enrollment did).
+        (None, Some(_)) if last_row.is_none_or(|l| l.is_some()) => unverified(
+            "a TPM node's report carries no count of refused rolled-back states: its TPM did not answer, or the counter was deleted"
                 .into(),
         ),
         _ => None,

@@ -424,14 +424,18 @@ mod tpm_keys {
         }
 
         fn read(&self) -> Result<AnchorReading, AnchorError> {
-            self.counters
+            let reading = self
+                .counters
                 .state
                 .read_with_clock(&self.tcti)
-                .map(|r| AnchorReading {
-                    counter: r.counter,
-                    clock_ms: r.clock_ms,
-                })
-                .map_err(anchor_error)
+                .map_err(anchor_error)?;
+            // The count of refused states must be there too: a node whose count was
+            // deleted would refuse rollbacks without the license server hearing of them.
+            self.rollbacks()?;
+            Ok(AnchorReading {
+                counter: reading.counter,
+                clock_ms: reading.clock_ms,
+            })
         }
 
         fn increment(&self) -> Result<u64, AnchorError> {

@@ -1540,9 +1540,11 @@ mod tests {
             NodeCounters::from_file_bytes("f", &bytes).unwrap(),
             counters
         );
+        assert!(text.contains(&"07".repeat(COUNTER_AUTH_LEN)), "{text}");
         let file = |format: &str, state: &str, rollbacks: &str| {
             format!(
-                r#"{{"format":"{format}","nv_index":"{state}","rollbacks_nv_index":"{rollbacks}"}}"#
+                r#"{{"format":"{format}","nv_index":"{state}","rollbacks_nv_index":"{rollbacks}","auth":"{}"}}"#,
+                "07".repeat(COUNTER_AUTH_LEN)
             )
         };
         let v1 = COUNTER_FILE_FORMAT;

@@ -374,7 +374,13 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
     let Some(mut body) = read_signed(dir, &node)? else {
         if let Some(anchor) = identity.state_anchor() {
             // The state of a TPM node never goes missing on its own: enrollment makes it.
-            count_rollback(anchor, "a removed node state");
+            if let Some(reading) = reading {
+                count_rollback(
+                    anchor,
+                    (Event::Removed, reading.counter, 0),
+                    "a removed node state",
+                );
+            }
             return Err(StateError::RemovedFromTpmNode {
                 path: path.display().to_string(),
             });
@@ -410,6 +416,7 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
             if mark.counter < reading.counter {
                 count_rollback(
                     anchor,
+                    (Event::RolledBack, reading.counter, mark.counter),
                     &format!(
                         "a rolled-back node state (TPM counter {:#010x} at {}, state at {})",
                         mark.nv_index, reading.counter, mark.counter
@@ -439,13 +446,32 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
 
 /// Count a refused state in the TPM, where the operator cannot take it back; the next
 /// renewal or checkpoint report carries the count to the license server.
-fn count_rollback(anchor: &dyn StateAnchor, what: &str) {
+///
+/// Each event is counted once per process: a running node whose state goes missing
+/// meets it again at every heartbeat, and must not wear the TPM's NV with it.
+fn count_rollback(anchor: &dyn StateAnchor, event: (Event, u64, u64), what: &str) {
+    static COUNTED: std::sync::Mutex<Vec<(Event, u64, u64)>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut counted = COUNTED.lock().unwrap_or_else(|e| e.into_inner());
+        if counted.contains(&event) {
+            return;
+        }
+        counted.push(event);
+    }
     match anchor.record_rollback() {
         Ok(count) => tracing::warn!(
             "refused {what}; counted in the TPM for the license server (count {count})"
         ),
         Err(e) => tracing::error!("refused {what}, but cannot count it in the TPM: {e}"),
     }
+}
+
+/// What [`count_rollback`] counts: the event and the counter values it was met at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Removed,
+    RolledBack,
+    Recreated,
 }
 
 /// A license server's signed time, in answer to this node's fresh nonce: raise the
@@ -456,8 +482,17 @@ pub fn observe_server_time(
     identity: &NodeIdentity,
     server_time: DateTime<Utc>,
 ) -> Result<NodeStateBody, StateError> {
-    if identity.state_anchor().is_some() && !state_path(identity.dir()).exists() {
+    if let (Some(anchor), false) = (identity.state_anchor(), state_path(identity.dir()).exists()) {
         let body = create(identity, server_time)?;
+        // Counted, so that the license server hears of it even when nothing refused the
+        // removed state first (a start without a license file, a renewal by file).
+        if let Some(mark) = body.tpm {
+            count_rollback(
+                anchor,
+                (Event::Recreated, mark.counter, 0),
+                "a removed node state, re-established from the license server's time",
+            );
+        }
         tracing::warn!(
             "this TPM node's state was removed; re-established from the license server's time {server_time}"
         );

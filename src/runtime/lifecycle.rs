@@ -223,7 +223,12 @@ impl Lifecycle {
     /// A license server's signed time (a verified response to this node's fresh
     /// nonce): a floor for trusted time.
     pub fn observe_server_time(&self, server_time: DateTime<Utc>) {
-        self.remember("the license server's time", |s| s.raise(server_time));
+        // On a TPM node whose state was removed while it ran, this makes it again.
+        if let Err(e) = trusted_time::observe_server_time(&self.identity, server_time) {
+            tracing::error!(
+                "cannot record the license server's time in the node's trusted-time state: {e}"
+            );
+        }
     }
 
     pub fn identity(&self) -> &NodeIdentity {

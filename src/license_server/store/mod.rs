@@ -285,7 +285,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         // TPM nodes: their count of refused rolled-back states, as each report gave it.
         5,
-        "ALTER TABLE checkpoints ADD COLUMN tpm_rollbacks BIGINT",
+        "ALTER TABLE checkpoints ADD COLUMN tpm_rollbacks BIGINT;
+    CREATE INDEX checkpoints_node_id ON checkpoints (node_id, id)",
     ),
 ];
 
