@@ -424,14 +424,13 @@ mod tpm_keys {
         }
 
         fn read(&self) -> Result<AnchorReading, AnchorError> {
+            // The count of refused states is read too, so that it must be there: a node
+            // whose count was deleted would refuse rollbacks without the license server
+            // hearing of them.
             let reading = self
                 .counters
-                .state
                 .read_with_clock(&self.tcti)
                 .map_err(anchor_error)?;
-            // The count of refused states must be there too: a node whose count was
-            // deleted would refuse rollbacks without the license server hearing of them.
-            self.rollbacks()?;
             Ok(AnchorReading {
                 counter: reading.counter,
                 clock_ms: reading.clock_ms,

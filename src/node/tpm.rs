@@ -24,7 +24,7 @@
 //!   bus only inside the salted session's parameter encryption.
 //! - [`create_counter`] / [`NvCounter`]: a TPM_NT_COUNTER NV index (`counter.tpm`
 //!   names it), the node state's rollback anchor, read together with the TPM's Clock
-//!   ([`NvCounter::read_with_clock`]). Every read and increment first checks that the
+//!   ([`NodeCounters::read_with_clock`]). Every read and increment first checks that the
 //!   index is still a counter.
 //! - [`endorsement_key_sha256`]: the hash of the endorsement key's public area, the
 //!   `tpm-ek` hardware component.
@@ -538,10 +538,7 @@ impl ObjectBlobs {
         operation: &'static str,
         f: impl FnOnce(&mut Context, KeyHandle) -> Result<T, TpmError>,
     ) -> Result<T, TpmError> {
-        let bad = |detail: String| TpmError::BadKeyFile {
-            path: file.to_string(),
-            detail,
-        };
+        let bad = bad_file(file);
         let public = self.tpm_public().map_err(bad)?;
         let private = self.tpm_private().map_err(bad)?;
         let mut ctx = open_context(tcti)?;
@@ -584,6 +581,33 @@ fn point_field(
         .and_then(|v| <[u8; POINT_LEN]>::try_from(v).ok())
         .filter(|p| p[0] == 0x04)
         .ok_or_else(|| bad(format!("{name} is not an uncompressed P-256 point")))
+}
+
+/// The error for the node-directory file at `path`, with what is wrong with it.
+fn bad_file(path: &str) -> impl Fn(String) -> TpmError + Copy + '_ {
+    move |detail| TpmError::BadKeyFile {
+        path: path.to_string(),
+        detail,
+    }
+}
+
+/// Parse the JSON node-directory file at `path` (its `bytes`), refusing a `format`
+/// (read by `format_of`) other than `expected`.
+fn parse_node_file<T: serde::de::DeserializeOwned>(
+    path: &str,
+    bytes: &[u8],
+    expected: &str,
+    format_of: impl Fn(&T) -> &String,
+) -> Result<T, TpmError> {
+    let bad = bad_file(path);
+    let file: T = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let format = format_of(&file);
+    if format != expected {
+        return Err(bad(format!(
+            "unknown format {format:?} (expected {expected:?})"
+        )));
+    }
+    Ok(file)
 }
 
 /// Serialize a key file (pretty JSON, newline-terminated).
@@ -685,14 +709,8 @@ impl TpmKeyBlobs {
 
     /// Parse a key file's contents; `path` only names it in errors.
     pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<Self, TpmError> {
-        let bad = |detail: String| TpmError::BadKeyFile {
-            path: path.to_string(),
-            detail,
-        };
-        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if file.format != KEY_FILE_FORMAT {
-            return Err(bad(format!("unknown format {:?}", file.format)));
-        }
+        let bad = bad_file(path);
+        let file: KeyFile = parse_node_file(path, bytes, KEY_FILE_FORMAT, |f: &KeyFile| &f.format)?;
         if file.suite != hpke_p256::SUITE {
             return Err(bad(format!("unknown suite {:?}", file.suite)));
         }
@@ -990,14 +1008,11 @@ impl SealedSecret {
 
     /// Parse a sealed key file's contents; `path` only names it in errors.
     pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<Self, TpmError> {
-        let bad = |detail: String| TpmError::BadKeyFile {
-            path: path.to_string(),
-            detail,
-        };
-        let file: SealedFile = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if file.format != SEALED_SIGNING_KEY_FORMAT {
-            return Err(bad(format!("unknown format {:?}", file.format)));
-        }
+        let bad = bad_file(path);
+        let file: SealedFile =
+            parse_node_file(path, bytes, SEALED_SIGNING_KEY_FORMAT, |f: &SealedFile| {
+                &f.format
+            })?;
         let (object, public) = ObjectBlobs::from_hex(
             &bad,
             &file.parent_point,
@@ -1153,6 +1168,22 @@ impl NodeCounters {
         Ok(NodeCounters { state, rollbacks })
     }
 
+    /// Both counters and the TPM's Clock, over one connection (each counter checked to
+    /// be one, as [`NvCounter::read`] does).
+    pub fn read_with_clock(&self, tcti: &str) -> Result<CounterReading, TpmError> {
+        let mut ctx = open_context(tcti)?;
+        let state = self.state.open(&mut ctx, tcti)?;
+        let counter = read_counter(&mut ctx, tcti, state)?;
+        let rollbacks = self.rollbacks.open(&mut ctx, tcti)?;
+        let rollbacks = read_counter(&mut ctx, tcti, rollbacks)?;
+        let clock_ms = read_clock(&mut ctx, tcti)?;
+        Ok(CounterReading {
+            counter,
+            rollbacks,
+            clock_ms,
+        })
+    }
+
     /// The counter file's bytes (pretty JSON).
     pub fn to_file_bytes(&self) -> Vec<u8> {
         file_bytes(&CounterFileJson {
@@ -1165,18 +1196,11 @@ impl NodeCounters {
 
     /// Parse a counter file (`path` names it in errors).
     pub fn from_file_bytes(path: &str, bytes: &[u8]) -> Result<NodeCounters, TpmError> {
-        let bad = |detail: String| TpmError::BadKeyFile {
-            path: path.to_string(),
-            detail,
-        };
+        let bad = bad_file(path);
         let json: CounterFileJson =
-            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        if json.format != COUNTER_FILE_FORMAT {
-            return Err(bad(format!(
-                "unknown format {:?} (expected {COUNTER_FILE_FORMAT:?})",
-                json.format
-            )));
-        }
+            parse_node_file(path, bytes, COUNTER_FILE_FORMAT, |f: &CounterFileJson| {
+                &f.format
+            })?;
         let auth: [u8; COUNTER_AUTH_LEN] = hex::decode(&json.auth)
             .ok()
             .and_then(|a| a.try_into().ok())
@@ -1218,13 +1242,16 @@ impl NodeCounters {
     }
 }
 
-/// The node's counter and the TPM's Clock, read in one go.
+/// A node's two counters and the TPM's Clock, read in one go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterReading {
+    /// The state's counter.
     pub counter: u64,
+    /// The count of refused rolled-back states.
+    pub rollbacks: u64,
     /// The TPM's Clock (TPMS_CLOCK_INFO.clock): milliseconds the TPM has been powered,
-    /// kept across reboots, never set back (TPM2_ClockSet only moves it forward), reset
-    /// only by TPM2_Clear.
+    /// kept across reboots (a power loss can set it back to its last save, at most
+    /// about 70 minutes), moved only forward by TPM2_ClockSet, reset by TPM2_Clear.
     pub clock_ms: u64,
 }
 
@@ -1243,15 +1270,6 @@ impl NvCounter {
         let mut ctx = open_context(tcti)?;
         let handle = self.open(&mut ctx, tcti)?;
         increment_counter(&mut ctx, tcti, handle)
-    }
-
-    /// The counter's value and the TPM's Clock, over one connection.
-    pub fn read_with_clock(&self, tcti: &str) -> Result<CounterReading, TpmError> {
-        let mut ctx = open_context(tcti)?;
-        let handle = self.open(&mut ctx, tcti)?;
-        let counter = read_counter(&mut ctx, tcti, handle)?;
-        let clock_ms = read_clock(&mut ctx, tcti)?;
-        Ok(CounterReading { counter, clock_ms })
     }
 
     /// Remove the counter (TPM2_NV_UndefineSpace, owner hierarchy).

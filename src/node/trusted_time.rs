@@ -391,21 +391,22 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
         path: path.display().to_string(),
         reason,
     };
-    match (identity.state_anchor(), reading, body.tpm) {
-        (None, _, None) => {}
-        (None, _, Some(mark)) => {
+    // The reading is there exactly when the anchor is (read above).
+    match (identity.state_anchor().zip(reading), body.tpm) {
+        (None, None) => {}
+        (None, Some(mark)) => {
             return Err(invalid(format!(
                 "it names TPM counter {:#010x}, but this node directory has no TPM counter ({} is missing)",
                 mark.nv_index,
                 crate::node::identity::TPM_COUNTER_FILE
             )))
         }
-        (Some(_), _, None) => {
+        (Some(_), None) => {
             return Err(invalid(
                 "it carries no TPM counter, and this node's state is anchored in its TPM".into(),
             ))
         }
-        (Some(anchor), Some(reading), Some(mark)) => {
+        (Some((anchor, reading)), Some(mark)) => {
             if mark.nv_index != anchor.nv_index() {
                 return Err(invalid(format!(
                     "it names TPM counter {:#010x}, not this node's {:#010x}",
@@ -439,7 +440,6 @@ fn load_unlocked(identity: &NodeIdentity) -> Result<Option<Loaded>, StateError> 
                 .high_water
                 .max(anchored_high_water(body.high_water, &mark, reading.clock_ms));
         }
-        (Some(_), None, Some(_)) => unreachable!("an anchor is always read"),
     }
     Ok(Some(Loaded { body, reading }))
 }
