@@ -182,9 +182,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(out.join("license-issuer-v1.license"), issued.render())?;
 
     let full = full_license(&out, &root, &enrollment, &header, &key, &terms)?;
-    p256_license(&out, &root, &enrollment, &header, &key, &terms)?;
     // A TPM node's enrollment: the P-256 unwrap key, and the TPM's count of refused
-    // rolled-back states when it enrolled.
+    // rolled-back states when it enrolled; and a license for it.
     let tpm_public = P256UnwrapSecret::from_bytes(p256_vector_secret())?.public_key();
     let tpm_enrollment = enrollment::EnrollmentBody {
         unwrap_key: tpm_public.as_bytes().to_vec(),
@@ -192,6 +191,7 @@ fn main() -> anyhow::Result<()> {
         tpm_rollbacks: Some(7),
         ..enrollment.clone()
     };
+    p256_license(&out, &root, &tpm_enrollment, &header, &key, &terms)?;
     std::fs::write(
         out.join("enrollment-tpm-v1.enroll"),
         Envelope::sign(&tpm_enrollment, identity.signer(), vec![]).render(),
@@ -290,27 +290,23 @@ fn p256_vector_secret() -> [u8; 32] {
     leasehold::crypto::sha256(&[b"leasehold vector P-256 unwrap key"])
 }
 
-/// A license for a node whose unwrap key is a P-256 key (the suite of TPM nodes): the
-/// vector node's enrollment with its unwrap key replaced, and the scalar that opens it.
+/// A license for a node whose unwrap key is a P-256 key (the suite of TPM nodes): issued
+/// from `tpm_enrollment` (the vector node's enrollment with the key of
+/// [`p256_vector_secret`]), and the scalar that opens it.
 fn p256_license(
     out: &Path,
     root: &SecretKey,
-    enrollment: &enrollment::EnrollmentBody,
+    tpm_enrollment: &enrollment::EnrollmentBody,
     header: &Header,
     key: &ContentKey,
     terms: &Terms,
 ) -> anyhow::Result<()> {
     let secret = P256UnwrapSecret::from_bytes(p256_vector_secret())?;
     let public = secret.public_key();
-    let tpm_enrollment = enrollment::EnrollmentBody {
-        unwrap_key: public.as_bytes().to_vec(),
-        unwrap_suite: public.suite_field(),
-        ..enrollment.clone()
-    };
     let license = issue(
         root,
         None,
-        &tpm_enrollment,
+        tpm_enrollment,
         header,
         key,
         &Terms {

@@ -434,15 +434,7 @@ fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
     };
     let renew = |args: &[&str]| ok(&renew_by_file(p, args), &format!("renew {args:?}"));
     renew(&["--request-out", "req.json"]);
-    std::fs::copy(p.join("req.json"), vendor.path().join("req.json")).unwrap();
-    vendor.admin_ok(&[
-        "renew",
-        "--request",
-        "req.json",
-        "--response-out",
-        "resp.json",
-    ]);
-    std::fs::copy(vendor.path().join("resp.json"), p.join("resp.json")).unwrap();
+    vendor.answer_renewal_file(p, "req.json", "resp.json");
     renew(&["--response", "resp.json"]);
     let second = std::fs::read(p.join("node.license")).unwrap();
     let identity = leasehold::node::NodeIdentity::load(&p.join("node")).unwrap();
@@ -654,15 +646,7 @@ fn air_gapped_renewal_by_files_and_replays_refused() {
         &renew(&["--request-out", "req1.json"]),
         "renew --request-out",
     );
-    std::fs::copy(p.join("req1.json"), vendor.path().join("req1.json")).unwrap();
-    vendor.admin_ok(&[
-        "renew",
-        "--request",
-        "req1.json",
-        "--response-out",
-        "resp1.json",
-    ]);
-    std::fs::copy(vendor.path().join("resp1.json"), p.join("resp1.json")).unwrap();
+    vendor.answer_renewal_file(p, "req1.json", "resp1.json");
     let out = ok(&renew(&["--response", "resp1.json"]), "renew --response");
     assert!(out.contains("serial 2"), "{out}");
     assert_ne!(std::fs::read(p.join("node.license")).unwrap(), first);
@@ -680,16 +664,9 @@ fn air_gapped_renewal_by_files_and_replays_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     // A forged response (one signature byte changed) is refused.
-    std::fs::copy(p.join("req2.json"), vendor.path().join("req2.json")).unwrap();
-    vendor.admin_ok(&[
-        "renew",
-        "--request",
-        "req2.json",
-        "--response-out",
-        "resp2.json",
-    ]);
+    vendor.answer_renewal_file(p, "req2.json", "resp2.json");
     let mut doc: Value =
-        serde_json::from_slice(&std::fs::read(vendor.path().join("resp2.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(p.join("resp2.json")).unwrap()).unwrap();
     let sig = doc["signature"].as_str().unwrap().to_string();
     let flipped = if sig.starts_with('A') { "B" } else { "A" };
     doc["signature"] = Value::String(format!("{flipped}{}", &sig[1..]));
@@ -704,7 +681,6 @@ fn air_gapped_renewal_by_files_and_replays_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     // The genuine one still works.
-    std::fs::copy(vendor.path().join("resp2.json"), p.join("resp2.json")).unwrap();
     let out = ok(
         &renew(&["--response", "resp2.json"]),
         "renew --response resp2",

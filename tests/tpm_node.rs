@@ -314,15 +314,24 @@ fn enroll_tpm_auto_keeps_file_keys_without_a_tpm_and_tpm_on_fails_clearly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
-    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
+/// A started vendor entitling one node (`lease`, `grace`), and a node enrolled through
+/// it with `--tpm` on a fresh swtpm (its state in the returned directory), approved.
+fn vendor_and_tpm_node(
+    lease: &str,
+    grace: &str,
+) -> (
+    tempfile::TempDir,
+    Swtpm,
+    common::vendor::Vendor,
+    common::vendor::Node,
+) {
+    use common::vendor::{Node, Vendor, ORG};
     let states = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start(&states.path().join("tpm"));
     let tcti = tpm.tcti();
     let mut vendor = Vendor::new(None, &[]);
     vendor.start();
-    vendor.entitle(1, "8s", "4s");
+    vendor.entitle(1, lease, grace);
     let node = Node::new(&vendor);
     let url = vendor.url();
     let enrolled = common::vendor::ok(
@@ -347,6 +356,15 @@ async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
     );
     let id = enrolled.lines().last().unwrap().trim().to_string();
     vendor.admin_ok(&["approve", &id]);
+    (states, tpm, vendor, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tpm_node_enrolls_with_the_license_server_and_renews_short_leases() {
+    use common::vendor::{as_strs, serve_args};
+    let (_states, tpm, vendor, node) = vendor_and_tpm_node("8s", "4s");
+    let tcti = tpm.tcti();
+    let url = vendor.url();
 
     let args = serve_args(&url);
     let server = Server::start_env(node.path(), &as_strs(&args), &[("TCTI", Path::new(&tcti))]);
@@ -497,38 +515,11 @@ async fn a_restored_backup_of_a_tpm_node_directory_is_refused_as_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_restore_is_counted_in_the_tpm_and_flagged_by_the_license_server() {
-    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
-    let states = tempfile::tempdir().unwrap();
-    let tpm = Swtpm::start(&states.path().join("tpm"));
+    use common::vendor::{as_strs, serve_args};
+    let (_states, tpm, vendor, node) = vendor_and_tpm_node("30m", "10m");
     let tcti = tpm.tcti();
     let env = [("TCTI", Path::new(&tcti))];
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "30m", "10m");
-    let node = Node::new(&vendor);
     let url = vendor.url();
-    let enrolled = common::vendor::ok(
-        &vendor.client(
-            node.path(),
-            &[
-                "enroll",
-                "--node-dir",
-                "node",
-                "--server",
-                &url,
-                "--org",
-                ORG,
-                "--model",
-                "tiny",
-                "--tpm",
-                "--tcti",
-                &tcti,
-            ],
-        ),
-        "enroll --tpm --server",
-    );
-    let id = enrolled.lines().last().unwrap().trim().to_string();
-    vendor.admin_ok(&["approve", &id]);
     let args = serve_args(&url);
 
     // Back up the enrolled node directory; serve (the first license: a state write
@@ -595,37 +586,10 @@ async fn a_refused_restore_is_counted_in_the_tpm_and_flagged_by_the_license_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_tpm_state_comes_back_from_a_renewal_by_file_once() {
-    use common::vendor::{as_strs, serve_args, Node, Vendor, ORG};
-    let states = tempfile::tempdir().unwrap();
-    let tpm = Swtpm::start(&states.path().join("tpm"));
+    use common::vendor::{as_strs, serve_args};
+    let (_states, tpm, vendor, node) = vendor_and_tpm_node("30m", "10m");
     let tcti = tpm.tcti();
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "30m", "10m");
-    let node = Node::new(&vendor);
     let url = vendor.url();
-    let enrolled = common::vendor::ok(
-        &vendor.client(
-            node.path(),
-            &[
-                "enroll",
-                "--node-dir",
-                "node",
-                "--server",
-                &url,
-                "--org",
-                ORG,
-                "--model",
-                "tiny",
-                "--tpm",
-                "--tcti",
-                &tcti,
-            ],
-        ),
-        "enroll --tpm --server",
-    );
-    let id = enrolled.lines().last().unwrap().trim().to_string();
-    vendor.admin_ok(&["approve", &id]);
     let mut server = Server::start_env(
         node.path(),
         &as_strs(&serve_args(&url)),
@@ -655,15 +619,7 @@ async fn a_removed_tpm_state_comes_back_from_a_renewal_by_file_once() {
     assert_eq!(code, 13);
     ok(renew(&["--request-out", "req.json"]), "renew --request-out");
     let kept = std::fs::read(p.join("node/renewal-pending.json")).unwrap();
-    std::fs::copy(p.join("req.json"), vendor.path().join("req.json")).unwrap();
-    vendor.admin_ok(&[
-        "renew",
-        "--request",
-        "req.json",
-        "--response-out",
-        "resp.json",
-    ]);
-    std::fs::copy(vendor.path().join("resp.json"), p.join("resp.json")).unwrap();
+    vendor.answer_renewal_file(p, "req.json", "resp.json");
     ok(renew(&["--response", "resp.json"]), "renew --response");
     assert!(state.exists(), "made afresh from the server's time");
     ok(with_tpm(p, &tpm, &check), "check after the renewal by file");

@@ -262,6 +262,25 @@ fn documented_fields(kind: &str) -> &'static [&'static str] {
 }
 
 /// The fields present are the documented ones, in the documented order.
+/// "`node`" of a license body, fields in order.
+const LICENSE_NODE_FIELDS: &[&str] = &[
+    "node_id",
+    "signing_key",
+    "unwrap_key",
+    "unwrap_suite",
+    "hardware",
+];
+
+/// "`usage`" of renewal requests and checkpoint reports, fields in order.
+const USAGE_FIELDS: &[&str] = &[
+    "since",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "ledger",
+    "tpm_rollbacks",
+];
+
 fn check_order(what: &str, fields: &Map<String, Value>, documented: &[&str]) {
     let present: Vec<&str> = fields.keys().map(String::as_str).collect();
     let expected: Vec<&str> = documented
@@ -467,13 +486,7 @@ fn license_fields_rederive_from_the_text() {
     check_order(
         "node",
         body["node"].as_object().unwrap(),
-        &[
-            "node_id",
-            "signing_key",
-            "unwrap_key",
-            "unwrap_suite",
-            "hardware",
-        ],
+        LICENSE_NODE_FIELDS,
     );
     check_order(
         "model",
@@ -591,13 +604,7 @@ fn p256_license_unwraps_from_the_text() {
     check_order(
         "node",
         body["node"].as_object().unwrap(),
-        &[
-            "node_id",
-            "signing_key",
-            "unwrap_key",
-            "unwrap_suite",
-            "hardware",
-        ],
+        LICENSE_NODE_FIELDS,
     );
     assert_eq!(body["node"]["unwrap_suite"], suite);
     assert_eq!(body["content_key"]["suite"], suite);
@@ -646,32 +653,10 @@ fn renewal_vectors_rederive_from_the_text() {
     assert_eq!(b64_32(&request["node_key"]), node_signing_key());
     check_time(request["sent_at"].as_str().unwrap(), true);
     check_time(request["usage"]["since"].as_str().unwrap(), true);
-    check_order(
-        "usage",
-        request["usage"].as_object().unwrap(),
-        &[
-            "since",
-            "requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "ledger",
-            "tpm_rollbacks",
-        ],
-    );
+    check_order("usage", request["usage"].as_object().unwrap(), USAGE_FIELDS);
     // A TPM node's request: the same, with its count of refused rolled-back states.
     let tpm = check_signed("renewal-request-tpm-v1.json", "renewal-request");
-    check_order(
-        "usage",
-        tpm["usage"].as_object().unwrap(),
-        &[
-            "since",
-            "requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "ledger",
-            "tpm_rollbacks",
-        ],
-    );
+    check_order("usage", tpm["usage"].as_object().unwrap(), USAGE_FIELDS);
     assert_eq!(tpm["usage"]["tpm_rollbacks"], 8);
     assert!(
         request["usage"].get("tpm_rollbacks").is_none(),

@@ -166,6 +166,14 @@ impl Vendor {
         ok(&self.admin(args), &format!("admin {args:?}"))
     }
 
+    /// Answer a node's renewal request file as the vendor of an air-gapped site does:
+    /// `dir/request` copied here, `admin renew`, the response copied to `dir/response`.
+    pub fn answer_renewal_file(&self, dir: &Path, request: &str, response: &str) {
+        std::fs::copy(dir.join(request), self.path().join(request)).unwrap();
+        self.admin_ok(&["renew", "--request", request, "--response-out", response]);
+        std::fs::copy(self.path().join(response), dir.join(response)).unwrap();
+    }
+
     pub fn admin_json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
