@@ -95,7 +95,10 @@ fn main() {
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("roots.rs");
     std::fs::write(out, code).unwrap();
-    native_libraries();
+    // Only the inference runtime links llama.cpp.
+    if std::env::var_os("CARGO_FEATURE_INFERENCE").is_some() {
+        native_libraries();
+    }
 }
 
 fn sha256(path: &Path) -> [u8; 32] {

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The binary a vendor ships: built without the demo root, with the vendor's roots.
 #
-#   scripts/release-binary.sh               # cargo build --release --no-default-features;
+#   scripts/release-binary.sh               # the node's binary: cargo build --release
+#                                           # --no-default-features --features tpm,inference;
 #                                           # stages target/release/dist/{bin,lib/leasehold}
 #                                           # and prints the binary's path on the last line
+#   scripts/release-binary.sh --server      # the license server's and vendor's binary: no
+#                                           # llama.cpp, no TPM (no cmake, clang or libtss2),
+#                                           # staged as target/release/dist-server/bin/leasehold
 #   scripts/release-binary.sh --check PATH  # refuse PATH if it trusts the demo root
 #
 # The build fails, before compiling anything, when keys/roots/ (or LEASEHOLD_ROOTS_DIR,
@@ -30,10 +34,12 @@ check() {
   echo "$version" | sed 's/^/release: /' >&2
 }
 
+server=false
 case "${1:-}" in
   --check) check "${2:?--check PATH}"; exit 0 ;;
+  --server) server=true ;;
   "") ;;
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
   *) echo "release: unknown argument $1 (see --help)" >&2; exit 2 ;;
 esac
 
@@ -47,10 +53,22 @@ if ! compgen -G "$roots/*.pub" >/dev/null; then
   } >&2
   exit 1
 fi
+target="${CARGO_TARGET_DIR:-target}/release"
+if $server; then
+  # shellcheck disable=SC2086
+  cargo build --release --locked --bin leasehold --no-default-features ${LEASEHOLD_BUILD_FLAGS:-}
+  dist="$target/dist-server"
+  rm -rf "$dist"
+  mkdir -p "$dist/bin"
+  cp "$target/leasehold" "$dist/bin/leasehold"
+  check "$dist/bin/leasehold"
+  echo "$dist/bin/leasehold"
+  exit 0
+fi
 scripts/setup.sh
 # llama.cpp's libraries are where llama-cpp-sys-2's build script put them (its out_dir).
 # shellcheck disable=SC2086
-out_dir="$(cargo build --release --locked --bin leasehold --no-default-features --features tpm ${LEASEHOLD_BUILD_FLAGS:-} \
+out_dir="$(cargo build --release --locked --bin leasehold --no-default-features --features tpm,inference ${LEASEHOLD_BUILD_FLAGS:-} \
   --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -58,7 +76,6 @@ for line in sys.stdin:
     if m.get("reason") == "build-script-executed" and "llama-cpp-sys-2" in m["package_id"]:
         print(m["out_dir"])' | tail -n 1)"
 [ -d "$out_dir/backends" ] || { echo "release: no llama.cpp build output found (out_dir '$out_dir')" >&2; exit 1; }
-target="${CARGO_TARGET_DIR:-target}/release"
 # The install layout: bin/leasehold finds ../lib/leasehold/ (its RUNPATH) and the CPU
 # kernel modules in ../lib/leasehold/backends/. The libraries are copied unchanged:
 # the binary checks their SHA-256 against the ones compiled in.

@@ -41,6 +41,7 @@ pub mod node;
 pub mod protocol;
 pub mod runtime;
 pub mod seal;
+#[cfg(feature = "inference")]
 pub mod server;
 pub mod sys;
 pub mod watermark;

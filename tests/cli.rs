@@ -639,3 +639,45 @@ fn enrollment_can_pin_the_component_set() {
         "policy",
     );
 }
+
+/// The license server's and the vendor's build (`--no-default-features --features
+/// demo-root`, run by .ci/run): no llama.cpp in the process, and the node's commands
+/// refused with a message that says where they are.
+#[cfg(not(feature = "inference"))]
+#[test]
+fn a_build_without_inference_loads_no_llama_cpp_and_says_where_serve_is() {
+    let binary = env!("CARGO_BIN_EXE_leasehold");
+    let ldd = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap();
+    let linked = stdout(&ldd);
+    assert!(ldd.status.success(), "{linked}");
+    for library in ["libllama", "libggml", "libgomp", "libtss2"] {
+        assert!(!linked.contains(library), "{library} linked:\n{linked}");
+    }
+    let dir = TempDir::new().unwrap();
+    for args in [
+        &["serve", "--license", "x.license"][..],
+        &["run", "--prompt", "hi"],
+        &["watermark", "detect", "--help"],
+    ] {
+        let out = leasehold(dir.path(), args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("needs the inference runtime (llama.cpp)"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let version = leasehold(dir.path(), &["--version"]);
+    assert!(stdout(&version).contains("no inference runtime in this build"));
+    // What this build is for still works.
+    for args in [
+        &["license-server", "--help"][..],
+        &["admin", "--help"],
+        &["seal", "--help"],
+    ] {
+        assert_eq!(code(&leasehold(dir.path(), args)), 0, "{args:?}");
+    }
+}

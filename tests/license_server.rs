@@ -2,14 +2,19 @@
 //! process (SQLite, and two replicas on a real PostgreSQL), real `leasehold serve`
 //! nodes with the tiny test model, the `admin` and `enroll --server` commands.
 
+// Without the inference runtime the tests that serve are left out, and with them the
+// uses of some helpers.
+#![cfg_attr(not(feature = "inference"), allow(dead_code, unused_imports))]
+
 mod common;
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::node::{eventually, leasehold, Server};
-use common::vendor::{as_strs, ok, serve_args, Node, Vendor, CA_ENV, ORG};
+use common::node::leasehold;
+use common::postgres::{postgres_url, TempDatabase};
+use common::vendor::{ok, Node, Vendor, CA_ENV, ORG};
 use leasehold::protocol::{LedgerPosition, UsageCheckpoint};
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -39,109 +44,6 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn license_state(http: &reqwest::Client, node: &Server) -> Value {
-    common::node::get_json(http, &node.url("/v1/license")).await
-}
-
-async fn chat(http: &reqwest::Client, node: &Server) -> (u16, Value) {
-    let response = http
-        .post(node.url("/v1/chat/completions"))
-        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn phase(http: &reqwest::Client, node: &Server) -> String {
-    license_state(http, node).await["phase"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(1, "10s", "5s");
-    let node = Node::new(&vendor);
-    let id = node.enroll_ok(&vendor);
-
-    // The approver sees the declared use.
-    let pending = vendor.admin_ok(&["enrollments"]);
-    assert!(pending.contains(&id), "{pending}");
-    assert!(
-        pending.contains("support chat")
-            && pending.contains("prompts stay in the EU")
-            && pending.contains("VPN only"),
-        "{pending}"
-    );
-
-    // The node waits for approval with a clear message, then serves.
-    let (node_tx, node_rx) = std::sync::mpsc::channel();
-    {
-        let dir = node.path().to_path_buf();
-        let url = vendor.url();
-        std::thread::spawn(move || {
-            let server = Server::start(&dir, &as_strs(&serve_args(&url)));
-            node_tx.send(server).unwrap();
-        });
-    }
-    let stderr_log = node
-        .path()
-        .join(format!("serve-{}.stderr", std::process::id()));
-    let waiting = eventually(Duration::from_secs(30), async || {
-        std::fs::read_to_string(&stderr_log)
-            .unwrap_or_default()
-            .contains("waiting for approval")
-    })
-    .await;
-    assert!(waiting, "the node should say it waits for approval");
-    vendor.admin_ok(&["approve", &id]);
-    let server = node_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    assert!(node.path().join("node.license").exists());
-
-    let http = client();
-    let start = Instant::now();
-    let mut requests = 0;
-    while start.elapsed() < Duration::from_secs(60) {
-        let (status, body) = chat(&http, &server).await;
-        assert_eq!(
-            status,
-            200,
-            "request {requests} failed at {:?}: {body}",
-            start.elapsed()
-        );
-        requests += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let state = license_state(&http, &server).await;
-    assert_eq!(state["phase"], "serving");
-    let serial = state["serial"].as_u64().unwrap();
-    assert!(
-        serial >= 10,
-        "a 10 s lease renewed at about half should reach serial 10 in 60 s, got {serial}"
-    );
-    assert_eq!(state["renewal"]["consecutive_failures"], 0);
-
-    // The server saw the renewals and the usage.
-    let licenses = vendor.admin_json(&["list"]);
-    assert!(licenses["licenses"][0]["serial"].as_u64().unwrap() >= serial);
-    let usage = vendor.admin_json(&["usage", "--org", ORG]);
-    let reported = usage["nodes"][0]["requests"].as_u64().unwrap();
-    assert_eq!(usage["nodes"][0]["ledger_findings"], json!([]));
-    assert!(
-        reported > 0 && reported <= requests,
-        "usage {reported} of {requests}"
-    );
-    // The license file on disk is the one in force.
-    let on_disk: Value =
-        serde_json::from_slice(&std::fs::read(node.path().join("node.license")).unwrap()).unwrap();
-    assert!(on_disk["body"]["serial"].as_u64().unwrap() >= serial);
-}
-
 /// The ledger findings `admin usage` lists for the (one) node.
 fn ledger_findings(vendor: &Vendor) -> Vec<String> {
     let usage = vendor.admin_json(&["usage"]);
@@ -153,230 +55,346 @@ fn ledger_findings(vendor: &Vendor) -> Vec<String> {
         .collect()
 }
 
-/// Serve until `renewals` more renewals went through (each reports the ledger), after
-/// `requests` answered chats; then stop the node.
-async fn serve_session(vendor: &Vendor, node: &Node, requests: usize, renewals: u64) {
-    let http = client();
-    let mut server = node.serve(vendor);
-    for _ in 0..requests {
-        assert_eq!(chat(&http, &server).await.0, 200);
+/// Real `serve` nodes renewing against the server (the inference runtime).
+#[cfg(feature = "inference")]
+mod serving {
+    use std::time::Instant;
+
+    use super::*;
+    use common::node::{eventually, Server};
+    use common::vendor::{as_strs, serve_args};
+
+    async fn license_state(http: &reqwest::Client, node: &Server) -> Value {
+        common::node::get_json(http, &node.url("/v1/license")).await
     }
-    let first = license_state(&http, &server).await["renewal"]["renewals"]
-        .as_u64()
-        .unwrap();
-    let renewed = eventually(Duration::from_secs(40), async || {
-        license_state(&http, &server).await["renewal"]["renewals"]
-            .as_u64()
-            .unwrap()
-            >= first + renewals
-    })
-    .await;
-    assert!(
-        renewed,
-        "{renewals} renewal(s) expected: {}",
-        server.stderr()
-    );
-    server.stop();
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolled_back_or_deleted_ledger_is_flagged_at_renewal() {
-    let (vendor, node) = vendor_with_node("6s", "60s");
-    let ledger = node.path().join("node/usage.ledger");
-    let head = node.path().join("node/ledger.head");
-
-    serve_session(&vendor, &node, 3, 2).await;
-    // The head first: it is written after the ledger, so this copy of the ledger
-    // holds the checkpoint it names (a consistent backup).
-    let backup = (
-        std::fs::read(&head).unwrap(),
-        std::fs::read(&ledger).unwrap(),
-    );
-    serve_session(&vendor, &node, 3, 2).await;
-    assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
-
-    // Rolled back to the backup, head included: the node itself cannot tell...
-    std::fs::write(&head, &backup.0).unwrap();
-    std::fs::write(&ledger, &backup.1).unwrap();
-    serve_session(&vendor, &node, 0, 1).await;
-    // ...but the license server can.
-    let findings = ledger_findings(&vendor);
-    assert_eq!(findings.len(), 1, "{findings:?}");
-    assert!(findings[0].contains("went-backwards"), "{findings:?}");
-
-    // Deleted, head and all: the node starts a new ledger, the server notices.
-    std::fs::remove_file(&ledger).unwrap();
-    std::fs::remove_file(&head).unwrap();
-    serve_session(&vendor, &node, 1, 1).await;
-    let findings = ledger_findings(&vendor);
-    assert_eq!(findings.len(), 2, "{findings:?}");
-    assert!(
-        findings[1].contains("replaced") && findings[1].contains("deleted"),
-        "{findings:?}"
-    );
-    // Renewals went on (flagged, not refused); the table says what to do.
-    let table = vendor.admin_ok(&["usage"]);
-    assert!(
-        table.contains("LEDGER FLAGGED") && table.contains("audit verify"),
-        "{table}"
-    );
-    // The server's metrics count the findings and the renewals.
-    let metrics = client()
-        .get(format!("{}/metrics", vendor.url()))
+    async fn chat(http: &reqwest::Client, node: &Server) -> (u16, Value) {
+        let response = http
+        .post(node.url("/v1/chat/completions"))
+        .json(&json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    for line in [
-        "leasehold_server_ledger_findings_total{kind=\"replaced\"} 1",
-        "leasehold_server_ledger_findings_total{kind=\"went-backwards\"} 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
-    let renewed: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("leasehold_server_renewals_total{decision=\"renewed\",reason=\"\"} ")
+
+    async fn phase(http: &reqwest::Client, node: &Server) -> String {
+        license_state(http, node).await["phase"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_leases_renewed_keep_a_node_serving_for_a_minute() {
+        let mut vendor = Vendor::new(None, &[]);
+        vendor.start();
+        vendor.entitle(1, "10s", "5s");
+        let node = Node::new(&vendor);
+        let id = node.enroll_ok(&vendor);
+
+        // The approver sees the declared use.
+        let pending = vendor.admin_ok(&["enrollments"]);
+        assert!(pending.contains(&id), "{pending}");
+        assert!(
+            pending.contains("support chat")
+                && pending.contains("prompts stay in the EU")
+                && pending.contains("VPN only"),
+            "{pending}"
+        );
+
+        // The node waits for approval with a clear message, then serves.
+        let (node_tx, node_rx) = std::sync::mpsc::channel();
+        {
+            let dir = node.path().to_path_buf();
+            let url = vendor.url();
+            std::thread::spawn(move || {
+                let server = Server::start(&dir, &as_strs(&serve_args(&url)));
+                node_tx.send(server).unwrap();
+            });
+        }
+        let stderr_log = node
+            .path()
+            .join(format!("serve-{}.stderr", std::process::id()));
+        let waiting = eventually(Duration::from_secs(30), async || {
+            std::fs::read_to_string(&stderr_log)
+                .unwrap_or_default()
+                .contains("waiting for approval")
         })
-        .unwrap_or_else(|| panic!("{metrics}"))
-        .parse()
-        .unwrap();
-    assert!(renewed >= 6.0, "{metrics}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_down_lapses_the_node_and_its_return_revives_it() {
-    let (mut vendor, node) = vendor_with_node("6s", "3s");
-    let server = node.serve(&vendor);
-    let http = client();
-    assert_eq!(chat(&http, &server).await.0, 200);
-
-    vendor.stop();
-    let stopped = Instant::now();
-    // Serving continues through lease + grace, then 403 license_expired.
-    assert!(
-        eventually(Duration::from_secs(20), async || phase(&http, &server)
-            .await
-            == "lapsed")
-        .await
-    );
-    assert!(
-        stopped.elapsed() >= Duration::from_secs(3),
-        "lapsed too early"
-    );
-    let (status, body) = chat(&http, &server).await;
-    assert_eq!(status, 403);
-    assert_eq!(body["error"]["code"], "license_expired");
-    let state = license_state(&http, &server).await;
-    assert!(state["renewal"]["consecutive_failures"].as_u64().unwrap() > 0);
-
-    // The server returns on the same address: service comes back, no node restart.
-    let pid = server.pid();
-    vendor.start();
-    assert!(
-        eventually(Duration::from_secs(20), async || phase(&http, &server)
-            .await
-            == "serving")
-        .await
-    );
-    assert_eq!(chat(&http, &server).await.0, 200);
-    assert_eq!(server.pid(), pid);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_a_node_stops_it_and_spares_the_others() {
-    let mut vendor = Vendor::new(None, &[]);
-    vendor.start();
-    vendor.entitle(2, "6s", "30s");
-    let (a, b) = (Node::new(&vendor), Node::new(&vendor));
-    for n in [&a, &b] {
-        let id = n.enroll_ok(&vendor);
+        .await;
+        assert!(waiting, "the node should say it waits for approval");
         vendor.admin_ok(&["approve", &id]);
+        let server = node_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert!(node.path().join("node.license").exists());
+
+        let http = client();
+        let start = Instant::now();
+        let mut requests = 0;
+        while start.elapsed() < Duration::from_secs(60) {
+            let (status, body) = chat(&http, &server).await;
+            assert_eq!(
+                status,
+                200,
+                "request {requests} failed at {:?}: {body}",
+                start.elapsed()
+            );
+            requests += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let state = license_state(&http, &server).await;
+        assert_eq!(state["phase"], "serving");
+        let serial = state["serial"].as_u64().unwrap();
+        assert!(
+            serial >= 10,
+            "a 10 s lease renewed at about half should reach serial 10 in 60 s, got {serial}"
+        );
+        assert_eq!(state["renewal"]["consecutive_failures"], 0);
+
+        // The server saw the renewals and the usage.
+        let licenses = vendor.admin_json(&["list"]);
+        assert!(licenses["licenses"][0]["serial"].as_u64().unwrap() >= serial);
+        let usage = vendor.admin_json(&["usage", "--org", ORG]);
+        let reported = usage["nodes"][0]["requests"].as_u64().unwrap();
+        assert_eq!(usage["nodes"][0]["ledger_findings"], json!([]));
+        assert!(
+            reported > 0 && reported <= requests,
+            "usage {reported} of {requests}"
+        );
+        // The license file on disk is the one in force.
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(node.path().join("node.license")).unwrap())
+                .unwrap();
+        assert!(on_disk["body"]["serial"].as_u64().unwrap() >= serial);
     }
-    let (sa, sb) = (a.serve(&vendor), b.serve(&vendor));
-    let http = client();
-    let node_a = license_state(&http, &sa).await["node_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
-    vendor.admin_ok(&["revoke", "--node", &node_a, "--reason", "contract ended"]);
-    let revoked_at = Instant::now();
-    // Within one renewal interval (half of the 6 s lease, plus jitter), not grace.
-    assert!(
-        eventually(Duration::from_secs(8), async || phase(&http, &sa).await
-            == "lapsed")
-        .await
-    );
-    assert!(revoked_at.elapsed() < Duration::from_secs(8));
-    let state = license_state(&http, &sa).await;
-    assert_eq!(state["revoked"], true);
-    assert!(state["renewal"]["refused"]
-        .as_str()
-        .unwrap()
-        .contains("contract ended"));
-    let (status, body) = chat(&http, &sa).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("license_expired"))
-    );
-    assert!(
-        !a.path().join("node.license").exists(),
-        "the revoked license is moved aside"
-    );
+    /// Serve until `renewals` more renewals went through (each reports the ledger), after
+    /// `requests` answered chats; then stop the node.
+    async fn serve_session(vendor: &Vendor, node: &Node, requests: usize, renewals: u64) {
+        let http = client();
+        let mut server = node.serve(vendor);
+        for _ in 0..requests {
+            assert_eq!(chat(&http, &server).await.0, 200);
+        }
+        let first = license_state(&http, &server).await["renewal"]["renewals"]
+            .as_u64()
+            .unwrap();
+        let renewed = eventually(Duration::from_secs(40), async || {
+            license_state(&http, &server).await["renewal"]["renewals"]
+                .as_u64()
+                .unwrap()
+                >= first + renewals
+        })
+        .await;
+        assert!(
+            renewed,
+            "{renewals} renewal(s) expected: {}",
+            server.stderr()
+        );
+        server.stop();
+    }
 
-    // The other node renews on and serves.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    assert_eq!(phase(&http, &sb).await, "serving");
-    assert_eq!(chat(&http, &sb).await.0, 200);
-    let listed = vendor.admin_json(&["list"]);
-    let statuses: Vec<bool> = listed["licenses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["revoked_at"].is_null())
-        .collect();
-    assert_eq!(statuses.iter().filter(|active| **active).count(), 1);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolled_back_or_deleted_ledger_is_flagged_at_renewal() {
+        let (vendor, node) = vendor_with_node("6s", "60s");
+        let ledger = node.path().join("node/usage.ledger");
+        let head = node.path().join("node/ledger.head");
 
-    // A restarted revoked node is refused with its own exit code.
-    drop(sa);
-    let out = leasehold(a.path(), &as_strs(&serve_args(&vendor.url())));
-    assert_eq!(
-        out.status.code(),
-        Some(22),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+        serve_session(&vendor, &node, 3, 2).await;
+        // The head first: it is written after the ledger, so this copy of the ledger
+        // holds the checkpoint it names (a consistent backup).
+        let backup = (
+            std::fs::read(&head).unwrap(),
+            std::fs::read(&ledger).unwrap(),
+        );
+        serve_session(&vendor, &node, 3, 2).await;
+        assert_eq!(ledger_findings(&vendor), Vec::<String>::new());
 
-    // Put the revoked license back and start without the license server: its lease is
-    // still in grace, but the node remembers the revocation in its signed state.
-    std::fs::rename(
-        a.path().join("node.license.revoked"),
-        a.path().join("node.license"),
-    )
-    .unwrap();
-    let out = leasehold(
-        a.path(),
-        &[
-            "serve",
-            "--license",
-            "node.license",
-            "--sealed",
-            "m.sealed",
-            "--node-dir",
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(22), "{stderr}");
-    assert!(stderr.contains("revoked"), "{stderr}");
+        // Rolled back to the backup, head included: the node itself cannot tell...
+        std::fs::write(&head, &backup.0).unwrap();
+        std::fs::write(&ledger, &backup.1).unwrap();
+        serve_session(&vendor, &node, 0, 1).await;
+        // ...but the license server can.
+        let findings = ledger_findings(&vendor);
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(findings[0].contains("went-backwards"), "{findings:?}");
+
+        // Deleted, head and all: the node starts a new ledger, the server notices.
+        std::fs::remove_file(&ledger).unwrap();
+        std::fs::remove_file(&head).unwrap();
+        serve_session(&vendor, &node, 1, 1).await;
+        let findings = ledger_findings(&vendor);
+        assert_eq!(findings.len(), 2, "{findings:?}");
+        assert!(
+            findings[1].contains("replaced") && findings[1].contains("deleted"),
+            "{findings:?}"
+        );
+        // Renewals went on (flagged, not refused); the table says what to do.
+        let table = vendor.admin_ok(&["usage"]);
+        assert!(
+            table.contains("LEDGER FLAGGED") && table.contains("audit verify"),
+            "{table}"
+        );
+        // The server's metrics count the findings and the renewals.
+        let metrics = client()
+            .get(format!("{}/metrics", vendor.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "leasehold_server_ledger_findings_total{kind=\"replaced\"} 1",
+            "leasehold_server_ledger_findings_total{kind=\"went-backwards\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+        }
+        let renewed: f64 = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("leasehold_server_renewals_total{decision=\"renewed\",reason=\"\"} ")
+            })
+            .unwrap_or_else(|| panic!("{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(renewed >= 6.0, "{metrics}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_down_lapses_the_node_and_its_return_revives_it() {
+        let (mut vendor, node) = vendor_with_node("6s", "3s");
+        let server = node.serve(&vendor);
+        let http = client();
+        assert_eq!(chat(&http, &server).await.0, 200);
+
+        vendor.stop();
+        let stopped = Instant::now();
+        // Serving continues through lease + grace, then 403 license_expired.
+        assert!(
+            eventually(Duration::from_secs(20), async || phase(&http, &server)
+                .await
+                == "lapsed")
+            .await
+        );
+        assert!(
+            stopped.elapsed() >= Duration::from_secs(3),
+            "lapsed too early"
+        );
+        let (status, body) = chat(&http, &server).await;
+        assert_eq!(status, 403);
+        assert_eq!(body["error"]["code"], "license_expired");
+        let state = license_state(&http, &server).await;
+        assert!(state["renewal"]["consecutive_failures"].as_u64().unwrap() > 0);
+
+        // The server returns on the same address: service comes back, no node restart.
+        let pid = server.pid();
+        vendor.start();
+        assert!(
+            eventually(Duration::from_secs(20), async || phase(&http, &server)
+                .await
+                == "serving")
+            .await
+        );
+        assert_eq!(chat(&http, &server).await.0, 200);
+        assert_eq!(server.pid(), pid);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revoking_a_node_stops_it_and_spares_the_others() {
+        let mut vendor = Vendor::new(None, &[]);
+        vendor.start();
+        vendor.entitle(2, "6s", "30s");
+        let (a, b) = (Node::new(&vendor), Node::new(&vendor));
+        for n in [&a, &b] {
+            let id = n.enroll_ok(&vendor);
+            vendor.admin_ok(&["approve", &id]);
+        }
+        let (sa, sb) = (a.serve(&vendor), b.serve(&vendor));
+        let http = client();
+        let node_a = license_state(&http, &sa).await["node_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        vendor.admin_ok(&["revoke", "--node", &node_a, "--reason", "contract ended"]);
+        let revoked_at = Instant::now();
+        // Within one renewal interval (half of the 6 s lease, plus jitter), not grace.
+        assert!(
+            eventually(Duration::from_secs(8), async || phase(&http, &sa).await
+                == "lapsed")
+            .await
+        );
+        assert!(revoked_at.elapsed() < Duration::from_secs(8));
+        let state = license_state(&http, &sa).await;
+        assert_eq!(state["revoked"], true);
+        assert!(state["renewal"]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("contract ended"));
+        let (status, body) = chat(&http, &sa).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("license_expired"))
+        );
+        assert!(
+            !a.path().join("node.license").exists(),
+            "the revoked license is moved aside"
+        );
+
+        // The other node renews on and serves.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(phase(&http, &sb).await, "serving");
+        assert_eq!(chat(&http, &sb).await.0, 200);
+        let listed = vendor.admin_json(&["list"]);
+        let statuses: Vec<bool> = listed["licenses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["revoked_at"].is_null())
+            .collect();
+        assert_eq!(statuses.iter().filter(|active| **active).count(), 1);
+
+        // A restarted revoked node is refused with its own exit code.
+        drop(sa);
+        let out = leasehold(a.path(), &as_strs(&serve_args(&vendor.url())));
+        assert_eq!(
+            out.status.code(),
+            Some(22),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+
+        // Put the revoked license back and start without the license server: its lease is
+        // still in grace, but the node remembers the revocation in its signed state.
+        std::fs::rename(
+            a.path().join("node.license.revoked"),
+            a.path().join("node.license"),
+        )
+        .unwrap();
+        let out = leasehold(
+            a.path(),
+            &[
+                "serve",
+                "--license",
+                "node.license",
+                "--sealed",
+                "m.sealed",
+                "--node-dir",
+                "node",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(22), "{stderr}");
+        assert!(stderr.contains("revoked"), "{stderr}");
+    }
 }
 
+// Serves requests: needs the inference runtime.
+#[cfg(feature = "inference")]
 #[test]
 fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
     let mut vendor = Vendor::new(None, &[]);
@@ -541,6 +559,8 @@ fn flood_enrollment(dir: &Path) -> Vec<u8> {
     .into_bytes()
 }
 
+// Serves requests: needs the inference runtime.
+#[cfg(feature = "inference")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrollment_flood_takes_no_seat_and_is_rate_limited() {
     let mut vendor = Vendor::new(None, &[]);
@@ -630,6 +650,8 @@ async fn an_enrollment_flood_takes_no_seat_and_is_rate_limited() {
     );
 }
 
+// Serves requests: needs the inference runtime.
+#[cfg(feature = "inference")]
 #[test]
 fn air_gapped_renewal_by_files_and_replays_refused() {
     let (vendor, node) = vendor_with_node("1h", "0s");
@@ -747,6 +769,8 @@ async fn metric(vendor: &Vendor, sample: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
 }
 
+// Serves requests: needs the inference runtime.
+#[cfg(feature = "inference")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_or_stale_renewal_request_is_refused_and_plants_no_finding() {
     use chrono::{Duration as Span, Utc};
@@ -901,67 +925,6 @@ fn an_issuer_out_of_scope_is_refused() {
     let out = short.try_entitle(1, "1h", "0s", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("maximum lease"));
-}
-
-fn postgres_url() -> Option<String> {
-    match std::env::var("LEASEHOLD_TEST_POSTGRES") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("LEASEHOLD_REQUIRE_ALL").is_none(),
-                "LEASEHOLD_TEST_POSTGRES must be set when LEASEHOLD_REQUIRE_ALL is (scripts/test.sh)"
-            );
-            eprintln!(
-                "LEASEHOLD_TEST_POSTGRES not set: run scripts/test.sh for the PostgreSQL test"
-            );
-            None
-        }
-    }
-}
-
-/// A fresh database on the test server; dropped at the end.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl TempDatabase {
-    fn create(admin_url: &str) -> TempDatabase {
-        let name = format!("leasehold_test_{}_{}", std::process::id(), rand_suffix());
-        admin_sql(admin_url, format!("CREATE DATABASE {name}")).unwrap();
-        TempDatabase {
-            admin_url: admin_url.to_string(),
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        let base = self.admin_url.rsplit_once('/').unwrap().0;
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let _ = admin_sql(
-            &self.admin_url,
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-/// Run one statement on its own thread (the sync client must not run inside tokio).
-fn admin_sql(url: &str, statement: String) -> Result<(), postgres::Error> {
-    let url = url.to_string();
-    std::thread::spawn(move || {
-        postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(&statement)
-    })
-    .join()
-    .unwrap()
-}
-
-fn rand_suffix() -> String {
-    hex::encode(leasehold::crypto::random::bytes::<4>())
 }
 
 /// Send `n` signed renewal requests at once, spread over `urls`; the serials and
@@ -1329,6 +1292,8 @@ async fn two_replicas_on_postgres_flag_a_rising_rollback_count() {
     rollback_counts_are_flagged_when_they_rise(&identity, &[a.url(), b.url()], &[&a, &b]).await;
 }
 
+// Serves requests: needs the inference runtime.
+#[cfg(feature = "inference")]
 #[test]
 fn tls_listener_with_a_private_ca() {
     let mut vendor = Vendor::new(None, &[]);

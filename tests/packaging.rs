@@ -63,8 +63,8 @@ struct VendorBuild {
 
 /// Build the vendor binary once per test process (and, as cargo caches it, once per
 /// target directory). It is a separate package that depends on this crate with
-/// `default-features = false` (and the `tpm` feature, as scripts/release-binary.sh
-/// builds) and calls `leasehold::cli::main`, built in the target
+/// `default-features = false` (and the `tpm` and `inference` features, as
+/// scripts/release-binary.sh builds) and calls `leasehold::cli::main`, built in the target
 /// directory and profile of this test run, so every dependency, llama.cpp included,
 /// is reused and only this crate is compiled again. `LEASEHOLD_ROOTS_DIR` (read by
 /// build.rs) points it at the test root. The package lives at a fixed place in the
@@ -104,7 +104,7 @@ fn vendor_binary() -> &'static VendorBuild {
             "[package]\nname = \"leasehold-vendor-build\"\nversion = \"0.0.0\"\n\
              edition = \"2021\"\npublish = false\n\n\
              [[bin]]\nname = \"leasehold-vendor\"\npath = \"main.rs\"\n\n\
-             [dependencies]\nleasehold = {{ path = {:?}, default-features = false, features = [\"tpm\"] }}\n\n\
+             [dependencies]\nleasehold = {{ path = {:?}, default-features = false, features = [\"tpm\", \"inference\"] }}\n\n\
              [workspace]\n",
             repo_path("").to_str().unwrap()
         )

@@ -237,9 +237,29 @@ impl From<anyhow::Error> for CheckFailure {
     }
 }
 
+/// Before any key is unwrapped: no core dumps, no same-user ptrace, /proc/PID/mem or
+/// /proc/PID/fd reads (the memfd of weights would be readable through them).
+pub(super) fn forbid_dumps() -> anyhow::Result<()> {
+    crate::runtime::weights::forbid_dumps().context(
+        "cannot forbid core dumps and same-user ptrace (PR_SET_DUMPABLE); refusing to handle keys and weights a same-user process could read",
+    )
+}
+
+/// Before any key is unwrapped: llama.cpp's libraries checked against this build and its
+/// CPU kernels loaded. A refusal is reported and becomes exit 25.
+/// Without the inference runtime there is nothing native to check.
+pub(super) fn check_native() -> Result<(), u8> {
+    #[cfg(feature = "inference")]
+    crate::runtime::engine::init_native().map_err(|message| {
+        super::report_error(&message);
+        exit::NATIVE_REFUSED
+    })?;
+    Ok(())
+}
+
 pub fn check(args: CheckArgs) -> Outcome {
-    super::runtime_cmds::forbid_dumps()?;
-    if let Err(code) = super::runtime_cmds::check_native() {
+    forbid_dumps()?;
+    if let Err(code) = check_native() {
         return Ok(code);
     }
     let mut steps: Vec<String> = Vec::new();

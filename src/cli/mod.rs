@@ -8,9 +8,11 @@ pub(crate) mod inspect;
 mod node_cmds;
 mod progress;
 mod prompt_hash;
+#[cfg(feature = "inference")]
 mod runtime_cmds;
 mod server_cmds;
 mod vendor;
+#[cfg(feature = "inference")]
 mod watermark_cmd;
 
 use std::path::PathBuf;
@@ -99,9 +101,11 @@ pub enum Command {
     #[command(after_help = exit::TABLE)]
     Check(CheckArgs),
     /// Decrypt the model into memory and serve the OpenAI-compatible API until the license lapses.
+    #[cfg(feature = "inference")]
     #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
     /// One-shot generation (--prompt) or an interactive terminal chat (--chat).
+    #[cfg(feature = "inference")]
     #[command(after_help = exit::TABLE)]
     Run(RunArgs),
     /// Show a running node's license state (exit 0 serving, 10 grace, 12 lapsed).
@@ -118,6 +122,7 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// The license-mandated text watermark: find it in a text.
+    #[cfg(feature = "inference")]
     #[command(subcommand)]
     Watermark(WatermarkCommand),
     /// Print a shell completion script (e.g. `leasehold completions bash > /etc/bash_completion.d/leasehold`).
@@ -354,6 +359,7 @@ cannot forge or replay them; use --tls-cert/--tls-key (rustls) on production lis
 for privacy and to protect the admin token. Clients (nodes, `admin`) trust the system's
 CA roots plus the PEM file named by LEASEHOLD_TLS_CA.";
 
+#[cfg(feature = "inference")]
 const SERVE_HELP: &str = "\
 API (OpenAI-compatible):
   POST /v1/chat/completions   chat, streamed with \"stream\": true (SSE)
@@ -852,6 +858,123 @@ pub enum AdminCommand {
     Usage(UsageArgs),
     /// Answer an air-gapped node's renewal request file.
     Renew(AdminRenewArgs),
+    /// Named staff tokens for the portal (vendor staff sign in with them).
+    #[command(subcommand)]
+    Staff(StaffCommand),
+    /// Organizations: invite one to the portal, list them.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Organizations' applications for models (default: those waiting for review).
+    Applications(ApplicationsArgs),
+    /// One application: show it, approve it (creating the entitlement), deny it, or ask
+    /// for changes.
+    #[command(subcommand)]
+    Application(ApplicationCommand),
+    /// Every step of every application (who, when, what), oldest first: the append-only
+    /// history, for export.
+    History(HistoryArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StaffCommand {
+    /// Make a staff member's portal token (printed once; keep it secret).
+    Add(StaffAddArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StaffAddArgs {
+    /// The staff member's name, as the history shows it.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Make an invitation link for an organization (works once, for 14 days): opening it
+    /// creates the organization's portal account.
+    Invite(OrgInviteArgs),
+    /// List invited organizations.
+    List,
+}
+
+#[derive(Args, Debug)]
+pub struct OrgInviteArgs {
+    /// The organization, as its licenses will name it.
+    #[arg(long, value_name = "ORG")]
+    pub org: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplicationsArgs {
+    /// Applications with this status (submitted, changes-requested, approved, denied) or 'all'.
+    #[arg(long, default_value = "submitted")]
+    pub status: String,
+    /// Only this organization's.
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApplicationCommand {
+    /// Show an application, its history and its entitlement.
+    Show(ApplicationIdArgs),
+    /// Approve: create the organization's entitlement for the model applied for.
+    Approve(ApplicationApproveArgs),
+    /// Deny, saying why (the organization reads the note).
+    Deny(ApplicationNoteArgs),
+    /// Ask for changes (the organization revises and resubmits).
+    RequestChanges(ApplicationNoteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApplicationIdArgs {
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplicationNoteArgs {
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Why, for the organization.
+    #[arg(long)]
+    pub note: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplicationApproveArgs {
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// How many nodes may enroll (default: as many as requested).
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u64>,
+    /// End of the entitlement: RFC 3339 or +DURATION (default: the term requested).
+    #[arg(long, value_name = "TIME")]
+    pub term_end: Option<String>,
+    /// Length of each lease, e.g. 1h.
+    #[arg(long, value_name = "DURATION")]
+    pub lease: String,
+    /// Grace after a lease expires while the server is unreachable.
+    #[arg(long, value_name = "DURATION", default_value = "0s")]
+    pub grace: String,
+    /// A usage cap, NAME=N; repeatable (as for `entitle`).
+    #[arg(long = "cap", value_name = "NAME=N")]
+    pub caps: Vec<String>,
+    #[command(flatten)]
+    pub safeguards: SafeguardArgs,
+    /// A note kept with the decision.
+    #[arg(long, default_value = "")]
+    pub note: String,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Only this organization's applications.
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+    /// CSV instead of a table (--json for JSON).
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -981,12 +1104,19 @@ pub(crate) fn report_error(message: &str) {
 /// `leasehold --version`: the version, then the trust roots compiled in, one per line
 /// (key id, file in `keys/`, and DEMO for the demo root).
 fn version_text() -> String {
-    format!(
+    let mut text = format!(
         "{}\n{}",
         env!("CARGO_PKG_VERSION"),
         crate::license::TrustRoots::compiled_in().describe()
-    )
+    );
+    if !cfg!(feature = "inference") {
+        text.push_str("\nno inference runtime in this build (no serve, run, watermark detect)");
+    }
+    text
 }
+
+/// The commands a build without the `inference` feature leaves out.
+const INFERENCE_COMMANDS: [&str; 3] = ["serve", "run", "watermark"];
 
 /// Run the command line; the process exit code is returned.
 pub fn main() -> ExitCode {
@@ -1003,6 +1133,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let subcommand = argv
+        .iter()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'))
+        .map(|a| a.to_string_lossy().into_owned());
     let cli = match Cli::command()
         .version(version_text())
         .try_get_matches_from(argv)
@@ -1010,6 +1145,21 @@ pub fn main() -> ExitCode {
     {
         Ok(cli) => cli,
         Err(e) => {
+            if !cfg!(feature = "inference")
+                && e.kind() == clap::error::ErrorKind::InvalidSubcommand
+                && subcommand
+                    .as_deref()
+                    .is_some_and(|c| INFERENCE_COMMANDS.contains(&c))
+            {
+                report_error(&format!(
+                    "`{}` needs the inference runtime (llama.cpp), which this build leaves out \
+                     (built without the `inference` feature: the license server's and the \
+                     vendor's binary). Install the node package (leasehold .deb or the `node` \
+                     container image), or build with the default features.",
+                    subcommand.unwrap_or_default()
+                ));
+                return ExitCode::from(exit::USAGE);
+            }
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
                 exit::USAGE
@@ -1021,7 +1171,9 @@ pub fn main() -> ExitCode {
     // Daemons log their events (renewals, lapses, refusals, caps) at info; one-shot
     // commands only warnings. LEASEHOLD_LOG overrides (e.g. `debug`).
     let default_level = match cli.command {
-        Command::Serve(_) | Command::LicenseServer(_) => "info",
+        #[cfg(feature = "inference")]
+        Command::Serve(_) => "info",
+        Command::LicenseServer(_) => "info",
         _ => "warn",
     };
     let filter =
@@ -1050,9 +1202,11 @@ pub fn main() -> ExitCode {
         Command::Fingerprint(a) => node_cmds::fingerprint(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Check(a) => inspect::check(a),
+        #[cfg(feature = "inference")]
         Command::Serve(a) => runtime_cmds::serve(a),
+        #[cfg(feature = "inference")]
         Command::Run(a) => runtime_cmds::run(a),
-        Command::Status(a) => runtime_cmds::status(a),
+        Command::Status(a) => node_cmds::status(a),
         Command::Renew(a) => node_cmds::renew(a),
         Command::LicenseServer(a) => server_cmds::license_server(a),
         Command::Admin(a) => server_cmds::admin(a),
@@ -1060,6 +1214,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
         Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
         Command::Audit(AuditCommand::PromptHash(a)) => prompt_hash::run(a),
+        #[cfg(feature = "inference")]
         Command::Watermark(WatermarkCommand::Detect(a)) => watermark_cmd::detect(a),
         Command::Completions(a) => generated::completions(a),
         Command::Man(a) => generated::man(a),

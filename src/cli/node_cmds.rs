@@ -1,9 +1,9 @@
 //! Operator commands: enroll, fingerprint.
 
-use anyhow::Context;
-use serde_json::json;
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
 
-use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs, TpmChoice};
+use super::{exit, EnrollArgs, FingerprintArgs, Outcome, RenewArgs, StatusArgs, TpmChoice};
 use crate::fsutil::{self, Replace};
 use crate::license::{TrustRoots, MAX_LICENSE_BYTES};
 use crate::node::enrollment::{self, BindingChoice, DeclaredUse, LicenseRequest};
@@ -454,4 +454,59 @@ pub fn renew(args: RenewArgs) -> Outcome {
             Ok(exit::ERROR)
         }
     }
+}
+
+/// `leasehold status`: ask a running `serve` for its license state.
+pub fn status(args: StatusArgs) -> Outcome {
+    let url = format!("{}/v1/license", args.url.trim_end_matches('/'));
+    let key = args
+        .api_key_file
+        .as_deref()
+        .map(|p| crate::http_auth::read_tokens(p, "API key"))
+        .transpose()?
+        .map(|mut keys| keys.remove(0));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let body: Value = rt.block_on(async {
+        let mut request = reqwest::Client::new().get(&url);
+        if let Some(key) = &key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach a leasehold node at {url}; is `leasehold serve` running there?")
+        })?;
+        if !response.status().is_success() {
+            bail!("{url} answered HTTP {}", response.status());
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("{url} did not answer with license JSON"))
+    })?;
+    let phase = body["phase"].as_str().unwrap_or("unknown").to_string();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        println!(
+            "{phase}: model '{}' for '{}', license {} serial {}, expires {} ({} s left), grace ends {}",
+            body["model_id"].as_str().unwrap_or("?"),
+            body["licensee"].as_str().unwrap_or("?"),
+            body["license_id"].as_str().unwrap_or("?"),
+            body["serial"],
+            body["expires_at"].as_str().unwrap_or("?"),
+            body["seconds_left"],
+            body["grace_ends"].as_str().unwrap_or("?"),
+        );
+        if body["redacted"].is_string() {
+            eprintln!("(the node has API keys: give one with --api-key-file to see the licensee, model and license)");
+        }
+    }
+    Ok(match phase.as_str() {
+        "serving" => exit::OK,
+        "grace" => exit::IN_GRACE,
+        "lapsed" => exit::EXPIRED,
+        _ => exit::ERROR,
+    })
 }

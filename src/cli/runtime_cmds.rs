@@ -6,10 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{exit, progress, LicensedModel, Outcome, RunArgs, ServeArgs, StatusArgs};
+use super::{exit, inspect, progress, LicensedModel, Outcome, RunArgs, ServeArgs};
 use crate::fsutil;
 use crate::http_auth::{read_admin_token, read_tokens};
 use crate::ledger::prompt_hash::PromptSalt;
@@ -25,8 +24,9 @@ use crate::runtime::engine::{
     ChatMessage, Engine, EngineConfig, FinishReason, Prompt, SamplingParams,
 };
 use crate::runtime::lifecycle::{Lifecycle, Phase, StartError, Transition};
-use crate::runtime::renewal::{fetch_license, FetchError, Renewer, ServerClient};
-use crate::runtime::weights::{self, PageBacking};
+use crate::runtime::renewal::{fetch_license, FetchError, ServerClient};
+use crate::runtime::renewer::Renewer;
+use crate::runtime::weights::PageBacking;
 use crate::seal::SealedModel;
 use crate::server::listener::{self, ConnectionLimits};
 use crate::server::{self, validation::Limits, AppState};
@@ -265,23 +265,6 @@ fn open_ledger(
     }
 }
 
-/// Before any key is unwrapped: no core dumps, no same-user ptrace, /proc/PID/mem or
-/// /proc/PID/fd reads (the memfd of weights would be readable through them).
-pub(super) fn forbid_dumps() -> anyhow::Result<()> {
-    weights::forbid_dumps().context(
-        "cannot forbid core dumps and same-user ptrace (PR_SET_DUMPABLE); refusing to handle keys and weights a same-user process could read",
-    )
-}
-
-/// Before any key is unwrapped: llama.cpp's libraries checked against this build and its
-/// CPU kernels loaded. A refusal is reported and becomes exit 25.
-pub(super) fn check_native() -> Result<(), u8> {
-    crate::runtime::engine::init_native().map_err(|message| {
-        super::report_error(&message);
-        exit::NATIVE_REFUSED
-    })
-}
-
 /// Connections are file descriptors: let `--max-connections` of them open, up to the
 /// hard limit the system allows.
 fn raise_open_files_limit() {
@@ -296,8 +279,8 @@ fn raise_open_files_limit() {
 }
 
 pub fn serve(args: ServeArgs) -> Outcome {
-    forbid_dumps()?;
-    if let Err(code) = check_native() {
+    inspect::forbid_dumps()?;
+    if let Err(code) = inspect::check_native() {
         return Ok(code);
     }
     let mut config = engine_config(args.ctx, args.threads, args.parallel)?;
@@ -494,8 +477,8 @@ pub fn serve(args: ServeArgs) -> Outcome {
 }
 
 pub fn run(args: RunArgs) -> Outcome {
-    forbid_dumps()?;
-    if let Err(code) = check_native() {
+    inspect::forbid_dumps()?;
+    if let Err(code) = inspect::check_native() {
         return Ok(code);
     }
     let mut config = engine_config(args.ctx, args.threads, 1)?;
@@ -647,55 +630,4 @@ async fn chat_loop(
             content: answer,
         });
     }
-}
-
-pub fn status(args: StatusArgs) -> Outcome {
-    let url = format!("{}/v1/license", args.url.trim_end_matches('/'));
-    let key = args
-        .api_key_file
-        .as_deref()
-        .map(|p| read_tokens(p, "API key"))
-        .transpose()?
-        .map(|mut keys| keys.remove(0));
-    let rt = runtime()?;
-    let body: Value = rt.block_on(async {
-        let mut request = reqwest::Client::new().get(&url);
-        if let Some(key) = &key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.with_context(|| {
-            format!("cannot reach a leasehold node at {url}; is `leasehold serve` running there?")
-        })?;
-        if !response.status().is_success() {
-            bail!("{url} answered HTTP {}", response.status());
-        }
-        response
-            .json()
-            .await
-            .with_context(|| format!("{url} did not answer with license JSON"))
-    })?;
-    let phase = body["phase"].as_str().unwrap_or("unknown").to_string();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-    } else {
-        println!(
-            "{phase}: model '{}' for '{}', license {} serial {}, expires {} ({} s left), grace ends {}",
-            body["model_id"].as_str().unwrap_or("?"),
-            body["licensee"].as_str().unwrap_or("?"),
-            body["license_id"].as_str().unwrap_or("?"),
-            body["serial"],
-            body["expires_at"].as_str().unwrap_or("?"),
-            body["seconds_left"],
-            body["grace_ends"].as_str().unwrap_or("?"),
-        );
-        if body["redacted"].is_string() {
-            eprintln!("(the node has API keys: give one with --api-key-file to see the licensee, model and license)");
-        }
-    }
-    Ok(match phase.as_str() {
-        "serving" => exit::OK,
-        "grace" => exit::IN_GRACE,
-        "lapsed" => exit::EXPIRED,
-        _ => exit::ERROR,
-    })
 }

@@ -5,15 +5,29 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
 
-use super::{exit, AdminArgs, AdminCommand, LicenseServerArgs, ModelCommand, Outcome};
+use super::{
+    exit, AdminArgs, AdminCommand, ApplicationCommand, LicenseServerArgs, ModelCommand, OrgCommand,
+    Outcome, StaffCommand,
+};
 use crate::crypto::keyfile::{self, KeyKind};
 use crate::format::time::{parse_duration, parse_instant, rfc3339};
 use crate::fsutil::{self, Replace};
 use crate::http_auth::read_admin_token;
 use crate::license::Caps;
+use crate::license_server::accounts::{
+    Invitation, InviteRequest, OrgList, StaffAdded, StaffRequest,
+};
+use crate::license_server::admin::{
+    AddModelRequest, Decided, DecisionRequest, EnrollmentList, EntitlementList, LicenseList,
+    ModelAdded, RevokeRequest, Revoked, UsageReport,
+};
+use crate::license_server::applications::{ApplicationDetail, ApplicationList, History, Review};
 use crate::license_server::http::{self, ServerState};
+use crate::license_server::registry::Entitlement;
 use crate::license_server::store::{DbUrl, Store};
 use crate::license_server::{EnrollmentLimits, EntitleRequest, Issuer, Service};
 use crate::node::clock;
@@ -74,6 +88,10 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
         let state = Arc::new(ServerState {
             service,
             admin_token,
+            tls: tls.is_some(),
+            sign_in_limit: crate::license_server::rate_limit::RateLimit::per_minute(
+                http::SIGN_INS_PER_MINUTE,
+            ),
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut interrupt =
@@ -154,16 +172,16 @@ impl Admin {
         })
     }
 
-    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+    fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
         let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query)
             .with_context(|| format!("'{}' is not a valid server URL", self.base))?;
         let (_, bytes) = self.send(self.http.get(url))?;
-        Ok(serde_json::from_slice(&bytes)?)
+        decode(path, &bytes)
     }
 
-    fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
         let (_, bytes) = self.send(self.http.post(format!("{}{path}", self.base)).json(body))?;
-        Ok(serde_json::from_slice(&bytes)?)
+        decode(path, &bytes)
     }
 
     fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
@@ -177,21 +195,22 @@ impl Admin {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// A typed answer of the admin API; a server of another version may answer otherwise.
+fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).with_context(|| {
+        format!("the license server's answer to {path} is not what this leasehold expects (another version?)")
+    })
+}
+
+/// `--json`: the answer as the API gave it, pretty-printed.
+fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 pub fn admin(args: AdminArgs) -> Outcome {
     let admin = Admin::new(&args)?;
     let json_out = args.json;
-    let print_json = |v: &Value| -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        Ok(())
-    };
     match args.command {
         AdminCommand::Model(ModelCommand::Add(a)) => {
             let sealed = SealedModel::open(&a.sealed)?;
@@ -199,20 +218,19 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 format!("cannot read the content key {}", a.content_key.display())
             })?;
             let b64 = base64::engine::general_purpose::STANDARD;
-            let v = admin.post(
+            let added: ModelAdded = admin.post(
                 "/admin/models",
-                &json!({
-                    "header": b64.encode(sealed.header().encode()),
-                    "content_key": b64.encode(key.as_slice()),
-                }),
+                &AddModelRequest {
+                    header: b64.encode(sealed.header().encode()),
+                    content_key: b64.encode(key.as_slice()),
+                },
             )?;
             if json_out {
-                print_json(&v)?;
+                print_json(&added)?;
             } else {
                 println!(
                     "model '{}' added (key id {}); its content key is stored encrypted",
-                    s(&v["model_id"]),
-                    s(&v["key_id"])
+                    added.model_id, added.key_id
                 );
             }
         }
@@ -239,46 +257,43 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 safeguards: super::vendor::safeguards(&a.safeguards)?,
             };
             let mandated = request.safeguards.summary();
-            let v = admin.post("/admin/entitlements", &serde_json::to_value(&request)?)?;
+            let e: Entitlement = admin.post("/admin/entitlements", &request)?;
             if json_out {
-                print_json(&v)?;
+                print_json(&e)?;
             } else {
                 println!(
                     "entitlement {}: '{}' may run [{}] on {} node(s) until {}, leases of {} s + {} s grace; safeguards: {mandated}",
-                    s(&v["id"]),
-                    s(&v["org"]),
-                    a.models.join(", "),
-                    s(&v["nodes"]),
-                    s(&v["term_end"]),
-                    s(&v["lease_seconds"]),
-                    s(&v["grace_seconds"])
+                    e.id,
+                    e.org,
+                    e.models.join(", "),
+                    e.nodes,
+                    rfc3339(e.term_end),
+                    e.lease_seconds,
+                    e.grace_seconds
                 );
             }
         }
         AdminCommand::Entitlements => {
-            let v = admin.get("/admin/entitlements", &[])?;
+            let list: EntitlementList = admin.get("/admin/entitlements", &[])?;
             if json_out {
-                print_json(&v)?;
+                print_json(&list)?;
             } else {
                 println!(
                     "{:16}  {:24} {:24} {:>11}  {:20}  lease",
                     "ID", "ORG", "MODELS", "ENROLLED", "TERM END"
                 );
-                for e in v["entitlements"].as_array().into_iter().flatten() {
+                for e in &list.entitlements {
                     println!(
                         "{:16}  {:24} {:24} {:>5} / {:<3}  {:20}  {} s + {} s{}",
-                        s(&e["id"]),
-                        s(&e["org"]),
-                        e["models"]
-                            .as_array()
-                            .map(|m| m.iter().map(s).collect::<Vec<_>>().join(","))
-                            .unwrap_or_default(),
-                        s(&e["enrolled"]),
-                        s(&e["nodes"]),
-                        s(&e["term_end"]),
-                        s(&e["lease_seconds"]),
-                        s(&e["grace_seconds"]),
-                        if e["revoked_at"].is_null() {
+                        e.id,
+                        e.org,
+                        e.models.join(","),
+                        e.enrolled,
+                        e.nodes,
+                        rfc3339(e.term_end),
+                        e.lease_seconds,
+                        e.grace_seconds,
+                        if e.revoked_at.is_none() {
                             ""
                         } else {
                             "  REVOKED"
@@ -293,32 +308,32 @@ pub fn admin(args: AdminArgs) -> Outcome {
             } else {
                 vec![("status", a.status.clone())]
             };
-            let v = admin.get("/admin/enrollments", &query)?;
+            let list: EnrollmentList = admin.get("/admin/enrollments", &query)?;
             if json_out {
-                print_json(&v)?;
+                print_json(&list)?;
             } else {
-                let list = v["enrollments"].as_array().cloned().unwrap_or_default();
-                if list.is_empty() {
+                if list.enrollments.is_empty() {
                     println!("no {} enrollments", a.status);
                 }
-                for e in list {
-                    println!("enrollment {}  [{}]", s(&e["id"]), s(&e["status"]));
-                    println!("  node              {}", s(&e["node_id"]));
-                    println!("  organization      {}", s(&e["org"]));
-                    println!("  model             {}", s(&e["model_id"]));
-                    println!("  submitted         {}", s(&e["created_at"]));
-                    println!("  declared use      {}", s(&e["declared_use"]["use_case"]));
+                for e in &list.enrollments {
+                    let shown = |t: &str| if t.is_empty() { "-" } else { t }.to_string();
+                    println!("enrollment {}  [{}]", e.id, e.status);
+                    println!("  node              {}", e.node_id);
+                    println!("  organization      {}", e.org);
+                    println!("  model             {}", e.model_id);
+                    println!("  submitted         {}", rfc3339(e.created_at));
+                    println!("  declared use      {}", e.declared_use.use_case);
                     println!(
                         "  data handling     {}",
-                        s(&e["declared_use"]["data_handling"])
+                        shown(&e.declared_use.data_handling)
                     );
                     println!(
                         "  security measures {}",
-                        s(&e["declared_use"]["security_measures"])
+                        shown(&e.declared_use.security_measures)
                     );
-                    println!("  hardware binding  {}", s(&e["hardware"]));
-                    if !e["note"].is_null() {
-                        println!("  note              {}", s(&e["note"]));
+                    println!("  hardware binding  {}", e.hardware);
+                    if let Some(note) = &e.note {
+                        println!("  note              {note}");
                     }
                 }
             }
@@ -329,62 +344,68 @@ pub fn admin(args: AdminArgs) -> Outcome {
             } else {
                 "deny"
             };
-            let v = admin.post(
+            let decided: Decided = admin.post(
                 &format!("/admin/enrollments/{}/{verb}", a.id),
-                &json!({"note": a.note}),
+                &DecisionRequest {
+                    note: a.note.clone(),
+                },
             )?;
             if json_out {
-                print_json(&v)?;
+                print_json(&decided)?;
             } else {
-                let e = &v["enrollment"];
+                let e = &decided.enrollment;
                 println!(
                     "enrollment {} {}: node {} of '{}' for model '{}'",
-                    s(&e["id"]),
-                    s(&e["status"]),
-                    s(&e["node_id"]),
-                    s(&e["org"]),
-                    s(&e["model_id"])
+                    e.id, e.status, e.node_id, e.org, e.model_id
                 );
             }
         }
         AdminCommand::List => {
-            let v = admin.get("/admin/licenses", &[])?;
+            let list: LicenseList = admin.get("/admin/licenses", &[])?;
             if json_out {
-                print_json(&v)?;
+                print_json(&list)?;
             } else {
                 println!(
                     "{:32}  {:16}  {:20} {:16} {:>7}  {:20}  status",
                     "LICENSE", "NODE", "ORG", "MODEL", "SERIAL", "EXPIRES"
                 );
-                for l in v["licenses"].as_array().into_iter().flatten() {
+                for l in &list.licenses {
                     println!(
                         "{:32}  {:16}  {:20} {:16} {:>7}  {:20}  {}",
-                        s(&l["license_id"]),
-                        s(&l["node_id"]),
-                        s(&l["org"]),
-                        s(&l["model_id"]),
-                        s(&l["serial"]),
-                        s(&l["expires_at"]),
-                        if l["revoked_at"].is_null() {
-                            "active".to_string()
-                        } else {
-                            format!("revoked {} {}", s(&l["revoked_at"]), s(&l["revoke_reason"]))
+                        l.license_id,
+                        l.node_id,
+                        l.org,
+                        l.model_id,
+                        l.serial,
+                        rfc3339(l.expires_at),
+                        match l.revoked_at {
+                            None => "active".to_string(),
+                            Some(at) => format!(
+                                "revoked {} {}",
+                                rfc3339(at),
+                                l.revoke_reason.as_deref().unwrap_or("")
+                            ),
                         }
                     );
                 }
             }
         }
         AdminCommand::Revoke(a) => {
-            let v = admin.post(
+            let revoked: Revoked = admin.post(
                 "/admin/revoke",
-                &json!({"license": a.license, "node": a.node, "org": a.org, "reason": a.reason}),
+                &RevokeRequest {
+                    license: a.license,
+                    node: a.node,
+                    org: a.org,
+                    reason: a.reason,
+                },
             )?;
             if json_out {
-                print_json(&v)?;
+                print_json(&revoked)?;
             } else {
                 println!(
                     "revoked {} license(s); nodes stop at their next renewal",
-                    s(&v["revoked_licenses"])
+                    revoked.revoked_licenses
                 );
             }
         }
@@ -406,39 +427,207 @@ pub fn admin(args: AdminArgs) -> Outcome {
                     rfc3339(parse_instant(t, now).map_err(anyhow::Error::msg)?),
                 ));
             }
-            let v = admin.get("/admin/usage", &query)?;
+            let report: UsageReport = admin.get("/admin/usage", &query)?;
             if json_out {
-                print_json(&v)?;
+                print_json(&report)?;
             } else {
-                println!("usage from {} to {}", s(&v["from"]), s(&v["to"]));
+                println!(
+                    "usage from {} to {}",
+                    rfc3339(report.from),
+                    rfc3339(report.to)
+                );
                 println!(
                     "{:20} {:16} {:>9} {:>12} {:>12} {:>11}",
                     "ORG", "NODE", "REQUESTS", "PROMPT TOK", "OUTPUT TOK", "CHECKPOINTS"
                 );
                 let mut flagged = 0;
-                for n in v["nodes"].as_array().into_iter().flatten() {
-                    let findings = n["ledger_findings"].as_array().cloned().unwrap_or_default();
+                for n in &report.nodes {
                     println!(
                         "{:20} {:16} {:>9} {:>12} {:>12} {:>11}{}",
-                        s(&n["org"]),
-                        s(&n["node_id"]),
-                        s(&n["requests"]),
-                        s(&n["prompt_tokens"]),
-                        s(&n["completion_tokens"]),
-                        s(&n["checkpoints"]),
-                        if findings.is_empty() && n["went_backwards"] != json!(true) {
+                        n.org,
+                        n.node_id,
+                        n.requests,
+                        n.prompt_tokens,
+                        n.completion_tokens,
+                        n.checkpoints,
+                        if n.ledger_findings.is_empty() && !n.went_backwards {
                             String::new()
                         } else {
                             flagged += 1;
                             "  LEDGER FLAGGED".to_string()
                         }
                     );
-                    for f in &findings {
-                        println!("    ! {}", s(f));
+                    for f in &n.ledger_findings {
+                        println!("    ! {f}");
                     }
                 }
                 if flagged > 0 {
                     println!("{flagged} node(s) flagged: their usage ledger was replaced, went backwards or forked; ask the operator for the ledger and check it with `leasehold audit verify`");
+                }
+            }
+        }
+        AdminCommand::Staff(StaffCommand::Add(a)) => {
+            let added: StaffAdded = admin.post("/admin/staff", &StaffRequest { name: a.name })?;
+            if json_out {
+                print_json(&added)?;
+            } else {
+                println!(
+                    "staff token for '{}' (shown once; it signs in to {}/portal/ as this staff member):\n{}",
+                    added.name, admin.base, added.token
+                );
+            }
+        }
+        AdminCommand::Org(OrgCommand::Invite(a)) => {
+            let invitation: Invitation =
+                admin.post("/admin/invitations", &InviteRequest { org: a.org })?;
+            let url = format!("{}{}", admin.base, invitation.path);
+            if json_out {
+                print_json(&serde_json::json!({
+                    "org": invitation.org,
+                    "url": url,
+                    "expires_at": invitation.expires_at,
+                }))?;
+            } else {
+                println!(
+                    "invitation for '{}' (works once, until {}); send it to the organization:\n{url}",
+                    invitation.org,
+                    rfc3339(invitation.expires_at)
+                );
+            }
+        }
+        AdminCommand::Org(OrgCommand::List) => {
+            let list: OrgList = admin.get("/admin/orgs", &[])?;
+            if json_out {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:32} {:20} {:>8} {:>16}",
+                    "ORG", "SINCE", "ACCOUNTS", "OPEN INVITATIONS"
+                );
+                for o in &list.orgs {
+                    println!(
+                        "{:32} {:20} {:>8} {:>16}",
+                        o.name,
+                        rfc3339(o.created_at),
+                        o.accounts,
+                        o.open_invitations
+                    );
+                }
+            }
+        }
+        AdminCommand::Applications(a) => {
+            let mut query = Vec::new();
+            if a.status != "all" {
+                query.push(("status", a.status.clone()));
+            }
+            if let Some(org) = &a.org {
+                query.push(("org", org.clone()));
+            }
+            let list: ApplicationList = admin.get("/admin/applications", &query)?;
+            if json_out {
+                print_json(&list)?;
+            } else {
+                if list.applications.is_empty() {
+                    println!("no {} applications", a.status);
+                }
+                println!(
+                    "{:16}  {:24} {:20} {:>5}  {:10} {:18} UPDATED",
+                    "ID", "ORG", "MODEL", "NODES", "TRACK", "STATUS"
+                );
+                for x in &list.applications {
+                    println!(
+                        "{:16}  {:24} {:20} {:>5}  {:10} {:18} {}",
+                        x.id,
+                        x.org,
+                        x.form.model_id,
+                        x.form.nodes,
+                        x.form.track.as_str(),
+                        x.status,
+                        rfc3339(x.updated_at)
+                    );
+                }
+            }
+        }
+        AdminCommand::Application(command) => {
+            let detail: ApplicationDetail = match command {
+                ApplicationCommand::Show(a) => {
+                    admin.get(&format!("/admin/applications/{}", a.id), &[])?
+                }
+                ApplicationCommand::Approve(a) => {
+                    let now = clock::system_now();
+                    let current: ApplicationDetail =
+                        admin.get(&format!("/admin/applications/{}", a.id), &[])?;
+                    let form = &current.application.form;
+                    let mut caps = Caps::default();
+                    for c in &a.caps {
+                        caps.set(c).map_err(anyhow::Error::msg)?;
+                    }
+                    let term_end = match &a.term_end {
+                        Some(t) => parse_instant(t, now).map_err(anyhow::Error::msg)?,
+                        None => now + chrono::Duration::days(form.term_days.min(3650) as i64),
+                    };
+                    let terms = EntitleRequest {
+                        org: current.application.org.clone(),
+                        models: vec![form.model_id.clone()],
+                        nodes: a.nodes.unwrap_or(form.nodes),
+                        term_end,
+                        lease_seconds: parse_duration(&a.lease)
+                            .map_err(anyhow::Error::msg)?
+                            .num_seconds()
+                            .max(0) as u64,
+                        grace_seconds: parse_duration(&a.grace)
+                            .map_err(anyhow::Error::msg)?
+                            .num_seconds()
+                            .max(0) as u64,
+                        caps,
+                        safeguards: super::vendor::safeguards(&a.safeguards)?,
+                    };
+                    admin.post(
+                        &format!("/admin/applications/{}/review", a.id),
+                        &Review::Approve {
+                            terms: Box::new(terms),
+                            note: a.note,
+                        },
+                    )?
+                }
+                ApplicationCommand::Deny(a) => admin.post(
+                    &format!("/admin/applications/{}/review", a.id),
+                    &Review::Deny { note: a.note },
+                )?,
+                ApplicationCommand::RequestChanges(a) => admin.post(
+                    &format!("/admin/applications/{}/review", a.id),
+                    &Review::RequestChanges { note: a.note },
+                )?,
+            };
+            if json_out {
+                print_json(&detail)?;
+            } else {
+                print_application(&detail);
+            }
+        }
+        AdminCommand::History(a) => {
+            let query: Vec<(&str, String)> = a.org.iter().map(|o| ("org", o.clone())).collect();
+            let history: History = admin.get("/admin/history", &query)?;
+            if json_out {
+                print_json(&history)?;
+            } else if a.csv {
+                print!("{}", history_csv(&history));
+            } else {
+                for e in &history.events {
+                    println!(
+                        "{:>6}  {}  {:16}  {:24} {:18} {}{}",
+                        e.seq,
+                        rfc3339(e.at),
+                        e.application_id,
+                        e.org,
+                        e.action,
+                        e.actor,
+                        if e.note.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", e.note)
+                        }
+                    );
                 }
             }
         }
@@ -464,10 +653,75 @@ pub fn admin(args: AdminArgs) -> Outcome {
             println!(
                 "wrote {} ({}); carry it to the node: leasehold renew --response {}",
                 a.response_out.display(),
-                s(&decision["status"]),
+                decision["status"].as_str().unwrap_or("-"),
                 a.response_out.display()
             );
         }
     }
     Ok(exit::OK)
+}
+
+fn print_application(detail: &ApplicationDetail) {
+    let a = &detail.application;
+    let f = &a.form;
+    println!("application {}  [{}]", a.id, a.status);
+    for (what, value) in [
+        ("organization", a.org.clone()),
+        ("model", f.model_id.clone()),
+        ("nodes requested", f.nodes.to_string()),
+        ("term requested", format!("{} days", f.term_days)),
+        ("track", f.track.as_str().to_string()),
+        ("use case", f.use_case.clone()),
+        ("downstream apps", f.downstream_applications.clone()),
+        ("data handling", f.data_handling.clone()),
+        ("security", f.security_measures.clone()),
+        ("fine-tuning data", f.fine_tuning_datasets.clone()),
+        ("submitted", rfc3339(a.created_at)),
+    ] {
+        println!("  {what:18} {value}");
+    }
+    if let Some(e) = &detail.entitlement {
+        println!(
+            "  entitlement        {} ({} of {} nodes enrolled, until {})",
+            e.id,
+            e.enrolled,
+            e.nodes,
+            rfc3339(e.term_end)
+        );
+    }
+    println!("  history");
+    for e in &detail.history {
+        println!(
+            "    {}  {:18} {}{}",
+            rfc3339(e.at),
+            e.action,
+            e.actor,
+            if e.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.note)
+            }
+        );
+    }
+}
+
+/// The history as CSV (RFC 4180: every field quoted, quotes doubled).
+pub fn history_csv(history: &History) -> String {
+    let field = |text: &str| format!("\"{}\"", text.replace('"', "\"\""));
+    let mut out = String::from("seq,at,application_id,org,actor,action,note\n");
+    for e in &history.events {
+        let fields = [
+            e.seq.to_string(),
+            rfc3339(e.at),
+            e.application_id.clone(),
+            e.org.clone(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.note.clone(),
+        ];
+        let line: Vec<String> = fields.iter().map(|f| field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
 }

@@ -34,8 +34,8 @@ struct Candidate {
 }
 
 pub fn detect(args: WatermarkDetectArgs) -> Outcome {
-    super::runtime_cmds::forbid_dumps()?;
-    if let Err(code) = super::runtime_cmds::check_native() {
+    super::inspect::forbid_dumps()?;
+    if let Err(code) = super::inspect::check_native() {
         return Ok(code);
     }
     let text = read_text(&args.file)?;

@@ -15,7 +15,12 @@
 //!   POST /admin/models, POST|GET /admin/entitlements, GET /admin/enrollments,
 //!   POST /admin/enrollments/{id}/approve|deny, GET /admin/licenses, POST /admin/revoke,
 //!   GET /admin/usage, POST /admin/renewals (air-gapped renewals: as /v1/renewals, but a
-//!   request file that travelled by hand may be of any age; its nonce is still checked).
+//!   request file that travelled by hand may be of any age; its nonce is still checked),
+//!   POST /admin/staff, POST /admin/invitations, GET /admin/orgs, GET /admin/applications,
+//!   GET /admin/applications/{id}, POST /admin/applications/{id}/review, GET /admin/history
+//!   (what the portal does, for the `admin` command).
+//!
+//! The portal (`/portal/…`, HTML for people): see [`super::portal`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,14 +32,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::registry::{self, RevokeTarget};
+use super::accounts::{Invitation, InviteRequest, OrgList, StaffAdded, StaffRequest};
+use super::admin::{
+    AddModelRequest, Decided, DecisionRequest, EnrollmentList, EnrollmentQuery, EntitlementList,
+    LicenseList, ModelAdded, RevokeRequest, Revoked, UsageQuery, UsageReport,
+};
+use super::applications::{ApplicationDetail, ApplicationList, ApplicationQuery, History, Review};
+use super::registry;
 use super::{ApiError, EntitleRequest, RequestPath, Service};
-use crate::crypto::ContentKey;
 use crate::http_auth::{bearer, token_matches};
 use crate::node::clock;
 
@@ -44,7 +51,14 @@ const MAX_BODY: usize = 512 * 1024;
 pub struct ServerState {
     pub service: Arc<Service>,
     pub admin_token: String,
+    /// Served over TLS: the portal's cookies are `Secure`.
+    pub tls: bool,
+    /// Portal sign-in attempts per source address.
+    pub sign_in_limit: super::rate_limit::RateLimit,
 }
+
+/// Portal sign-in attempts allowed per source address and minute.
+pub const SIGN_INS_PER_MINUTE: u32 = 10;
 
 type Shared = Arc<ServerState>;
 
@@ -112,6 +126,13 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/revoke", post(revoke))
         .route("/admin/usage", get(usage))
         .route("/admin/renewals", post(admin_renew))
+        .route("/admin/staff", post(add_staff))
+        .route("/admin/invitations", post(invite))
+        .route("/admin/orgs", get(orgs))
+        .route("/admin/applications", get(applications))
+        .route("/admin/applications/{id}", get(application))
+        .route("/admin/applications/{id}/review", post(review))
+        .route("/admin/history", get(history))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/v1/enrollments", post(enroll))
@@ -120,6 +141,7 @@ pub fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .merge(admin)
+        .merge(super::portal::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -185,34 +207,11 @@ async fn checkpoint(State(state): State<Shared>, body: Bytes) -> Result<Response
     Ok(([(header::CONTENT_TYPE, "application/json")], receipt).into_response())
 }
 
-#[derive(Deserialize)]
-struct AddModel {
-    header: String,
-    content_key: String,
-}
-
 async fn add_model(
     State(state): State<Shared>,
-    Json(req): Json<AddModel>,
-) -> Result<Json<Value>, ApiError> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let header = b64
-        .decode(req.header.as_bytes())
-        .map_err(|e| ApiError::BadRequest(format!("header is not base64: {e}")))?;
-    let key: [u8; 32] = b64
-        .decode(req.content_key.as_bytes())
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| ApiError::BadRequest("content_key is not 32 bytes of base64".into()))?;
-    let header = state
-        .service
-        .add_model(header, ContentKey::from_bytes(key))
-        .await?;
-    Ok(Json(json!({
-        "model_id": header.model_id,
-        "key_id": hex::encode(header.key_id),
-        "plaintext_len": header.plaintext_len,
-    })))
+    Json(req): Json<AddModelRequest>,
+) -> Result<Json<ModelAdded>, ApiError> {
+    Ok(Json(state.service.add_model_from(req).await?))
 }
 
 async fn entitle(
@@ -222,68 +221,42 @@ async fn entitle(
     Ok(Json(state.service.entitle(req).await?))
 }
 
-async fn entitlements(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let list = state.service.store.transact(registry::entitlements).await?;
-    Ok(Json(json!({ "entitlements": list })))
-}
-
-#[derive(Deserialize)]
-struct EnrollmentFilter {
-    status: Option<String>,
+async fn entitlements(State(state): State<Shared>) -> Result<Json<EntitlementList>, ApiError> {
+    Ok(Json(state.service.entitlements().await?))
 }
 
 async fn enrollments(
     State(state): State<Shared>,
-    Query(filter): Query<EnrollmentFilter>,
-) -> Result<Json<Value>, ApiError> {
-    let list = state
-        .service
-        .store
-        .transact(move |sql| registry::enrollments(sql, filter.status.as_deref()))
-        .await?;
-    Ok(Json(json!({ "enrollments": list })))
+    Query(query): Query<EnrollmentQuery>,
+) -> Result<Json<EnrollmentList>, ApiError> {
+    Ok(Json(state.service.enrollments(query).await?))
 }
 
-#[derive(Deserialize, Default)]
-struct Decision {
-    #[serde(default)]
-    note: String,
-}
-
+/// The decision's body is optional JSON (`{"note": …}`).
 async fn decide(
     state: Shared,
     id: String,
     approve: bool,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let decision: Decision = if body.is_empty() {
-        Decision::default()
+) -> Result<Json<Decided>, ApiError> {
+    let request: DecisionRequest = if body.is_empty() {
+        DecisionRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?
     };
-    let enrollment = state
-        .service
-        .store
-        .transact(move |sql| {
-            registry::decide(sql, &id, approve, &decision.note, clock::system_now())
-        })
-        .await?;
-    tracing::info!(
-        "enrollment {} {} (node {}, org '{}', model '{}')",
-        enrollment.id,
-        enrollment.status,
-        enrollment.node_id,
-        enrollment.org,
-        enrollment.model_id
-    );
-    Ok(Json(json!({ "enrollment": enrollment })))
+    Ok(Json(
+        state
+            .service
+            .decide_enrollment(id, approve, request)
+            .await?,
+    ))
 }
 
 async fn approve(
     State(state): State<Shared>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(state, id, true, body).await
 }
 
@@ -291,68 +264,81 @@ async fn deny(
     State(state): State<Shared>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     decide(state, id, false, body).await
 }
 
-async fn licenses(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let list = state.service.store.transact(registry::licenses).await?;
-    Ok(Json(json!({ "licenses": list })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Revoke {
-    license: Option<String>,
-    node: Option<String>,
-    org: Option<String>,
-    #[serde(default)]
-    reason: String,
+async fn licenses(State(state): State<Shared>) -> Result<Json<LicenseList>, ApiError> {
+    Ok(Json(state.service.licenses().await?))
 }
 
 async fn revoke(
     State(state): State<Shared>,
-    Json(req): Json<Revoke>,
-) -> Result<Json<Value>, ApiError> {
-    let target = match (req.license, req.node, req.org) {
-        (Some(l), None, None) => RevokeTarget::License(l),
-        (None, Some(n), None) => RevokeTarget::Node(n),
-        (None, None, Some(o)) => RevokeTarget::Org(o),
-        _ => {
-            return Err(ApiError::BadRequest(
-                "name exactly one of license, node or org".into(),
-            ))
-        }
-    };
-    let reason = req.reason;
-    let shown = format!("{target:?}");
-    let n = state
-        .service
-        .store
-        .transact(move |sql| registry::revoke(sql, &target, &reason, clock::system_now()))
-        .await?;
-    tracing::warn!("revoked {shown}: {n} license(s)");
-    Ok(Json(json!({ "revoked_licenses": n })))
-}
-
-#[derive(Deserialize)]
-struct UsageQuery {
-    org: Option<String>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    Json(req): Json<RevokeRequest>,
+) -> Result<Json<Revoked>, ApiError> {
+    Ok(Json(state.service.revoke(req).await?))
 }
 
 async fn usage(
     State(state): State<Shared>,
-    Query(q): Query<UsageQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let from = q.from.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let to =
-        q.to.unwrap_or_else(|| clock::system_now() + chrono::Duration::seconds(1));
-    let list = state
-        .service
-        .store
-        .transact(move |sql| registry::usage(sql, q.org.as_deref(), from, to))
-        .await?;
-    Ok(Json(json!({ "from": from, "to": to, "nodes": list })))
+    Query(query): Query<UsageQuery>,
+) -> Result<Json<UsageReport>, ApiError> {
+    Ok(Json(state.service.usage(query).await?))
+}
+
+/// The admin token acts as staff member `admin` in the history.
+const ADMIN_ACTOR: &str = "staff:admin";
+
+async fn add_staff(
+    State(state): State<Shared>,
+    Json(req): Json<StaffRequest>,
+) -> Result<Json<StaffAdded>, ApiError> {
+    Ok(Json(state.service.add_staff(req).await?))
+}
+
+async fn invite(
+    State(state): State<Shared>,
+    Json(req): Json<InviteRequest>,
+) -> Result<Json<Invitation>, ApiError> {
+    Ok(Json(state.service.invite(req, ADMIN_ACTOR).await?))
+}
+
+async fn orgs(State(state): State<Shared>) -> Result<Json<OrgList>, ApiError> {
+    Ok(Json(OrgList {
+        orgs: state.service.orgs().await?,
+    }))
+}
+
+async fn applications(
+    State(state): State<Shared>,
+    Query(query): Query<ApplicationQuery>,
+) -> Result<Json<ApplicationList>, ApiError> {
+    Ok(Json(state.service.applications(query, None).await?))
+}
+
+async fn application(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<ApplicationDetail>, ApiError> {
+    Ok(Json(state.service.application(&id, None).await?))
+}
+
+async fn review(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Json(review): Json<Review>,
+) -> Result<Json<ApplicationDetail>, ApiError> {
+    Ok(Json(state.service.review(&id, ADMIN_ACTOR, review).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    org: Option<String>,
+}
+
+async fn history(
+    State(state): State<Shared>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
+    Ok(Json(state.service.history(query.org.as_deref()).await?))
 }

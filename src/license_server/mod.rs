@@ -6,6 +6,12 @@
 //! - [`registry`]: the records and rules, written once for both databases.
 //! - [`checkpoints`]: usage checkpoints from renewals and checkpoint reports, compared
 //!   with the ones held (`ledger_check`).
+//! - [`accounts`]: portal accounts (staff, invited organizations) and sessions.
+//! - [`applications`]: organizations' applications for a model, the vendor's review,
+//!   and its append-only history.
+//! - [`portal`]: the web console under `/portal/` (server-rendered HTML).
+//! - [`admin`]: the vendor's operations, with the typed requests and responses the
+//!   admin API, the `admin` command line and the portal share.
 //! - [`http`]: the node API (`/v1/enrollments`, `/v1/renewals`, `/v1/checkpoints`) and
 //!   the admin API.
 //! - [`rate_limit`]: limits on what anyone may submit without credentials.
@@ -20,10 +26,14 @@
 //! certify-issuer`); the root key stays offline. Content keys are stored encrypted
 //! under a key derived from the issuer key (`crypto::at_rest`).
 
+pub mod accounts;
+pub mod admin;
+pub mod applications;
 pub mod checkpoints;
 pub mod http;
 pub mod ledger_check;
 pub mod metrics;
+pub mod portal;
 pub mod rate_limit;
 pub mod registry;
 pub mod store;
@@ -322,6 +332,21 @@ impl Service {
     }
 
     pub async fn entitle(&self, request: EntitleRequest) -> Result<Entitlement, ApiError> {
+        let now = clock::system_now();
+        let entitlement = self.entitlement_for(request, now)?;
+        Ok(self
+            .store
+            .transact(move |sql| registry::entitle(sql, entitlement, now))
+            .await?)
+    }
+
+    /// An entitlement as requested, checked against this server's issuer certificate
+    /// (not yet stored).
+    pub(crate) fn entitlement_for(
+        &self,
+        request: EntitleRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Entitlement, ApiError> {
         let org = request.org.trim().to_string();
         if org.is_empty() || org.len() > 256 || org.chars().any(char::is_control) {
             return Err(ApiError::BadRequest(
@@ -373,14 +398,13 @@ impl Service {
                 request.lease_seconds, request.grace_seconds, scope.max_lease_seconds
             )));
         }
-        let now = clock::system_now();
         if request.term_end <= now {
             return Err(ApiError::BadRequest(format!(
                 "--term-end {} is in the past",
                 request.term_end
             )));
         }
-        let entitlement = Entitlement {
+        Ok(Entitlement {
             id: String::new(),
             org,
             models: request.models,
@@ -393,11 +417,7 @@ impl Service {
             created_at: now,
             revoked_at: None,
             safeguards: request.safeguards,
-        };
-        Ok(self
-            .store
-            .transact(move |sql| registry::entitle(sql, entitlement, now))
-            .await?)
+        })
     }
 
     /// A node submits its enrollment from `source`. Rate-limited per source address

@@ -10,7 +10,7 @@
 //! replayed to any replica is refused.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::checkpoints;
 use super::ledger_check;
@@ -22,23 +22,23 @@ use crate::license::Caps;
 use crate::node::enrollment::{DeclaredUse, EnrollmentBody};
 use crate::protocol::{LicenseRef, RefusalReason, UsageCheckpoint};
 
-fn ts(t: DateTime<Utc>) -> Value {
+pub(super) fn ts(t: DateTime<Utc>) -> Value {
     Value::Int(t.timestamp())
 }
 
-fn time(secs: i64) -> DateTime<Utc> {
+pub(super) fn time(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn opt_time(secs: Option<i64>) -> Option<DateTime<Utc>> {
+pub(super) fn opt_time(secs: Option<i64>) -> Option<DateTime<Utc>> {
     secs.map(time)
 }
 
-fn int(v: u64) -> Value {
+pub(super) fn int(v: u64) -> Value {
     Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
 }
 
-fn new_id() -> String {
+pub(super) fn new_id() -> String {
     hex::encode(random::bytes::<8>())
 }
 
@@ -59,8 +59,16 @@ pub fn add_model(
     Ok(())
 }
 
+/// The ids of the models this server holds.
+pub fn model_ids(sql: &mut dyn Sql) -> Result<Vec<String>, StoreError> {
+    sql.query("SELECT model_id FROM models ORDER BY model_id", &[])?
+        .iter()
+        .map(|row| row.text(0))
+        .collect()
+}
+
 /// What the vendor grants an organization.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entitlement {
     pub id: String,
     pub org: String,
@@ -74,7 +82,7 @@ pub struct Entitlement {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     /// The watermark and output filter every license of this entitlement mandates.
-    #[serde(skip_serializing_if = "Safeguards::is_empty")]
+    #[serde(default, skip_serializing_if = "Safeguards::is_empty")]
     pub safeguards: Safeguards,
 }
 
@@ -146,7 +154,7 @@ pub fn entitlements(sql: &mut dyn Sql) -> Result<Vec<Entitlement>, StoreError> {
 }
 
 /// An enrollment as the approver sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Enrollment {
     pub id: String,
     pub node_id: String,
@@ -373,7 +381,7 @@ fn take_seat(
 }
 
 /// A license as the vendor sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LicenseRecord {
     pub license_id: String,
     pub node_id: String,
@@ -736,7 +744,7 @@ pub fn renew(
 }
 
 /// Usage per node over a period, from the checkpoints nodes sent with renewals.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeUsage {
     pub org: String,
     pub node_id: String,

@@ -10,7 +10,8 @@
 //! - [`lifecycle`]: the license state machine (serving, grace, lapsed) on the
 //!   monotonic clock, renewal without restart.
 //! - [`renewal`]: the node's side of the license server protocol: first license,
-//!   automatic renewal with backoff, obeying revocations.
+//!   renewal requests, verified answers.
+//! - `renewer`: automatic renewal while serving, with backoff, obeying revocations.
 //! - [`checkpoints`]: the usage ledger's position reported to the license server every
 //!   checkpoint interval between renewals, so a restored backup is seen online.
 //! - [`answer`]: the one path every answer takes: phase, caps, queue, engine, and the
@@ -22,19 +23,32 @@
 //! - [`safeguards`]: the watermark and output filter a license mandates, for the engine.
 //!
 //! The runtime never writes plaintext weights to storage.
+//!
+//! Without the `inference` feature (no llama.cpp) only what the vendor's, the
+//! auditor's and the node's offline commands need is built: admission, caps, renewal
+//! requests, the output filter, text and the memfd weights.
 
 pub mod admission;
+#[cfg(feature = "inference")]
 pub mod answer;
+#[cfg(feature = "inference")]
 pub mod backends;
 pub mod caps;
+#[cfg(feature = "inference")]
 pub mod checkpoints;
+#[cfg(feature = "inference")]
 pub mod engine;
+#[cfg(feature = "inference")]
 pub mod lifecycle;
 pub mod maps;
 pub mod output_filter;
 pub mod renewal;
+#[cfg(feature = "inference")]
+pub mod renewer;
+#[cfg(feature = "inference")]
 pub mod residency;
 pub mod safeguards;
+#[cfg(feature = "inference")]
 pub mod sampling;
 pub mod text;
 pub mod weights;

@@ -1,30 +1,23 @@
 //! The node's side of the license server protocol.
 //!
 //! - [`fetch_license`]: at start, get a license (waiting for the vendor's approval).
-//! - [`Renewer`]: renew at about half the lease; on failure retry with exponential
-//!   backoff and jitter. While the server is unreachable the node serves until lease +
-//!   grace end, then lapses; the next successful renewal revives it without a restart.
-//!   A "revoked" answer lapses the node at once; "ended" lets the lease run out.
+//! - [`ServerClient`]: renewal requests and checkpoint reports, verified answers.
+//! - `super::renewer::Renewer` (with the inference runtime): renewal while serving.
 //!
 //! Every response is verified (`protocol::open_response`): signed by a trusted issuer in
 //! scope, for this node, echoing this request's nonce. The license inside then goes
 //! through the same admission as any license file.
 //!
 //! Renewals and the checkpoint reports between them (`super::checkpoints`) take turns
-//! reporting the usage ledger ([`LedgerReports`]).
+//! reporting the usage ledger.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoints::{CheckpointStatus, Checkpointer, LedgerReports};
-use super::lifecycle::{Lifecycle, Phase};
 use crate::crypto::random;
 use crate::fsutil::{self, Replace};
-use crate::ledger::Ledger;
 use crate::license::TrustRoots;
 use crate::node::trusted_time::{self, rollback_tolerance};
 use crate::node::{clock, NodeIdentity};
@@ -198,12 +191,12 @@ pub enum FetchError {
 }
 
 /// Sleep about `d`, ±20 %, so a fleet does not renew in lockstep.
-async fn sleep_jittered(d: Duration) {
+pub(super) async fn sleep_jittered(d: Duration) {
     let unit = u32::from_le_bytes(random::bytes::<4>()) as f64 / u32::MAX as f64;
     tokio::time::sleep(d.mul_f64(0.8 + 0.4 * unit)).await;
 }
 
-fn write_license(path: &Path, license: &str) -> Result<(), FetchError> {
+pub(super) fn write_license(path: &Path, license: &str) -> Result<(), FetchError> {
     fsutil::write_atomic(
         path,
         license.as_bytes(),
@@ -280,232 +273,9 @@ pub async fn fetch_license(
 }
 
 /// Exponential backoff from 1 s, capped.
-fn backoff(failures: u32, cap: Duration) -> Duration {
+pub(super) fn backoff(failures: u32, cap: Duration) -> Duration {
     let secs = 1u64 << failures.saturating_sub(1).min(16);
     Duration::from_secs(secs)
         .min(cap)
         .max(Duration::from_millis(500))
-}
-
-/// Renewal state, shown in `/v1/license`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RenewalStatus {
-    pub server: String,
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_attempt: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
-    pub renewals: u64,
-    /// Attempts that failed (server unreachable, bad answer) since start.
-    pub failures: u64,
-    /// Answers that refused (revoked, ended, denied, pending) since start.
-    pub refusals: u64,
-    /// Server clock minus node clock at the last answer, in seconds.
-    pub clock_offset_seconds: Option<i64>,
-    /// The server's last refusal (revoked, ended, …).
-    pub refused: Option<String>,
-    /// The checkpoint reports between renewals (absent without a usage ledger).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoints: Option<CheckpointStatus>,
-}
-
-/// Renews the license in force for as long as the node runs.
-pub struct Renewer {
-    client: ServerClient,
-    lifecycle: Arc<Lifecycle>,
-    license_path: PathBuf,
-    /// The usage ledger whose checkpoints ride on each renewal.
-    reports: Option<Arc<LedgerReports>>,
-    checkpointer: OnceLock<Arc<Checkpointer>>,
-    status: Mutex<RenewalStatus>,
-}
-
-impl Renewer {
-    pub fn new(
-        client: ServerClient,
-        lifecycle: Arc<Lifecycle>,
-        license_path: PathBuf,
-        ledger: Option<Arc<Ledger>>,
-    ) -> Arc<Renewer> {
-        Arc::new(Renewer {
-            status: Mutex::new(RenewalStatus {
-                server: client.url().to_string(),
-                ..RenewalStatus::default()
-            }),
-            client,
-            lifecycle,
-            license_path,
-            reports: ledger.map(LedgerReports::new),
-            checkpointer: OnceLock::new(),
-        })
-    }
-
-    pub fn status(&self) -> RenewalStatus {
-        let mut status = self.status.lock().unwrap().clone();
-        status.checkpoints = self.checkpointer.get().map(|c| c.status());
-        status
-    }
-
-    /// Between renewals, report the usage ledger's position every `interval` (now, and
-    /// for as long as the node runs). Without a ledger there is nothing to report.
-    pub fn report_checkpoints(&self, interval: Duration) {
-        let Some(reports) = &self.reports else {
-            return;
-        };
-        let checkpointer = Checkpointer::new(
-            self.client.clone(),
-            self.lifecycle.clone(),
-            reports.clone(),
-            interval,
-        );
-        if self.checkpointer.set(checkpointer.clone()).is_ok() {
-            tokio::spawn(checkpointer.run());
-        }
-    }
-
-    /// At shutdown, before the ledger closes: wait (a few seconds at most) for a report
-    /// in flight to record the server's answer, and start no other.
-    pub async fn finish_reports(&self) {
-        if let Some(reports) = &self.reports {
-            reports.close(Duration::from_secs(5)).await;
-        }
-    }
-
-    /// The lease length of the license in force.
-    fn lease(&self) -> Duration {
-        let body = &self.lifecycle.status().license.body;
-        (body.expires_at - body.not_before)
-            .to_std()
-            .unwrap_or(Duration::from_secs(60))
-    }
-
-    /// When to try next after a success: half of what is left of the lease.
-    fn next_after_success(&self) -> Duration {
-        let status = self.lifecycle.status();
-        if status.phase == Phase::Serving {
-            Duration::from_secs((status.seconds_left.max(2) / 2) as u64)
-        } else {
-            self.lease() / 2
-        }
-    }
-
-    /// Run until the process ends.
-    pub async fn run(self: Arc<Self>) {
-        let mut wait = self.next_after_success();
-        loop {
-            sleep_jittered(wait.max(Duration::from_millis(500))).await;
-            wait = match self.attempt().await {
-                Ok(()) => self.next_after_success(),
-                Err(e) => {
-                    let failures = {
-                        let mut s = self.status.lock().unwrap();
-                        s.consecutive_failures += 1;
-                        s.failures += 1;
-                        s.last_error = Some(e.clone());
-                        s.consecutive_failures
-                    };
-                    if failures == 1 || failures.is_multiple_of(10) {
-                        tracing::warn!(
-                            "renewal failed ({failures} in a row): {e}; serving continues until the lease and grace end"
-                        );
-                    }
-                    let cap = (self.lease() / 4).max(Duration::from_secs(2));
-                    backoff(failures, cap)
-                }
-            };
-        }
-    }
-
-    /// One renewal attempt. `Err` only for failures worth retrying soon.
-    async fn attempt(&self) -> Result<(), String> {
-        let status = self.lifecycle.status();
-        let body = &status.license.body;
-        let current = LicenseRef {
-            license_id: body.license_id.clone(),
-            serial: body.serial,
-        };
-        let now = clock::system_now();
-        self.status.lock().unwrap().last_attempt = Some(now);
-        // Held until the server's answer is recorded: no checkpoint report in between.
-        let report = match &self.reports {
-            Some(reports) => match reports.begin().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("cannot checkpoint the usage ledger for the renewal: {e}");
-                    None
-                }
-            },
-            None => None,
-        };
-        let opened = self
-            .client
-            .exchange(
-                self.lifecycle.identity(),
-                &body.model.model_id,
-                Some((&current, &body.licensee)),
-                report.as_ref().map(|r| r.usage()).unwrap_or_default(),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let offset = opened.clock_offset(clock::system_now()).num_seconds();
-        self.lifecycle.observe_server_time(opened.body.server_time);
-        let record = |refused: Option<String>| {
-            let mut s = self.status.lock().unwrap();
-            s.consecutive_failures = 0;
-            s.last_error = None;
-            s.last_success = Some(clock::system_now());
-            s.clock_offset_seconds = Some(offset);
-            s.refused = refused;
-        };
-        match opened.body.decision {
-            Decision::Renewed { license } => {
-                if let Some(report) = report {
-                    // The server now holds this checkpoint; the next report names it.
-                    report.acknowledged().await;
-                }
-                let accepted = self
-                    .lifecycle
-                    .renew(license.as_bytes())
-                    .await
-                    .map_err(|e| format!("the renewed license was refused: {e}"))?;
-                write_license(&self.license_path, &license).map_err(|e| e.to_string())?;
-                record(None);
-                self.status.lock().unwrap().renewals += 1;
-                tracing::debug!(
-                    "renewed from {}: serial {}",
-                    self.client.url(),
-                    accepted.body.serial
-                );
-                Ok(())
-            }
-            Decision::Refused { reason, message } => {
-                record(Some(format!("{}: {message}", reason.as_str())));
-                self.status.lock().unwrap().refusals += 1;
-                match reason {
-                    RefusalReason::Revoked if self.lifecycle.revoked().is_none() => {
-                        self.lifecycle.revoke(&message).await;
-                        let mut revoked = self.license_path.clone().into_os_string();
-                        revoked.push(".revoked");
-                        if let Err(e) = std::fs::rename(&self.license_path, &revoked) {
-                            tracing::warn!(
-                                "cannot move the revoked license {} aside: {e}",
-                                self.license_path.display()
-                            );
-                        }
-                    }
-                    RefusalReason::Revoked => {}
-                    _ => tracing::warn!(
-                        "the license server will not renew ({}): {message}; serving continues until the lease and grace end",
-                        reason.as_str()
-                    ),
-                }
-                Ok(())
-            }
-            Decision::Pending { message, .. } => {
-                record(Some(format!("pending: {message}")));
-                self.status.lock().unwrap().refusals += 1;
-                Ok(())
-            }
-        }
-    }
 }

@@ -38,7 +38,7 @@ use crate::runtime::answer::{Answer, Answerer, Piece, Question, Stopped};
 use crate::runtime::caps::CapExceeded;
 use crate::runtime::engine::{Engine, GenerateError, Prompt, SamplingParams};
 use crate::runtime::lifecycle::{Lifecycle, Phase};
-use crate::runtime::renewal::Renewer;
+use crate::runtime::renewer::Renewer;
 use metrics::NodeMetrics;
 use openai::{error_body, Endpoint, ResponseMeta, Usage};
 use validation::{Invalid, Limits, MAX_BODY_BYTES};

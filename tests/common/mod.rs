@@ -21,6 +21,7 @@ use tempfile::TempDir;
 pub mod gguf;
 pub mod node;
 pub mod plaintext;
+pub mod postgres;
 pub mod swtpm;
 pub mod vectors;
 pub mod vendor;

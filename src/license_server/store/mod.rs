@@ -288,6 +288,67 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "ALTER TABLE checkpoints ADD COLUMN tpm_rollbacks BIGINT;
     CREATE INDEX checkpoints_node_id ON checkpoints (node_id, id)",
     ),
+    (
+        // The portal: staff tokens, invited organizations and their accounts, sessions
+        // (secrets kept as SHA-256 only), applications and their append-only history.
+        6,
+        "CREATE TABLE staff (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE orgs (
+        name TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        invited_by TEXT NOT NULL
+    );
+    CREATE TABLE invitations (
+        token_hash TEXT PRIMARY KEY,
+        org TEXT NOT NULL REFERENCES orgs (name),
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE TABLE org_members (
+        token_hash TEXT PRIMARY KEY,
+        org TEXT NOT NULL REFERENCES orgs (name),
+        contact TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE TABLE sessions (
+        id_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        account TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        ended_at BIGINT
+    );
+    CREATE TABLE applications (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        status TEXT NOT NULL,
+        details TEXT NOT NULL,
+        entitlement_id TEXT REFERENCES entitlements (id),
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX applications_org ON applications (org, created_at);
+    CREATE TABLE application_events (
+        id {id},
+        application_id TEXT NOT NULL REFERENCES applications (id),
+        org TEXT NOT NULL,
+        recorded_at BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        note TEXT NOT NULL
+    );
+    CREATE INDEX application_events_app ON application_events (application_id, id)",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {

@@ -1,42 +1,9 @@
-//! The one module allowed to use `unsafe`: memory maps of files, and loading llama.cpp's
-//! CPU-kernel modules.
-//!
-//! Memory-mapping a file is `unsafe` in Rust because another process could change the
-//! file underneath the mapping. Every map made here is of a file leasehold opened itself
-//! and whose contents are authenticated (sealed segments) or written only by this process.
-//! Loading a shared object runs its code: the modules loaded here are sealed memfds
-//! holding bytes whose SHA-256 matched the one this build compiled in
-//! (`runtime::backends`).
-#![allow(unsafe_code)]
+//! llama.cpp through its C API, where llama-cpp-2 has no safe wrapper (part of [`super`],
+//! the one module allowed to use `unsafe`).
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
-
-use memmap2::{Mmap, MmapMut};
-
-/// Map a file read-only.
-pub fn map_readonly(file: &File) -> io::Result<Mmap> {
-    // SAFETY: the mapping is read-only; sealed data read through it is authenticated
-    // segment by segment, so a concurrent change is detected, not trusted.
-    unsafe { Mmap::map(file) }
-}
-
-/// Map an anonymous memory file (memfd) read-write.
-pub fn map_memfd(file: &File) -> io::Result<MmapMut> {
-    // SAFETY: the memfd was created by this process, has no name in any filesystem and
-    // is not shared with another process, so nothing else can change it under the map.
-    unsafe { MmapMut::map_mut(file) }
-}
-
-/// Map a file read-write; the caller has sized it and holds the only handle.
-pub fn map_writable(file: &File) -> io::Result<MmapMut> {
-    // SAFETY: the file is a fresh temporary file created by this process (not yet
-    // renamed into place), so no other process is expected to write it concurrently.
-    unsafe { MmapMut::map_mut(file) }
-}
 
 /// The score a ggml CPU-kernel module gives this CPU (0: it uses instructions the CPU
 /// lacks), from its `ggml_backend_score`; the module is unloaded again.

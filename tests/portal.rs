@@ -1,0 +1,629 @@
+//! The portal against a real `leasehold license-server` process (SQLite, and two
+//! replicas on PostgreSQL), driven over HTTP as a browser without JavaScript drives
+//! it: cookies, forms, redirects. The vendor invites an organization, the organization
+//! applies, the vendor reviews; and what a hostile user tries (no session, a forged
+//! form, another organization's application, a used invitation, a staff page) is
+//! refused.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::postgres::{postgres_url, TempDatabase};
+use common::vendor::{ok, Node, Vendor, ADMIN_TOKEN, ORG};
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+
+/// A cookie-keeping client that follows no redirect by itself.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    /// Every Set-Cookie line received, for the attribute checks.
+    set_cookies: Vec<String>,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The value of the first `<input … name="NAME" value="…">`.
+    fn input(&self, name: &str) -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no input {name} in\n{}", self.body));
+        let rest = &self.body[at + marker.len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+
+    /// The text of the element with this id.
+    fn element(&self, id: &str) -> String {
+        let marker = format!("id=\"{id}\"");
+        let at = self
+            .body
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no #{id} in\n{}", self.body));
+        let rest = &self.body[at..];
+        let start = rest.find('>').unwrap() + 1;
+        let end = rest[start..].find('<').unwrap() + start;
+        rest[start..end].trim().to_string()
+    }
+}
+
+fn encode(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+            cookies: HashMap::new(),
+            set_cookies: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn take(&mut self, response: reqwest::Response) -> Page {
+        let status = response.status();
+        let headers = response.headers().clone();
+        for line in headers.get_all(SET_COOKIE) {
+            let line = line.to_str().unwrap().to_string();
+            let pair = line.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if line.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_string(), value.to_string());
+            }
+            self.set_cookies.push(line);
+        }
+        let body = response.text().await.unwrap();
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let response = self
+            .http
+            .get(self.url(path))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.take(response).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let response = self
+            .http
+            .post(self.url(path))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(encode(form))
+            .send()
+            .await
+            .unwrap();
+        self.take(response).await
+    }
+
+    /// Sign in with a token from the sign-in page.
+    async fn sign_in(&mut self, token: &str) -> Page {
+        let page = self.get("/portal/").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let form = page.input("form");
+        self.post("/portal/sign-in", &[("form", &form), ("token", token)])
+            .await
+    }
+
+    /// The CSRF token of this session's pages.
+    async fn csrf(&mut self) -> String {
+        self.get("/portal/applications").await.input("csrf")
+    }
+}
+
+/// Staff signs in with the admin token, invites `org`; the link's path.
+async fn invite(staff: &mut Browser, org: &str) -> String {
+    let csrf = staff.csrf().await;
+    let page = staff
+        .post("/portal/orgs/invitations", &[("csrf", &csrf), ("org", org)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let link = page.element("invitation-link");
+    assert!(link.starts_with(&staff.base), "{link}");
+    link[staff.base.len()..].to_string()
+}
+
+/// An organization's browser, signed in through a fresh invitation; its access token.
+async fn org_account(base: &str, link: &str, contact: &str) -> (Browser, String) {
+    let mut org = Browser::new(base);
+    let page = org.get(link).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let form = page.input("form");
+    let page = org
+        .post(link, &[("form", &form), ("contact", contact)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let token = page.element("access-token");
+    (org, token)
+}
+
+fn application_form<'a>(csrf: &'a str, use_case: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("csrf", csrf),
+        ("model_id", "tiny"),
+        ("use_case", use_case),
+        (
+            "downstream_applications",
+            "an internal help desk for 40 agents",
+        ),
+        (
+            "data_handling",
+            "prompts stay on the node; no logs of prompts",
+        ),
+        ("security_measures", "VPN only, SSO, audit logging"),
+        ("fine_tuning_datasets", ""),
+        ("nodes", "2"),
+        ("term_days", "90"),
+        ("track", "commercial"),
+    ]
+}
+
+/// Apply; the new application's id.
+async fn apply(org: &mut Browser, use_case: &str) -> String {
+    let csrf = org.csrf().await;
+    let page = org
+        .post("/portal/applications", &application_form(&csrf, use_case))
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    page.location()
+        .strip_prefix("/portal/applications/")
+        .unwrap_or_else(|| panic!("redirected to {}", page.location()))
+        .to_string()
+}
+
+fn started_vendor() -> Vendor {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.add_model();
+    vendor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_applies_and_the_vendor_approves_it_into_an_entitlement() {
+    let vendor = started_vendor();
+    let base = vendor.url();
+    let mut staff = Browser::new(&base);
+    let signed = staff.sign_in(ADMIN_TOKEN).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.body);
+    let link = invite(&mut staff, ORG).await;
+
+    let (mut org, token) = org_account(&base, &link, "Dana Ortiz").await;
+    assert!(token.len() >= 40, "{token}");
+    let id = apply(&mut org, "summarising support tickets <b>internally</b>").await;
+    let page = org.get(&format!("/portal/applications/{id}")).await;
+    assert_eq!(page.element("status"), "submitted");
+    // What the organization typed is shown as text, never as markup.
+    assert!(
+        page.body
+            .contains("summarising support tickets &#60;b&#62;internally&#60;/b&#62;")
+            || page
+                .body
+                .contains("summarising support tickets &lt;b&gt;internally&lt;/b&gt;"),
+        "{}",
+        page.body
+    );
+
+    // The vendor asks for changes; the organization sees the note and resubmits.
+    let csrf = staff.csrf().await;
+    let page = staff
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("decision", "request-changes"),
+                ("note", "say which countries the agents work from"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = org.get(&format!("/portal/applications/{id}")).await;
+    assert_eq!(page.element("status"), "changes-requested");
+    assert!(page
+        .body
+        .contains("say which countries the agents work from"));
+    let csrf = org.csrf().await;
+    let mut form = application_form(&csrf, "summarising support tickets, agents in DE and FR");
+    form.push(("note", "countries added"));
+    let page = org
+        .post(&format!("/portal/applications/{id}/resubmit"), &form)
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+
+    // Approval with a cap creates the entitlement: nodes, term, lease, grace, caps.
+    let csrf = staff.csrf().await;
+    let term_end = (chrono::Utc::now() + chrono::Duration::days(30))
+        .format("%Y-%m-%d")
+        .to_string();
+    let page = staff
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("nodes", "2"),
+                ("term_end", &term_end),
+                ("lease", "30m"),
+                ("grace", "5m"),
+                ("caps", "requests-per-day=500\n"),
+                ("watermark", ""),
+                ("note", ""),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = org.get(&format!("/portal/applications/{id}")).await;
+    assert_eq!(page.element("status"), "approved");
+    let entitlements = vendor.admin_json(&["entitlements"]);
+    let e = &entitlements["entitlements"][0];
+    assert_eq!(e["org"], ORG);
+    assert_eq!(e["models"][0], "tiny");
+    assert_eq!(e["nodes"], 2);
+    assert_eq!(e["lease_seconds"], 1800);
+    assert_eq!(e["grace_seconds"], 300);
+    assert_eq!(e["caps"]["requests_per_day"], 500, "{e}");
+    assert!(page.body.contains(e["id"].as_str().unwrap()));
+
+    // The entitlement takes nodes: one enrolls and is approved as before.
+    let node = Node::new(&vendor);
+    let enrollment = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &enrollment]);
+
+    // Every step is in the history, with who and when; the CSV export has them all.
+    let history = vendor.admin_json(&["history"]);
+    let steps: Vec<(String, String)> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let org_actor = format!("org:{ORG} (Dana Ortiz)");
+    assert_eq!(
+        steps,
+        [
+            ("submitted".to_string(), org_actor.clone()),
+            ("changes-requested".to_string(), "staff:admin".to_string()),
+            ("resubmitted".to_string(), org_actor),
+            ("approved".to_string(), "staff:admin".to_string()),
+        ]
+    );
+    let csv = vendor.admin_ok(&["history", "--csv"]);
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("seq,at,application_id,org,actor,action,note\n"));
+    assert!(csv.contains("\"say which countries the agents work from\""));
+
+    // The organization signs in again with its token; sign-out ends the session.
+    let mut again = Browser::new(&base);
+    assert_eq!(again.sign_in(&token).await.status, StatusCode::SEE_OTHER);
+    let page = again.get("/portal/applications").await;
+    assert!(page.body.contains(&id));
+    let session = again.cookies["leasehold_session"].clone();
+    let csrf = again.csrf().await;
+    let out = again.post("/portal/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    let mut replay = Browser::new(&base);
+    replay
+        .cookies
+        .insert("leasehold_session".into(), session.clone());
+    let page = replay.get("/portal/applications").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SEE_OTHER,
+        "a signed-out session still works"
+    );
+    assert_eq!(page.location(), "/portal/");
+
+    // Session cookies: HttpOnly, SameSite=Strict, scoped to the portal (plain HTTP here,
+    // so not Secure).
+    let line = staff
+        .set_cookies
+        .iter()
+        .find(|l| l.starts_with("leasehold_session=") && !l.contains("Max-Age=0"))
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/portal"] {
+        assert!(line.contains(attribute), "{line}");
+    }
+    assert!(!line.contains("Secure"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_refuses_forged_forms_strangers_and_other_organizations() {
+    let vendor = started_vendor();
+    let base = vendor.url();
+    let mut staff = Browser::new(&base);
+    staff.sign_in(ADMIN_TOKEN).await;
+    let link_a = invite(&mut staff, ORG).await;
+    let link_b = invite(&mut staff, "Globex").await;
+    let (mut a, _) = org_account(&base, &link_a, "Ann").await;
+    let (mut b, _) = org_account(&base, &link_b, "Bo").await;
+    let id = apply(&mut a, "support chat").await;
+    let submitted = || {
+        vendor.admin_json(&["applications", "--status", "all"])["applications"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(submitted(), 1);
+
+    // No session: the form is not taken; the browser is sent to sign in.
+    let mut stranger = Browser::new(&base);
+    let page = stranger
+        .post("/portal/applications", &application_form("x", "stolen"))
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/portal/");
+    // A session but a forged CSRF token (a form posted from another site).
+    let page = a
+        .post(
+            "/portal/applications",
+            &application_form("forged", "forged"),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    assert_eq!(submitted(), 1, "a refused form stored an application");
+
+    // Another organization's application is not found, not listed, not resubmittable.
+    let page = b.get(&format!("/portal/applications/{id}")).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert!(!b.get("/portal/applications").await.body.contains(&id));
+    let csrf = b.csrf().await;
+    let page = b
+        .post(
+            &format!("/portal/applications/{id}/resubmit"),
+            &application_form(&csrf, "hijacked"),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+
+    // Organizations cannot reach the vendor's pages or decide.
+    assert_eq!(b.get("/portal/orgs").await.status, StatusCode::NOT_FOUND);
+    let csrf = a.csrf().await;
+    let page = a
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("decision", "deny"),
+                ("note", "self-service"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    let status = vendor.admin_json(&["application", "show", &id])["application"]["status"].clone();
+    assert_eq!(status, "submitted");
+
+    // An invitation works once; an unknown token and a wrong sign-in get nowhere.
+    let mut late = Browser::new(&base);
+    assert_eq!(late.get(&link_a).await.status, StatusCode::CONFLICT);
+    assert_eq!(
+        late.get("/portal/invitations/not-a-token").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let page = late.sign_in("not-a-token-of-anyone").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(!late.cookies.contains_key("leasehold_session"));
+    // A sign-in form without its double-submit cookie (posted from another site).
+    let mut csrf_less = Browser::new(&base);
+    let page = csrf_less
+        .post("/portal/sign-in", &[("form", "x"), ("token", ADMIN_TOKEN)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(!csrf_less.cookies.contains_key("leasehold_session"));
+
+    // Pages carry the headers that keep them out of frames and caches.
+    let page = a.get("/portal/applications").await;
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(page.headers[name], value, "{name}");
+    }
+    assert!(page.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+}
+
+#[test]
+fn every_portal_action_is_also_an_admin_command() {
+    let vendor = started_vendor();
+    let out = vendor.admin_json(&["org", "invite", "--org", ORG]);
+    let url = out["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&format!("{}/portal/invitations/", vendor.url())));
+    let staff = vendor.admin_json(&["staff", "add", "Rosa"]);
+    let staff_token = staff["token"].as_str().unwrap().to_string();
+    assert_ne!(
+        vendor.admin(&["staff", "add", "Rosa"]).status.code(),
+        Some(0),
+        "a second token for the same name"
+    );
+    let orgs = vendor.admin_json(&["org", "list"]);
+    assert_eq!(orgs["orgs"][0]["name"], ORG);
+    assert_eq!(orgs["orgs"][0]["open_invitations"], 1);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        let link = &url[vendor.url().len()..];
+        let (mut org, _) = org_account(&vendor.url(), link, "Lee").await;
+        let first = apply(&mut org, "first").await;
+        let second = apply(&mut org, "second").await;
+        // A named staff member signs in with their token.
+        let mut rosa = Browser::new(&vendor.url());
+        assert_eq!(
+            rosa.sign_in(&staff_token).await.status,
+            StatusCode::SEE_OTHER
+        );
+        assert!(rosa.get("/portal/applications").await.body.contains(&first));
+        (first, second)
+    });
+
+    let queue = vendor.admin_json(&["applications"]);
+    assert_eq!(queue["applications"].as_array().unwrap().len(), 2);
+    let (first, second) = id;
+    // Deny and request changes need a note; approval takes entitle's flags.
+    let out = vendor.admin(&["application", "deny", &first, "--note", " "]);
+    assert_ne!(out.status.code(), Some(0));
+    vendor.admin_ok(&["application", "deny", &first, "--note", "not for this use"]);
+    vendor.admin_ok(&[
+        "application",
+        "request-changes",
+        &second,
+        "--note",
+        "name the datasets",
+    ]);
+    let out = vendor.admin(&["application", "approve", &second, "--lease", "30m"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "approving an application that waits for changes"
+    );
+    let denied = vendor.admin_json(&["applications", "--status", "denied"]);
+    assert_eq!(denied["applications"][0]["id"], first.as_str());
+    let shown = ok(&vendor.admin(&["application", "show", &first]), "show");
+    assert!(
+        shown.contains("denied") && shown.contains("not for this use"),
+        "{shown}"
+    );
+    let history = vendor.admin_ok(&["history"]);
+    assert_eq!(history.lines().count(), 4, "{history}");
+    assert!(
+        history.contains("staff:admin: not for this use"),
+        "{history}"
+    );
+}
+
+/// Two replicas on one PostgreSQL database: a session made on one is good on the other
+/// (sessions live in the database), an invitation used on one is used on both, and an
+/// application decided on one cannot be decided again on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_sessions_and_decisions_hold_across_two_replicas_on_postgres() {
+    let Some(admin_url) = postgres_url() else {
+        return;
+    };
+    let db = TempDatabase::create(&admin_url);
+    let mut one = Vendor::new(Some(db.url()), &[]);
+    one.start();
+    one.add_model();
+    let mut two = Vendor::new(Some(db.url()), &[]);
+    // Same issuer: the second replica uses the first one's key and certificate.
+    for file in ["issuer.key", "issuer.cert", "admin.token"] {
+        std::fs::copy(one.path().join(file), two.path().join(file)).unwrap();
+    }
+    two.start();
+
+    let mut staff = Browser::new(&one.url());
+    staff.sign_in(ADMIN_TOKEN).await;
+    let link = invite(&mut staff, ORG).await;
+    // The invitation opened on replica two; used there, it is used on replica one too.
+    let (mut org, _) = org_account(&two.url(), &link, "Kim").await;
+    let mut late = Browser::new(&one.url());
+    assert_eq!(late.get(&link).await.status, StatusCode::CONFLICT);
+    let id = apply(&mut org, "research assistant").await;
+
+    // The staff session from replica one works on replica two.
+    let mut staff_two = Browser::new(&two.url());
+    staff_two.cookies = staff.cookies.clone();
+    let page = staff_two.get(&format!("/portal/applications/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let csrf = page.input("csrf");
+    let denied = staff_two
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("decision", "deny"),
+                ("note", "out of scope"),
+            ],
+        )
+        .await;
+    assert_eq!(denied.status, StatusCode::SEE_OTHER, "{}", denied.body);
+    // Replica one, with a page loaded before the denial, cannot approve it now.
+    let csrf = staff.csrf().await;
+    let late_approval = staff
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("nodes", "1"),
+                ("term_end", "2099-01-01"),
+                ("lease", "30m"),
+                ("grace", "0s"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        late_approval.status,
+        StatusCode::CONFLICT,
+        "{}",
+        late_approval.body
+    );
+    assert!(one.admin_json(&["entitlements"])["entitlements"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
