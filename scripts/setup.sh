@@ -13,6 +13,7 @@
 #                                    operator would, against trusted time)
 #   swtpm, swtpm-tools, tpm2-tools  (software TPMs the TPM tests start themselves; tpm2-tools
 #                                    to look into one by hand)
+#   chromium, chromium-driver       (the portal walked in a real headless browser, WebDriver)
 # Rust itself (cargo, rustfmt, clippy) comes from rustup: https://rustup.rs
 #
 # It also removes the dangling lib*.so links llama-cpp-sys-2's build script leaves in
@@ -42,6 +43,8 @@ if $testing; then
   command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
   command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
   command -v tpm2_getcap >/dev/null 2>&1 || missing+=(tpm2-tools)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

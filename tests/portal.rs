@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use common::postgres::{postgres_url, TempDatabase};
 use common::vendor::{ok, Node, Vendor, ADMIN_TOKEN, ORG};
+use leasehold::protocol::UsageCheckpoint;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 
@@ -440,6 +441,10 @@ async fn the_portal_refuses_forged_forms_strangers_and_other_organizations() {
 
     // Organizations cannot reach the vendor's pages or decide.
     assert_eq!(b.get("/portal/orgs").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        b.get("/portal/enrollments").await.status,
+        StatusCode::NOT_FOUND
+    );
     let csrf = a.csrf().await;
     let page = a
         .post(
@@ -626,4 +631,244 @@ async fn portal_sessions_and_decisions_hold_across_two_replicas_on_postgres() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// A renewal of the node in `node_dir` reporting `usage` (as `serve` sends one).
+async fn renew_reporting(base: &str, node_dir: &std::path::Path, usage: UsageCheckpoint) {
+    let identity = leasehold::node::NodeIdentity::load(node_dir).unwrap();
+    let (request, _) = leasehold::protocol::sign_request(
+        &identity,
+        "tiny",
+        Some(leasehold::protocol::LicenseRef {
+            license_id: "0".repeat(32),
+            serial: 0,
+        }),
+        usage,
+        chrono::Utc::now(),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/renewals"))
+        .body(request.render())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversight_shows_nodes_usage_against_caps_and_revokes_after_confirmation() {
+    let mut vendor = started_vendor();
+    let base = vendor.url();
+    vendor.admin_ok(&[
+        "entitle",
+        "--org",
+        ORG,
+        "--model",
+        "tiny",
+        "--nodes",
+        "2",
+        "--term-end",
+        "+30d",
+        "--lease",
+        "30m",
+        "--cap",
+        "requests-per-day=40",
+    ]);
+    let node = Node::new(&vendor);
+    let enrollment = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &enrollment]);
+    let node_dir = node.path().join("node");
+    let node_id = leasehold::node::NodeIdentity::load(&node_dir)
+        .unwrap()
+        .public()
+        .node_id();
+    // Two checkpoints of one run: 5 then 12 requests in total; the day counts 12.
+    let since = Some(chrono::Utc::now() - chrono::Duration::minutes(5));
+    for (requests, tokens) in [(5, 100), (12, 260)] {
+        let usage = UsageCheckpoint {
+            since,
+            requests,
+            prompt_tokens: tokens,
+            completion_tokens: tokens / 2,
+            ..UsageCheckpoint::default()
+        };
+        renew_reporting(&base, &node_dir, usage).await;
+    }
+
+    let mut staff = Browser::new(&base);
+    staff.sign_in(ADMIN_TOKEN).await;
+    let org_path = format!("/portal/orgs/{}", ORG.replace(' ', "%20"));
+    let page = staff.get(&org_path).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains(&node_id));
+    assert!(page
+        .body
+        .contains(r#"<span class="status active">active</span>"#));
+    // The day's bar and the cap: 12 requests today, the per-node cap 40 times 2 nodes.
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        page.body.contains(&format!("{today}: 12</title>")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("cap 80"), "{}", page.body);
+    assert!(page
+        .body
+        .contains(&format!("node {node_id} requests per day")));
+    assert!(page.body.contains("cap 40"));
+    let quarter = format!(
+        "{}-Q{}",
+        chrono::Utc::now().format("%Y"),
+        (chrono::Datelike::month0(&chrono::Utc::now()) / 3) + 1
+    );
+    assert!(page.body.contains(&format!(
+        "<td>{quarter}</td><td>12</td><td>260</td><td>130</td>"
+    )));
+    // The same figures from the command line.
+    let shown = vendor.admin_json(&["org", "show", ORG]);
+    assert_eq!(shown["daily"][0]["requests"], 12);
+    assert_eq!(shown["nodes"][0]["phase"], "active");
+
+    // The organization sees its own usage, not another organization's page.
+    let link = invite(&mut staff, ORG).await;
+    let (mut org, _) = org_account(&base, &link, "Uma").await;
+    let own = org.get("/portal/usage").await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert!(own.body.contains(&format!("{today}: 12</title>")));
+    assert!(
+        !own.body.contains("Revoke"),
+        "an organization is offered a revocation"
+    );
+    assert_eq!(
+        org.get("/portal/orgs/Globex").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // It makes an enrollment token for its nodes (shown once); staff have no such button.
+    assert!(own.body.contains("make-enrollment-token"));
+    let csrf = org.csrf().await;
+    let made = org
+        .post("/portal/enrollment-tokens", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.body);
+    assert!(made.element("enrollment-token").len() >= 40);
+    assert!(!staff
+        .get(&org_path)
+        .await
+        .body
+        .contains("make-enrollment-token"));
+
+    // Revocation asks for confirmation first; unconfirmed, nothing happens.
+    let confirm = staff.get(&format!("/portal/nodes/{node_id}/revoke")).await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    let csrf = confirm.input("csrf");
+    let path = format!("/portal/nodes/{node_id}/revoke");
+    let unconfirmed = staff
+        .post(&path, &[("csrf", &csrf), ("reason", "audit refused")])
+        .await;
+    assert_eq!(unconfirmed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        vendor.admin_json(&["org", "show", ORG])["nodes"][0]["phase"],
+        "active"
+    );
+    // An organization cannot revoke, even its own node.
+    let csrf_org = org.csrf().await;
+    let refused = org
+        .post(
+            &path,
+            &[("csrf", &csrf_org), ("reason", "x"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let done = staff
+        .post(
+            &path,
+            &[
+                ("csrf", &csrf),
+                ("reason", "audit refused"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
+    let page = staff.get(&org_path).await;
+    assert!(page
+        .body
+        .contains(r#"<span class="status revoked">revoked</span>"#));
+    assert!(page.body.contains("audit refused (by staff:admin)"));
+    vendor.stop();
+}
+
+#[test]
+fn an_enrollment_token_gets_a_node_approved_on_arrival_within_the_seats() {
+    let vendor = started_vendor();
+    vendor.admin_ok(&[
+        "entitle",
+        "--org",
+        ORG,
+        "--model",
+        "tiny",
+        "--nodes",
+        "1",
+        "--term-end",
+        "+1d",
+        "--lease",
+        "30m",
+        "--auto-approve",
+    ]);
+    let token = |org: &str| {
+        vendor.admin_json(&["org", "enrollment-token", "--org", org])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (ours, theirs) = (token(ORG), token("Globex"));
+    let enroll = |token: Option<&str>| {
+        let node = Node::new(&vendor);
+        let out = match token {
+            Some(t) => {
+                std::fs::write(node.path().join("enrollment.token"), format!("{t}\n")).unwrap();
+                node.enroll_with(&vendor, &["--enrollment-token-file", "enrollment.token"])
+            }
+            None => node.enroll(&vendor),
+        };
+        let stdout = ok(&out, "enroll");
+        let id = stdout.lines().last().unwrap().trim().to_string();
+        (stdout, id)
+    };
+    // Without a token, or with another organization's: pending, as before (anyone can
+    // submit an enrollment naming any organization).
+    let (out, plain) = enroll(None);
+    assert!(out.contains("is pending"), "{out}");
+    let (out, foreign) = enroll(Some(&theirs));
+    assert!(out.contains("is pending"), "{out}");
+    // With the organization's token: approved at once, taking the one seat.
+    let (out, first) = enroll(Some(&ours));
+    assert!(out.contains("is approved"), "{out}");
+    // The seat is taken: the next one waits for the vendor, token or not.
+    let (out, second) = enroll(Some(&ours));
+    assert!(out.contains("is pending"), "{out}");
+    let status = |id: &str| {
+        vendor.admin_json(&["enrollments", "--status", "all"])["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        [
+            status(&plain),
+            status(&foreign),
+            status(&first),
+            status(&second)
+        ],
+        ["pending", "pending", "approved", "pending"]
+    );
+    // The approved node gets its license at its first request, as any approved node.
+    let entitlements = vendor.admin_json(&["entitlements"]);
+    assert_eq!(entitlements["entitlements"][0]["enrolled"], 1);
+    assert_eq!(entitlements["entitlements"][0]["auto_approve"], true);
 }

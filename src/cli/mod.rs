@@ -523,6 +523,11 @@ pub struct EnrollArgs {
     /// Where to write the enrollment (to send to the vendor, or to keep with --server).
     #[arg(long, value_name = "NODE.enroll", required_unless_present = "server")]
     pub out: Option<PathBuf>,
+    /// With --server: a file holding the organization's enrollment token (from its
+    /// portal page or `admin org enrollment-token`); an entitlement that approves
+    /// automatically then approves the node at once while it has a free seat.
+    #[arg(long, value_name = "F", requires = "server")]
+    pub enrollment_token_file: Option<PathBuf>,
     /// Submit the enrollment to this license server; its id is printed as the last line
     /// (the vendor approves it with `leasehold admin approve ID`).
     #[arg(long, value_name = "URL", requires_all = ["org", "model"])]
@@ -895,6 +900,28 @@ pub enum OrgCommand {
     Invite(OrgInviteArgs),
     /// List invited organizations.
     List,
+    /// An organization's entitlements, nodes (phase, expiry, last renewal, findings) and
+    /// usage per day, month or quarter.
+    Show(OrgShowArgs),
+    /// Make an enrollment token for an organization's nodes (printed once): with it an
+    /// entitlement made with --auto-approve approves them on enrollment.
+    EnrollmentToken(OrgInviteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OrgShowArgs {
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    /// Usage per day, month or quarter.
+    #[arg(long, value_enum, default_value = "month")]
+    pub per: UsagePeriod,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum UsagePeriod {
+    Day,
+    Month,
+    Quarter,
 }
 
 #[derive(Args, Debug)]
@@ -962,6 +989,10 @@ pub struct ApplicationApproveArgs {
     pub caps: Vec<String>,
     #[command(flatten)]
     pub safeguards: SafeguardArgs,
+    /// Approve nodes that enroll with one of the organization's enrollment tokens at once,
+    /// while a seat is free.
+    #[arg(long)]
+    pub auto_approve: bool,
     /// A note kept with the decision.
     #[arg(long, default_value = "")]
     pub note: String,
@@ -1018,6 +1049,10 @@ pub struct EntitleArgs {
     pub caps: Vec<String>,
     #[command(flatten)]
     pub safeguards: SafeguardArgs,
+    /// Approve nodes that enroll with one of the organization's enrollment tokens at
+    /// once, while a seat is free (others wait for `admin approve` as usual).
+    #[arg(long)]
+    pub auto_approve: bool,
 }
 
 #[derive(Args, Debug)]

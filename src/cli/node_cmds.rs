@@ -136,11 +136,25 @@ pub fn enroll(args: EnrollArgs) -> Outcome {
             println!("send the enrollment to the vendor to get a license");
         }
         Some(url) => {
-            let submitted = renewal::submit_enrollment(url, envelope.render().into_bytes())?;
-            println!(
-                "submitted to {url}: enrollment {} is {}; once the vendor approves it, start the node with `leasehold serve --license-server {url} ...`",
-                submitted.enrollment_id, submitted.status
-            );
+            let token = args
+                .enrollment_token_file
+                .as_deref()
+                .map(|p| crate::http_auth::read_tokens(p, "enrollment token"))
+                .transpose()?
+                .map(|mut t| t.remove(0));
+            let submitted =
+                renewal::submit_enrollment(url, envelope.render().into_bytes(), token.as_deref())?;
+            if submitted.status == "approved" {
+                println!(
+                    "submitted to {url}: enrollment {} is approved (enrollment token, within the entitlement's seats); start the node with `leasehold serve --license-server {url} ...`",
+                    submitted.enrollment_id
+                );
+            } else {
+                println!(
+                    "submitted to {url}: enrollment {} is {}; once the vendor approves it, start the node with `leasehold serve --license-server {url} ...`",
+                    submitted.enrollment_id, submitted.status
+                );
+            }
             println!("{}", submitted.enrollment_id);
         }
     }

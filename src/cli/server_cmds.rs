@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     exit, AdminArgs, AdminCommand, ApplicationCommand, LicenseServerArgs, ModelCommand, OrgCommand,
-    Outcome, StaffCommand,
+    Outcome, StaffCommand, UsagePeriod,
 };
 use crate::crypto::keyfile::{self, KeyKind};
 use crate::format::time::{parse_duration, parse_instant, rfc3339};
@@ -19,7 +19,8 @@ use crate::fsutil::{self, Replace};
 use crate::http_auth::read_admin_token;
 use crate::license::Caps;
 use crate::license_server::accounts::{
-    Invitation, InviteRequest, OrgList, StaffAdded, StaffRequest,
+    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList, StaffAdded,
+    StaffRequest,
 };
 use crate::license_server::admin::{
     AddModelRequest, Decided, DecisionRequest, EnrollmentList, EntitlementList, LicenseList,
@@ -27,6 +28,7 @@ use crate::license_server::admin::{
 };
 use crate::license_server::applications::{ApplicationDetail, ApplicationList, History, Review};
 use crate::license_server::http::{self, ServerState};
+use crate::license_server::oversight::OrgOverview;
 use crate::license_server::registry::Entitlement;
 use crate::license_server::store::{DbUrl, Store};
 use crate::license_server::{EnrollmentLimits, EntitleRequest, Issuer, Service};
@@ -255,6 +257,7 @@ pub fn admin(args: AdminArgs) -> Outcome {
                     .max(0) as u64,
                 caps,
                 safeguards: super::vendor::safeguards(&a.safeguards)?,
+                auto_approve: a.auto_approve,
             };
             let mandated = request.safeguards.summary();
             let e: Entitlement = admin.post("/admin/entitlements", &request)?;
@@ -495,6 +498,20 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 );
             }
         }
+        AdminCommand::Org(OrgCommand::EnrollmentToken(a)) => {
+            let made: EnrollmentToken = admin.post(
+                "/admin/enrollment-tokens",
+                &EnrollmentTokenRequest { org: a.org },
+            )?;
+            if json_out {
+                print_json(&made)?;
+            } else {
+                println!(
+                    "enrollment token for '{}' (shown once; nodes send it with `leasehold enroll --server … --enrollment-token-file F`):\n{}",
+                    made.org, made.token
+                );
+            }
+        }
         AdminCommand::Org(OrgCommand::List) => {
             let list: OrgList = admin.get("/admin/orgs", &[])?;
             if json_out {
@@ -511,6 +528,68 @@ pub fn admin(args: AdminArgs) -> Outcome {
                         rfc3339(o.created_at),
                         o.accounts,
                         o.open_invitations
+                    );
+                }
+            }
+        }
+        AdminCommand::Org(OrgCommand::Show(a)) => {
+            let o: OrgOverview = admin.get(
+                &format!(
+                    "/admin/orgs/{}",
+                    crate::license_server::portal::path_segment(&a.org)
+                ),
+                &[],
+            )?;
+            if json_out {
+                print_json(&o)?;
+            } else {
+                println!("organization {}", o.org);
+                for e in &o.entitlements {
+                    println!(
+                        "  entitlement {}  [{}]  {} of {} nodes, until {}{}",
+                        e.id,
+                        e.models.join(", "),
+                        e.enrolled,
+                        e.nodes,
+                        rfc3339(e.term_end),
+                        if e.revoked_at.is_some() {
+                            "  REVOKED"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                println!(
+                    "{:16}  {:16} {:8} {:>8}  {:20}  {:20}",
+                    "NODE", "MODEL", "PHASE", "SERIAL", "EXPIRES", "LAST RENEWAL"
+                );
+                for n in &o.nodes {
+                    println!(
+                        "{:16}  {:16} {:8} {:>8}  {:20}  {:20}",
+                        n.node_id,
+                        n.model_id,
+                        n.phase,
+                        n.serial,
+                        rfc3339(n.expires_at),
+                        rfc3339(n.last_renewal)
+                    );
+                    for f in &n.findings {
+                        println!("    ! {f}");
+                    }
+                }
+                let rows = match a.per {
+                    UsagePeriod::Day => &o.daily,
+                    UsagePeriod::Month => &o.monthly,
+                    UsagePeriod::Quarter => &o.quarterly,
+                };
+                println!(
+                    "{:12} {:>10} {:>14} {:>14}",
+                    "PERIOD", "REQUESTS", "PROMPT TOK", "OUTPUT TOK"
+                );
+                for u in rows {
+                    println!(
+                        "{:12} {:>10} {:>14} {:>14}",
+                        u.period, u.requests, u.prompt_tokens, u.completion_tokens
                     );
                 }
             }
@@ -581,6 +660,7 @@ pub fn admin(args: AdminArgs) -> Outcome {
                             .max(0) as u64,
                         caps,
                         safeguards: super::vendor::safeguards(&a.safeguards)?,
+                        auto_approve: a.auto_approve,
                     };
                     admin.post(
                         &format!("/admin/applications/{}/review", a.id),

@@ -141,6 +141,31 @@ pub struct OrgList {
     pub orgs: Vec<Org>,
 }
 
+/// `POST /admin/enrollment-tokens`, or an organization's own request in the portal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentTokenRequest {
+    pub org: String,
+}
+
+/// A token an organization's nodes send with their enrollment (`leasehold enroll
+/// --enrollment-token-file`): an entitlement that approves automatically approves
+/// them on arrival. Shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentToken {
+    pub org: String,
+    pub token: String,
+}
+
+/// The organization an enrollment token belongs to (none when unknown or revoked).
+pub fn enrollment_token_org(sql: &mut dyn Sql, hash: &str) -> Result<Option<String>, StoreError> {
+    sql.query_opt(
+        "SELECT org FROM enrollment_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        &[hash.into()],
+    )?
+    .map(|row| row.text(0))
+    .transpose()
+}
+
 /// A name for a staff member, organization or contact: 1 to 256 printable characters.
 pub fn check_name(what: &str, name: &str) -> Result<String, ApiError> {
     let name = name.trim();
@@ -418,6 +443,28 @@ impl Service {
             contact,
             token: access,
         })
+    }
+
+    /// A new enrollment token for an organization, made by `by` (an actor).
+    pub async fn enrollment_token(
+        &self,
+        request: EnrollmentTokenRequest,
+        by: &str,
+    ) -> Result<EnrollmentToken, ApiError> {
+        let org = check_name("the organization's name", &request.org)?;
+        let token = new_secret();
+        let hash = secret_hash(&token);
+        let (o, b) = (org.clone(), by.to_string());
+        self.store
+            .transact(move |sql| {
+                sql.execute(
+                    "INSERT INTO enrollment_tokens (token_hash, org, created_by, created_at) VALUES ($1, $2, $3, $4)",
+                    &[hash.into(), o.into(), b.into(), ts(clock::system_now())],
+                )
+            })
+            .await?;
+        tracing::info!("enrollment token for '{org}' made by {by}");
+        Ok(EnrollmentToken { org, token })
     }
 
     pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {

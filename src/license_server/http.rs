@@ -2,7 +2,9 @@
 //!
 //! Nodes (no credentials: every message is signed):
 //!   POST /v1/enrollments   body: an enrollment document → {enrollment_id, status};
-//!                          rate-limited per source address and organization (429)
+//!                          rate-limited per source address and organization (429);
+//!                          with `Authorization: Bearer <enrollment token>` of its
+//!                          organization, approved on arrival when the entitlement says so
 //!   POST /v1/renewals      body: a renewal request → a signed renewal response; a stale
 //!                          (403 `request_time_skewed`) or replayed (409
 //!                          `replayed_request`) request gets an error instead
@@ -16,7 +18,8 @@
 //!   POST /admin/enrollments/{id}/approve|deny, GET /admin/licenses, POST /admin/revoke,
 //!   GET /admin/usage, POST /admin/renewals (air-gapped renewals: as /v1/renewals, but a
 //!   request file that travelled by hand may be of any age; its nonce is still checked),
-//!   POST /admin/staff, POST /admin/invitations, GET /admin/orgs, GET /admin/applications,
+//!   POST /admin/staff, POST /admin/invitations, POST /admin/enrollment-tokens, GET /admin/orgs, GET /admin/orgs/{org}
+//!   (licenses, nodes, findings, usage per day/month/quarter), GET /admin/applications,
 //!   GET /admin/applications/{id}, POST /admin/applications/{id}/review, GET /admin/history
 //!   (what the portal does, for the `admin` command).
 //!
@@ -34,12 +37,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::accounts::{Invitation, InviteRequest, OrgList, StaffAdded, StaffRequest};
+use super::accounts::{
+    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList, StaffAdded,
+    StaffRequest,
+};
 use super::admin::{
     AddModelRequest, Decided, DecisionRequest, EnrollmentList, EnrollmentQuery, EntitlementList,
     LicenseList, ModelAdded, RevokeRequest, Revoked, UsageQuery, UsageReport,
 };
 use super::applications::{ApplicationDetail, ApplicationList, ApplicationQuery, History, Review};
+use super::oversight::OrgOverview;
 use super::registry;
 use super::{ApiError, EntitleRequest, RequestPath, Service};
 use crate::http_auth::{bearer, token_matches};
@@ -128,7 +135,9 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/renewals", post(admin_renew))
         .route("/admin/staff", post(add_staff))
         .route("/admin/invitations", post(invite))
+        .route("/admin/enrollment-tokens", post(enrollment_token))
         .route("/admin/orgs", get(orgs))
+        .route("/admin/orgs/{org}", get(org_overview))
         .route("/admin/applications", get(applications))
         .route("/admin/applications/{id}", get(application))
         .route("/admin/applications/{id}/review", post(review))
@@ -177,9 +186,12 @@ fn counted<T>(state: &ServerState, result: Result<T, ApiError>) -> Result<T, Api
 async fn enroll(
     State(state): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let submitted = counted(&state, state.service.enroll(&body, peer.ip()).await)?;
+    // An organization's enrollment token, when the node has one.
+    let token = bearer(&headers);
+    let submitted = counted(&state, state.service.enroll(&body, peer.ip(), token).await)?;
     let status = if submitted.new {
         StatusCode::CREATED
     } else {
@@ -303,10 +315,26 @@ async fn invite(
     Ok(Json(state.service.invite(req, ADMIN_ACTOR).await?))
 }
 
+async fn enrollment_token(
+    State(state): State<Shared>,
+    Json(req): Json<EnrollmentTokenRequest>,
+) -> Result<Json<EnrollmentToken>, ApiError> {
+    Ok(Json(
+        state.service.enrollment_token(req, ADMIN_ACTOR).await?,
+    ))
+}
+
 async fn orgs(State(state): State<Shared>) -> Result<Json<OrgList>, ApiError> {
     Ok(Json(OrgList {
         orgs: state.service.orgs().await?,
     }))
+}
+
+async fn org_overview(
+    State(state): State<Shared>,
+    Path(org): Path<String>,
+) -> Result<Json<OrgOverview>, ApiError> {
+    Ok(Json(state.service.org_overview(&org).await?))
 }
 
 async fn applications(

@@ -9,6 +9,8 @@
 //! - [`accounts`]: portal accounts (staff, invited organizations) and sessions.
 //! - [`applications`]: organizations' applications for a model, the vendor's review,
 //!   and its append-only history.
+//! - [`oversight`]: per organization and node: license phase, renewals, findings, usage
+//!   per day, month and quarter against the caps.
 //! - [`portal`]: the web console under `/portal/` (server-rendered HTML).
 //! - [`admin`]: the vendor's operations, with the typed requests and responses the
 //!   admin API, the `admin` command line and the portal share.
@@ -33,6 +35,7 @@ pub mod checkpoints;
 pub mod http;
 pub mod ledger_check;
 pub mod metrics;
+pub mod oversight;
 pub mod portal;
 pub mod rate_limit;
 pub mod registry;
@@ -193,6 +196,10 @@ pub struct EntitleRequest {
     /// A watermark and output filter every license of the entitlement mandates.
     #[serde(default)]
     pub safeguards: Safeguards,
+    /// Approve enrollments that carry one of the organization's enrollment tokens on
+    /// arrival, within the seats.
+    #[serde(default)]
+    pub auto_approve: bool,
 }
 
 /// How far (seconds) a renewal request's signed `sent_at` may be from the server's
@@ -417,15 +424,19 @@ impl Service {
             created_at: now,
             revoked_at: None,
             safeguards: request.safeguards,
+            auto_approve: request.auto_approve,
         })
     }
 
     /// A node submits its enrollment from `source`. Rate-limited per source address
     /// (before anything is parsed) and per organization named.
+    /// With one of the organization's enrollment tokens (`token`), an entitlement that
+    /// approves automatically approves it at once while it has a free seat.
     pub async fn enroll(
         &self,
         bytes: &[u8],
         source: IpAddr,
+        token: Option<&str>,
     ) -> Result<registry::Submitted, ApiError> {
         let limits = &self.enrollment_limits;
         let limited = |what: String, limit: u32, retry: rate_limit::RetryAfter| {
@@ -465,17 +476,42 @@ impl Service {
         }
         let document = String::from_utf8(bytes.to_vec())
             .map_err(|_| ApiError::BadRequest("the enrollment is not UTF-8".into()))?;
+        let token_hash = token.map(accounts::secret_hash);
         let submitted = self
             .store
             .transact(move |sql| {
-                registry::submit_enrollment(sql, &document, &body, clock::system_now())
+                let now = clock::system_now();
+                let mut submitted = registry::submit_enrollment(sql, &document, &body, now)?;
+                let request = body.request.as_ref().expect("submit_enrollment checked it");
+                let token_org = match &token_hash {
+                    Some(hash) => accounts::enrollment_token_org(sql, hash)?,
+                    None => None,
+                };
+                if submitted.new
+                    && token_org.as_deref() == Some(request.organization.as_str())
+                    && registry::auto_approve(
+                        sql,
+                        &submitted.enrollment_id,
+                        &request.organization,
+                        &request.model_id,
+                        now,
+                    )?
+                {
+                    submitted.status = "approved".into();
+                }
+                Ok(submitted)
             })
             .await?;
         self.metrics.enrollment(submitted.new);
         if submitted.new {
             tracing::info!(
-                "enrollment {} submitted (pending approval)",
-                submitted.enrollment_id
+                "enrollment {} submitted ({})",
+                submitted.enrollment_id,
+                if submitted.status == "approved" {
+                    "approved on arrival: enrollment token, within the entitlement's seats"
+                } else {
+                    "pending approval"
+                }
             );
         }
         Ok(submitted)

@@ -84,9 +84,13 @@ pub struct Entitlement {
     /// The watermark and output filter every license of this entitlement mandates.
     #[serde(default, skip_serializing_if = "Safeguards::is_empty")]
     pub safeguards: Safeguards,
+    /// Enrollments that carry one of the organization's enrollment tokens are approved
+    /// on arrival while a seat is free.
+    #[serde(default)]
+    pub auto_approve: bool,
 }
 
-const ENTITLEMENT_COLUMNS: &str = "id, org, models, nodes, enrolled, term_end, lease_seconds, grace_seconds, caps, created_at, revoked_at, safeguards";
+const ENTITLEMENT_COLUMNS: &str = "id, org, models, nodes, enrolled, term_end, lease_seconds, grace_seconds, caps, created_at, revoked_at, safeguards, auto_approve";
 
 fn entitlement(row: &Row) -> Result<Entitlement, StoreError> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
@@ -103,6 +107,7 @@ fn entitlement(row: &Row) -> Result<Entitlement, StoreError> {
         created_at: time(row.int(9)?),
         revoked_at: opt_time(row.opt_int(10)?),
         safeguards: serde_json::from_str(&row.text(11)?).map_err(corrupt)?,
+        auto_approve: row.int(12)? != 0,
     })
 }
 
@@ -123,7 +128,7 @@ pub fn entitle(
     e.created_at = now;
     e.revoked_at = None;
     sql.execute(
-        &format!("INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11)"),
+        &format!("INSERT INTO entitlements ({ENTITLEMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, $11, $12)"),
         &[
             (&e.id).into(),
             (&e.org).into(),
@@ -138,6 +143,7 @@ pub fn entitle(
             serde_json::to_string(&e.safeguards)
                 .unwrap_or_default()
                 .into(),
+            Value::Int(i64::from(e.auto_approve)),
         ],
     )?;
     Ok(e)
@@ -378,6 +384,40 @@ fn take_seat(
     Err(StoreError::Conflict(format!(
         "the entitlement of '{org}' for model '{model_id}' covers {total} node(s), and all are taken by approved nodes; deny this enrollment, or raise --nodes with a new `leasehold admin entitle`"
     )))
+}
+
+/// Approve a just-submitted enrollment by itself, taking a seat of one of its
+/// organization's current entitlements that approve automatically; false (it stays
+/// pending) when none does or none has a free seat.
+pub fn auto_approve(
+    sql: &mut dyn Sql,
+    id: &str,
+    org: &str,
+    model_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    for e in current_entitlements(sql, org, model_id, now)?
+        .iter()
+        .filter(|e| e.auto_approve)
+    {
+        let taken = sql.execute(
+            "UPDATE entitlements SET enrolled = enrolled + 1 WHERE id = $1 AND enrolled < nodes",
+            &[(&e.id).into()],
+        )?;
+        if taken == 1 {
+            sql.execute(
+                "UPDATE enrollments SET status = 'approved', decided_at = $1, note = $2, entitlement_id = $3 WHERE id = $4 AND status = 'pending'",
+                &[
+                    ts(now),
+                    "approved on enrollment (enrollment token; the entitlement approves within its seats)".into(),
+                    (&e.id).into(),
+                    id.into(),
+                ],
+            )?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A license as the vendor sees it.

@@ -91,19 +91,29 @@ impl ServerClient {
 
     /// POST a document; the response body on 2xx, the server's message otherwise.
     pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        self.post_with(path, body, None).await
+    }
+
+    /// POST a document with a bearer token (an organization's enrollment token).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        bearer: Option<&str>,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: self.base.clone(),
             reason: e.to_string(),
         };
-        let response = self
+        let mut request = self
             .http
             .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(unreachable)?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let response = request.body(body).send().await.map_err(unreachable)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
@@ -169,12 +179,17 @@ pub struct Submitted {
 }
 
 /// Submit an enrollment document (blocking; for the `enroll` command).
-pub fn submit_enrollment(url: &str, document: Vec<u8>) -> anyhow::Result<Submitted> {
+/// Submit an enrollment, with the organization's enrollment token when there is one.
+pub fn submit_enrollment(
+    url: &str,
+    document: Vec<u8>,
+    token: Option<&str>,
+) -> anyhow::Result<Submitted> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let client = ServerClient::new(url)?;
-    let bytes = rt.block_on(client.post("/v1/enrollments", document))?;
+    let bytes = rt.block_on(client.post_with("/v1/enrollments", document, token))?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 

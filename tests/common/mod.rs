@@ -25,6 +25,7 @@ pub mod postgres;
 pub mod swtpm;
 pub mod vectors;
 pub mod vendor;
+pub mod webdriver;
 
 /// The demo model (LEASEHOLD_DEMO_MODEL) and a Python with `openai` (LEASEHOLD_PYTHON),
 /// which scripts/test.sh provides; `None` (the test skips) only when

@@ -243,26 +243,31 @@ impl Node {
     }
 
     pub fn enroll(&self, vendor: &Vendor) -> Output {
-        vendor.client(
-            self.path(),
-            &[
-                "enroll",
-                "--node-dir",
-                "node",
-                "--server",
-                &vendor.url(),
-                "--org",
-                ORG,
-                "--model",
-                "tiny",
-                "--use-case",
-                "support chat",
-                "--data-handling",
-                "prompts stay in the EU",
-                "--security-measures",
-                "VPN only",
-            ],
-        )
+        self.enroll_with(vendor, &[])
+    }
+
+    /// `enroll --server` with extra flags.
+    pub fn enroll_with(&self, vendor: &Vendor, extra: &[&str]) -> Output {
+        let url = vendor.url();
+        let mut args = vec![
+            "enroll",
+            "--node-dir",
+            "node",
+            "--server",
+            &url,
+            "--org",
+            ORG,
+            "--model",
+            "tiny",
+            "--use-case",
+            "support chat",
+            "--data-handling",
+            "prompts stay in the EU",
+            "--security-measures",
+            "VPN only",
+        ];
+        args.extend_from_slice(extra);
+        vendor.client(self.path(), &args)
     }
 
     /// Enroll; the enrollment id (the last line of output).

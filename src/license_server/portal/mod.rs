@@ -14,11 +14,17 @@
 //!   POST /portal/sign-in, /portal/sign-out
 //!   GET|POST /portal/invitations/{token}   an organization's invitation: create its account
 //!   GET  /portal/orgs, POST /portal/orgs/invitations                (staff)
+//!   GET  /portal/orgs/{org}: entitlements, nodes, findings, usage    (staff)
+//!   GET  /portal/usage: the same for the signed-in organization      (org)
+//!   GET|POST /portal/nodes/{node}/revoke: confirm, then revoke       (staff)
+//!   GET  /portal/enrollments, POST /portal/enrollments/{id}: nodes waiting for approval (staff)
+//!   POST /portal/enrollment-tokens: a token for the organization's nodes (org)
 //!   GET  /portal/applications, POST /portal/applications            (list; an org applies)
 //!   GET  /portal/applications/new, /portal/applications/{id}
 //!   POST /portal/applications/{id}/review                           (staff)
 //!   GET|POST /portal/applications/{id}/resubmit                     (org, after changes asked)
 
+mod charts;
 mod pages;
 
 use std::net::SocketAddr;
@@ -32,6 +38,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::accounts::{new_secret, Account, AccountKind, InviteRequest, NewSession, Session};
+use super::admin::{DecisionRequest, EnrollmentQuery, RevokeRequest};
 use super::applications::{ApplicationForm, ApplicationQuery, Review, Track};
 use super::http::ServerState;
 use super::{ApiError, EntitleRequest};
@@ -40,6 +47,7 @@ use crate::http_auth::token_matches;
 use crate::license::issue::Safeguards;
 use crate::license::Caps;
 use crate::node::clock;
+pub use pages::path_segment;
 use pages::Nav;
 
 type Shared = std::sync::Arc<ServerState>;
@@ -60,6 +68,12 @@ pub fn router() -> Router<Shared> {
         )
         .route("/portal/orgs", get(orgs))
         .route("/portal/orgs/invitations", post(invite))
+        .route("/portal/orgs/{org}", get(org_page))
+        .route("/portal/usage", get(own_usage))
+        .route("/portal/enrollments", get(enrollments))
+        .route("/portal/enrollment-tokens", post(make_enrollment_token))
+        .route("/portal/enrollments/{id}", post(decide_enrollment))
+        .route("/portal/nodes/{node}/revoke", get(revoke_page).post(revoke))
         .route("/portal/applications", get(applications).post(apply))
         .route("/portal/applications/new", get(apply_page))
         .route("/portal/applications/{id}", get(application))
@@ -521,6 +535,8 @@ struct ReviewForm {
     caps: String,
     #[serde(default)]
     watermark: String,
+    #[serde(default)]
+    auto_approve: String,
 }
 
 impl ReviewForm {
@@ -573,6 +589,7 @@ impl ReviewForm {
                             watermark,
                             output_filter: None,
                         },
+                        auto_approve: self.auto_approve == "yes",
                     }),
                     note,
                 })
@@ -665,4 +682,160 @@ async fn resubmit(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn org_page(
+    State(state): State<Shared>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> PortalResult {
+    let session = signed_in(&state, &headers).await?;
+    // An organization sees its own page only (as /portal/usage); another's is unknown.
+    if session.account.org().is_some_and(|own| own != org) {
+        return Err(PortalError::Page(
+            StatusCode::NOT_FOUND,
+            "no such page".into(),
+        ));
+    }
+    let overview = state.service.org_overview(&org).await?;
+    Ok(pages::org(Nav::of(&session), &overview).into_response())
+}
+
+async fn own_usage(State(state): State<Shared>, headers: HeaderMap) -> PortalResult {
+    let session = signed_in(&state, &headers).await?;
+    let org = org_only(&session)?;
+    let overview = state.service.org_overview(org).await?;
+    Ok(pages::org(Nav::of(&session), &overview).into_response())
+}
+
+async fn revoke_page(
+    State(state): State<Shared>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+) -> PortalResult {
+    let session = signed_in(&state, &headers).await?;
+    staff_only(&session)?;
+    let org = state.service.node_org(&node).await?;
+    Ok(pages::revoke(Nav::of(&session), &node, &org).into_response())
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    csrf: String,
+    reason: String,
+    /// The confirmation box: a revocation is never one click.
+    #[serde(default)]
+    confirm: String,
+}
+
+async fn revoke(
+    State(state): State<Shared>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<RevokeForm>,
+) -> PortalResult {
+    let session = signed_form(&state, &headers, &form.csrf).await?;
+    staff_only(&session)?;
+    if form.confirm != "yes" {
+        return Err(PortalError::Page(
+            StatusCode::BAD_REQUEST,
+            "tick the confirmation box to revoke".into(),
+        ));
+    }
+    let org = state.service.node_org(&node).await?;
+    let reason = format!("{} (by {})", form.reason.trim(), session.account.actor);
+    state
+        .service
+        .revoke(RevokeRequest {
+            node: Some(node),
+            reason,
+            ..RevokeRequest::default()
+        })
+        .await?;
+    Ok(Redirect::to(&format!("/portal/orgs/{}", pages::path_segment(&org))).into_response())
+}
+
+async fn enrollments(State(state): State<Shared>, headers: HeaderMap) -> PortalResult {
+    let session = signed_in(&state, &headers).await?;
+    staff_only(&session)?;
+    let list = state
+        .service
+        .enrollments(EnrollmentQuery {
+            status: Some("pending".into()),
+        })
+        .await?;
+    Ok(pages::enrollments(Nav::of(&session), &list.enrollments, None).into_response())
+}
+
+#[derive(Deserialize)]
+struct EnrollmentDecisionForm {
+    csrf: String,
+    decision: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn decide_enrollment(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<EnrollmentDecisionForm>,
+) -> PortalResult {
+    let session = signed_form(&state, &headers, &form.csrf).await?;
+    staff_only(&session)?;
+    let approve = match form.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        other => {
+            return Err(PortalError::Page(
+                StatusCode::BAD_REQUEST,
+                format!("unknown decision '{other}'"),
+            ))
+        }
+    };
+    let note = form.note.trim().to_string();
+    let note = if note.is_empty() {
+        format!("by {}", session.account.actor)
+    } else {
+        format!("{note} (by {})", session.account.actor)
+    };
+    match state
+        .service
+        .decide_enrollment(id, approve, DecisionRequest { note })
+        .await
+    {
+        Ok(_) => Ok(Redirect::to("/portal/enrollments").into_response()),
+        // No free seat, or decided meanwhile: say so on the queue.
+        Err(ApiError::Conflict(message) | ApiError::Forbidden(message)) => {
+            let list = state
+                .service
+                .enrollments(EnrollmentQuery {
+                    status: Some("pending".into()),
+                })
+                .await?;
+            Ok((
+                StatusCode::CONFLICT,
+                pages::enrollments(Nav::of(&session), &list.enrollments, Some(&message)),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn make_enrollment_token(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> PortalResult {
+    let session = signed_form(&state, &headers, &form.csrf).await?;
+    let org = org_only(&session)?.to_string();
+    let made = state
+        .service
+        .enrollment_token(
+            super::accounts::EnrollmentTokenRequest { org },
+            &session.account.actor,
+        )
+        .await?;
+    Ok(pages::enrollment_token(Nav::of(&session), &made.org, &made.token).into_response())
 }

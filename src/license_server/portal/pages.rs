@@ -9,7 +9,8 @@ use super::super::accounts::{Invitation, Org, Session};
 use super::super::applications::{
     Application, ApplicationDetail, ApplicationEvent, ApplicationForm,
 };
-use super::super::registry::Entitlement;
+use super::super::oversight::{OrgOverview, PeriodUsage};
+use super::super::registry::{Enrollment, Entitlement};
 use crate::format::time::rfc3339;
 
 /// Render a page; a template error (none is expected: templates are checked when the
@@ -47,6 +48,18 @@ impl Nav {
 
 fn csrf(nav: &Option<Nav>) -> String {
     nav.as_ref().map(|n| n.csrf.clone()).unwrap_or_default()
+}
+
+/// Text as one URL path segment (percent-encoded).
+pub fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn day(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -119,6 +132,7 @@ pub fn account_created(nav: Option<Nav>, org: &str, token: &str) -> Response {
 
 struct OrgView {
     name: String,
+    href: String,
     since: String,
     accounts: u64,
     open_invitations: u64,
@@ -147,6 +161,7 @@ pub fn orgs(nav: Option<Nav>, orgs: &[Org], invitation: Option<(&Invitation, &st
             .iter()
             .map(|o| OrgView {
                 name: o.name.clone(),
+                href: path_segment(&o.name),
                 since: day(o.created_at),
                 accounts: o.accounts,
                 open_invitations: o.open_invitations,
@@ -356,4 +371,251 @@ pub fn application(nav: Option<Nav>, detail: &ApplicationDetail, error: Option<&
         term_end_default: term_end.format("%Y-%m-%d").to_string(),
         error,
     })
+}
+
+struct EntitlementRow {
+    id: String,
+    models: String,
+    nodes: u64,
+    enrolled: u64,
+    term_end: String,
+    lease: String,
+    caps: String,
+    state: &'static str,
+}
+
+struct NodeRow {
+    node_id: String,
+    model_id: String,
+    license_id: String,
+    serial: u64,
+    renewals: u64,
+    phase: String,
+    revoked: Option<String>,
+    expires: String,
+    last_renewal: String,
+    findings: Vec<String>,
+    chart: Option<String>,
+}
+
+struct UsageTable {
+    id: &'static str,
+    title: &'static str,
+    rows: Vec<PeriodUsage>,
+}
+
+#[derive(Template)]
+#[template(path = "portal/org.html")]
+struct OrgPage {
+    nav: Option<Nav>,
+    staff: bool,
+    /// An organization's own page offers it an enrollment token (this is the CSRF).
+    token_form: Option<String>,
+    org: String,
+    entitlements: Vec<EntitlementRow>,
+    nodes: Vec<NodeRow>,
+    chart_requests: String,
+    chart_tokens: String,
+    tables: Vec<UsageTable>,
+}
+
+fn caps_text(caps: &crate::license::Caps) -> String {
+    let text = serde_json::to_value(caps)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{}: {v}", k.replace('_', " ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    if text.is_empty() {
+        "none".into()
+    } else {
+        text
+    }
+}
+
+pub fn org(nav: Option<Nav>, o: &OrgOverview) -> Response {
+    let now = crate::node::clock::system_now();
+    let series = |rows: &[PeriodUsage], f: fn(&PeriodUsage) -> u64| -> Vec<(String, u64)> {
+        rows.iter().map(|u| (u.period.clone(), f(u))).collect()
+    };
+    // The organization's total against the per-node cap times its nodes.
+    let nodes_entitled: u64 = o
+        .entitlements
+        .iter()
+        .filter(|e| e.revoked_at.is_none() && e.term_end > now)
+        .map(|e| e.nodes)
+        .sum();
+    let scaled = |cap: Option<u64>| cap.map(|c| c.saturating_mul(nodes_entitled.max(1)));
+    render(&OrgPage {
+        staff: nav.as_ref().is_some_and(|n| n.staff),
+        token_form: nav.as_ref().filter(|n| !n.staff).map(|n| n.csrf.clone()),
+        nav,
+        org: o.org.clone(),
+        entitlements: o
+            .entitlements
+            .iter()
+            .map(|e| EntitlementRow {
+                id: e.id.clone(),
+                models: e.models.join(", "),
+                nodes: e.nodes,
+                enrolled: e.enrolled,
+                term_end: day(e.term_end),
+                lease: format!("{} s + {} s", e.lease_seconds, e.grace_seconds),
+                caps: caps_text(&e.caps),
+                state: if e.revoked_at.is_some() {
+                    "revoked"
+                } else if e.term_end <= now {
+                    "ended"
+                } else {
+                    "current"
+                },
+            })
+            .collect(),
+        nodes: o
+            .nodes
+            .iter()
+            .map(|n| NodeRow {
+                node_id: n.node_id.clone(),
+                model_id: n.model_id.clone(),
+                license_id: n.license_id.clone(),
+                serial: n.serial,
+                renewals: n.renewals,
+                phase: n.phase.clone(),
+                revoked: n.revoked_at.map(|at| {
+                    format!(
+                        "{}{}",
+                        day(at),
+                        n.revoke_reason
+                            .as_deref()
+                            .filter(|r| !r.is_empty())
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    )
+                }),
+                expires: day(n.expires_at),
+                last_renewal: day(n.last_renewal),
+                findings: n.findings.clone(),
+                chart: (!n.daily.is_empty()).then(|| {
+                    super::charts::bars(
+                        &format!("node {} requests per day", n.node_id),
+                        &series(&n.daily, |u| u.requests),
+                        o.caps.requests_per_day,
+                    )
+                }),
+            })
+            .collect(),
+        chart_requests: super::charts::bars(
+            "requests per day, all nodes",
+            &series(&o.daily, |u| u.requests),
+            scaled(o.caps.requests_per_day),
+        ),
+        chart_tokens: super::charts::bars(
+            "tokens per day, all nodes",
+            &series(&o.daily, PeriodUsage::tokens),
+            scaled(o.caps.tokens_per_day),
+        ),
+        tables: vec![
+            UsageTable {
+                id: "day",
+                title: "Per day",
+                rows: o.daily.clone(),
+            },
+            UsageTable {
+                id: "month",
+                title: "Per month",
+                rows: o.monthly.clone(),
+            },
+            UsageTable {
+                id: "quarter",
+                title: "Per quarter",
+                rows: o.quarterly.clone(),
+            },
+        ],
+    })
+}
+
+#[derive(Template)]
+#[template(path = "portal/revoke.html")]
+struct RevokePage<'a> {
+    nav: Option<Nav>,
+    nav_csrf: String,
+    node_id: &'a str,
+    org: &'a str,
+    org_href: String,
+}
+
+pub fn revoke(nav: Option<Nav>, node_id: &str, org: &str) -> Response {
+    render(&RevokePage {
+        nav_csrf: csrf(&nav),
+        nav,
+        node_id,
+        org,
+        org_href: path_segment(org),
+    })
+}
+
+struct EnrollmentView {
+    id: String,
+    node_id: String,
+    org: String,
+    model_id: String,
+    submitted: String,
+    use_case: String,
+    data_handling: String,
+    security_measures: String,
+    hardware: String,
+}
+
+#[derive(Template)]
+#[template(path = "portal/enrollments.html")]
+struct EnrollmentsPage<'a> {
+    nav: Option<Nav>,
+    nav_csrf: String,
+    enrollments: Vec<EnrollmentView>,
+    error: Option<&'a str>,
+}
+
+pub fn enrollments(nav: Option<Nav>, list: &[Enrollment], error: Option<&str>) -> Response {
+    let or_none = |t: &str| {
+        if t.trim().is_empty() {
+            "-".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    render(&EnrollmentsPage {
+        nav_csrf: csrf(&nav),
+        nav,
+        enrollments: list
+            .iter()
+            .map(|e| EnrollmentView {
+                id: e.id.clone(),
+                node_id: e.node_id.clone(),
+                org: e.org.clone(),
+                model_id: e.model_id.clone(),
+                submitted: day(e.created_at),
+                use_case: or_none(&e.declared_use.use_case),
+                data_handling: or_none(&e.declared_use.data_handling),
+                security_measures: or_none(&e.declared_use.security_measures),
+                hardware: e.hardware.clone(),
+            })
+            .collect(),
+        error,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "portal/token.html")]
+struct TokenPage<'a> {
+    nav: Option<Nav>,
+    org: &'a str,
+    token: &'a str,
+}
+
+pub fn enrollment_token(nav: Option<Nav>, org: &str, token: &str) -> Response {
+    render(&TokenPage { nav, org, token })
 }

@@ -349,6 +349,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX application_events_app ON application_events (application_id, id)",
     ),
+    (
+        // Entitlements whose nodes are approved on enrollment, within their seats, when
+        // the enrollment comes with one of the organization's enrollment tokens.
+        7,
+        "ALTER TABLE entitlements ADD COLUMN auto_approve BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE enrollment_tokens (
+        token_hash TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    )",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {
