@@ -871,4 +871,144 @@ fn an_enrollment_token_gets_a_node_approved_on_arrival_within_the_seats() {
     let entitlements = vendor.admin_json(&["entitlements"]);
     assert_eq!(entitlements["entitlements"][0]["enrolled"], 1);
     assert_eq!(entitlements["entitlements"][0]["auto_approve"], true);
+    // A revoked enrollment token approves nothing more, even with a free seat on an
+    // entitlement that approves on arrival.
+    let revoked = vendor.admin_json(&["org", "revoke-tokens", "--org", ORG, "--enrollment"]);
+    assert_eq!(revoked["enrollment_tokens"], 1);
+    assert_eq!(revoked["access_tokens"], 0);
+    vendor.admin_ok(&[
+        "entitle",
+        "--org",
+        ORG,
+        "--model",
+        "tiny",
+        "--nodes",
+        "1",
+        "--term-end",
+        "+1d",
+        "--lease",
+        "30m",
+        "--auto-approve",
+    ]);
+    let (out, _) = enroll(Some(&ours));
+    assert!(out.contains("is pending"), "{out}");
+    // A fresh token does (the control).
+    let (out, _) = enroll(Some(&token(ORG)));
+    assert!(out.contains("is approved"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_tokens_end_their_sessions_and_a_stale_review_is_refused() {
+    let vendor = started_vendor();
+    let base = vendor.url();
+    let staff_token = vendor.admin_json(&["staff", "add", "Rosa"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut rosa = Browser::new(&base);
+    assert_eq!(
+        rosa.sign_in(&staff_token).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let link = invite(&mut rosa, ORG).await;
+    let (mut org, org_token) = org_account(&base, &link, "Ira").await;
+    let id = apply(&mut org, "first version").await;
+
+    // Rosa opens the application; meanwhile changes are asked for and it is resubmitted
+    // with another use case. Her approval of the version she saw is refused.
+    let page = rosa.get(&format!("/portal/applications/{id}")).await;
+    let (seen, csrf) = (page.input("seen"), page.input("csrf"));
+    vendor.admin_ok(&[
+        "application",
+        "request-changes",
+        &id,
+        "--note",
+        "more detail",
+    ]);
+    let csrf_org = org.csrf().await;
+    let page = org
+        .post(
+            &format!("/portal/applications/{id}/resubmit"),
+            &application_form(&csrf_org, "second version, quite different"),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let stale = rosa
+        .post(
+            &format!("/portal/applications/{id}/review"),
+            &[
+                ("csrf", &csrf),
+                ("seen", &seen),
+                ("decision", "approve"),
+                ("nodes", "1"),
+                ("term_end", "2099-01-01"),
+                ("lease", "30m"),
+                ("grace", "0s"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    assert!(vendor.admin_json(&["entitlements"])["entitlements"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Removing Rosa's token ends her session; revoking the organization's access tokens
+    // ends its sessions and its token signs in no more.
+    vendor.admin_ok(&["staff", "remove", "Rosa"]);
+    let page = rosa.get("/portal/applications").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        rosa.sign_in(&staff_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let revoked = vendor.admin_json(&["org", "revoke-tokens", "--org", ORG, "--access"]);
+    assert_eq!(revoked["access_tokens"], 1);
+    assert_eq!(
+        org.get("/portal/applications").await.status,
+        StatusCode::SEE_OTHER
+    );
+    let mut again = Browser::new(&base);
+    assert_eq!(
+        again.sign_in(&org_token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Contact names cannot hide text with bidi controls (an actor that reads as staff).
+    let mut admin = Browser::new(&base);
+    admin.sign_in(ADMIN_TOKEN).await;
+    let link = invite(&mut admin, ORG).await;
+    let mut spoof = Browser::new(&base);
+    let page = spoof.get(&link).await;
+    let form = page.input("form");
+    let page = spoof
+        .post(
+            &link,
+            &[("form", &form), ("contact", "x\u{202E}nimda:ffats")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_the_public_url_makes_the_links_and_secure_cookies() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start_with(&["--public-url", "https://licenses.example/"]);
+    let mut staff = Browser::new(&vendor.url());
+    staff.sign_in(ADMIN_TOKEN).await;
+    let line = staff
+        .set_cookies
+        .iter()
+        .find(|l| l.starts_with("leasehold_session="))
+        .unwrap()
+        .clone();
+    assert!(line.contains("; Secure"), "{line}");
+    let csrf = staff.csrf().await;
+    let page = staff
+        .post("/portal/orgs/invitations", &[("csrf", &csrf), ("org", ORG)])
+        .await;
+    let link = page.element("invitation-link");
+    assert!(
+        link.starts_with("https://licenses.example/portal/invitations/"),
+        "{link}"
+    );
 }

@@ -819,6 +819,11 @@ pub struct LicenseServerArgs {
     /// (bursts up to N; more get HTTP 429). Per replica; 0: no limit.
     #[arg(long, value_name = "N", default_value_t = crate::license_server::DEFAULT_ENROLLMENTS_PER_ORG)]
     pub enrollments_per_org: u32,
+    /// The address people reach this server at (https://licenses.example), when it
+    /// differs from what they send: behind a proxy or load balancer. The portal's
+    /// invitation links use it, and an https address makes its cookies Secure.
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Read settings from this TOML file ([license-server] table; keys are the long flag
     /// names). A flag beats the environment (LEASEHOLD_<FLAG>), which beats the file.
     #[arg(long, value_name = "FILE", env = "LEASEHOLD_CONFIG")]
@@ -884,6 +889,8 @@ pub enum AdminCommand {
 pub enum StaffCommand {
     /// Make a staff member's portal token (printed once; keep it secret).
     Add(StaffAddArgs),
+    /// Remove a staff member's token; their portal sessions end with it.
+    Remove(StaffAddArgs),
 }
 
 #[derive(Args, Debug)]
@@ -906,6 +913,22 @@ pub enum OrgCommand {
     /// Make an enrollment token for an organization's nodes (printed once): with it an
     /// entitlement made with --auto-approve approves them on enrollment.
     EnrollmentToken(OrgInviteArgs),
+    /// Revoke an organization's portal access tokens (its sessions end) and/or its
+    /// enrollment tokens (its nodes then wait for approval again); both when neither
+    /// flag is given.
+    RevokeTokens(OrgRevokeTokensArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct OrgRevokeTokensArgs {
+    #[arg(long, value_name = "ORG")]
+    pub org: String,
+    /// Only its portal access tokens.
+    #[arg(long)]
+    pub access: bool,
+    /// Only its enrollment tokens.
+    #[arg(long)]
+    pub enrollment: bool,
 }
 
 #[derive(Args, Debug)]

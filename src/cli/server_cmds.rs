@@ -19,8 +19,8 @@ use crate::fsutil::{self, Replace};
 use crate::http_auth::read_admin_token;
 use crate::license::Caps;
 use crate::license_server::accounts::{
-    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList, StaffAdded,
-    StaffRequest,
+    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList,
+    RevokeTokensRequest, StaffAdded, StaffRequest, TokensRevoked,
 };
 use crate::license_server::admin::{
     AddModelRequest, Decided, DecisionRequest, EnrollmentList, EntitlementList, LicenseList,
@@ -90,7 +90,15 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
         let state = Arc::new(ServerState {
             service,
             admin_token,
-            tls: tls.is_some(),
+            tls: tls.is_some()
+                || args
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+            public_url: args
+                .public_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_string()),
             sign_in_limit: crate::license_server::rate_limit::RateLimit::per_minute(
                 http::SIGN_INS_PER_MINUTE,
             ),
@@ -480,6 +488,42 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 );
             }
         }
+        AdminCommand::Staff(StaffCommand::Remove(a)) => {
+            let removed: Value = admin.post(
+                &format!(
+                    "/admin/staff/{}/remove",
+                    crate::license_server::portal::path_segment(&a.name)
+                ),
+                &serde_json::json!({}),
+            )?;
+            if json_out {
+                print_json(&removed)?;
+            } else {
+                println!(
+                    "staff token of '{}' removed; their sessions have ended",
+                    a.name
+                );
+            }
+        }
+        AdminCommand::Org(OrgCommand::RevokeTokens(a)) => {
+            let both = !a.access && !a.enrollment;
+            let revoked: TokensRevoked = admin.post(
+                "/admin/tokens/revoke",
+                &RevokeTokensRequest {
+                    org: a.org.clone(),
+                    access: a.access || both,
+                    enrollment: a.enrollment || both,
+                },
+            )?;
+            if json_out {
+                print_json(&revoked)?;
+            } else {
+                println!(
+                    "'{}': {} access token(s) revoked (their sessions end), {} enrollment token(s) revoked (its nodes wait for approval again)",
+                    a.org, revoked.access_tokens, revoked.enrollment_tokens
+                );
+            }
+        }
         AdminCommand::Org(OrgCommand::Invite(a)) => {
             let invitation: Invitation =
                 admin.post("/admin/invitations", &InviteRequest { org: a.org })?;
@@ -787,7 +831,16 @@ fn print_application(detail: &ApplicationDetail) {
 
 /// The history as CSV (RFC 4180: every field quoted, quotes doubled).
 pub fn history_csv(history: &History) -> String {
-    let field = |text: &str| format!("\"{}\"", text.replace('"', "\"\""));
+    // Quoted, quotes doubled; a field a spreadsheet would take for a formula (an
+    // organization writes the notes) starts with an apostrophe.
+    let field = |text: &str| {
+        let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{text}")
+        } else {
+            text.to_string()
+        };
+        format!("\"{}\"", text.replace('"', "\"\""))
+    };
     let mut out = String::from("seq,at,application_id,org,actor,action,note\n");
     for e in &history.events {
         let fields = [

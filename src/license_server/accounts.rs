@@ -81,7 +81,13 @@ pub struct Session {
     pub account: Account,
     pub csrf: String,
     pub expires_at: DateTime<Utc>,
+    /// What it signed in with: the hash of a staff or organization token, or
+    /// [`ADMIN_CREDENTIAL`]. Revoking that token ends the session.
+    pub credential: String,
 }
+
+/// A session's credential when it signed in with the server's admin token.
+pub const ADMIN_CREDENTIAL: &str = "admin-token";
 
 /// A new session: the cookie value (only the caller sees it) and the session.
 pub struct NewSession {
@@ -166,10 +172,30 @@ pub fn enrollment_token_org(sql: &mut dyn Sql, hash: &str) -> Result<Option<Stri
     .transpose()
 }
 
+/// `POST /admin/orgs/{org}/revoke-tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeTokensRequest {
+    pub org: String,
+    /// The organization's portal access tokens.
+    pub access: bool,
+    /// Its enrollment tokens.
+    pub enrollment: bool,
+}
+
+/// How many tokens a revocation ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokensRevoked {
+    pub access_tokens: u64,
+    pub enrollment_tokens: u64,
+}
+
 /// A name for a staff member, organization or contact: 1 to 256 printable characters.
 pub fn check_name(what: &str, name: &str) -> Result<String, ApiError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+    // Control characters, and the invisible ones that reorder or hide text (bidi
+    // controls, zero-width marks), which could make one actor read as another.
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{061C}' | '\u{00AD}');
+    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(ApiError::BadRequest(format!(
             "{what} must be 1 to 256 printable characters"
         )));
@@ -312,13 +338,14 @@ fn start_session(
 ) -> Result<(), StoreError> {
     let a = &session.account;
     sql.execute(
-        "INSERT INTO sessions (id_hash, kind, account, actor, csrf, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO sessions (id_hash, kind, account, actor, csrf, credential, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
             hash.into(),
             a.kind.as_str().into(),
             (&a.name).into(),
             (&a.actor).into(),
             (&session.csrf).into(),
+            (&session.credential).into(),
             ts(now),
             ts(session.expires_at),
         ],
@@ -332,7 +359,7 @@ fn find_session(
     now: DateTime<Utc>,
 ) -> Result<Option<Session>, StoreError> {
     let Some(row) = sql.query_opt(
-        "SELECT kind, account, actor, csrf, expires_at FROM sessions WHERE id_hash = $1 AND ended_at IS NULL AND expires_at > $2",
+        "SELECT kind, account, actor, csrf, expires_at, credential FROM sessions WHERE id_hash = $1 AND ended_at IS NULL AND expires_at > $2",
         &[hash.into(), ts(now)],
     )?
     else {
@@ -343,6 +370,22 @@ fn find_session(
         "org" => AccountKind::Org,
         other => return Err(StoreError::Corrupt(format!("session kind '{other}'"))),
     };
+    let credential = row.text(5)?;
+    // The token it signed in with must still be good: a removed one ends its sessions.
+    let table = match kind {
+        AccountKind::Staff => "staff",
+        AccountKind::Org => "org_members",
+    };
+    if credential != ADMIN_CREDENTIAL
+        && sql
+            .query_opt(
+                &format!("SELECT 1 FROM {table} WHERE token_hash = $1 AND revoked_at IS NULL"),
+                &[(&credential).into()],
+            )?
+            .is_none()
+    {
+        return Ok(None);
+    }
     Ok(Some(Session {
         account: Account {
             kind,
@@ -351,6 +394,7 @@ fn find_session(
         },
         csrf: row.text(3)?,
         expires_at: time(row.int(4)?),
+        credential,
     }))
 }
 
@@ -467,6 +511,65 @@ impl Service {
         Ok(EnrollmentToken { org, token })
     }
 
+    /// Remove a staff member's token; their sessions end with it.
+    pub async fn remove_staff(&self, name: &str) -> Result<u64, ApiError> {
+        let n = name.to_string();
+        let removed = self
+            .store
+            .transact(move |sql| {
+                sql.execute(
+                    "UPDATE staff SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL",
+                    &[ts(clock::system_now()), n.into()],
+                )
+            })
+            .await?;
+        if removed == 0 {
+            return Err(ApiError::NotFound(format!(
+                "no staff token for '{name}' (unknown, or removed already)"
+            )));
+        }
+        tracing::warn!("staff token of '{name}' removed");
+        Ok(removed)
+    }
+
+    /// Revoke an organization's access tokens (its portal accounts, whose sessions end)
+    /// and/or its enrollment tokens (its nodes then wait for approval again).
+    pub async fn revoke_org_tokens(
+        &self,
+        request: RevokeTokensRequest,
+    ) -> Result<TokensRevoked, ApiError> {
+        let org = request.org.clone();
+        let revoked = self
+            .store
+            .transact(move |sql| {
+                let now = ts(clock::system_now());
+                let mut revoked = TokensRevoked {
+                    access_tokens: 0,
+                    enrollment_tokens: 0,
+                };
+                if request.access {
+                    revoked.access_tokens = sql.execute(
+                        "UPDATE org_members SET revoked_at = $1 WHERE org = $2 AND revoked_at IS NULL",
+                        &[now.clone(), (&request.org).into()],
+                    )?;
+                }
+                if request.enrollment {
+                    revoked.enrollment_tokens = sql.execute(
+                        "UPDATE enrollment_tokens SET revoked_at = $1 WHERE org = $2 AND revoked_at IS NULL",
+                        &[now, (&request.org).into()],
+                    )?;
+                }
+                Ok(revoked)
+            })
+            .await?;
+        tracing::warn!(
+            "organization '{org}': {} access token(s) and {} enrollment token(s) revoked",
+            revoked.access_tokens,
+            revoked.enrollment_tokens
+        );
+        Ok(revoked)
+    }
+
     pub async fn orgs(&self) -> Result<Vec<Org>, ApiError> {
         Ok(self
             .store
@@ -506,6 +609,11 @@ impl Service {
                     account,
                     csrf,
                     expires_at: now + Duration::hours(SESSION_HOURS),
+                    credential: if admin {
+                        ADMIN_CREDENTIAL.to_string()
+                    } else {
+                        hash
+                    },
                 };
                 start_session(sql, &cookie_hash, &session, now)?;
                 Ok(Some(session))
@@ -514,8 +622,9 @@ impl Service {
         Ok(session.map(|session| NewSession { cookie, session }))
     }
 
-    /// Sign in with a fresh organization account (right after its invitation).
-    pub async fn session_for(&self, account: Account) -> Result<NewSession, ApiError> {
+    /// Sign in with a fresh organization account (right after its invitation): `token`
+    /// is the access token it was given.
+    pub async fn session_for(&self, account: Account, token: &str) -> Result<NewSession, ApiError> {
         let now = clock::system_now();
         let cookie = new_secret();
         let hash = secret_hash(&cookie);
@@ -523,6 +632,7 @@ impl Service {
             account,
             csrf: new_secret(),
             expires_at: now + Duration::hours(SESSION_HOURS),
+            credential: secret_hash(token),
         };
         let s = session.clone();
         self.store

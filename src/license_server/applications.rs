@@ -135,6 +135,9 @@ pub struct Application {
     pub entitlement_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The number of its last history event: what a reviewer saw (a decision on an
+    /// older version is refused).
+    pub version: u64,
     /// The vendor's last note (a denial's reason, the changes asked for), while it
     /// stands.
     pub vendor_note: Option<String>,
@@ -187,7 +190,8 @@ pub struct History {
 }
 
 const COLUMNS: &str = "a.id, a.org, a.status, a.details, a.entitlement_id, a.created_at, a.updated_at, \
-     (SELECT e.note FROM application_events e WHERE e.application_id = a.id AND e.actor LIKE 'staff:%' ORDER BY e.id DESC LIMIT 1)";
+     (SELECT e.note FROM application_events e WHERE e.application_id = a.id AND e.actor LIKE 'staff:%' ORDER BY e.id DESC LIMIT 1), \
+     (SELECT MAX(e.id) FROM application_events e WHERE e.application_id = a.id)";
 
 fn application(row: &Row) -> Result<Application, StoreError> {
     let form: ApplicationForm = serde_json::from_str(&row.text(3)?)
@@ -205,6 +209,7 @@ fn application(row: &Row) -> Result<Application, StoreError> {
         entitlement_id: row.opt_text(4)?,
         created_at: time(row.int(5)?),
         updated_at: time(row.int(6)?),
+        version: row.opt_int(8)?.unwrap_or(0).max(0) as u64,
     })
 }
 
@@ -375,6 +380,11 @@ impl Service {
         note: &str,
     ) -> Result<Application, ApiError> {
         form.check()?;
+        if note.len() > MAX_ANSWER_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "what you changed: at most {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
         let (id, org, actor, note) = (
             id.to_string(),
             org.to_string(),
@@ -442,14 +452,19 @@ impl Service {
     }
 
     /// The vendor decides. Approval creates the entitlement in the same transaction.
+    /// `seen` is the version the reviewer looked at (the portal's form carries it): a
+    /// decision on an application that changed since is refused.
     pub async fn review(
         &self,
         id: &str,
         actor: &str,
         review: Review,
+        seen: Option<u64>,
     ) -> Result<ApplicationDetail, ApiError> {
         let now = clock::system_now();
         let current = self.application(id, None).await?.application;
+        // Checked again inside the transaction: the terms below are built from `current`.
+        let expected = seen.unwrap_or(current.version);
         let (action, to, note, entitlement) = match review {
             Review::Approve { mut terms, note } => {
                 terms.org = current.org.clone();
@@ -475,6 +490,12 @@ impl Service {
         let (i, a, org) = (id.to_string(), actor.to_string(), current.org.clone());
         self.store
             .transact(move |sql| {
+                let version = find(sql, &i, None)?.version;
+                if version != expected {
+                    return Err(StoreError::Conflict(format!(
+                        "application {i} changed since it was opened for review (the organization resubmitted, or someone decided); reload it and review again"
+                    )));
+                }
                 let entitlement_id = match entitlement {
                     Some(e) => Some(registry::entitle(sql, e, now)?.id),
                     None => None,

@@ -18,7 +18,8 @@
 //!   POST /admin/enrollments/{id}/approve|deny, GET /admin/licenses, POST /admin/revoke,
 //!   GET /admin/usage, POST /admin/renewals (air-gapped renewals: as /v1/renewals, but a
 //!   request file that travelled by hand may be of any age; its nonce is still checked),
-//!   POST /admin/staff, POST /admin/invitations, POST /admin/enrollment-tokens, GET /admin/orgs, GET /admin/orgs/{org}
+//!   POST /admin/staff, POST /admin/staff/{name}/remove, POST /admin/tokens/revoke,
+//!   POST /admin/invitations, POST /admin/enrollment-tokens, GET /admin/orgs, GET /admin/orgs/{org}
 //!   (licenses, nodes, findings, usage per day/month/quarter), GET /admin/applications,
 //!   GET /admin/applications/{id}, POST /admin/applications/{id}/review, GET /admin/history
 //!   (what the portal does, for the `admin` command).
@@ -38,8 +39,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::accounts::{
-    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList, StaffAdded,
-    StaffRequest,
+    EnrollmentToken, EnrollmentTokenRequest, Invitation, InviteRequest, OrgList,
+    RevokeTokensRequest, StaffAdded, StaffRequest, TokensRevoked,
 };
 use super::admin::{
     AddModelRequest, Decided, DecisionRequest, EnrollmentList, EnrollmentQuery, EntitlementList,
@@ -58,8 +59,11 @@ const MAX_BODY: usize = 512 * 1024;
 pub struct ServerState {
     pub service: Arc<Service>,
     pub admin_token: String,
-    /// Served over TLS: the portal's cookies are `Secure`.
+    /// Served over TLS, or behind an https `--public-url`: the portal's cookies are
+    /// `Secure`.
     pub tls: bool,
+    /// `--public-url`: the origin of the portal's links (else the request's host).
+    pub public_url: Option<String>,
     /// Portal sign-in attempts per source address.
     pub sign_in_limit: super::rate_limit::RateLimit,
 }
@@ -134,6 +138,8 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/usage", get(usage))
         .route("/admin/renewals", post(admin_renew))
         .route("/admin/staff", post(add_staff))
+        .route("/admin/staff/{name}/remove", post(remove_staff))
+        .route("/admin/tokens/revoke", post(revoke_tokens))
         .route("/admin/invitations", post(invite))
         .route("/admin/enrollment-tokens", post(enrollment_token))
         .route("/admin/orgs", get(orgs))
@@ -308,6 +314,21 @@ async fn add_staff(
     Ok(Json(state.service.add_staff(req).await?))
 }
 
+async fn remove_staff(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let removed = state.service.remove_staff(&name).await?;
+    Ok(Json(json!({ "name": name, "removed": removed })))
+}
+
+async fn revoke_tokens(
+    State(state): State<Shared>,
+    Json(req): Json<RevokeTokensRequest>,
+) -> Result<Json<TokensRevoked>, ApiError> {
+    Ok(Json(state.service.revoke_org_tokens(req).await?))
+}
+
 async fn invite(
     State(state): State<Shared>,
     Json(req): Json<InviteRequest>,
@@ -356,7 +377,9 @@ async fn review(
     Path(id): Path<String>,
     Json(review): Json<Review>,
 ) -> Result<Json<ApplicationDetail>, ApiError> {
-    Ok(Json(state.service.review(&id, ADMIN_ACTOR, review).await?))
+    Ok(Json(
+        state.service.review(&id, ADMIN_ACTOR, review, None).await?,
+    ))
 }
 
 #[derive(serde::Deserialize)]

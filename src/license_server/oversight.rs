@@ -4,8 +4,10 @@
 //!
 //! Usage per period: a node's checkpoints carry totals since its process started
 //! (`since`); within one run the increase between two checkpoints is counted on the day
-//! of the later one, and a run's first checkpoint counts in full. A run whose counters
-//! fall is not counted backwards (the findings say so).
+//! of the later one (UTC days, by when the server received it: an air-gapped node's
+//! usage lands on the day its renewal arrived), and a run's first checkpoint counts in
+//! full. A checkpoint lower than one already counted (late, or a run whose counters
+//! fell: the findings say so) adds nothing.
 
 use std::collections::BTreeMap;
 
@@ -111,12 +113,17 @@ fn daily_usage(sql: &mut dyn Sql, org: &str) -> Result<Daily, StoreError> {
             row.int(4)?.max(0) as u64,
             row.int(5)?.max(0) as u64,
         ];
-        let before = last.insert((node.clone(), since), now).unwrap_or_default();
+        // The highest totals of the run so far: a checkpoint that arrives late (lower
+        // than one already counted) adds nothing and lowers nothing.
+        let best = last.entry((node.clone(), since)).or_default();
         let delta: Vec<u64> = now
             .iter()
-            .zip(before)
-            .map(|(n, b)| n.saturating_sub(b))
+            .zip(best.iter())
+            .map(|(n, b)| n.saturating_sub(*b))
             .collect();
+        for (b, n) in best.iter_mut().zip(now) {
+            *b = (*b).max(n);
+        }
         let u = out
             .entry(node)
             .or_default()

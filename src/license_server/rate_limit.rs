@@ -60,6 +60,28 @@ impl RateLimit {
             .min(self.full())
     }
 
+    /// Whether `key` could submit now, without counting anything (for limits that
+    /// count only failures: check, then `take` on a failure).
+    pub fn check(&self, key: &str, now: Instant) -> Result<(), RetryAfter> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        let buckets = self.buckets.lock().unwrap();
+        let Some(bucket) = buckets.get(key) else {
+            return Ok(());
+        };
+        let units = self.refilled(*bucket, now);
+        if units >= COST {
+            return Ok(());
+        }
+        let nanos = (COST - units).div_ceil(u128::from(self.per_minute));
+        Err(RetryAfter(
+            u64::try_from(nanos.div_ceil(1_000_000_000))
+                .unwrap_or(60)
+                .max(1),
+        ))
+    }
+
     /// Count one submission for `key` at `now` (a monotonic time).
     pub fn take(&self, key: &str, now: Instant) -> Result<(), RetryAfter> {
         if self.per_minute == 0 {
@@ -118,6 +140,11 @@ mod tests {
         );
         assert_eq!(limit.take("a", t0 + Duration::from_secs(21)), Ok(()));
         assert!(limit.take("a", t0 + Duration::from_secs(21)).is_err());
+        // `check` counts nothing.
+        let c = RateLimit::per_minute(1);
+        assert!((0..5).all(|_| c.check("k", t0).is_ok()));
+        assert_eq!(c.take("k", t0), Ok(()));
+        assert_eq!(c.check("k", t0), Err(RetryAfter(60)));
         // No limit.
         let none = RateLimit::per_minute(0);
         assert!((0..1000).all(|_| none.take("a", t0).is_ok()));

@@ -41,6 +41,7 @@ use super::accounts::{new_secret, Account, AccountKind, InviteRequest, NewSessio
 use super::admin::{DecisionRequest, EnrollmentQuery, RevokeRequest};
 use super::applications::{ApplicationForm, ApplicationQuery, Review, Track};
 use super::http::ServerState;
+use super::registry::Enrollment;
 use super::{ApiError, EntitleRequest};
 use crate::format::time::parse_duration;
 use crate::http_auth::token_matches;
@@ -284,10 +285,9 @@ async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> PortalResult {
     form_token_ok(&headers, &form.form)?;
-    if let Err(retry) = state
-        .sign_in_limit
-        .take(&peer.ip().to_string(), clock::monotonic_now())
-    {
+    // Failed attempts count (a guessing limit); good sign-ins do not.
+    let address = peer.ip().to_string();
+    if let Err(retry) = state.sign_in_limit.check(&address, clock::monotonic_now()) {
         return Err(PortalError::Page(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
@@ -302,6 +302,7 @@ async fn sign_in(
         .await?
     else {
         tracing::warn!("portal: a sign-in from {} with an unknown token", peer.ip());
+        let _ = state.sign_in_limit.take(&address, clock::monotonic_now());
         let (token, cookie) = form_token(&state);
         return Ok((
             StatusCode::UNAUTHORIZED,
@@ -374,11 +375,14 @@ async fn accept_invitation(
         .await?;
     let new = state
         .service
-        .session_for(Account {
-            kind: AccountKind::Org,
-            name: account.org.clone(),
-            actor: format!("org:{} ({})", account.org, account.contact),
-        })
+        .session_for(
+            Account {
+                kind: AccountKind::Org,
+                name: account.org.clone(),
+                actor: format!("org:{} ({})", account.org, account.contact),
+            },
+            &account.token,
+        )
         .await?;
     let page = pages::account_created(Nav::of(&new.session), &account.org, &account.token);
     Ok(with_session_cookie(&state, &new, page.into_response()))
@@ -399,6 +403,7 @@ struct InviteForm {
 
 async fn invite(
     State(state): State<Shared>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(form): Form<InviteForm>,
 ) -> PortalResult {
@@ -408,16 +413,21 @@ async fn invite(
         .service
         .invite(InviteRequest { org: form.org }, &session.account.actor)
         .await?;
-    let url = format!("{}{}", origin(&state, &headers), invitation.path);
+    let url = format!("{}{}", origin(&state, &headers, &uri), invitation.path);
     let orgs = state.service.orgs().await?;
     Ok(pages::orgs(Nav::of(&session), &orgs, Some((&invitation, url.as_str()))).into_response())
 }
 
-/// This server's origin as the browser reached it (for links the vendor sends on).
-fn origin(state: &ServerState, headers: &HeaderMap) -> String {
+/// This server's origin for links the vendor sends on: `--public-url`, else as the
+/// browser reached it (the Host header, or HTTP/2's :authority in the request URI).
+fn origin(state: &ServerState, headers: &HeaderMap, uri: &axum::http::Uri) -> String {
+    if let Some(url) = &state.public_url {
+        return url.clone();
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .filter(|h| {
             h.chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
@@ -524,6 +534,9 @@ async fn application(
 #[derive(Deserialize)]
 struct ReviewForm {
     csrf: String,
+    /// The application's version the page showed.
+    #[serde(default)]
+    seen: Option<u64>,
     decision: String,
     #[serde(default)]
     note: String,
@@ -613,7 +626,7 @@ async fn review(
         Ok(review) => {
             state
                 .service
-                .review(&id, &session.account.actor, review)
+                .review(&id, &session.account.actor, review, form.seen)
                 .await
         }
         Err(message) => Err(ApiError::BadRequest(message)),
@@ -758,13 +771,15 @@ async fn revoke(
 async fn enrollments(State(state): State<Shared>, headers: HeaderMap) -> PortalResult {
     let session = signed_in(&state, &headers).await?;
     staff_only(&session)?;
-    let list = state
-        .service
-        .enrollments(EnrollmentQuery {
-            status: Some("pending".into()),
-        })
-        .await?;
-    Ok(pages::enrollments(Nav::of(&session), &list.enrollments, None).into_response())
+    let pending = pending_enrollments(&state).await?;
+    Ok(pages::enrollments(Nav::of(&session), &pending, None).into_response())
+}
+
+async fn pending_enrollments(state: &ServerState) -> Result<Vec<Enrollment>, PortalError> {
+    let query = EnrollmentQuery {
+        status: Some("pending".into()),
+    };
+    Ok(state.service.enrollments(query).await?.enrollments)
 }
 
 #[derive(Deserialize)]
@@ -807,15 +822,10 @@ async fn decide_enrollment(
         Ok(_) => Ok(Redirect::to("/portal/enrollments").into_response()),
         // No free seat, or decided meanwhile: say so on the queue.
         Err(ApiError::Conflict(message) | ApiError::Forbidden(message)) => {
-            let list = state
-                .service
-                .enrollments(EnrollmentQuery {
-                    status: Some("pending".into()),
-                })
-                .await?;
+            let pending = pending_enrollments(&state).await?;
             Ok((
                 StatusCode::CONFLICT,
-                pages::enrollments(Nav::of(&session), &list.enrollments, Some(&message)),
+                pages::enrollments(Nav::of(&session), &pending, Some(&message)),
             )
                 .into_response())
         }

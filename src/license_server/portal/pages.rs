@@ -178,6 +178,7 @@ pub fn orgs(nav: Option<Nav>, orgs: &[Org], invitation: Option<(&Invitation, &st
 /// An application, written out.
 struct ApplicationView {
     id: String,
+    version: u64,
     org: String,
     status: String,
     model_id: String,
@@ -199,6 +200,7 @@ impl ApplicationView {
         let f = &a.form;
         ApplicationView {
             id: a.id.clone(),
+            version: a.version,
             org: a.org.clone(),
             status: a.status.clone(),
             model_id: f.model_id.clone(),

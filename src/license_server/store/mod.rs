@@ -324,6 +324,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         account TEXT NOT NULL,
         actor TEXT NOT NULL,
         csrf TEXT NOT NULL,
+        credential TEXT NOT NULL,
         created_at BIGINT NOT NULL,
         expires_at BIGINT NOT NULL,
         ended_at BIGINT
@@ -347,7 +348,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
         action TEXT NOT NULL,
         note TEXT NOT NULL
     );
-    CREATE INDEX application_events_app ON application_events (application_id, id)",
+    CREATE INDEX application_events_app ON application_events (application_id, id);
+    CREATE INDEX checkpoints_org ON checkpoints (org, node_id, id)",
     ),
     (
         // Entitlements whose nodes are approved on enrollment, within their seats, when
