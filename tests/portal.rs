@@ -867,6 +867,25 @@ fn an_enrollment_token_gets_a_node_approved_on_arrival_within_the_seats() {
         ],
         ["pending", "pending", "approved", "pending"]
     );
+    // The queue tells the vendor which pending ones came with the organization's token.
+    let with_token = |id: &str| {
+        vendor.admin_json(&["enrollments", "--status", "all"])["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap()["with_token"]
+            .as_bool()
+            .unwrap()
+    };
+    assert_eq!(
+        [
+            with_token(&plain),
+            with_token(&foreign),
+            with_token(&second)
+        ],
+        [false, false, true]
+    );
     // The approved node gets its license at its first request, as any approved node.
     let entitlements = vendor.admin_json(&["entitlements"]);
     assert_eq!(entitlements["entitlements"][0]["enrolled"], 1);

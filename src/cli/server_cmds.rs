@@ -343,6 +343,14 @@ pub fn admin(args: AdminArgs) -> Outcome {
                         shown(&e.declared_use.security_measures)
                     );
                     println!("  hardware binding  {}", e.hardware);
+                    println!(
+                        "  enrollment token  {}",
+                        if e.with_token {
+                            "yes, the organization's"
+                        } else {
+                            "none (anyone can submit an enrollment naming any organization)"
+                        }
+                    );
                     if let Some(note) = &e.note {
                         println!("  note              {note}");
                     }

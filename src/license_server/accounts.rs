@@ -162,6 +162,14 @@ pub struct EnrollmentToken {
     pub token: String,
 }
 
+/// Delete sessions that expired or ended before `before`.
+pub fn forget_sessions(sql: &mut dyn Sql, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    sql.execute(
+        "DELETE FROM sessions WHERE expires_at < $1 OR ended_at < $1",
+        &[ts(before)],
+    )
+}
+
 /// The organization an enrollment token belongs to (none when unknown or revoked).
 pub fn enrollment_token_org(sql: &mut dyn Sql, hash: &str) -> Result<Option<String>, StoreError> {
     sql.query_opt(

@@ -265,18 +265,25 @@ fn find(sql: &mut dyn Sql, id: &str, org: Option<&str>) -> Result<Application, S
 }
 
 fn list(sql: &mut dyn Sql, query: &ApplicationQuery) -> Result<Vec<Application>, StoreError> {
+    let mut conditions = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    for (column, value) in [("a.status", &query.status), ("a.org", &query.org)] {
+        if let Some(v) = value {
+            params.push(v.into());
+            conditions.push(format!("{column} = ${}", params.len()));
+        }
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
     sql.query(
-        &format!("SELECT {COLUMNS} FROM applications a ORDER BY a.created_at DESC, a.id"),
-        &[],
+        &format!("SELECT {COLUMNS} FROM applications a {filter} ORDER BY a.created_at DESC, a.id"),
+        &params,
     )?
     .iter()
     .map(application)
-    .filter(|a| {
-        a.as_ref().map_or(true, |a| {
-            query.status.as_ref().is_none_or(|s| s == &a.status)
-                && query.org.as_ref().is_none_or(|o| o == &a.org)
-        })
-    })
     .collect()
 }
 

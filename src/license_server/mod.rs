@@ -295,12 +295,17 @@ impl Service {
     }
 
     /// Forget renewal nonces whose window has passed, keeping them one window longer so
-    /// that replicas whose clocks differ by up to that still agree. Run periodically.
+    /// that replicas whose clocks differ by up to that still agree, and portal sessions
+    /// a day after they expired or ended. Run periodically.
     pub async fn forget_old_nonces(&self) -> Result<u64, ApiError> {
-        let before = clock::system_now() - Duration::seconds(REQUEST_WINDOW_SECONDS);
+        let now = clock::system_now();
+        let before = now - Duration::seconds(REQUEST_WINDOW_SECONDS);
         Ok(self
             .store
-            .transact(move |sql| registry::forget_nonces(sql, before))
+            .transact(move |sql| {
+                accounts::forget_sessions(sql, now - Duration::days(1))?;
+                registry::forget_nonces(sql, before)
+            })
             .await?)
     }
 
@@ -487,8 +492,18 @@ impl Service {
                     Some(hash) => accounts::enrollment_token_org(sql, hash)?,
                     None => None,
                 };
+                let with_token = token_org.as_deref() == Some(request.organization.as_str());
+                if submitted.new && with_token {
+                    sql.execute(
+                        "UPDATE enrollments SET token_org = $1 WHERE id = $2",
+                        &[
+                            (&request.organization).into(),
+                            (&submitted.enrollment_id).into(),
+                        ],
+                    )?;
+                }
                 if submitted.new
-                    && token_org.as_deref() == Some(request.organization.as_str())
+                    && with_token
                     && registry::auto_approve(
                         sql,
                         &submitted.enrollment_id,

@@ -173,10 +173,14 @@ pub struct Enrollment {
     pub note: Option<String>,
     pub declared_use: DeclaredUse,
     pub hardware: String,
+    /// It came with one of its organization's enrollment tokens (else anyone could have
+    /// submitted it: an enrollment names its organization, unauthenticated).
+    #[serde(default)]
+    pub with_token: bool,
 }
 
 const ENROLLMENT_COLUMNS: &str =
-    "id, node_id, org, model_id, entitlement_id, status, created_at, decided_at, note, document";
+    "id, node_id, org, model_id, entitlement_id, status, created_at, decided_at, note, document, token_org";
 
 fn enrollment(row: &Row) -> Result<Enrollment, StoreError> {
     let document = row.text(9)?;
@@ -195,6 +199,7 @@ fn enrollment(row: &Row) -> Result<Enrollment, StoreError> {
         note: row.opt_text(8)?,
         declared_use: body.declared_use.clone(),
         hardware: body.hardware.policy.describe(&body.hardware.components),
+        with_token: row.opt_text(10)?.is_some(),
     })
 }
 

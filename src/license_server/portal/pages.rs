@@ -570,6 +570,7 @@ struct EnrollmentView {
     data_handling: String,
     security_measures: String,
     hardware: String,
+    with_token: bool,
 }
 
 #[derive(Template)]
@@ -604,6 +605,7 @@ pub fn enrollments(nav: Option<Nav>, list: &[Enrollment], error: Option<&str>) -
                 data_handling: or_none(&e.declared_use.data_handling),
                 security_measures: or_none(&e.declared_use.security_measures),
                 hardware: e.hardware.clone(),
+                with_token: e.with_token,
             })
             .collect(),
         error,

@@ -353,9 +353,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         // Entitlements whose nodes are approved on enrollment, within their seats, when
-        // the enrollment comes with one of the organization's enrollment tokens.
+        // the enrollment comes with one of the organization's enrollment tokens; which
+        // enrollments came with one.
         7,
         "ALTER TABLE entitlements ADD COLUMN auto_approve BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE enrollments ADD COLUMN token_org TEXT;
     CREATE TABLE enrollment_tokens (
         token_hash TEXT PRIMARY KEY,
         org TEXT NOT NULL,
