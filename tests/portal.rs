@@ -659,21 +659,10 @@ async fn renew_reporting(base: &str, node_dir: &std::path::Path, usage: UsageChe
 async fn oversight_shows_nodes_usage_against_caps_and_revokes_after_confirmation() {
     let mut vendor = started_vendor();
     let base = vendor.url();
-    vendor.admin_ok(&[
+    ok(
+        &vendor.try_entitle(2, "30m", "0s", &["--cap", "requests-per-day=40"]),
         "entitle",
-        "--org",
-        ORG,
-        "--model",
-        "tiny",
-        "--nodes",
-        "2",
-        "--term-end",
-        "+30d",
-        "--lease",
-        "30m",
-        "--cap",
-        "requests-per-day=40",
-    ]);
+    );
     let node = Node::new(&vendor);
     let enrollment = node.enroll_ok(&vendor);
     vendor.admin_ok(&["approve", &enrollment]);
@@ -801,20 +790,10 @@ async fn oversight_shows_nodes_usage_against_caps_and_revokes_after_confirmation
 #[test]
 fn an_enrollment_token_gets_a_node_approved_on_arrival_within_the_seats() {
     let vendor = started_vendor();
-    vendor.admin_ok(&[
-        "entitle",
-        "--org",
-        ORG,
-        "--model",
-        "tiny",
-        "--nodes",
-        "1",
-        "--term-end",
-        "+1d",
-        "--lease",
-        "30m",
-        "--auto-approve",
-    ]);
+    ok(
+        &vendor.try_entitle(1, "30m", "0s", &["--auto-approve"]),
+        "entitle --auto-approve",
+    );
     let token = |org: &str| {
         vendor.admin_json(&["org", "enrollment-token", "--org", org])["token"]
             .as_str()
@@ -895,20 +874,10 @@ fn an_enrollment_token_gets_a_node_approved_on_arrival_within_the_seats() {
     let revoked = vendor.admin_json(&["org", "revoke-tokens", "--org", ORG, "--enrollment"]);
     assert_eq!(revoked["enrollment_tokens"], 1);
     assert_eq!(revoked["access_tokens"], 0);
-    vendor.admin_ok(&[
-        "entitle",
-        "--org",
-        ORG,
-        "--model",
-        "tiny",
-        "--nodes",
-        "1",
-        "--term-end",
-        "+1d",
-        "--lease",
-        "30m",
-        "--auto-approve",
-    ]);
+    ok(
+        &vendor.try_entitle(1, "30m", "0s", &["--auto-approve"]),
+        "entitle --auto-approve",
+    );
     let (out, _) = enroll(Some(&ours));
     assert!(out.contains("is pending"), "{out}");
     // A fresh token does (the control).
