@@ -320,18 +320,6 @@ struct EntitlementView {
 
 impl EntitlementView {
     fn of(e: &Entitlement) -> EntitlementView {
-        let caps = serde_json::to_value(&e.caps)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "none".into());
         EntitlementView {
             id: e.id.clone(),
             nodes: e.nodes,
@@ -341,7 +329,7 @@ impl EntitlementView {
                 "{} s, renewed automatically; {} s grace",
                 e.lease_seconds, e.grace_seconds
             ),
-            caps,
+            caps: caps_text(&e.caps),
         }
     }
 }
@@ -421,6 +409,7 @@ struct OrgPage {
     tables: Vec<UsageTable>,
 }
 
+/// A license's caps for people (`requests per day: 500, …`), or "none".
 fn caps_text(caps: &crate::license::Caps) -> String {
     let text = serde_json::to_value(caps)
         .ok()
