@@ -506,16 +506,28 @@ async fn apply(
         .await
     {
         Ok(a) => Ok(Redirect::to(&format!("/portal/applications/{}", a.id)).into_response()),
-        Err(ApiError::BadRequest(message)) => {
-            let models = state.service.model_ids().await?;
-            Ok((
-                StatusCode::BAD_REQUEST,
-                pages::apply(Nav::of(&session), &form, &models, None, Some(&message)),
-            )
-                .into_response())
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => form_refused(&state, &session, &form, None, e).await,
     }
+}
+
+/// An application form the service refused: a bad answer shows the form again with
+/// what the organization typed and the message; anything else is an error page.
+async fn form_refused(
+    state: &ServerState,
+    session: &Session,
+    form: &ApplicationForm,
+    resubmit: Option<&str>,
+    error: ApiError,
+) -> PortalResult {
+    let ApiError::BadRequest(message) = error else {
+        return Err(error.into());
+    };
+    let models = state.service.model_ids().await?;
+    Ok((
+        StatusCode::BAD_REQUEST,
+        pages::apply(Nav::of(session), form, &models, resubmit, Some(&message)),
+    )
+        .into_response())
 }
 
 async fn application(
@@ -685,15 +697,7 @@ async fn resubmit(
         .await
     {
         Ok(_) => Ok(Redirect::to(&format!("/portal/applications/{id}")).into_response()),
-        Err(ApiError::BadRequest(message)) => {
-            let models = state.service.model_ids().await?;
-            Ok((
-                StatusCode::BAD_REQUEST,
-                pages::apply(Nav::of(&session), &form, &models, Some(&id), Some(&message)),
-            )
-                .into_response())
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => form_refused(&state, &session, &form, Some(&id), e).await,
     }
 }
 
