@@ -42,6 +42,13 @@ fn main() -> anyhow::Result<()> {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/vectors");
     std::fs::create_dir_all(&out)?;
     let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    if std::env::args().nth(1).as_deref() == Some("--only-audit") {
+        // The audit vectors alone, from the vectors already written (deterministic:
+        // Ed25519 signatures over fixed inputs), leaving the others as they are.
+        audit_vectors(&out)?;
+        println!("wrote the audit vectors to {}", out.display());
+        return Ok(());
+    }
     let root = keyfile::read_secret_key(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/demo/root.key"),
     )?;
@@ -220,6 +227,7 @@ fn main() -> anyhow::Result<()> {
     attestation(&out, &identity, &license_v1, &ledger, t0)?;
     watermark_vector(&out, &root, &full)?;
     negatives(&out, &root, &identity, &license_v1, &ledger, t0)?;
+    audit_vectors(&out)?;
     println!("wrote test vectors to {}", out.display());
     Ok(())
 }
@@ -603,6 +611,7 @@ fn renewals(
             request_nonce: nonce,
             server_time,
             decision,
+            audit: None,
         };
         std::fs::write(
             out.join(format!("renewal-response-{name}-v1.json")),
@@ -1064,4 +1073,73 @@ fn negatives(
         &dir.join("manifest.json"),
         &serde_json::Value::Array(manifest),
     )
+}
+
+/// An audit answer over the vector ledger: the run from its first checkpoint (the period
+/// starts a second after it) to its second (the period ends at it), answering audit
+/// `audit-00000000000000aa`; the renewed response vector again, carrying that audit.
+fn audit_vectors(out: &Path) -> anyhow::Result<()> {
+    use leasehold::ledger::audit::{self, End};
+    use leasehold::ledger::report::{self as report, Period};
+    use leasehold::protocol::AuditCall;
+
+    let identity = NodeIdentity::load(&out.join("node"))?;
+    let ledger = std::fs::read(out.join("usage-v1.ledger"))?;
+    let checkpoints: Vec<(u64, chrono::DateTime<Utc>)> = record::each(&ledger)
+        .flatten()
+        .filter(|p| matches!(p.body.entry, Entry::Checkpoint { .. }))
+        .map(|p| (p.body.seq, p.body.at))
+        .collect();
+    let [(_, first_at), (second, second_at), ..] = checkpoints[..] else {
+        anyhow::bail!("the vector ledger has fewer than two checkpoints");
+    };
+    // Periods are whole seconds (the server keeps them so).
+    let whole = leasehold::format::time::whole_seconds;
+    let (from, to) = (whole(first_at) + Duration::seconds(1), whole(second_at));
+    let audit_id = "audit-00000000000000aa";
+    let answer = audit::build(
+        &identity,
+        &ledger,
+        Some(audit_id),
+        from,
+        to,
+        End::ReportedCheckpoint(second),
+        second_at + Duration::minutes(5),
+    )?;
+    std::fs::write(out.join("audit-answer-v1.audit"), &answer)?;
+    let parsed = audit::parse(&answer).map_err(anyhow::Error::msg)?;
+    let (rows, _) = report::report_rows(parsed.records, Some(from), Some(to), Period::Quarter);
+    write_json(
+        &out.join("audit-answer-v1.json"),
+        &serde_json::json!({
+            "audit_id": audit_id,
+            "node_id": parsed.body.node_id,
+            "from": leasehold::format::time::rfc3339(from),
+            "to": leasehold::format::time::rfc3339(to),
+            "first_seq": parsed.body.first_seq,
+            "last_seq": parsed.body.last_seq,
+            "records_bytes": parsed.body.records_bytes,
+            "records_sha256": hex::encode(parsed.body.records_sha256),
+            "report_csv": report::csv(&rows),
+            "totals": report::totals(&rows),
+        }),
+    )?;
+
+    let renewed = std::fs::read_to_string(out.join("renewal-response-renewed-v1.json"))?;
+    let envelope = Envelope::parse(
+        renewed.as_bytes(),
+        leasehold::format::DocumentKind::RenewalResponse,
+    )?;
+    let mut body: RenewalResponseBody = envelope.decode_body()?;
+    body.audit = Some(AuditCall {
+        audit_id: audit_id.into(),
+        from,
+        to,
+    });
+    let issuer = keyfile::read_secret_key(&out.join("issuer.key"))?;
+    std::fs::write(
+        out.join("renewal-response-audit-v1.json"),
+        sign_response(&issuer, Some(&envelope.chain[0]), &body).render(),
+    )?;
+    Ok(())
 }

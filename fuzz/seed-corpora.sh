@@ -19,6 +19,7 @@ seed ledger_verify "$v"/*.ledger "$v"/negative/ledger-*.ledger
 seed renewal_request "$v"/renewal-request-*.json
 seed renewal_response "$v"/renewal-response-*.json "$v"/negative/renewal-response-*.json
 seed attestation "$v"/attestation-*.json "$v"/negative/attestation-*.json
+seed audit_answer "$v"/*.audit
 seed signed_documents "$v"/*.enroll "$v"/*.cert "$v"/*.head "$v"/node-state-*.json
 for target in fuzz/corpus/*/; do
   echo "$(basename "$target"): $(find "$target" -type f | wc -l) inputs"

@@ -2,7 +2,8 @@
 //! (tests/fuzz_corpus.rs), so both exercise exactly the same code.
 //!
 //! One entry point per parser of untrusted bytes: licenses, sealed headers, ledgers
-//! (`audit verify`, `audit report`), renewal requests and checkpoint reports (what a
+//! (`audit verify`, `audit report`), audit answers (what a license server reads from a
+//! node's upload or an import), renewal requests and checkpoint reports (what a
 //! license server reads), renewal responses and checkpoint receipts (what a node
 //! reads), attestations, output-filter rules files, config files, and the other signed
 //! documents (enrollments, node state, ledger heads, issuer certificates).
@@ -138,15 +139,47 @@ pub fn ledger_input(data: &[u8]) {
     }
     let day = Utc.with_ymd_and_hms(2026, 12, 2, 0, 0, 0).unwrap();
     for (from, to, by) in [
-        (None, None, crate::cli::Period::Month),
+        (None, None, crate::ledger::report::Period::Month),
         (
             Some(day),
             Some(day + chrono::Duration::days(1)),
-            crate::cli::Period::Day,
+            crate::ledger::report::Period::Day,
         ),
-        (Some(day), None, crate::cli::Period::Quarter),
+        (Some(day), None, crate::ledger::report::Period::Quarter),
     ] {
-        let _ = crate::cli::inspect::report_rows(data, from, to, by);
+        let _ = crate::ledger::report::report_rows(data, from, to, by);
+    }
+}
+
+/// Feed bytes to what a license server does with an audit answer: split and parse it,
+/// verify it against the vector node's key (the header, the records' digest, the run),
+/// check its coverage of a few periods, and tally its records as the report does.
+pub fn audit_answer_input(data: &[u8]) {
+    use crate::ledger::audit;
+    use crate::ledger::report::{report_rows, Period};
+
+    let Ok(parsed) = audit::parse(data) else {
+        return;
+    };
+    let day = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let periods = [
+        (day, day + chrono::Duration::days(1)),
+        (parsed.body.from, parsed.body.to),
+    ];
+    match audit::verify(&parsed, vector_node_key()) {
+        Ok(run) => {
+            assert!(run.first_at <= run.last_at, "record times never decrease");
+            assert_eq!(run.summary.head_seq, parsed.body.last_seq);
+            for (from, to) in periods {
+                let _ = run.covers(from, to);
+            }
+        }
+        Err(e) => {
+            let _ = (e.kind(), e.is_tampering(), e.to_string());
+        }
+    }
+    for (from, to) in periods {
+        let _ = report_rows(parsed.records, Some(from), Some(to), Period::Quarter);
     }
 }
 

@@ -172,6 +172,20 @@ pub struct RenewalResponseBody {
     /// The server's clock when it answered.
     pub server_time: DateTime<Utc>,
     pub decision: Decision,
+    /// The vendor asks this node for its ledger records of a period (a renewed license
+    /// only; absent otherwise). The node answers with an audit answer
+    /// (`POST /v1/audits/answer`) once it holds a signed checkpoint dated at or after `to`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditCall>,
+}
+
+/// An audit the vendor requested: the node's ledger records dated in `[from, to)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCall {
+    pub audit_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
 }
 
 impl Body for RenewalResponseBody {
@@ -447,6 +461,7 @@ mod tests {
                     reason: RefusalReason::Revoked,
                     message: "test".into(),
                 },
+                audit: None,
             },
         )
         .render()

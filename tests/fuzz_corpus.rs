@@ -80,3 +80,8 @@ fn signed_documents_corpus_replays_without_panic() {
         ) >= 5
     );
 }
+
+#[test]
+fn audit_answer_corpus_replays_without_panic() {
+    assert!(replay("audit_answer", leasehold::fuzzing::audit_answer_input) >= 1);
+}

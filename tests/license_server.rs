@@ -194,6 +194,107 @@ mod serving {
         server.stop();
     }
 
+    /// The vendor requests an audit; the serving node hears of it in its next renewal
+    /// response, reports a fresh checkpoint and uploads its ledger records of the
+    /// period; the server's report equals `audit report` on the node's ledger.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_serving_node_answers_an_audit_after_its_next_renewal() {
+        let (vendor, node) = vendor_with_node("8s", "30s");
+        let server = node.serve(&vendor);
+        let http = client();
+        // Before the period: two requests, and a renewal that reports a checkpoint after
+        // them (the run then starts there, not at the genesis record).
+        for _ in 0..2 {
+            assert_eq!(chat(&http, &server).await.0, 200);
+        }
+        let renewals = license_state(&http, &server).await["renewal"]["renewals"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), async || {
+                license_state(&http, &server).await["renewal"]["renewals"]
+                    .as_u64()
+                    .unwrap()
+                    > renewals
+            })
+            .await
+        );
+        let now = || leasehold::format::time::rfc3339(leasehold::node::clock::system_now());
+        std::thread::sleep(Duration::from_millis(1100));
+        let from = now();
+        let from = from.as_str();
+        for _ in 0..3 {
+            assert_eq!(chat(&http, &server).await.0, 200);
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        let to = now();
+        std::thread::sleep(Duration::from_millis(1100));
+        // After the period: not in the report.
+        assert_eq!(chat(&http, &server).await.0, 200);
+        let audit = vendor.admin_json(&[
+            "audit", "request", "--org", ORG, "--from", from, "--to", &to,
+        ]);
+        let audit_id = audit["id"].as_str().unwrap().to_string();
+        let answered = eventually(Duration::from_secs(40), async || {
+            license_state(&http, &server).await["renewal"]["audit"]["answered_at"].is_string()
+        })
+        .await;
+        let state = license_state(&http, &server).await;
+        assert!(answered, "{state}\n{}", server.stderr());
+        assert_eq!(state["renewal"]["audit"]["audit_id"], audit_id.as_str());
+        assert!(state["renewal"]["audit"]["requested_at"].is_string());
+        let log = server.stderr();
+        assert!(
+            log.contains("requested an audit")
+                && log.contains(&format!("answered audit {audit_id}")),
+            "{log}"
+        );
+
+        let shown = vendor.admin_json(&["audit", "show", &audit_id]);
+        let part = &shown["nodes"][0];
+        assert_eq!(part["status"], "answered", "{shown}");
+        assert_eq!(part["via"], "upload");
+        assert_eq!(part["totals"]["requests"], 3, "{shown}");
+        assert!(part["first_seq"].as_u64().unwrap() > 0, "{shown}");
+        assert!(part["findings"].as_array().unwrap().is_empty(), "{shown}");
+        let node_id = part["node_id"].as_str().unwrap();
+        let csv = vendor.admin_ok(&[
+            "audit", "report", &audit_id, "--node", node_id, "--format", "csv",
+        ]);
+        let expected = ok(
+            &leasehold(
+                node.path(),
+                &[
+                    "audit",
+                    "report",
+                    "node/usage.ledger",
+                    "--from",
+                    from,
+                    "--to",
+                    &to,
+                    "--by",
+                    "quarter",
+                    "--format",
+                    "csv",
+                ],
+            ),
+            "audit report",
+        );
+        assert_eq!(csv, expected);
+        // Answered: later renewals no longer carry it.
+        let renewals = state["renewal"]["renewals"].as_u64().unwrap();
+        let renewed = eventually(Duration::from_secs(20), async || {
+            license_state(&http, &server).await["renewal"]["renewals"]
+                .as_u64()
+                .unwrap()
+                > renewals
+        })
+        .await;
+        assert!(renewed);
+        let shown = vendor.admin_json(&["audit", "show", &audit_id]);
+        assert_eq!(shown["nodes"][0]["asked"], part["asked"]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rolled_back_or_deleted_ledger_is_flagged_at_renewal() {
         let (vendor, node) = vendor_with_node("6s", "60s");

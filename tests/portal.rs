@@ -11,7 +11,10 @@ use std::collections::HashMap;
 
 use common::postgres::{postgres_url, TempDatabase};
 use common::vendor::{ok, Node, Vendor, ADMIN_TOKEN, ORG};
-use leasehold::protocol::UsageCheckpoint;
+use leasehold::ledger::record::{Entry, Outcome};
+use leasehold::ledger::{CheckpointPolicy, Ledger, Position};
+use leasehold::node::NodeIdentity;
+use leasehold::protocol::{LedgerAnchor, LedgerPosition, UsageCheckpoint};
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 
@@ -305,7 +308,8 @@ async fn an_organization_applies_and_the_vendor_approves_it_into_an_entitlement(
                 ("lease", "30m"),
                 ("grace", "5m"),
                 ("caps", "requests-per-day=500\n"),
-                ("watermark", ""),
+                ("watermark", "gamma=0.25,delta=2.0"),
+                ("filter_rules", "terms = [\"Project Albatross\"]\n"),
                 ("note", ""),
             ],
         )
@@ -321,6 +325,12 @@ async fn an_organization_applies_and_the_vendor_approves_it_into_an_entitlement(
     assert_eq!(e["lease_seconds"], 1800);
     assert_eq!(e["grace_seconds"], 300);
     assert_eq!(e["caps"]["requests_per_day"], 500, "{e}");
+    // The watermark and output filter every license of the entitlement mandates.
+    assert_eq!(e["safeguards"]["watermark"]["gamma"], 0.25, "{e}");
+    assert_eq!(
+        e["safeguards"]["output_filter"]["terms"][0], "Project Albatross",
+        "{e}"
+    );
     assert!(page.body.contains(e["id"].as_str().unwrap()));
 
     // The entitlement takes nodes: one enrolls and is approved as before.
@@ -999,4 +1009,375 @@ async fn behind_a_proxy_the_public_url_makes_the_links_and_secure_cookies() {
         link.starts_with("https://licenses.example/portal/invitations/"),
         "{link}"
     );
+}
+
+// ---- Audits ----
+
+fn ledger_request(i: u64) -> Entry {
+    Entry::Request {
+        request_id: format!("req-{i}"),
+        license_id: "lic".into(),
+        model_id: "tiny".into(),
+        prompt_tokens: 10 + i,
+        completion_tokens: 20 + i,
+        outcome: if i % 3 == 2 {
+            Outcome::Filtered
+        } else {
+            Outcome::Ok
+        },
+        client_key: "team-a".into(),
+        prompt_sha256: None,
+        filter_rule: None,
+    }
+}
+
+/// Append requests `range` to the node's ledger (after recording that the server
+/// acknowledged `acknowledged`, as a node does) and sign a checkpoint: where it stands.
+/// (As tests/audit.rs: a node's ledger without inference.)
+async fn write_requests(
+    identity: &NodeIdentity,
+    acknowledged: Option<&Position>,
+    range: std::ops::Range<u64>,
+) -> Position {
+    let path = identity.dir().join(leasehold::ledger::LEDGER_FILE);
+    let (ledger, _) = Ledger::open(&path, identity, CheckpointPolicy::default()).unwrap();
+    if let Some(p) = acknowledged {
+        let entry = Entry::Reported {
+            seq: p.seq,
+            hash: p.hash,
+        };
+        ledger.append(entry).await.unwrap();
+    }
+    for i in range {
+        ledger.append(ledger_request(i)).await.unwrap();
+    }
+    let position = ledger.checkpoint().await.unwrap();
+    ledger.close().await;
+    position
+}
+
+/// A renewal request reporting the ledger at `position`; the response body (JSON).
+async fn renew_at(base: &str, identity: &NodeIdentity, position: &Position) -> serde_json::Value {
+    let usage = UsageCheckpoint {
+        since: Some(position.since),
+        requests: position.totals.requests,
+        prompt_tokens: position.totals.prompt_tokens,
+        completion_tokens: position.totals.completion_tokens,
+        ledger: Some(LedgerPosition {
+            ledger_id: position.ledger_id,
+            seq: position.seq,
+            hash: position.hash,
+            reported: position
+                .reported
+                .map(|(seq, hash)| LedgerAnchor { seq, hash }),
+        }),
+        tpm_rollbacks: None,
+    };
+    let (request, _) = leasehold::protocol::sign_request(
+        identity,
+        "tiny",
+        Some(leasehold::protocol::LicenseRef {
+            license_id: "0".repeat(32),
+            serial: 0,
+        }),
+        usage,
+        chrono::Utc::now(),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/renewals"))
+        .body(request.render())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let envelope: serde_json::Value = response.json().await.unwrap();
+    envelope["body"].clone()
+}
+
+/// POST the audit request form.
+async fn post_form(browser: &mut Browser, fields: &[(String, String)]) -> Page {
+    let pairs: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    browser.post("/portal/audits", &pairs).await
+}
+
+/// `leasehold ARGS` in `dir`, which must succeed; its output.
+fn leasehold_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    ok(
+        &common::node::leasehold(dir, args),
+        &format!("leasehold {args:?}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_request_audits_in_the_portal_and_its_reports_download_as_the_node_reports() {
+    let mut vendor = Vendor::new(None, &[]);
+    vendor.start();
+    vendor.entitle(1, "50m", "10m");
+    let base = vendor.url();
+    let node = Node::new(&vendor);
+    let enrollment = node.enroll_ok(&vendor);
+    vendor.admin_ok(&["approve", &enrollment]);
+    let identity = NodeIdentity::load(&node.path().join("node")).unwrap();
+    let node_id = identity.public().node_id();
+
+    // Usage before the period ends, reported at a renewal; the period ends a moment later.
+    let first = write_requests(&identity, None, 0..3).await;
+    renew_at(&base, &identity, &first).await;
+    write_requests(&identity, Some(&first), 3..6).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let to = leasehold::format::time::rfc3339(chrono::Utc::now());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // Staff find the request form from the organization's overview, prefilled.
+    let mut staff = Browser::new(&base);
+    staff.sign_in(ADMIN_TOKEN).await;
+    let overview = staff.get("/portal/orgs/Acme%20Corp").await;
+    assert!(
+        overview.body.contains("/portal/audits?org=Acme%20Corp"),
+        "{}",
+        overview.body
+    );
+    let page = staff.get("/portal/audits?org=Acme%20Corp").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("href=\"/portal/audits\">Audits</a>"));
+    assert_eq!(page.input("org"), ORG);
+    assert_eq!(page.input("max_renewals"), "3");
+    let csrf = page.input("csrf");
+    let audits = |v: &Vendor| {
+        v.admin_json(&["audit", "list"])["audits"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let note = "Q4 <script>alert(1)</script> & co";
+    let request = |csrf: &str, org: &str, to: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf),
+            ("org", org),
+            ("from", "2020-01-01"),
+            ("to", to),
+            ("max_renewals", "3"),
+            ("note", note),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+
+    // Without the session's CSRF token (a form posted from another site): refused.
+    let forged = post_form(&mut staff, &request("forged", ORG, &to)).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.body);
+    let missing = staff
+        .post(
+            "/portal/audits",
+            &[("org", ORG), ("from", "2020-01-01"), ("to", &to)],
+        )
+        .await;
+    assert!(missing.status.is_client_error(), "{}", missing.status);
+    assert!(
+        audits(&vendor).is_empty(),
+        "a refused form requested an audit"
+    );
+    // A period that ends before it starts, or an organization without nodes: the form
+    // again with the message and what was typed.
+    let bad = post_form(&mut staff, &request(&csrf, ORG, "2019-06-01")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
+    assert!(bad.element("error").contains("ends"), "{}", bad.body);
+    assert_eq!(bad.input("to"), "2019-06-01");
+    let nobody = post_form(&mut staff, &request(&csrf, "Globex", &to)).await;
+    assert_eq!(nobody.status, StatusCode::BAD_REQUEST, "{}", nobody.body);
+    assert!(nobody.element("error").contains("no approved nodes"));
+    assert!(audits(&vendor).is_empty());
+
+    // The request: the audit's page, and the same audit through the admin CLI.
+    let made = post_form(&mut staff, &request(&csrf, ORG, &to)).await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let audit_id = made
+        .location()
+        .strip_prefix("/portal/audits/")
+        .unwrap_or_else(|| panic!("redirected to {}", made.location()))
+        .to_string();
+    let listed = audits(&vendor);
+    assert_eq!(listed.len(), 1);
+    let a = &listed[0];
+    assert_eq!(a["id"], audit_id.as_str());
+    assert_eq!(a["org"], ORG);
+    assert_eq!(a["from"], "2020-01-01T00:00:00Z");
+    assert_eq!(a["to"], to.as_str());
+    assert_eq!(a["max_renewals"], 3);
+    assert_eq!(a["note"], note);
+    assert_eq!(a["requested_by"], "staff:admin");
+    assert_eq!(a["nodes"][0]["node_id"], node_id.as_str());
+    let audit_path = format!("/portal/audits/{audit_id}");
+    let page = staff.get(&audit_path).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert_eq!(page.element("status"), "open");
+    assert_eq!(page.element(&format!("node-status-{node_id}")), "waiting");
+    // The note is text, never markup.
+    assert!(!page.body.contains("<script>"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Q4 &#60;script&#62;alert(1)&#60;/script&#62; &#38; co")
+            || page
+                .body
+                .contains("Q4 &lt;script&gt;alert(1)&lt;/script&gt; &amp; co"),
+        "{}",
+        page.body
+    );
+    assert!(staff.get("/portal/audits").await.body.contains(&audit_id));
+
+    // Organizations: A sees its own audit (read-only) and cannot request one; B sees
+    // nothing of A's.
+    let link = invite(&mut staff, ORG).await;
+    let (mut org_a, _) = org_account(&base, &link, "Ann").await;
+    let link = invite(&mut staff, "Globex").await;
+    let (mut org_b, _) = org_account(&base, &link, "Bo").await;
+    let own = org_a.get("/portal/audits").await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert!(own.body.contains(&audit_id));
+    assert!(
+        !own.body.contains("action=\"/portal/audits\""),
+        "an organization is offered the request form"
+    );
+    assert_eq!(org_a.get(&audit_path).await.status, StatusCode::OK);
+    let csrf_a = org_a.csrf().await;
+    let refused = post_form(&mut org_a, &request(&csrf_a, ORG, &to)).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    assert_eq!(audits(&vendor).len(), 1);
+    assert!(!org_b.get("/portal/audits").await.body.contains(&audit_id));
+    let csv_path = format!("{audit_path}/nodes/{node_id}/report.csv");
+    let json_path = format!("{audit_path}/nodes/{node_id}/report.json");
+    for path in [&audit_path, &csv_path, &json_path] {
+        let page = org_b.get(path).await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}: {}", page.body);
+    }
+    // Nothing to download before the node answers.
+    assert_eq!(staff.get(&csv_path).await.status, StatusCode::CONFLICT);
+
+    // The node finds the audit in its next renewal's response, and (air-gapped here)
+    // exports its answer, which the vendor imports.
+    let after = write_requests(&identity, Some(&first), 6..7).await;
+    let answer = renew_at(&base, &identity, &after).await;
+    assert_eq!(answer["audit"]["audit_id"], audit_id.as_str(), "{answer}");
+    let dir = node.path();
+    let from = "2020-01-01T00:00:00Z";
+    leasehold_ok(
+        dir,
+        &[
+            "audit",
+            "export",
+            "--node-dir",
+            "node",
+            "--from",
+            from,
+            "--to",
+            &to,
+            "--out",
+            "answer.audit",
+        ],
+    );
+    let answer_file = dir.join("answer.audit");
+    let imported = vendor.admin_json(&["audit", "import", answer_file.to_str().unwrap()]);
+    assert_eq!(imported["accepted"], true, "{imported}");
+    let node_report = |by: &str, format: &str| {
+        leasehold_ok(
+            dir,
+            &[
+                "audit",
+                "report",
+                "node/usage.ledger",
+                "--from",
+                from,
+                "--to",
+                &to,
+                "--by",
+                by,
+                "--format",
+                format,
+            ],
+        )
+    };
+    let expected = node_report("quarter", "csv");
+    assert!(
+        expected.contains(",6,"),
+        "six requests in the period:\n{expected}"
+    );
+
+    // The CSV download is `audit report` on the node's ledger, byte for byte; the JSON
+    // has its totals. The organization downloads the same.
+    let page = staff.get(&audit_path).await;
+    assert_eq!(page.element("status"), "complete");
+    assert_eq!(page.element(&format!("node-status-{node_id}")), "answered");
+    assert!(page.body.contains(&format!("id=\"report-{node_id}\"")));
+    assert!(page
+        .body
+        .contains(&format!("href=\"{csv_path}?by=quarter\"")));
+    for browser in [&mut staff, &mut org_a] {
+        let csv = browser.get(&csv_path).await;
+        assert_eq!(csv.status, StatusCode::OK, "{}", csv.body);
+        assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+        let disposition = csv.headers["content-disposition"].to_str().unwrap();
+        assert!(
+            disposition.starts_with("attachment; filename=\"audit-")
+                && disposition.ends_with(&format!("-{node_id}.csv\"")),
+            "{disposition}"
+        );
+        assert_eq!(csv.body, expected);
+        let json = browser.get(&json_path).await;
+        assert_eq!(json.status, StatusCode::OK, "{}", json.body);
+        let report: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+        let on_node: serde_json::Value =
+            serde_json::from_str(&node_report("quarter", "json")).unwrap();
+        assert_eq!(report["totals"], on_node["totals"], "{report}");
+        assert_eq!(report["totals"]["requests"], 6);
+        assert_eq!(report["audit_id"], audit_id.as_str());
+        assert_eq!(report["by"], "quarter");
+    }
+    let by_day = staff.get(&format!("{csv_path}?by=day")).await;
+    assert_eq!(by_day.body, node_report("day", "csv"));
+    assert_eq!(
+        staff.get(&format!("{csv_path}?by=week")).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    for path in [&audit_path, &csv_path, &json_path] {
+        assert_eq!(
+            org_b.get(path).await.status,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // Without a session: to the sign-in page.
+    let mut stranger = Browser::new(&base);
+    let page = stranger.get(&csv_path).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/portal/");
+
+    // An audit the node lets go unanswered through its renewals is flagged in the list.
+    let second = vendor.admin_json(&[
+        "audit",
+        "request",
+        "--org",
+        ORG,
+        "--from",
+        from,
+        "--to",
+        &to,
+        "--renewals",
+        "1",
+    ]);
+    let second_id = second["id"].as_str().unwrap();
+    renew_at(&base, &identity, &after).await;
+    let list = staff.get("/portal/audits").await;
+    assert!(list.body.contains(second_id));
+    assert!(list.body.contains("FLAGGED"), "{}", list.body);
+    let page = staff.get(&format!("/portal/audits/{second_id}")).await;
+    assert_eq!(
+        page.element(&format!("node-status-{node_id}")),
+        "unanswered"
+    );
+    assert_eq!(page.element("flagged"), "FLAGGED");
+    vendor.stop();
 }

@@ -1,8 +1,10 @@
 //! The portal in a real headless Chromium (WebDriver), against a real `license-server`
 //! and a real `serve`: the vendor signs in and invites an organization; the
 //! organization applies; the vendor approves with a cap; a node enrolls and serves chat
-//! requests; the organization's usage chart shows them. Screenshots of each page are
-//! saved under the target directory (`tmp/portal-screenshots/`).
+//! requests; the organization's usage chart shows them; the vendor requests an audit
+//! of the organization, the node answers it at its next renewal, and the report's CSV
+//! download equals `leasehold audit report` on the node's ledger. Screenshots of each
+//! page are saved under the target directory (`tmp/portal-screenshots/`).
 
 mod common;
 
@@ -89,7 +91,8 @@ async fn the_whole_story_in_a_browser_from_invitation_to_the_usage_chart() {
     assert!(staff.source().await.contains("Acme Corp"));
     staff.screenshot(&shots, "07-review-queue").await;
     staff.goto(&application_url).await;
-    staff.fill("#lease", "30m").await;
+    // A short lease: the node renews every few seconds (and answers an audit then).
+    staff.fill("#lease", "20s").await;
     staff.fill("#grace", "5m").await;
     staff.fill("#caps", "requests-per-day=100").await;
     staff.screenshot(&shots, "08-review").await;
@@ -144,7 +147,138 @@ async fn the_whole_story_in_a_browser_from_invitation_to_the_usage_chart() {
     assert!(staff.source().await.contains("cap 100"));
     staff.screenshot(&shots, "12-oversight").await;
 
-    for name in ["01-sign-in", "05-apply", "11-usage", "12-oversight"] {
+    // The vendor requests an audit of the organization from its overview: from
+    // yesterday (before the node started) until now.
+    let node_dir = node.path().join("node");
+    let node_id = leasehold::node::NodeIdentity::load(&node_dir)
+        .unwrap()
+        .public()
+        .node_id();
+    staff.click("#request-audit-of-org").await;
+    staff.wait_for_url("/portal/audits?org=").await;
+    assert_eq!(
+        staff.value("#org").await,
+        ORG,
+        "the form names the organization"
+    );
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let now = leasehold::format::time::rfc3339(chrono::Utc::now());
+    staff.fill("#from", &yesterday).await;
+    staff.fill("#to", &now).await;
+    staff
+        .fill("#note", "Quarterly audit <b>Q</b> & usage")
+        .await;
+    staff.screenshot(&shots, "13-request-audit").await;
+    staff.click("#request-audit").await;
+    let audit_url = staff.wait_for_url("/portal/audits/audit-").await;
+    let audit_id = audit_url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(staff.text("#status").await, "open");
+    assert_eq!(
+        staff.text("#note").await,
+        "Quarterly audit <b>Q</b> & usage",
+        "the note is shown as typed, as text"
+    );
+
+    // The serving node answers after its next renewal (every few seconds).
+    let status = format!("#node-status-{node_id}");
+    let answered = eventually(Duration::from_secs(60), async || {
+        staff.goto(&audit_url).await;
+        staff.text(&status).await == "answered"
+    })
+    .await;
+    let license = common::node::get_json(&http, &server.url("/v1/license")).await;
+    assert!(
+        answered,
+        "the node never answered audit {audit_id}: {}\n/v1/license: {license}\nnode log:\n{}",
+        staff.source().await,
+        server.stderr()
+    );
+    assert_eq!(
+        license["renewal"]["audit"]["audit_id"],
+        audit_id.as_str(),
+        "{license}"
+    );
+    assert!(
+        license["renewal"]["audit"]["answered_at"].is_string(),
+        "{license}"
+    );
+    assert!(
+        license["renewal"]["audit"]["last_error"].is_null(),
+        "{license}"
+    );
+    assert_eq!(staff.text("#status").await, "complete");
+    staff.screenshot(&shots, "14-audit-answered").await;
+    staff.goto(&format!("{base}/portal/audits")).await;
+    assert!(staff.source().await.contains(&audit_id));
+    staff.screenshot(&shots, "15-audits").await;
+    // The organization sees it too.
+    org.goto(&audit_url).await;
+    assert_eq!(org.text(&status).await, "answered");
+    org.screenshot(&shots, "16-audit-for-the-organization")
+        .await;
+
+    // The CSV download (with the staff session) is `audit report` on the node's ledger
+    // for the audit's period exactly as stored.
+    let shown = vendor.admin_json(&["audit", "show", &audit_id]);
+    let (from, to) = (
+        shown["from"].as_str().unwrap().to_string(),
+        shown["to"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(from, format!("{yesterday}T00:00:00Z"));
+    assert_eq!(to, now);
+    assert_eq!(shown["nodes"][0]["via"], "upload", "{shown}");
+    assert_eq!(shown["nodes"][0]["totals"]["requests"], 3, "{shown}");
+    let expected = common::vendor::ok(
+        &common::node::leasehold(
+            node.path(),
+            &[
+                "audit",
+                "report",
+                "node/usage.ledger",
+                "--from",
+                &from,
+                "--to",
+                &to,
+                "--by",
+                "quarter",
+                "--format",
+                "csv",
+            ],
+        ),
+        "audit report",
+    );
+    let csv_url = format!("{audit_url}/nodes/{node_id}/report.csv");
+    let session = staff.cookie("leasehold_session").await;
+    let download = http
+        .get(&csv_url)
+        .header("cookie", format!("leasehold_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    assert_eq!(
+        download.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    let csv = download.text().await.unwrap();
+    assert_eq!(csv, expected);
+    assert!(
+        csv.lines().nth(1).is_some_and(|row| row.contains(",3,")),
+        "{csv}"
+    );
+
+    for name in [
+        "01-sign-in",
+        "05-apply",
+        "11-usage",
+        "12-oversight",
+        "13-request-audit",
+        "14-audit-answered",
+        "15-audits",
+    ] {
         let png = std::fs::read(shots.join(format!("{name}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{name}");
     }

@@ -545,3 +545,113 @@ fn negative_vectors_are_refused_as_the_manifest_says() {
     }
     assert_eq!(kinds.len(), 4);
 }
+
+#[test]
+fn audit_answer_vector_verifies_covers_its_period_and_reports_as_written() {
+    let node = vector_node();
+    let key = node.public().signing_key;
+    let expected = vector_json("audit-answer-v1.json");
+    let bytes = vector("audit-answer-v1.audit");
+    let parsed = ledger::audit::parse(&bytes).unwrap();
+    let verified = ledger::audit::verify(&parsed, &key).unwrap();
+    let body = &verified.body;
+    assert_eq!(body.audit_id.as_deref(), expected["audit_id"].as_str());
+    assert_eq!(body.node_id, expected["node_id"].as_str().unwrap());
+    assert_eq!(body.first_seq, expected["first_seq"].as_u64().unwrap());
+    assert_eq!(body.last_seq, expected["last_seq"].as_u64().unwrap());
+    assert_eq!(
+        hex::encode(body.records_sha256),
+        expected["records_sha256"].as_str().unwrap()
+    );
+    let at = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(expected[k].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    assert_eq!((body.from, body.to), (at("from"), at("to")));
+    // The run starts at a checkpoint before the period and ends at one at its end.
+    assert!(verified.summary.genesis.is_none());
+    verified.covers(at("from"), at("to")).unwrap();
+    assert!(verified
+        .covers(at("from") - chrono::Duration::hours(1), at("to"))
+        .is_err());
+    assert!(verified
+        .covers(at("from"), at("to") + chrono::Duration::hours(1))
+        .is_err());
+    // The records are the vector ledger's own lines.
+    let whole = vector("usage-v1.ledger");
+    assert!(whole
+        .windows(parsed.records.len())
+        .any(|w| w == parsed.records));
+    let (rows, unreadable) = ledger::report::report_rows(
+        parsed.records,
+        Some(at("from")),
+        Some(at("to")),
+        ledger::report::Period::Quarter,
+    );
+    assert_eq!(unreadable, 0);
+    assert_eq!(
+        ledger::report::csv(&rows),
+        expected["report_csv"].as_str().unwrap()
+    );
+    // Which equals the report over the whole ledger for the same period.
+    let (all, _) = ledger::report::report_rows(
+        &whole,
+        Some(at("from")),
+        Some(at("to")),
+        ledger::report::Period::Quarter,
+    );
+    assert_eq!(all, rows);
+
+    // One byte changed in the records, or the run cut short: refused.
+    let mut edited = bytes.clone();
+    let last = edited.len() - 10;
+    edited[last] ^= 1;
+    let err = ledger::audit::verify(&ledger::audit::parse(&edited).unwrap(), &key).unwrap_err();
+    assert_eq!(err.kind(), "records-altered");
+    let cut = &bytes[..bytes.len() - 1];
+    let err = ledger::audit::verify(&ledger::audit::parse(cut).unwrap(), &key).unwrap_err();
+    assert_eq!(err.kind(), "records-altered");
+    // Another key.
+    let other = SecretKey::generate().public_key();
+    let err = ledger::audit::verify(&parsed, &other).unwrap_err();
+    assert_eq!(err.kind(), "wrong-signer");
+}
+
+#[test]
+fn a_renewal_response_can_carry_an_audit_request() {
+    let node = vector_node();
+    let node_id = node.public().node_id();
+    let request = vector("renewal-request-v1.json");
+    let (_, body) = protocol::parse_request(&request).unwrap();
+    let expected = protocol::Expected {
+        node_id: &node_id,
+        nonce: body.nonce,
+        scope: Some(("Vector Org", "vector-model")),
+    };
+    let opened = protocol::open_response(
+        &vector("renewal-response-audit-v1.json"),
+        &TrustRoots::compiled_in(),
+        &expected,
+    )
+    .unwrap();
+    assert!(matches!(
+        opened.body.decision,
+        protocol::Decision::Renewed { .. }
+    ));
+    let call = opened.body.audit.expect("an audit request");
+    let answer = vector_json("audit-answer-v1.json");
+    assert_eq!(call.audit_id, answer["audit_id"].as_str().unwrap());
+    assert_eq!(
+        leasehold::format::time::rfc3339(call.from),
+        answer["from"].as_str().unwrap()
+    );
+    // The other responses carry none.
+    let renewed = protocol::open_response(
+        &vector("renewal-response-renewed-v1.json"),
+        &TrustRoots::compiled_in(),
+        &expected,
+    )
+    .unwrap();
+    assert!(renewed.body.audit.is_none());
+}

@@ -240,6 +240,19 @@ fn documented_fields(kind: &str) -> &'static [&'static str] {
             "request_nonce",
             "server_time",
             "decision",
+            "audit",
+        ],
+        "audit-answer" => &[
+            "version",
+            "node_id",
+            "audit_id",
+            "from",
+            "to",
+            "made_at",
+            "first_seq",
+            "last_seq",
+            "records_bytes",
+            "records_sha256",
         ],
         "ledger-head" => &["version", "node_id", "seq", "hash", "at"],
         "attestation" => &[
@@ -1035,4 +1048,69 @@ fn sealed_header_rederives_from_the_text() {
         offset += len;
     }
     assert_eq!(out, plain);
+}
+
+/// "Audit answer": the header up to the first `\n}\n` is a signed envelope naming the
+/// records after it by length and SHA-256; the records are lines of the vector ledger
+/// from a checkpoint dated before `from` to one dated at or after `to`. The renewal
+/// response carrying the audit names the same period.
+#[test]
+fn audit_vectors_rederive_from_the_text() {
+    let bytes = read("audit-answer-v1.audit");
+    let end = bytes.windows(3).position(|w| w == b"\n}\n").unwrap() + 3;
+    let header = check_signed_bytes("audit-answer-v1.audit", &bytes[..end], "audit-answer");
+    assert_eq!(b64_32(&header_signer(&bytes[..end])), node_signing_key());
+    assert_eq!(header["node_id"], key_id(&node_signing_key()));
+    let records = &bytes[end..];
+    assert_eq!(header["records_bytes"], records.len() as u64);
+    assert_eq!(
+        header["records_sha256"].as_str().unwrap(),
+        hex::encode(sha256(&[records]))
+    );
+    let from = check_time(header["from"].as_str().unwrap(), true);
+    let to = check_time(header["to"].as_str().unwrap(), true);
+    check_time(header["made_at"].as_str().unwrap(), true);
+    // The records are whole lines of the ledger, in order, first and last checkpoints.
+    let ledger = text("usage-v1.ledger");
+    let records = std::str::from_utf8(records).unwrap();
+    assert!(records.ends_with('\n') && ledger.contains(records));
+    let lines: Vec<Value> = records
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (&lines[0]["body"], &lines[lines.len() - 1]["body"]);
+    assert_eq!(first["entry"]["type"], "checkpoint");
+    assert_eq!(last["entry"]["type"], "checkpoint");
+    assert_eq!(first["seq"], header["first_seq"]);
+    assert_eq!(last["seq"], header["last_seq"]);
+    assert!(check_time(first["at"].as_str().unwrap(), false) < from);
+    assert!(check_time(last["at"].as_str().unwrap(), false) >= to);
+    // Consecutive sequence numbers and a chain of hashes from the first line.
+    for pair in lines.windows(2) {
+        assert_eq!(
+            pair[1]["body"]["seq"],
+            pair[0]["body"]["seq"].as_u64().unwrap() + 1
+        );
+        assert_eq!(pair[1]["body"]["prev"], pair[0]["hash"]);
+    }
+    let expected: Value = serde_json::from_slice(&read("audit-answer-v1.json")).unwrap();
+    for field in ["audit_id", "node_id", "from", "to", "first_seq", "last_seq"] {
+        assert_eq!(header[field], expected[field], "{field}");
+    }
+
+    let response = check_signed("renewal-response-audit-v1.json", "renewal-response");
+    assert_eq!(response["decision"]["status"], "renewed");
+    let audit = response["audit"].as_object().unwrap();
+    check_order("audit", audit, &["audit_id", "from", "to"]);
+    assert_eq!(response["audit"]["audit_id"], header["audit_id"]);
+    assert_eq!(response["audit"]["from"], header["from"]);
+    assert_eq!(response["audit"]["to"], header["to"]);
+    // The other responses carry none.
+    let renewed = check_signed("renewal-response-renewed-v1.json", "renewal-response");
+    assert!(renewed.get("audit").is_none());
+}
+
+/// The `signer` of an envelope's text.
+fn header_signer(bytes: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(bytes).unwrap()["signer"].clone()
 }

@@ -26,7 +26,8 @@ pub const SUPERSEDED: u8 = 19;
 pub const SEALED_DAMAGED: u8 = 20;
 /// The sealed model or content key is not the one the license is for.
 pub const MODEL_MISMATCH: u8 = 21;
-/// The license server refused a license (revoked, ended, denied, unknown node).
+/// The license server refused a license (revoked, ended, denied, unknown node), or an
+/// audit answer (`admin audit import`).
 pub const SERVER_REFUSED: u8 = 22;
 /// A usage ledger failed verification (`audit verify`).
 pub const LEDGER_DAMAGED: u8 = 23;
@@ -58,9 +59,9 @@ Exit codes:
   20  sealed model damaged: truncated, extended, edited or reordered (check)
   21  model mismatch: the sealed model or key is not the one licensed (check)
   22  refused by the license server: revoked (also remembered by the node), ended,
-      denied, or not enrolled
-  23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify);
-      for serve: the ledger is damaged, deleted or rolled back
+      denied, or not enrolled; an audit answer refused (admin audit import)
+  23  usage ledger damaged: edited, deleted, reordered, truncated or forked (audit verify,
+      audit export); for serve: the ledger is damaged, deleted or rolled back
   24  no watermark: the text does not carry the license's watermark (watermark detect)
   25  installation refused: a llama.cpp library or CPU-kernel module is not the file
       this build made (modified, replaced or added), or none runs on this CPU";

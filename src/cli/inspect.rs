@@ -8,10 +8,11 @@ use anyhow::Context;
 
 use super::{
     exit, progress, AuditReportArgs, AuditVerifyArgs, CheckArgs, InspectArgs, NodeKeyArgs, Outcome,
-    Period, ReportFormat, VerifyAttestationArgs,
+    ReportFormat, VerifyAttestationArgs,
 };
 use crate::format::time::{human_duration, rfc3339};
 use crate::fsutil;
+use crate::ledger::report::REPORT_COLUMNS;
 use crate::license::verify::{Authority, VerifiedLicense};
 use crate::license::{Assessment, Verdict, MAX_LICENSE_BYTES};
 use crate::node::{clock, NodeIdentity};
@@ -454,56 +455,9 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
     })
 }
 
-/// One row of `audit report`.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub(crate) struct ReportRow {
-    period: String,
-    license_id: String,
-    model_id: String,
-    client_key: String,
-    requests: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cancelled: u64,
-    refused: u64,
-    /// Admitted, with no `completed` record: the node stopped mid-answer (a crash,
-    /// `kill -9`), so the completion tokens are unknown.
-    interrupted: u64,
-}
-
-const REPORT_COLUMNS: [&str; 10] = [
-    "period",
-    "license_id",
-    "model_id",
-    "client_key",
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cancelled",
-    "refused",
-    "interrupted",
-];
-
-impl ReportRow {
-    fn cells(&self) -> [String; 10] {
-        [
-            self.period.clone(),
-            self.license_id.clone(),
-            self.model_id.clone(),
-            self.client_key.clone(),
-            self.requests.to_string(),
-            self.prompt_tokens.to_string(),
-            self.completion_tokens.to_string(),
-            self.cancelled.to_string(),
-            self.refused.to_string(),
-            self.interrupted.to_string(),
-        ]
-    }
-}
-
 /// Text columns left-aligned, counts right-aligned.
-fn table_line(cells: &[String; 10]) -> String {
-    const WIDTHS: [usize; 10] = [10, 32, 16, 10, 9, 13, 17, 9, 7, 11];
+fn table_line(cells: &[String; 11]) -> String {
+    const WIDTHS: [usize; 11] = [10, 32, 16, 10, 9, 13, 17, 9, 8, 7, 11];
     cells
         .iter()
         .zip(WIDTHS)
@@ -519,109 +473,6 @@ fn table_line(cells: &[String; 10]) -> String {
         .join(" ")
 }
 
-/// A report row: (period, license, model, client key).
-type ReportKey = (String, String, String, String);
-
-fn report_row(
-    rows: &mut std::collections::BTreeMap<ReportKey, ReportRow>,
-    key: ReportKey,
-) -> &mut ReportRow {
-    rows.entry(key.clone()).or_insert_with(|| ReportRow {
-        period: key.0,
-        license_id: key.1,
-        model_id: key.2,
-        client_key: key.3,
-        ..ReportRow::default()
-    })
-}
-
-/// `audit report`'s tally of a ledger file: one row per (period, license, model, client
-/// key) over the intact records dated in `[from, to)`, and the number of lines that are
-/// not intact records (left out). Reads untrusted bytes: fuzzed (`crate::fuzzing`).
-pub(crate) fn report_rows(
-    ledger: &[u8],
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    by: Period,
-) -> (Vec<ReportRow>, u64) {
-    use crate::ledger::record::{self, Entry};
-    use chrono::Datelike;
-
-    let mut rows: std::collections::BTreeMap<ReportKey, ReportRow> = Default::default();
-    let mut unreadable = 0u64;
-    // Admitted requests waiting for their completed record: request id → row.
-    let mut open: std::collections::HashMap<String, ReportKey> = Default::default();
-    for parsed in record::each(ledger) {
-        let Some(parsed) = parsed.filter(|p| p.actual_hash == p.written_hash) else {
-            unreadable += 1;
-            continue;
-        };
-        let at = parsed.body.at;
-        // A request belongs to the period it was admitted (or refused) in; its
-        // completed record joins it whenever it came.
-        let in_range = !(from.is_some_and(|f| at < f) || to.is_some_and(|t| at >= t));
-        let period = match by {
-            Period::Day => at.format("%Y-%m-%d").to_string(),
-            Period::Month => at.format("%Y-%m").to_string(),
-            Period::Quarter => format!("{}-Q{}", at.year(), (at.month() - 1) / 3 + 1),
-        };
-        match parsed.body.entry {
-            Entry::Request {
-                license_id,
-                model_id,
-                client_key,
-                prompt_tokens,
-                completion_tokens,
-                outcome,
-                ..
-            } if in_range => {
-                let key = (period, license_id, model_id, client_key);
-                let row = report_row(&mut rows, key);
-                if !outcome.served() {
-                    row.refused += 1;
-                    continue;
-                }
-                row.requests += 1;
-                // Token counts come from the file: a hand-written ledger can carry them
-                // past 2^64 - 1 (`audit verify` reports it). Saturate, never panic.
-                row.prompt_tokens = row.prompt_tokens.saturating_add(prompt_tokens);
-                row.completion_tokens = row.completion_tokens.saturating_add(completion_tokens);
-                row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
-            }
-            Entry::Admitted {
-                request_id,
-                license_id,
-                model_id,
-                client_key,
-                prompt_tokens,
-                ..
-            } if in_range => {
-                let key = (period, license_id, model_id, client_key);
-                let row = report_row(&mut rows, key.clone());
-                row.requests += 1;
-                row.prompt_tokens = row.prompt_tokens.saturating_add(prompt_tokens);
-                row.interrupted += 1; // until its completed record turns up
-                open.insert(request_id, key);
-            }
-            Entry::Completed {
-                request_id,
-                completion_tokens,
-                outcome,
-                ..
-            } => {
-                // Counted in the period its request was admitted in.
-                if let Some(row) = open.remove(&request_id).and_then(|k| rows.get_mut(&k)) {
-                    row.interrupted -= 1;
-                    row.completion_tokens = row.completion_tokens.saturating_add(completion_tokens);
-                    row.cancelled += u64::from(outcome == record::Outcome::Cancelled);
-                }
-            }
-            _ => {}
-        }
-    }
-    (rows.into_values().collect(), unreadable)
-}
-
 pub fn audit_report(args: AuditReportArgs) -> Outcome {
     let now = clock::system_now();
     let parse = |t: &Option<String>| {
@@ -632,7 +483,7 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
     let (from, to) = (parse(&args.from)?, parse(&args.to)?);
     let text = std::fs::read(&args.ledger)
         .with_context(|| format!("cannot read {}", args.ledger.display()))?;
-    let (rows, unreadable) = report_rows(&text, from, to, args.by);
+    let (rows, unreadable) = crate::ledger::report::report_rows(&text, from, to, args.by);
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} line(s) of {} are not intact records and were left out; run `leasehold audit verify`",
@@ -640,30 +491,13 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
         );
     }
     match args.format {
-        ReportFormat::Json => {
-            let total =
-                |f: fn(&ReportRow) -> u64| rows.iter().map(f).fold(0u64, u64::saturating_add);
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({
-                    "rows": rows,
-                    "totals": {
-                        "requests": total(|r| r.requests),
-                        "prompt_tokens": total(|r| r.prompt_tokens),
-                        "completion_tokens": total(|r| r.completion_tokens),
-                        "cancelled": total(|r| r.cancelled),
-                        "refused": total(|r| r.refused),
-                        "interrupted": total(|r| r.interrupted),
-                    },
-                }))?
-            );
-        }
-        ReportFormat::Csv => {
-            println!("{}", REPORT_COLUMNS.join(","));
-            for r in &rows {
-                println!("{}", r.cells().join(","));
-            }
-        }
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"rows": rows, "totals": crate::ledger::report::totals(&rows)})
+            )?
+        ),
+        ReportFormat::Csv => print!("{}", crate::ledger::report::csv(&rows)),
         ReportFormat::Table => {
             let header = REPORT_COLUMNS.map(|c| c.replace('_', " ").to_uppercase());
             println!("{}", table_line(&header));
@@ -673,45 +507,4 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
         }
     }
     Ok(exit::OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::record::{self, Entry, Outcome, RecordBody};
-
-    #[test]
-    fn report_token_sums_past_u64_saturate_instead_of_panicking() {
-        // A hand-written ledger (intact hashes) whose token counts add past 2^64 - 1:
-        // found by fuzzing `audit report`.
-        let mut text = String::new();
-        let mut prev = [0; 32];
-        for (seq, tokens) in [u64::MAX - 1, 5].into_iter().enumerate() {
-            let body = RecordBody {
-                seq: seq as u64,
-                prev,
-                at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-                entry: Entry::Request {
-                    request_id: format!("r{seq}"),
-                    license_id: "l".into(),
-                    model_id: "m".into(),
-                    prompt_tokens: tokens,
-                    completion_tokens: tokens,
-                    outcome: Outcome::Ok,
-                    client_key: "-".into(),
-                    prompt_sha256: None,
-                    filter_rule: None,
-                },
-            };
-            let (line, hash) = record::encode(&body, None);
-            text.push_str(&line);
-            prev = hash;
-        }
-        let (rows, unreadable) = report_rows(text.as_bytes(), None, None, Period::Month);
-        assert_eq!(unreadable, 0);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].requests, 2);
-        assert_eq!(rows[0].prompt_tokens, u64::MAX);
-        assert_eq!(rows[0].completion_tokens, u64::MAX);
-    }
 }

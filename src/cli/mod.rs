@@ -1,6 +1,7 @@
 //! The `leasehold` command line. Each command is a thin layer over the library: parse
 //! flags, call the module that does the work, print the outcome, choose the exit code.
 
+mod audit_cmds;
 pub(crate) mod config;
 pub mod exit;
 mod generated;
@@ -239,6 +240,35 @@ pub enum AuditCommand {
         after_help = "Needs the node's secret salt (NODE_DIR/ledger.salt), so only the operator, or someone\nthe operator hands it to, can tell which requests carried a prompt. --chat takes the\nrequest's messages as a JSON array of {\"role\", \"content\"} objects (content as text)."
     )]
     PromptHash(PromptHashArgs),
+    /// Write an audit answer for an air-gapped node: its ledger records of a period under
+    /// a header signed by the node key, for the vendor's `admin audit import`.
+    #[command(
+        after_help = "Run on the node (it needs the node key). The answer holds the usage ledger from its genesis\nrecord to the first signed checkpoint dated at or after --to (never prompts: the ledger\nholds none). A serving node signs a checkpoint every minute and at shutdown. Exit 0 written,\n1 no checkpoint after --to yet, 23 the ledger is damaged."
+    )]
+    Export(AuditExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditExportArgs {
+    /// The node directory (its key signs the answer; its usage.ledger is read).
+    #[arg(long, value_name = "DIR")]
+    pub node_dir: PathBuf,
+    /// Start of the period (RFC 3339, or -90d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub from: String,
+    /// End of the period (records before it).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub to: String,
+    /// The audit answered (from the vendor); without it the server takes the open audit
+    /// of the node's organization whose period the answer covers.
+    #[arg(long, value_name = "ID")]
+    pub audit: Option<String>,
+    /// Where to write the answer.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -273,13 +303,7 @@ pub struct VerifyAttestationArgs {
     pub json: bool,
 }
 
-/// How `audit report` groups records in time.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Period {
-    Day,
-    Month,
-    Quarter,
-}
+pub use crate::ledger::report::Period;
 
 /// Output format of `audit report`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -883,6 +907,80 @@ pub enum AdminCommand {
     /// Every step of every application (who, when, what), oldest first: the append-only
     /// history, for export.
     History(HistoryArgs),
+    /// Audits: ask an organization's nodes for their usage-ledger records of a period,
+    /// follow their answers, get each node's report.
+    #[command(subcommand)]
+    Audit(AdminAuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminAuditCommand {
+    /// Ask an organization's approved nodes for their ledger records of a period; each
+    /// answers after its next renewal (air-gapped ones by `audit export` + `import`).
+    Request(AuditRequestArgs),
+    /// Audits, newest first, with each node's status.
+    List(AuditListArgs),
+    /// One audit: each node's status, answer, findings and totals.
+    Show(AuditShowArgs),
+    /// One node's report for an audit: the rows `leasehold audit report` gives on its
+    /// ledger for the audit's period.
+    Report(AdminAuditReportArgs),
+    /// Import an answer an air-gapped node wrote with `leasehold audit export`; it is
+    /// checked as an upload is (exit 0 accepted, 23 refused).
+    Import(AuditImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditRequestArgs {
+    #[arg(long, value_name = "ORG")]
+    pub org: String,
+    /// Start of the period (RFC 3339, or -90d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub from: String,
+    /// End of the period (records before it; may lie ahead: nodes answer once it passed).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub to: String,
+    /// Renewals that carry the request before a node that has not answered is flagged.
+    #[arg(long, value_name = "N", default_value_t = crate::license_server::audits::DEFAULT_MAX_RENEWALS)]
+    pub renewals: u32,
+    /// A note kept with the audit.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub note: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditListArgs {
+    /// Only this organization's audits.
+    #[arg(long, value_name = "ORG")]
+    pub org: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditShowArgs {
+    #[arg(value_name = "AUDIT")]
+    pub id: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminAuditReportArgs {
+    #[arg(value_name = "AUDIT")]
+    pub id: String,
+    /// The node (its id, as `admin audit show` lists it).
+    #[arg(long, value_name = "NODE")]
+    pub node: String,
+    /// Group by UTC day, month or quarter.
+    #[arg(long, value_enum, default_value = "quarter")]
+    pub by: Period,
+    /// Table, JSON or CSV (the CSV of `leasehold audit report`).
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: ReportFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditImportArgs {
+    /// The answer file from `leasehold audit export`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1270,6 +1368,7 @@ pub fn main() -> ExitCode {
         Command::Admin(a) => server_cmds::admin(a),
         Command::Audit(AuditCommand::Verify(a)) => inspect::audit_verify(a),
         Command::Audit(AuditCommand::Report(a)) => inspect::audit_report(a),
+        Command::Audit(AuditCommand::Export(a)) => audit_cmds::export(a),
         Command::Audit(AuditCommand::VerifyAttestation(a)) => inspect::verify_attestation(a),
         Command::Audit(AuditCommand::PromptHash(a)) => prompt_hash::run(a),
         #[cfg(feature = "inference")]

@@ -143,7 +143,7 @@ pub fn license_server(args: LicenseServerArgs) -> Outcome {
 }
 
 /// A blocking admin client.
-struct Admin {
+pub(super) struct Admin {
     rt: tokio::runtime::Runtime,
     http: reqwest::Client,
     base: String,
@@ -162,7 +162,7 @@ impl Admin {
         })
     }
 
-    fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(bool, Vec<u8>)> {
+    pub(super) fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(bool, Vec<u8>)> {
         self.rt.block_on(async {
             let response = request
                 .bearer_auth(&self.token)
@@ -182,19 +182,45 @@ impl Admin {
         })
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+    pub(super) fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
         let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base), query)
             .with_context(|| format!("'{}' is not a valid server URL", self.base))?;
         let (_, bytes) = self.send(self.http.get(url))?;
         decode(path, &bytes)
     }
 
-    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub(super) fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         let (_, bytes) = self.send(self.http.post(format!("{}{path}", self.base)).json(body))?;
         decode(path, &bytes)
     }
 
-    fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    /// POST bytes; the status and body whatever the status (the caller decides).
+    pub(super) fn post_raw_any(&self, path: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .bearer_auth(&self.token)
+            .body(body);
+        self.rt.block_on(async {
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the license server at {}", self.base))?;
+            let status = response.status().as_u16();
+            Ok((status, response.bytes().await?.to_vec()))
+        })
+    }
+
+    pub(super) fn post_raw(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Vec<u8>> {
         let (_, bytes) = self.send(
             self.http
                 .post(format!("{}{path}", self.base))
@@ -213,7 +239,7 @@ fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> anyhow::Result<T> {
 }
 
 /// `--json`: the answer as the API gave it, pretty-printed.
-fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -737,6 +763,7 @@ pub fn admin(args: AdminArgs) -> Outcome {
                 print_application(&detail);
             }
         }
+        AdminCommand::Audit(command) => return super::audit_cmds::admin(&admin, command, json_out),
         AdminCommand::History(a) => {
             let query: Vec<(&str, String)> = a.org.iter().map(|o| ("org", o.clone())).collect();
             let history: History = admin.get("/admin/history", &query)?;

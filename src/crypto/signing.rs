@@ -24,6 +24,7 @@ pub enum Domain {
     Attestation,
     CheckpointReport,
     CheckpointReceipt,
+    AuditAnswer,
 }
 
 impl Domain {
@@ -40,6 +41,7 @@ impl Domain {
             Domain::Attestation => b"leasehold attestation\0",
             Domain::CheckpointReport => b"leasehold checkpoint report\0",
             Domain::CheckpointReceipt => b"leasehold checkpoint receipt\0",
+            Domain::AuditAnswer => b"leasehold audit answer\0",
         }
     }
 }

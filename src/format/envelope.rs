@@ -41,6 +41,7 @@ pub enum DocumentKind {
     Attestation,
     CheckpointReport,
     CheckpointReceipt,
+    AuditAnswer,
 }
 
 impl DocumentKind {
@@ -56,6 +57,7 @@ impl DocumentKind {
             DocumentKind::Attestation => Domain::Attestation,
             DocumentKind::CheckpointReport => Domain::CheckpointReport,
             DocumentKind::CheckpointReceipt => Domain::CheckpointReceipt,
+            DocumentKind::AuditAnswer => Domain::AuditAnswer,
         }
     }
 
@@ -71,6 +73,7 @@ impl DocumentKind {
             DocumentKind::Attestation => "attestation",
             DocumentKind::CheckpointReport => "checkpoint report",
             DocumentKind::CheckpointReceipt => "checkpoint receipt",
+            DocumentKind::AuditAnswer => "audit answer",
         }
     }
 }

@@ -14,9 +14,11 @@
 //! dropped.
 
 pub mod attestation;
+pub mod audit;
 pub mod head;
 pub mod prompt_hash;
 pub mod record;
+pub mod report;
 pub mod verify;
 
 use std::fs::{File, OpenOptions};

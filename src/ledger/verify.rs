@@ -128,10 +128,33 @@ pub struct Summary {
     pub valid_len: u64,
     /// The newest record time among the good records.
     pub last_at: Option<DateTime<Utc>>,
+    /// The first record's sequence number, hash and time.
+    pub first: Option<(u64, [u8; 32], DateTime<Utc>)>,
+}
+
+/// Where the checked records start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A whole ledger: its genesis record first.
+    Genesis,
+    /// A run of a ledger (an audit answer): its genesis record or one of its signed
+    /// checkpoints first. A checkpoint's totals are where the count starts.
+    GenesisOrCheckpoint,
 }
 
 /// Verify `bytes` as the ledger of node `node_id` with signing key `key`.
 pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<Problem>) {
+    verify_from(bytes, key, node_id, Start::Genesis)
+}
+
+/// [`verify`] for records that start as `start` says. [`Summary::first`] names the
+/// first record.
+pub fn verify_from(
+    bytes: &[u8],
+    key: &PublicKey,
+    node_id: &str,
+    start: Start,
+) -> (Summary, Option<Problem>) {
     let mut summary = Summary::default();
     let mut offset = 0usize;
     let mut line_no = 0u64;
@@ -182,7 +205,10 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
             );
         }
         let expected = if summary.records == 0 {
-            0
+            match (start, &body.entry) {
+                (Start::GenesisOrCheckpoint, Entry::Checkpoint { .. }) => body.seq,
+                _ => 0,
+            }
         } else {
             summary.head_seq + 1
         };
@@ -218,14 +244,26 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
             return (summary, Some(problem));
         }
         if summary.records == 0 {
+            summary.first = Some((body.seq, parsed.actual_hash, body.at));
             match &body.entry {
                 Entry::Genesis { node_id: n } if n == node_id && body.prev == [0; 32] => {}
+                Entry::Checkpoint { totals } if start == Start::GenesisOrCheckpoint => {
+                    // The count continues from the totals this checkpoint signs (its
+                    // signature is checked below).
+                    summary.totals = *totals;
+                }
                 Entry::Genesis { node_id: n } => {
                     let reason = format!("it was started by node {n}, not {node_id}");
                     return (summary, Some(Problem::Foreign { reason }));
                 }
                 _ => {
-                    let reason = "it does not start with a genesis record".to_string();
+                    let reason = match start {
+                        Start::Genesis => "it does not start with a genesis record",
+                        Start::GenesisOrCheckpoint => {
+                            "it starts with neither a genesis record nor a checkpoint"
+                        }
+                    }
+                    .to_string();
                     return (summary, Some(Problem::Foreign { reason }));
                 }
             }
@@ -251,7 +289,10 @@ pub fn verify(bytes: &[u8], key: &PublicKey, node_id: &str) -> (Summary, Option<
             return (summary, Some(problem));
         }
         if let Entry::Reported { seq, hash } = &body.entry {
-            if !summary.checkpoint_hashes.contains(&(*seq, *hash)) {
+            // A run that starts at a checkpoint cannot check what came before it.
+            let before_run = summary.genesis.is_none()
+                && summary.first.is_some_and(|(first, _, _)| *seq < first);
+            if !before_run && !summary.checkpoint_hashes.contains(&(*seq, *hash)) {
                 let problem = Problem::UnknownReported {
                     line: line_no,
                     seq: body.seq,

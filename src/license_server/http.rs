@@ -47,10 +47,12 @@ use super::admin::{
     LicenseList, ModelAdded, RevokeRequest, Revoked, UsageQuery, UsageReport,
 };
 use super::applications::{ApplicationDetail, ApplicationList, ApplicationQuery, History, Review};
+use super::audits::{AnswerReceipt, Audit, AuditList, AuditRequest, Via};
 use super::oversight::OrgOverview;
 use super::registry;
 use super::{ApiError, EntitleRequest, RequestPath, Service};
 use crate::http_auth::{bearer, token_matches};
+use crate::ledger::report::Period;
 use crate::node::clock;
 
 /// Largest request body (signed documents are at most 256 KiB).
@@ -90,6 +92,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => "refused",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Unprocessable(_) => "audit_answer_refused",
             ApiError::Replayed(_) => "replayed_request",
             ApiError::TimeSkewed(_) => "request_time_skewed",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -113,13 +116,14 @@ impl IntoResponse for ApiError {
 }
 
 impl ApiError {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::Replayed(_) => StatusCode::CONFLICT,
             ApiError::TimeSkewed(_) => StatusCode::FORBIDDEN,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,7 +152,21 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/applications/{id}", get(application))
         .route("/admin/applications/{id}/review", post(review))
         .route("/admin/history", get(history))
+        .route("/admin/audits", post(request_audit).get(audits))
+        .route("/admin/audits/{id}", get(audit))
+        .route("/admin/audits/{id}/nodes/{node}/report", get(audit_report))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // Audit answers carry a period of ledger records: their own, larger limit.
+    let answers = Router::new()
+        .route("/v1/audits/answer", post(answer_audit))
+        .merge(
+            Router::new()
+                .route("/admin/audits/import", post(import_audit_answer))
+                .layer(middleware::from_fn_with_state(state.clone(), require_admin)),
+        )
+        .layer(DefaultBodyLimit::max(
+            crate::ledger::audit::MAX_ANSWER_BYTES as usize,
+        ));
     Router::new()
         .route("/v1/enrollments", post(enroll))
         .route("/v1/renewals", post(renew))
@@ -158,6 +176,7 @@ pub fn router(state: Shared) -> Router {
         .merge(admin)
         .merge(super::portal::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(answers)
         .with_state(state)
 }
 
@@ -382,6 +401,7 @@ async fn review(
     ))
 }
 
+/// `?org=…`: one organization's.
 #[derive(serde::Deserialize)]
 struct HistoryQuery {
     org: Option<String>,
@@ -392,4 +412,107 @@ async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     Ok(Json(state.service.history(query.org.as_deref()).await?))
+}
+
+async fn request_audit(
+    State(state): State<Shared>,
+    Json(req): Json<AuditRequest>,
+) -> Result<Json<Audit>, ApiError> {
+    Ok(Json(state.service.request_audit(req, "admin-token").await?))
+}
+
+async fn audits(
+    State(state): State<Shared>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    Ok(Json(state.service.audits(query.org.as_deref()).await?))
+}
+
+async fn audit(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Audit>, ApiError> {
+    Ok(Json(state.service.audit(&id, None).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    by: Option<Period>,
+    format: Option<String>,
+}
+
+/// A node's report: JSON, or `?format=csv` (the CSV of `leasehold audit report`).
+async fn audit_report(
+    State(state): State<Shared>,
+    Path((id, node)): Path<(String, String)>,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    let by = query.by.unwrap_or(Period::Quarter);
+    let report = state.service.audit_report(&id, &node, by, None).await?;
+    Ok(match query.format.as_deref() {
+        Some("csv") => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::ledger::report::csv(&report.rows),
+        )
+            .into_response(),
+        None | Some("json") => Json(report).into_response(),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format '{other}' is neither 'json' nor 'csv'"
+            )))
+        }
+    })
+}
+
+/// A node uploads its answer to an audit (after a renewal asked for it).
+async fn answer_audit(
+    State(state): State<Shared>,
+    body: axum::body::Body,
+) -> Result<Json<AnswerReceipt>, ApiError> {
+    take_answer(state, body, Via::Upload).await
+}
+
+/// The vendor imports an answer an air-gapped node exported.
+async fn import_audit_answer(
+    State(state): State<Shared>,
+    body: axum::body::Body,
+) -> Result<Json<AnswerReceipt>, ApiError> {
+    take_answer(state, body, Via::Import).await
+}
+
+/// Read an answer (only while fewer than `ANSWERS_AT_ONCE` are being read, so that
+/// large bodies cannot pile up in memory) and take it.
+async fn take_answer(
+    state: Shared,
+    body: axum::body::Body,
+    via: Via,
+) -> Result<Json<AnswerReceipt>, ApiError> {
+    let result = async {
+        let _permit = state
+            .service
+            .audit_answers
+            .try_acquire()
+            .map_err(|_| ApiError::RateLimited {
+                message: "the license server is reading other audit answers; send this one again later (a node does so at its next renewal)".into(),
+                retry_after: 30,
+            })?;
+        let limit = crate::ledger::audit::MAX_ANSWER_BYTES as usize;
+        let deadline = std::time::Duration::from_secs(super::audits::ANSWER_READ_SECONDS);
+        let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
+            .await
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "the audit answer did not arrive within {} s",
+                    deadline.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "cannot read the audit answer (at most {limit} bytes): {e}"
+                ))
+            })?;
+        state.service.answer_audit(Vec::from(bytes), via).await
+    }
+    .await;
+    Ok(Json(counted(&state, result)?))
 }

@@ -31,6 +31,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod applications;
+pub mod audits;
 pub mod checkpoints;
 pub mod http;
 pub mod ledger_check;
@@ -157,6 +158,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An audit answer that does not check out (HTTP 422, code `audit_answer_refused`).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A renewal request seen before (HTTP 409, code `replayed_request`).
     #[error("{0}")]
     Replayed(String),
@@ -282,6 +286,9 @@ pub struct Service {
     pub issuer: Issuer,
     pub metrics: metrics::ServerMetrics,
     pub enrollment_limits: EnrollmentLimits,
+    /// Audit answers read at once (each up to `ledger::audit::MAX_ANSWER_BYTES` in
+    /// memory), per replica.
+    pub audit_answers: tokio::sync::Semaphore,
 }
 
 impl Service {
@@ -291,6 +298,7 @@ impl Service {
             issuer,
             metrics: Default::default(),
             enrollment_limits,
+            audit_answers: tokio::sync::Semaphore::new(audits::ANSWERS_AT_ONCE),
         })
     }
 
@@ -624,10 +632,16 @@ impl Service {
                 if !registry::remember_nonce(sql, &input.node_id, &nonce, forget_after)? {
                     return Ok(None);
                 }
-                registry::renew(sql, &input, limits, now).map(Some)
+                let renewal = registry::renew(sql, &input, limits, now)?;
+                // A renewed node also hears of the audit it has to answer, if any.
+                let audit = match &renewal {
+                    Renewal::Grant(_) => audits::call_for(sql, &input.node_id, now)?,
+                    _ => None,
+                };
+                Ok(Some((renewal, audit)))
             })
             .await?;
-        let Some(decision) = decision else {
+        let Some((decision, audit)) = decision else {
             return Err(self.replayed(&RENEWAL_REQUEST, &body.node_id, &body.nonce));
         };
         let decision = match decision {
@@ -672,6 +686,7 @@ impl Service {
             request_nonce: body.nonce,
             server_time: now,
             decision,
+            audit,
         }))
     }
 

@@ -91,15 +91,26 @@ impl LedgerReports {
         })
     }
 
+    /// The ledger reported.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// Start a report: the last acknowledged position when nothing was recorded since,
     /// else a fresh signed checkpoint. `None` once [`LedgerReports::close`] was called.
     pub async fn begin(&self) -> Result<Option<Report<'_>>, LedgerError> {
+        self.begin_with(false).await
+    }
+
+    /// [`LedgerReports::begin`], with a fresh signed checkpoint even when nothing was
+    /// recorded since the last one (an audit answer needs one dated after its period).
+    pub async fn begin_with(&self, fresh: bool) -> Result<Option<Report<'_>>, LedgerError> {
         let state = self.state.lock().await;
         if state.closed {
             return Ok(None);
         }
         let position = match state.acknowledged {
-            Some(a) if self.ledger.head().seq == a.head => a.position,
+            Some(a) if !fresh && self.ledger.head().seq == a.head => a.position,
             _ => self.ledger.checkpoint().await?,
         };
         Ok(Some(Report {
@@ -250,46 +261,59 @@ impl Checkpointer {
 
     /// One report; the acknowledged checkpoint's sequence number.
     async fn report(&self) -> Result<u64, ReportError> {
-        let status = self.lifecycle.status();
-        let body = &status.license.body;
-        let report = self.reports.begin().await?.ok_or(ReportError::Closed)?;
-        let (document, nonce) = checkpoint::sign_report(
-            self.lifecycle.identity(),
-            &body.model.model_id,
-            LicenseRef {
-                license_id: body.license_id.clone(),
-                serial: body.serial,
-            },
-            report.usage(),
-            clock::system_now(),
-        );
-        let bytes = self
-            .client
-            .post("/v1/checkpoints", document.render().into_bytes())
-            .await?;
-        let node_id = self.lifecycle.identity().public().node_id();
-        let (receipt, _) = protocol::open_answer::<CheckpointReceiptBody>(
-            &bytes,
-            &TrustRoots::compiled_in(),
-            &Expected {
-                node_id: &node_id,
-                nonce,
-                scope: Some((&body.licensee, &body.model.model_id)),
-            },
-        )
-        .map_err(ClientError::from)?;
-        let sent = LedgerAnchor {
-            seq: report.position.seq,
-            hash: report.position.hash,
-        };
-        if receipt.acknowledged != sent {
-            return Err(ReportError::WrongCheckpoint {
-                sent: sent.seq,
-                found: receipt.acknowledged.seq,
-            });
-        }
-        self.lifecycle.observe_server_time(receipt.server_time);
-        report.acknowledged().await;
-        Ok(sent.seq)
+        report_once(&self.client, &self.lifecycle, &self.reports, false).await
     }
+}
+
+/// Report the ledger's position once (a fresh checkpoint when `fresh`); the
+/// acknowledged checkpoint's sequence number.
+pub async fn report_once(
+    client: &ServerClient,
+    lifecycle: &Lifecycle,
+    reports: &LedgerReports,
+    fresh: bool,
+) -> Result<u64, ReportError> {
+    let status = lifecycle.status();
+    let body = &status.license.body;
+    let report = reports
+        .begin_with(fresh)
+        .await?
+        .ok_or(ReportError::Closed)?;
+    let (document, nonce) = checkpoint::sign_report(
+        lifecycle.identity(),
+        &body.model.model_id,
+        LicenseRef {
+            license_id: body.license_id.clone(),
+            serial: body.serial,
+        },
+        report.usage(),
+        clock::system_now(),
+    );
+    let bytes = client
+        .post("/v1/checkpoints", document.render().into_bytes())
+        .await?;
+    let node_id = lifecycle.identity().public().node_id();
+    let (receipt, _) = protocol::open_answer::<CheckpointReceiptBody>(
+        &bytes,
+        &TrustRoots::compiled_in(),
+        &Expected {
+            node_id: &node_id,
+            nonce,
+            scope: Some((&body.licensee, &body.model.model_id)),
+        },
+    )
+    .map_err(ClientError::from)?;
+    let sent = LedgerAnchor {
+        seq: report.position.seq,
+        hash: report.position.hash,
+    };
+    if receipt.acknowledged != sent {
+        return Err(ReportError::WrongCheckpoint {
+            sent: sent.seq,
+            found: receipt.acknowledged.seq,
+        });
+    }
+    lifecycle.observe_server_time(receipt.server_time);
+    report.acknowledged().await;
+    Ok(sent.seq)
 }

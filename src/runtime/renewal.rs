@@ -94,12 +94,32 @@ impl ServerClient {
         self.post_with(path, body, None).await
     }
 
+    /// POST a large document (an audit answer) with a longer timeout than the client's.
+    pub async fn post_slow(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.post_request(path, body, None, Some(timeout)).await
+    }
+
     /// POST a document with a bearer token (an organization's enrollment token).
     pub async fn post_with(
         &self,
         path: &str,
         body: Vec<u8>,
         bearer: Option<&str>,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.post_request(path, body, bearer, None).await
+    }
+
+    async fn post_request(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
     ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
@@ -112,6 +132,9 @@ impl ServerClient {
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
         }
         let response = request.body(body).send().await.map_err(unreachable)?;
         let status = response.status();

@@ -12,12 +12,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::checkpoints::{CheckpointStatus, Checkpointer, LedgerReports};
+use super::checkpoints::{report_once, CheckpointStatus, Checkpointer, LedgerReports};
 use super::lifecycle::{Lifecycle, Phase};
 use super::renewal::{backoff, sleep_jittered, write_license, ServerClient};
+use crate::format::time::rfc3339;
+use crate::ledger::audit::{self, BuildError};
 use crate::ledger::Ledger;
+use crate::license_server::audits::AnswerReceipt;
 use crate::node::clock;
-use crate::protocol::{Decision, LicenseRef, RefusalReason};
+use crate::protocol::{AuditCall, Decision, LicenseRef, RefusalReason};
+
+/// How long an audit answer's upload may take (it can hold a quarter of records).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Renewal state, shown in `/v1/license`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,6 +45,25 @@ pub struct RenewalStatus {
     /// The checkpoint reports between renewals (absent without a usage ledger).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<CheckpointStatus>,
+    /// The last audit the vendor requested of this node (absent until one is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditStatus>,
+}
+
+/// An audit the license server asked this node to answer, and how far it got.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditStatus {
+    pub audit_id: String,
+    /// The period asked for: ledger records dated in `[from, to)`.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// When a renewal response first carried the request.
+    pub requested_at: DateTime<Utc>,
+    /// When the server accepted this node's answer, and the records it held.
+    pub answered_at: Option<DateTime<Utc>>,
+    pub records: Option<u64>,
+    /// Why the last attempt to answer did not go through (retried at the next renewal).
+    pub last_error: Option<String>,
 }
 
 /// Renews the license in force for as long as the node runs.
@@ -189,6 +214,7 @@ impl Renewer {
             s.clock_offset_seconds = Some(offset);
             s.refused = refused;
         };
+        let audit_call = opened.body.audit.clone();
         match opened.body.decision {
             Decision::Renewed { license } => {
                 if let Some(report) = report {
@@ -208,6 +234,9 @@ impl Renewer {
                     self.client.url(),
                     accepted.body.serial
                 );
+                if let Some(call) = audit_call {
+                    self.answer_audit(call).await;
+                }
                 Ok(())
             }
             Decision::Refused { reason, message } => {
@@ -239,5 +268,119 @@ impl Renewer {
                 Ok(())
             }
         }
+    }
+}
+
+impl Renewer {
+    /// Answer the audit a renewal response asked for: report a fresh checkpoint (so the
+    /// server holds the run's end), then upload the ledger records of the period. A
+    /// failure is logged and kept in `/v1/license`; the server asks again at the next
+    /// renewal.
+    async fn answer_audit(&self, call: AuditCall) {
+        let now = clock::system_now();
+        let new = {
+            let mut s = self.status.lock().unwrap();
+            let new = s.audit.as_ref().is_none_or(|a| a.audit_id != call.audit_id);
+            if new {
+                s.audit = Some(AuditStatus {
+                    audit_id: call.audit_id.clone(),
+                    from: call.from,
+                    to: call.to,
+                    requested_at: now,
+                    answered_at: None,
+                    records: None,
+                    last_error: None,
+                });
+            }
+            new
+        };
+        if new {
+            tracing::info!(
+                "the vendor requested an audit of this node's usage from {} to {} (audit {}); answering with the usage ledger's records of that period (no prompts)",
+                rfc3339(call.from),
+                rfc3339(call.to),
+                call.audit_id
+            );
+        }
+        let result = self.upload_answer(&call).await;
+        let mut s = self.status.lock().unwrap();
+        let Some(status) = s.audit.as_mut().filter(|a| a.audit_id == call.audit_id) else {
+            return;
+        };
+        match result {
+            Ok(receipt) => {
+                tracing::info!(
+                    "answered audit {}: {} ledger records (records {} to {}) accepted by the license server",
+                    call.audit_id,
+                    receipt.records,
+                    receipt.first_seq,
+                    receipt.last_seq
+                );
+                status.answered_at = Some(clock::system_now());
+                status.records = Some(receipt.records);
+                status.last_error = None;
+            }
+            Err(e) => {
+                if status.last_error.as_ref() != Some(&e) {
+                    tracing::warn!(
+                        "cannot answer audit {} yet: {e}; trying again at the next renewal",
+                        call.audit_id
+                    );
+                }
+                status.last_error = Some(e);
+            }
+        }
+    }
+
+    async fn upload_answer(&self, call: &AuditCall) -> Result<AnswerReceipt, String> {
+        let Some(reports) = &self.reports else {
+            return Err(
+                "this node keeps no usage ledger (serve --no-ledger), so it has no records to answer with"
+                    .into(),
+            );
+        };
+        // The run ends at the first checkpoint after the period that a server
+        // acknowledged; when there is none yet (the period just ended), at a fresh one
+        // reported now.
+        let path = reports.ledger().path().to_path_buf();
+        let build = |end: audit::End| {
+            let (identity, path, call) = (
+                self.lifecycle.identity().clone(),
+                path.clone(),
+                call.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                audit::build_from_file(
+                    &identity,
+                    &path,
+                    Some(&call.audit_id),
+                    call.from,
+                    call.to,
+                    end,
+                    clock::system_now(),
+                )
+            })
+        };
+        let built = build(audit::End::Acknowledged)
+            .await
+            .map_err(|e| format!("building the answer failed: {e}"))?;
+        let answer = match built {
+            Err(BuildError::NotYet { .. }) => {
+                let end = report_once(&self.client, &self.lifecycle, reports, true)
+                    .await
+                    .map_err(|e| format!("cannot report a fresh checkpoint: {e}"))?;
+                build(audit::End::ReportedCheckpoint(end))
+                    .await
+                    .map_err(|e| format!("building the answer failed: {e}"))?
+            }
+            other => other,
+        }
+        .map_err(|e: BuildError| e.to_string())?;
+        let bytes = self
+            .client
+            .post_slow("/v1/audits/answer", answer, UPLOAD_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("the server's receipt: {e}"))
     }
 }

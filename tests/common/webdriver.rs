@@ -243,6 +243,32 @@ impl Session {
             .to_string()
     }
 
+    /// The current value of an input.
+    pub async fn value(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{e}/property/value"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    /// The value of this window's cookie `name` (an HttpOnly one too: WebDriver sees
+    /// them), to fetch a download with the same session outside the browser.
+    pub async fn cookie(&self, name: &str) -> String {
+        let cookie = self
+            .call(reqwest::Method::GET, &format!("/cookie/{name}"), None)
+            .await;
+        cookie["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no cookie {name}: {cookie}"))
+            .to_string()
+    }
+
     /// Save a PNG of the window as `dir/name.png`.
     pub async fn screenshot(&self, dir: &Path, name: &str) {
         use base64::Engine as _;

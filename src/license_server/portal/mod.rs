@@ -23,7 +23,12 @@
 //!   GET  /portal/applications/new, /portal/applications/{id}
 //!   POST /portal/applications/{id}/review                           (staff)
 //!   GET|POST /portal/applications/{id}/resubmit                     (org, after changes asked)
+//!   GET  /portal/audits: the audits (staff: all, and the request form; org: its own)
+//!   POST /portal/audits: request one                                (staff)
+//!   GET  /portal/audits/{id}: where each node stands, findings, reports
+//!   GET  /portal/audits/{id}/nodes/{node}/report.csv|.json?by=day|month|quarter
 
+mod audits;
 mod charts;
 mod pages;
 
@@ -83,6 +88,16 @@ pub fn router() -> Router<Shared> {
             "/portal/applications/{id}/resubmit",
             get(resubmit_page).post(resubmit),
         )
+        .route("/portal/audits", get(audits::list).post(audits::request))
+        .route("/portal/audits/{id}", get(audits::show))
+        .route(
+            "/portal/audits/{id}/nodes/{node}/report.csv",
+            get(audits::report_csv),
+        )
+        .route(
+            "/portal/audits/{id}/nodes/{node}/report.json",
+            get(audits::report_json),
+        )
         .layer(middleware::from_fn(security_headers))
 }
 
@@ -125,11 +140,6 @@ pub enum PortalError {
 impl From<ApiError> for PortalError {
     fn from(e: ApiError) -> Self {
         let status = match &e {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) | ApiError::TimeSkewed(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::Replayed(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(m) => {
                 tracing::error!("portal: internal error: {m}");
                 return PortalError::Page(
@@ -137,6 +147,7 @@ impl From<ApiError> for PortalError {
                     "something went wrong on the server; the error is in its log".into(),
                 );
             }
+            other => other.status(),
         };
         PortalError::Page(status, e.to_string())
     }
@@ -560,6 +571,9 @@ struct ReviewForm {
     caps: String,
     #[serde(default)]
     watermark: String,
+    /// Output filter rules, TOML as `admin entitle --filter-rules` reads them.
+    #[serde(default)]
+    filter_rules: String,
     #[serde(default)]
     auto_approve: String,
 }
@@ -601,6 +615,14 @@ impl ReviewForm {
                             .map_err(|e| format!("watermark {text}: {e}"))?,
                     ),
                 };
+                // Validity (bounded, non-empty rules) is checked with the entitlement.
+                let output_filter = match self.filter_rules.trim() {
+                    "" => None,
+                    text => Some(
+                        crate::license::FilterRules::parse_toml(text)
+                            .map_err(|e| format!("output filter rules: {e}"))?,
+                    ),
+                };
                 Ok(Review::Approve {
                     terms: Box::new(EntitleRequest {
                         org: String::new(),
@@ -612,7 +634,7 @@ impl ReviewForm {
                         caps,
                         safeguards: Safeguards {
                             watermark,
-                            output_filter: None,
+                            output_filter,
                         },
                         auto_approve: self.auto_approve == "yes",
                     }),

@@ -62,7 +62,7 @@ pub fn path_segment(text: &str) -> String {
         .collect()
 }
 
-fn day(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(super) fn day(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
@@ -402,6 +402,8 @@ struct OrgPage {
     /// An organization's own page offers it an enrollment token (this is the CSRF).
     token_form: Option<String>,
     org: String,
+    /// The organization as a query value (staff's link to request an audit of it).
+    org_query: String,
     entitlements: Vec<EntitlementRow>,
     nodes: Vec<NodeRow>,
     chart_requests: String,
@@ -446,6 +448,7 @@ pub fn org(nav: Option<Nav>, o: &OrgOverview) -> Response {
         token_form: nav.as_ref().filter(|n| !n.staff).map(|n| n.csrf.clone()),
         nav,
         org: o.org.clone(),
+        org_query: path_segment(&o.org),
         entitlements: o
             .entitlements
             .iter()

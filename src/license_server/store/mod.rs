@@ -366,6 +366,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
         revoked_at BIGINT
     )",
     ),
+    (
+        // Audits: the period asked of an organization's nodes, and each node's answer
+        // (the ledger records it uploaded, verified).
+        8,
+        "CREATE TABLE audits (
+        id TEXT PRIMARY KEY,
+        org TEXT NOT NULL,
+        period_from BIGINT NOT NULL,
+        period_to BIGINT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at BIGINT NOT NULL,
+        max_renewals BIGINT NOT NULL,
+        note TEXT NOT NULL
+    );
+    CREATE INDEX audits_org ON audits (org, requested_at);
+    CREATE TABLE audit_nodes (
+        audit_id TEXT NOT NULL REFERENCES audits (id),
+        node_id TEXT NOT NULL,
+        asked BIGINT NOT NULL,
+        first_asked_at BIGINT,
+        answered_at BIGINT,
+        via TEXT,
+        first_seq BIGINT,
+        last_seq BIGINT,
+        refusals BIGINT NOT NULL,
+        last_refusal TEXT,
+        findings TEXT,
+        totals TEXT,
+        records {blob},
+        PRIMARY KEY (audit_id, node_id)
+    );
+    CREATE INDEX audit_nodes_node ON audit_nodes (node_id, answered_at)",
+    ),
 ];
 
 fn migrate(sql: &mut dyn Sql, dialect: Dialect) -> Result<(), StoreError> {

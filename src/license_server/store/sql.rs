@@ -79,6 +79,13 @@ impl Row {
         }
     }
 
+    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.0.get(i) {
+            Some(Value::Null) => Ok(None),
+            _ => self.blob(i).map(Some),
+        }
+    }
+
     pub fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
         match self.0.get(i) {
             Some(Value::Blob(v)) => Ok(v.clone()),
