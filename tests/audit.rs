@@ -10,93 +10,12 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::node::leasehold;
+use common::audit::{renew_reporting, report, request, signed_answer, write_requests};
 use common::vendor::{ok, Node, Vendor};
-use leasehold::ledger::record::{self, Entry, Outcome, RecordBody};
-use leasehold::ledger::{CheckpointPolicy, Ledger, Position};
+use leasehold::ledger::record::{self, Entry, RecordBody};
+use leasehold::ledger::Position;
 use leasehold::node::{clock, NodeIdentity};
-use leasehold::protocol::{self, LedgerAnchor, LedgerPosition, LicenseRef, UsageCheckpoint};
 use serde_json::Value;
-
-fn request(i: u64) -> Entry {
-    Entry::Request {
-        request_id: format!("req-{i}"),
-        license_id: "lic".into(),
-        model_id: "tiny".into(),
-        prompt_tokens: 10 + i,
-        completion_tokens: 20 + i,
-        outcome: if i % 3 == 2 {
-            Outcome::Filtered
-        } else {
-            Outcome::Ok
-        },
-        client_key: "team-a".into(),
-        prompt_sha256: None,
-        filter_rule: None,
-    }
-}
-
-/// Append `requests` to the node's ledger (after recording that the server acknowledged
-/// `acknowledged`, as a node does) and sign a checkpoint: where it stands.
-async fn write_requests(
-    identity: &NodeIdentity,
-    acknowledged: Option<&Position>,
-    range: std::ops::Range<u64>,
-) -> Position {
-    let path = identity.dir().join(leasehold::ledger::LEDGER_FILE);
-    let (ledger, _) = Ledger::open(&path, identity, CheckpointPolicy::default()).unwrap();
-    if let Some(p) = acknowledged {
-        let entry = Entry::Reported {
-            seq: p.seq,
-            hash: p.hash,
-        };
-        ledger.append(entry).await.unwrap();
-    }
-    for i in range {
-        ledger.append(request(i)).await.unwrap();
-    }
-    let position = ledger.checkpoint().await.unwrap();
-    ledger.close().await;
-    position
-}
-
-/// A renewal request reporting `position`; the server's response body (JSON).
-async fn renew_reporting(vendor: &Vendor, identity: &NodeIdentity, position: &Position) -> Value {
-    let usage = UsageCheckpoint {
-        since: Some(position.since),
-        requests: position.totals.requests,
-        prompt_tokens: position.totals.prompt_tokens,
-        completion_tokens: position.totals.completion_tokens,
-        ledger: Some(LedgerPosition {
-            ledger_id: position.ledger_id,
-            seq: position.seq,
-            hash: position.hash,
-            reported: position
-                .reported
-                .map(|(seq, hash)| LedgerAnchor { seq, hash }),
-        }),
-        tpm_rollbacks: None,
-    };
-    let (request, _) = protocol::sign_request(
-        identity,
-        "tiny",
-        Some(LicenseRef {
-            license_id: "0".repeat(32),
-            serial: 0,
-        }),
-        usage,
-        clock::system_now(),
-    );
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/renewals", vendor.url()))
-        .body(request.render())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let envelope: Value = response.json().await.unwrap();
-    envelope["body"].clone()
-}
 
 /// `admin audit import FILE --json`: (exit code, output).
 fn import(vendor: &Vendor, file: &Path) -> (i32, Value) {
@@ -174,7 +93,7 @@ async fn air_gapped_audit(db: Option<String>) {
 
     // Usage before the audit, reported at a renewal (the server holds that checkpoint).
     let first = write_requests(&identity, None, 0..3).await;
-    let answer = renew_reporting(&vendor, &identity, &first).await;
+    let answer = renew_reporting(&vendor.url(), &identity, &first).await;
     assert!(answer.get("audit").is_none(), "no audit yet: {answer}");
     let from = "2020-01-01T00:00:00Z";
     // More usage, then the period ends.
@@ -200,49 +119,15 @@ async fn air_gapped_audit(db: Option<String>) {
 
     // The next renewal response names the audit (it reports a checkpoint after the period).
     let after = write_requests(&identity, Some(&first), 6..7).await;
-    let answer = renew_reporting(&vendor, &identity, &after).await;
+    let answer = renew_reporting(&vendor.url(), &identity, &after).await;
     assert_eq!(answer["audit"]["audit_id"], audit_id.as_str(), "{answer}");
     assert_eq!(answer["audit"]["to"], to.as_str());
 
     // The node exports its answer; the expected report is `audit report` on its ledger.
     let dir = node.path();
-    let export = |out: &str| {
-        leasehold(
-            dir,
-            &[
-                "audit",
-                "export",
-                "--node-dir",
-                "node",
-                "--from",
-                from,
-                "--to",
-                &to,
-                "--out",
-                out,
-            ],
-        )
-    };
+    let export = |out: &str| common::audit::export(dir, from, &to, out);
     ok(&export("answer.audit"), "audit export");
-    let expected = ok(
-        &leasehold(
-            dir,
-            &[
-                "audit",
-                "report",
-                "node/usage.ledger",
-                "--from",
-                from,
-                "--to",
-                &to,
-                "--by",
-                "quarter",
-                "--format",
-                "csv",
-            ],
-        ),
-        "audit report",
-    );
+    let expected = ok(&report(dir, from, &to, "quarter", "csv"), "audit report");
     assert!(
         expected.contains(",6,"),
         "six requests in the period:\n{expected}"
@@ -276,10 +161,7 @@ async fn air_gapped_audit(db: Option<String>) {
         records_bytes: edited.len() as u64,
         ..parsed.body.clone()
     };
-    let mut tampered = leasehold::format::Envelope::sign(&body, identity.signer(), vec![])
-        .render()
-        .into_bytes();
-    tampered.extend_from_slice(edited.as_bytes());
+    let tampered = signed_answer(&identity, &body, edited.as_bytes());
     std::fs::write(dir.join("tampered.audit"), &tampered).unwrap();
     let (code, refused) = import(&vendor, &dir.join("tampered.audit"));
     assert_eq!(code, 22, "{refused}");
@@ -363,10 +245,7 @@ async fn air_gapped_audit(db: Option<String>) {
         records_sha256: leasehold::crypto::sha256(&[short.as_bytes()]),
         ..parsed.body.clone()
     };
-    let mut forged = leasehold::format::Envelope::sign(&body, identity.signer(), vec![])
-        .render()
-        .into_bytes();
-    forged.extend_from_slice(short.as_bytes());
+    let forged = signed_answer(&identity, &body, short.as_bytes());
     std::fs::write(dir.join("short.audit"), &forged).unwrap();
     let (code, refused) = import(&vendor, &dir.join("short.audit"));
     assert_eq!(code, 22, "{refused}");
@@ -436,7 +315,7 @@ async fn air_gapped_audit(db: Option<String>) {
     ]);
     let second_id = second["id"].as_str().unwrap();
     for asked in 1..=2 {
-        let answer = renew_reporting(&vendor, &identity, &after).await;
+        let answer = renew_reporting(&vendor.url(), &identity, &after).await;
         assert_eq!(answer["audit"]["audit_id"], second_id, "{answer}");
         let shown = vendor.admin_json(&["audit", "show", second_id]);
         let status = shown["nodes"][0]["status"].as_str().unwrap().to_string();
@@ -507,7 +386,7 @@ async fn records_dated_ahead_of_the_server_are_flagged_as_misdated() {
         totals,
         reported: None,
     };
-    renew_reporting(&vendor, &identity, &position).await;
+    renew_reporting(&vendor.url(), &identity, &position).await;
 
     let to = leasehold::format::time::rfc3339(now - chrono::Duration::minutes(30));
     let from = "2020-01-01T00:00:00Z";
@@ -522,21 +401,7 @@ async fn records_dated_ahead_of_the_server_are_flagged_as_misdated() {
         &to,
     ]);
     ok(
-        &leasehold(
-            node.path(),
-            &[
-                "audit",
-                "export",
-                "--node-dir",
-                "node",
-                "--from",
-                from,
-                "--to",
-                &to,
-                "--out",
-                "answer.audit",
-            ],
-        ),
+        &common::audit::export(node.path(), from, &to, "answer.audit"),
         "audit export",
     );
     let (code, refused) = import(&vendor, &node.path().join("answer.audit"));

@@ -262,22 +262,7 @@ mod serving {
             "audit", "report", &audit_id, "--node", node_id, "--format", "csv",
         ]);
         let expected = ok(
-            &leasehold(
-                node.path(),
-                &[
-                    "audit",
-                    "report",
-                    "node/usage.ledger",
-                    "--from",
-                    from,
-                    "--to",
-                    &to,
-                    "--by",
-                    "quarter",
-                    "--format",
-                    "csv",
-                ],
-            ),
+            &common::audit::report(node.path(), from, &to, "quarter", "csv"),
             "audit report",
         );
         assert_eq!(csv, expected);

@@ -11,10 +11,8 @@ use std::collections::HashMap;
 
 use common::postgres::{postgres_url, TempDatabase};
 use common::vendor::{ok, Node, Vendor, ADMIN_TOKEN, ORG};
-use leasehold::ledger::record::{Entry, Outcome};
-use leasehold::ledger::{CheckpointPolicy, Ledger, Position};
 use leasehold::node::NodeIdentity;
-use leasehold::protocol::{LedgerAnchor, LedgerPosition, UsageCheckpoint};
+use leasehold::protocol::UsageCheckpoint;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 
@@ -1013,87 +1011,6 @@ async fn behind_a_proxy_the_public_url_makes_the_links_and_secure_cookies() {
 
 // ---- Audits ----
 
-fn ledger_request(i: u64) -> Entry {
-    Entry::Request {
-        request_id: format!("req-{i}"),
-        license_id: "lic".into(),
-        model_id: "tiny".into(),
-        prompt_tokens: 10 + i,
-        completion_tokens: 20 + i,
-        outcome: if i % 3 == 2 {
-            Outcome::Filtered
-        } else {
-            Outcome::Ok
-        },
-        client_key: "team-a".into(),
-        prompt_sha256: None,
-        filter_rule: None,
-    }
-}
-
-/// Append requests `range` to the node's ledger (after recording that the server
-/// acknowledged `acknowledged`, as a node does) and sign a checkpoint: where it stands.
-/// (As tests/audit.rs: a node's ledger without inference.)
-async fn write_requests(
-    identity: &NodeIdentity,
-    acknowledged: Option<&Position>,
-    range: std::ops::Range<u64>,
-) -> Position {
-    let path = identity.dir().join(leasehold::ledger::LEDGER_FILE);
-    let (ledger, _) = Ledger::open(&path, identity, CheckpointPolicy::default()).unwrap();
-    if let Some(p) = acknowledged {
-        let entry = Entry::Reported {
-            seq: p.seq,
-            hash: p.hash,
-        };
-        ledger.append(entry).await.unwrap();
-    }
-    for i in range {
-        ledger.append(ledger_request(i)).await.unwrap();
-    }
-    let position = ledger.checkpoint().await.unwrap();
-    ledger.close().await;
-    position
-}
-
-/// A renewal request reporting the ledger at `position`; the response body (JSON).
-async fn renew_at(base: &str, identity: &NodeIdentity, position: &Position) -> serde_json::Value {
-    let usage = UsageCheckpoint {
-        since: Some(position.since),
-        requests: position.totals.requests,
-        prompt_tokens: position.totals.prompt_tokens,
-        completion_tokens: position.totals.completion_tokens,
-        ledger: Some(LedgerPosition {
-            ledger_id: position.ledger_id,
-            seq: position.seq,
-            hash: position.hash,
-            reported: position
-                .reported
-                .map(|(seq, hash)| LedgerAnchor { seq, hash }),
-        }),
-        tpm_rollbacks: None,
-    };
-    let (request, _) = leasehold::protocol::sign_request(
-        identity,
-        "tiny",
-        Some(leasehold::protocol::LicenseRef {
-            license_id: "0".repeat(32),
-            serial: 0,
-        }),
-        usage,
-        chrono::Utc::now(),
-    );
-    let response = reqwest::Client::new()
-        .post(format!("{base}/v1/renewals"))
-        .body(request.render())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let envelope: serde_json::Value = response.json().await.unwrap();
-    envelope["body"].clone()
-}
-
 /// POST the audit request form.
 async fn post_form(browser: &mut Browser, fields: &[(String, String)]) -> Page {
     let pairs: Vec<(&str, &str)> = fields
@@ -1101,14 +1018,6 @@ async fn post_form(browser: &mut Browser, fields: &[(String, String)]) -> Page {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     browser.post("/portal/audits", &pairs).await
-}
-
-/// `leasehold ARGS` in `dir`, which must succeed; its output.
-fn leasehold_ok(dir: &std::path::Path, args: &[&str]) -> String {
-    ok(
-        &common::node::leasehold(dir, args),
-        &format!("leasehold {args:?}"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1124,9 +1033,9 @@ async fn staff_request_audits_in_the_portal_and_its_reports_download_as_the_node
     let node_id = identity.public().node_id();
 
     // Usage before the period ends, reported at a renewal; the period ends a moment later.
-    let first = write_requests(&identity, None, 0..3).await;
-    renew_at(&base, &identity, &first).await;
-    write_requests(&identity, Some(&first), 3..6).await;
+    let first = common::audit::write_requests(&identity, None, 0..3).await;
+    common::audit::renew_reporting(&base, &identity, &first).await;
+    common::audit::write_requests(&identity, Some(&first), 3..6).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let to = leasehold::format::time::rfc3339(chrono::Utc::now());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -1259,45 +1168,22 @@ async fn staff_request_audits_in_the_portal_and_its_reports_download_as_the_node
 
     // The node finds the audit in its next renewal's response, and (air-gapped here)
     // exports its answer, which the vendor imports.
-    let after = write_requests(&identity, Some(&first), 6..7).await;
-    let answer = renew_at(&base, &identity, &after).await;
+    let after = common::audit::write_requests(&identity, Some(&first), 6..7).await;
+    let answer = common::audit::renew_reporting(&base, &identity, &after).await;
     assert_eq!(answer["audit"]["audit_id"], audit_id.as_str(), "{answer}");
     let dir = node.path();
     let from = "2020-01-01T00:00:00Z";
-    leasehold_ok(
-        dir,
-        &[
-            "audit",
-            "export",
-            "--node-dir",
-            "node",
-            "--from",
-            from,
-            "--to",
-            &to,
-            "--out",
-            "answer.audit",
-        ],
+    ok(
+        &common::audit::export(dir, from, &to, "answer.audit"),
+        "audit export",
     );
     let answer_file = dir.join("answer.audit");
     let imported = vendor.admin_json(&["audit", "import", answer_file.to_str().unwrap()]);
     assert_eq!(imported["accepted"], true, "{imported}");
     let node_report = |by: &str, format: &str| {
-        leasehold_ok(
-            dir,
-            &[
-                "audit",
-                "report",
-                "node/usage.ledger",
-                "--from",
-                from,
-                "--to",
-                &to,
-                "--by",
-                by,
-                "--format",
-                format,
-            ],
+        ok(
+            &common::audit::report(dir, from, &to, by, format),
+            "audit report",
         )
     };
     let expected = node_report("quarter", "csv");
@@ -1369,7 +1255,7 @@ async fn staff_request_audits_in_the_portal_and_its_reports_download_as_the_node
         "1",
     ]);
     let second_id = second["id"].as_str().unwrap();
-    renew_at(&base, &identity, &after).await;
+    common::audit::renew_reporting(&base, &identity, &after).await;
     let list = staff.get("/portal/audits").await;
     assert!(list.body.contains(second_id));
     assert!(list.body.contains("FLAGGED"), "{}", list.body);

@@ -232,22 +232,7 @@ async fn the_whole_story_in_a_browser_from_invitation_to_the_usage_chart() {
     assert_eq!(shown["nodes"][0]["via"], "upload", "{shown}");
     assert_eq!(shown["nodes"][0]["totals"]["requests"], 3, "{shown}");
     let expected = common::vendor::ok(
-        &common::node::leasehold(
-            node.path(),
-            &[
-                "audit",
-                "report",
-                "node/usage.ledger",
-                "--from",
-                &from,
-                "--to",
-                &to,
-                "--by",
-                "quarter",
-                "--format",
-                "csv",
-            ],
-        ),
+        &common::audit::report(node.path(), &from, &to, "quarter", "csv"),
         "audit report",
     );
     let csv_url = format!("{audit_url}/nodes/{node_id}/report.csv");

@@ -797,7 +797,13 @@ impl Service {
             }
             Some(Some(r)) => r,
         };
-        let (rows, _) = report::report_rows(&records, Some(audit.from), Some(audit.to), by);
+        // Linear in the records: off the async threads.
+        let (from, to) = (audit.from, audit.to);
+        let (rows, _) = tokio::task::spawn_blocking(move || {
+            report::report_rows(&records, Some(from), Some(to), by)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("building a report: {e}")))?;
         Ok(NodeReport {
             totals: report::totals(&rows),
             audit_id: audit.id,

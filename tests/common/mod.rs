@@ -18,6 +18,7 @@ use leasehold::node::{NodeIdentity, NodePublic};
 use leasehold::seal::{self, Header, SealedModel};
 use tempfile::TempDir;
 
+pub mod audit;
 pub mod gguf;
 pub mod node;
 pub mod plaintext;
