@@ -9,7 +9,7 @@ use super::{exit, AdminAuditCommand, AuditExportArgs, Outcome, ReportFormat};
 use crate::format::time::{parse_instant, rfc3339};
 use crate::fsutil::{self, Replace};
 use crate::ledger::audit::{self, BuildError, End};
-use crate::ledger::report::{self, REPORT_COLUMNS};
+use crate::ledger::report;
 use crate::license_server::audits::{AnswerReceipt, Audit, AuditList, AuditRequest, NodeReport};
 use crate::node::{clock, NodeIdentity};
 use crate::runtime::renewal::error_message;
@@ -149,10 +149,7 @@ pub fn admin(admin: &Admin, command: AdminAuditCommand, json_out: bool) -> Outco
                         rfc3339(report.from),
                         rfc3339(report.to)
                     );
-                    println!("{}", REPORT_COLUMNS.join("  "));
-                    for row in &report.rows {
-                        println!("{}", row.cells().join("  "));
-                    }
+                    print!("{}", super::inspect::report_table(&report.rows));
                 }
             }
         }

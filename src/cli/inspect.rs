@@ -456,6 +456,17 @@ pub fn audit_verify(args: AuditVerifyArgs) -> Outcome {
 }
 
 /// Text columns left-aligned, counts right-aligned.
+/// A report as `audit report --format table` prints it (also `admin audit report`).
+pub(super) fn report_table(rows: &[crate::ledger::report::ReportRow]) -> String {
+    let header = REPORT_COLUMNS.map(|c| c.replace('_', " ").to_uppercase());
+    let mut out = table_line(&header) + "\n";
+    for r in rows {
+        out.push_str(&table_line(&r.cells()));
+        out.push('\n');
+    }
+    out
+}
+
 fn table_line(cells: &[String; 11]) -> String {
     const WIDTHS: [usize; 11] = [10, 32, 16, 10, 9, 13, 17, 9, 8, 7, 11];
     cells
@@ -498,13 +509,7 @@ pub fn audit_report(args: AuditReportArgs) -> Outcome {
             )?
         ),
         ReportFormat::Csv => print!("{}", crate::ledger::report::csv(&rows)),
-        ReportFormat::Table => {
-            let header = REPORT_COLUMNS.map(|c| c.replace('_', " ").to_uppercase());
-            println!("{}", table_line(&header));
-            for r in &rows {
-                println!("{}", table_line(&r.cells()));
-            }
-        }
+        ReportFormat::Table => print!("{}", report_table(&rows)),
     }
     Ok(exit::OK)
 }

@@ -3,9 +3,11 @@
 //! request in its next renewal response ([`call_for`]) and uploads an audit answer
 //! (`POST /v1/audits/answer`; `admin audit import` for a file from `leasehold audit
 //! export`). [`Service::answer_audit`] verifies it with the node's enrolled key
-//! (`ledger::audit`), then against what this server already holds for the node: every
-//! checkpoint the node reported that lies in the run must be on its chain with the
-//! same hash, and no other ledger may have reported during the period. An answer that
+//! (`ledger::audit`), then against what this server already holds for the node: both
+//! ends of the run are checkpoints the node reported before the period began and after
+//! it ended (by this server's clock), every checkpoint it reported that lies in the run
+//! is on its chain with the same hash and not dated ahead of its arrival, and no other
+//! ledger reported during the period (docs/FORMATS.md, "Audit answer"). An answer that
 //! fails because of what the node signed is a finding, kept with the audit; one that
 //! merely does not cover the period is refused with the reason. The report is built
 //! from the stored records by the same tally as `leasehold audit report`.
@@ -22,7 +24,7 @@ use super::store::StoreError;
 use super::{ApiError, Service};
 use crate::crypto::signing::PublicKey;
 use crate::format::time::rfc3339;
-use crate::ledger::audit::{self as answer, AnswerError};
+use crate::ledger::audit::{self as answer, AnswerError, AuditAnswerBody};
 use crate::ledger::report::{self, Period, ReportRow, ReportTotals};
 use crate::node::clock;
 use crate::protocol::AuditCall;
@@ -475,28 +477,50 @@ fn node_key(sql: &mut dyn Sql, node_id: &str) -> Result<Option<PublicKey>, Store
         .ok_or_else(|| StoreError::Corrupt(format!("node {node_id}'s key")))
 }
 
-/// An answer checked with the node key (outside any transaction: the work is linear in
-/// its records).
-struct Checked {
-    run: Result<answer::Verified, AnswerError>,
+/// The first of the audits `ids` whose period the run covers.
+fn first_covered(
+    sql: &mut dyn Sql,
+    ids: impl IntoIterator<Item = String>,
+    run: &answer::Verified,
+) -> Result<Option<Audit>, StoreError> {
+    for id in ids {
+        if let Some(a) = load(sql, &id)?.filter(|a| run.covers(a.from, a.to).is_ok()) {
+            return Ok(Some(a));
+        }
+    }
+    Ok(None)
 }
 
-/// Store an answer checked with the node key (or the refusal), against what the
-/// database holds, in one transaction.
+/// Record a refusal on the node's part of `audit_id` (a finding when it is one) and
+/// answer with it.
+fn refuse(
+    sql: &mut dyn Sql,
+    audit_id: String,
+    node_id: String,
+    refusal: Refusal,
+) -> Result<Answered, StoreError> {
+    match &refusal {
+        Refusal::Finding(r) => record_refusal(sql, &audit_id, &node_id, r, true)?,
+        Refusal::Incomplete(r) => record_refusal(sql, &audit_id, &node_id, r, false)?,
+        Refusal::Foreign(_) => {}
+    }
+    Ok(Err((Some((audit_id, node_id)), refusal)))
+}
+
+/// Store an answer (its header `body`, its `records`) checked with the node key as
+/// `checked` says (or the refusal), against what the database holds, in one
+/// transaction.
 fn take_answer(
     sql: &mut dyn Sql,
-    bytes: &[u8],
-    checked: Checked,
+    body: AuditAnswerBody,
+    records: &[u8],
+    checked: Result<answer::Verified, AnswerError>,
     via: Via,
     now: DateTime<Utc>,
 ) -> Result<Answered, StoreError> {
-    let parsed = match answer::parse(bytes) {
-        Ok(p) => p,
-        Err(e) => return foreign(ApiError::BadRequest(e.to_string())),
-    };
-    let node_id = parsed.body.node_id.clone();
-    let named = parsed.body.audit_id.clone();
-    let run = match checked.run {
+    let node_id = body.node_id;
+    let named = body.audit_id;
+    let run = match checked {
         Ok(run) => run,
         Err(
             e @ (AnswerError::WrongSigner | AnswerError::Malformed(_) | AnswerError::TooLarge(_)),
@@ -506,6 +530,11 @@ fn take_answer(
             // Altered after the node signed: whoever sent it changed it, which says
             // nothing about the node. Recorded on the audit it names, not a finding.
             let finding = !matches!(e, AnswerError::RecordsAltered);
+            let refusal = if finding {
+                Refusal::Finding(reason.clone())
+            } else {
+                Refusal::Incomplete(reason.clone())
+            };
             let Some(id) = named.filter(|id| part_of(sql, id, &node_id).ok() == Some(Some(false)))
             else {
                 if finding {
@@ -514,17 +543,10 @@ fn take_answer(
                     for id in open_audits(sql, &node_id)? {
                         record_refusal(sql, &id, &node_id, &reason, true)?;
                     }
-                    return Ok(Err((None, Refusal::Finding(reason))));
                 }
-                return Ok(Err((None, Refusal::Incomplete(reason))));
+                return Ok(Err((None, refusal)));
             };
-            record_refusal(sql, &id, &node_id, &reason, finding)?;
-            let refusal = if finding {
-                Refusal::Finding(reason)
-            } else {
-                Refusal::Incomplete(reason)
-            };
-            return Ok(Err((Some((id, node_id)), refusal)));
+            return refuse(sql, id, node_id, refusal);
         }
     };
     let audit = match &named {
@@ -542,32 +564,21 @@ fn take_answer(
             Some(false) => load(sql, id)?,
         },
         None => {
-            let mut found = None;
-            for id in open_audits(sql, &node_id)? {
-                if let Some(a) = load(sql, &id)?.filter(|a| run.covers(a.from, a.to).is_ok()) {
-                    found = Some(a);
-                    break;
-                }
-            }
-            found
+            let open = open_audits(sql, &node_id)?;
+            first_covered(sql, open, &run)?
         }
     };
     let Some(audit) = audit else {
         // Answered already (a second import, a retried upload)?
-        let answered = sql.query(
-            "SELECT audit_id FROM audit_nodes WHERE node_id = $1 AND answered_at IS NOT NULL ORDER BY audit_id",
-            &[(&node_id).into()],
-        )?;
-        let mut done = None;
-        for row in &answered {
-            if let Some(a) = load(sql, &row.text(0)?)? {
-                if run.covers(a.from, a.to).is_ok() {
-                    done = Some(a.id);
-                    break;
-                }
-            }
-        }
-        let message = match done {
+        let answered = sql
+            .query(
+                "SELECT audit_id FROM audit_nodes WHERE node_id = $1 AND answered_at IS NOT NULL ORDER BY audit_id",
+                &[(&node_id).into()],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let message = match first_covered(sql, answered, &run)?.map(|a| a.id) {
             Some(id) => format!("node {node_id} already answered audit {id}, whose period this answer covers"),
             None => format!(
                 "node {node_id} has no open audit whose period this answer covers ({} to {}); the vendor requests one with `leasehold admin audit request`",
@@ -579,22 +590,9 @@ fn take_answer(
     };
     let kept = match check_against_held(sql, &node_id, &audit, &run, now)? {
         Ok(kept) => kept,
-        Err(refusal) => {
-            let (reason, finding) = match &refusal {
-                Refusal::Finding(r) => (r.clone(), true),
-                Refusal::Incomplete(r) => (r.clone(), false),
-                Refusal::Foreign(e) => (e.to_string(), false),
-            };
-            record_refusal(sql, &audit.id, &node_id, &reason, finding)?;
-            return Ok(Err((Some((audit.id, node_id)), refusal)));
-        }
+        Err(refusal) => return refuse(sql, audit.id, node_id, refusal),
     };
-    let (rows, _) = report::report_rows(
-        parsed.records,
-        Some(audit.from),
-        Some(audit.to),
-        Period::Quarter,
-    );
+    let (rows, _) = report::report_rows(records, Some(audit.from), Some(audit.to), Period::Quarter);
     let totals = serde_json::to_string(&report::totals(&rows))
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let stored = sql.execute(
@@ -603,7 +601,7 @@ fn take_answer(
         &[
             ts(now),
             via.as_str().into(),
-            Value::Blob(parsed.records.to_vec()),
+            Value::Blob(records.to_vec()),
             int(run.body.first_seq),
             int(run.body.last_seq),
             (&totals).into(),
@@ -818,10 +816,9 @@ impl Service {
 
     /// Take a node's audit answer (uploaded after a renewal, or imported from a file).
     pub async fn answer_audit(&self, bytes: Vec<u8>, via: Via) -> Result<AnswerReceipt, ApiError> {
-        let node_id = answer::parse(&bytes)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?
-            .body
-            .node_id;
+        let parsed = answer::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let (body, header_len) = (parsed.body.clone(), bytes.len() - parsed.records.len());
+        let node_id = body.node_id.clone();
         let node = node_id.clone();
         let key = self
             .store
@@ -834,17 +831,14 @@ impl Service {
         let bytes = std::sync::Arc::new(bytes);
         let shared = bytes.clone();
         let checked = tokio::task::spawn_blocking(move || {
-            let parsed = answer::parse(&shared).expect("parsed above");
-            Checked {
-                run: answer::verify(&parsed, &key),
-            }
+            answer::verify(&answer::parse(&shared).expect("parsed above"), &key)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("verifying an audit answer: {e}")))?;
         let now = clock::system_now();
         let outcome = self
             .store
-            .transact(move |sql| take_answer(sql, &bytes, checked, via, now))
+            .transact(move |sql| take_answer(sql, body, &bytes[header_len..], checked, via, now))
             .await?;
         match outcome {
             Ok(receipt) => {
