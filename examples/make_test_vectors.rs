@@ -32,7 +32,7 @@ use leasehold::protocol::{
     RenewalRequestBody, RenewalResponseBody, UsageCheckpoint,
 };
 use leasehold::seal::{self, Header};
-use leasehold::watermark::{is_green, Params, WatermarkKey};
+use leasehold::watermark::{kgw::is_green, Kgw, Params, WatermarkKey};
 
 // The vector node's hardware, shared with tests/vectors.rs.
 #[path = "../tests/common/vectors.rs"]
@@ -52,6 +52,16 @@ fn main() -> anyhow::Result<()> {
     let root = keyfile::read_secret_key(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("keys/demo/root.key"),
     )?;
+    if std::env::args().nth(1).as_deref() == Some("--only-tournament") {
+        // The tournament watermark's vectors alone, from the vector node, enrollment
+        // and sealed model already written, leaving the others as they are.
+        tournament_vectors(&out, &root, t0)?;
+        println!(
+            "wrote the tournament watermark vectors to {}",
+            out.display()
+        );
+        return Ok(());
+    }
 
     // Sealed container: deterministic given key, nonce prefix and plaintext.
     let key = ContentKey::from_bytes([0x42; 32]);
@@ -226,6 +236,7 @@ fn main() -> anyhow::Result<()> {
     let license_v1: LicenseBody = license.decode_body()?;
     attestation(&out, &identity, &license_v1, &ledger, t0)?;
     watermark_vector(&out, &root, &full)?;
+    tournament_vectors(&out, &root, t0)?;
     negatives(&out, &root, &identity, &license_v1, &ledger, t0)?;
     audit_vectors(&out)?;
     println!("wrote test vectors to {}", out.display());
@@ -264,11 +275,11 @@ fn full_license(
             "https://licenses-2.example.com/base/".into(),
         ],
         safeguards: Safeguards {
-            watermark: Some(Params {
+            watermark: Some(Params::Kgw(Kgw {
                 gamma: 0.25,
                 delta: 2.0,
                 context: 2,
-            }),
+            })),
             output_filter: Some(FilterRules {
                 terms: vec!["Project Albatross".into()],
                 patterns: vec![r"\b\d{3}-\d{2}-\d{4}\b".into()],
@@ -658,17 +669,20 @@ fn watermark_vector(out: &Path, root: &SecretKey, license: &LicenseBody) -> anyh
         .watermark
         .as_ref()
         .expect("the full license has one");
-    let params = mandate.params();
+    let params = mandate.params;
+    let Params::Kgw(kgw) = params else {
+        anyhow::bail!("the full license's watermark is kgw");
+    };
     let key = WatermarkKey::derive(root, &license.license_id, &license.model.model_id);
     let mut steps = Vec::new();
     for previous in [vec![], vec![17], vec![17, 4242], vec![9, 17, 4242]] {
-        let seed = key.step_seed(&previous, &params);
+        let seed = params.step_seed(&key, &previous);
         for token in [0, 1, 2, 17, 151, 4242, 31999] {
             steps.push(serde_json::json!({
                 "previous": previous,
                 "seed": seed.to_string(),
                 "token": token,
-                "green": is_green(seed, token, &params),
+                "green": is_green(seed, token, &kgw),
             }));
         }
     }
@@ -679,10 +693,103 @@ fn watermark_vector(out: &Path, root: &SecretKey, license: &LicenseBody) -> anyh
             "license_id": license.license_id,
             "model_id": license.model.model_id,
             "key": hex::encode(key.as_bytes()),
-            "gamma": mandate.gamma,
-            "delta": mandate.delta,
-            "context": mandate.context,
+            "gamma": kgw.gamma,
+            "delta": kgw.delta,
+            "context": kgw.context,
             "steps": steps,
+        }),
+    )
+}
+
+/// A root-signed license mandating the tournament watermark (depth 4, context 2) for the
+/// vector node and sealed model, and watermark-tournament-v1.json: its key derived from
+/// the signer, step seeds and g-values for a few (previous tokens, token) pairs, one
+/// step's tournament over five tokens, and one detection.
+fn tournament_vectors(
+    out: &Path,
+    root: &SecretKey,
+    t0: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    use leasehold::watermark::tournament;
+    let enrollment = enrollment::verify(&std::fs::read(out.join("enrollment-v1.enroll"))?)?;
+    let sealed = std::fs::read(out.join("sealed-v1.sealed"))?;
+    let header = Header::parse(&sealed)?;
+    let key = ContentKey::from_bytes([0x42; 32]);
+    let params =
+        Params::parse("scheme=tournament,depth=4,context=2").map_err(anyhow::Error::msg)?;
+    let Params::Tournament(t) = params else {
+        anyhow::bail!("not a tournament");
+    };
+    let terms = Terms {
+        licensee: "Vector Org".into(),
+        not_before: t0,
+        expires_at: t0 + Duration::days(3650),
+        grace: Duration::hours(1),
+        serial: 11,
+        caps: Caps::default(),
+        features: vec![],
+        renewal: vec![],
+        issued_at: t0,
+        license_id: None,
+        safeguards: Safeguards {
+            watermark: Some(params),
+            output_filter: None,
+        },
+    };
+    let license = issue(root, None, &enrollment, &header, &key, &terms)?;
+    std::fs::write(out.join("license-tournament-v1.license"), license.render())?;
+    let body: LicenseBody = license.decode_body()?;
+    let wkey = WatermarkKey::derive(root, &body.license_id, &body.model.model_id);
+
+    let mut steps = Vec::new();
+    for previous in [vec![], vec![17], vec![17, 4242], vec![9, 17, 4242]] {
+        let seed = params.step_seed(&wkey, &previous);
+        for token in [0, 1, 17, 4242, 31999] {
+            let g = tournament::g_values(seed, token);
+            steps.push(serde_json::json!({
+                "previous": previous,
+                "seed": seed.to_string(),
+                "token": token,
+                "g": (0..t.depth).map(|l| (g >> l) & 1).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    // One step's tournament: the request's distribution over tokens 0..5 after [17, 4242].
+    let seed = params.step_seed(&wkey, &[17, 4242]);
+    let before = [0.4f64, 0.3, 0.15, 0.1, 0.05];
+    let mut after: Vec<f32> = before.iter().map(|p| *p as f32).collect();
+    tournament::reweight(
+        &mut after,
+        None,
+        seed,
+        &t,
+        &mut tournament::Scratch::default(),
+    );
+    // Detection: a fixed token sequence with a repeated context.
+    let text = [5, 17, 4242, 9, 17, 4242, 9, 100, 200, 300, 17, 4242, 9];
+    let d = leasehold::watermark::detect(&text, &wkey, &params);
+    write_json(
+        &out.join("watermark-tournament-v1.json"),
+        &serde_json::json!({
+            "signer_seed": hex::encode(*root.to_bytes()),
+            "license_id": body.license_id,
+            "model_id": body.model.model_id,
+            "key": hex::encode(wkey.as_bytes()),
+            "depth": t.depth,
+            "context": t.context,
+            "steps": steps,
+            "tournament": {
+                "previous": [17, 4242],
+                "p": before,
+                "after": after.iter().map(|w| format!("{w:.6}")).collect::<Vec<_>>(),
+            },
+            "detection": {
+                "tokens": text,
+                "scored": d.scored,
+                "trials": d.trials,
+                "ones": d.hits,
+                "p_value": format!("{:.6e}", d.p_value),
+            },
         }),
     )
 }

@@ -559,7 +559,10 @@ fn an_entitlement_mandates_its_watermark_and_filter_in_every_lease() {
             let guards =
                 leasehold::runtime::safeguards::Safeguards::from_license(body, &identity).unwrap();
             let watermark = guards.watermark.unwrap();
-            assert_eq!((watermark.params.gamma, watermark.params.delta), (0.5, 3.0));
+            let leasehold::watermark::Params::Kgw(kgw) = watermark.params else {
+                panic!("kgw")
+            };
+            assert_eq!((kgw.gamma, kgw.delta), (0.5, 3.0));
             *watermark.key.as_bytes()
         })
         .collect();

@@ -194,6 +194,57 @@ async fn prompts_fed_in_small_chunks_beside_running_streams_give_the_same_answer
     batched_equals_sequential(&engine).await;
 }
 
+/// A prompt that begins like an earlier one decodes only what differs: the finished
+/// sequence's KV cells still hold the shared tokens (runtime::prefix_cache), generated
+/// ones included (a chat's next turn). The answers are those of a fresh engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_prompt_prefix_is_decoded_once_and_the_answers_do_not_change() {
+    use std::sync::atomic::Ordering;
+    let sealed = sealed_tiny();
+    let engine = loaded_engine(&sealed, 2).await;
+    let system = "the same system prompt, every time. ";
+    let first_prompt = format!("{system}first question");
+    let first = complete(&engine, Prompt::Text(first_prompt.clone()), greedy(8))
+        .await
+        .unwrap();
+    let cached = || engine.stats().cached_prompt_tokens.load(Ordering::Relaxed);
+    let before = cached();
+    let prompts = [
+        // The next turn: the first prompt, its answer, and more.
+        format!("{first_prompt}{} and then?", first.0),
+        format!("{system}second question"),
+    ];
+    // Nine tenths of the first prompt (its last tokens merge with what follows, and the
+    // tiny model's answer is bytes that tokenize differently as text, so its own tokens
+    // are not matched here), then at least the system prompt's tokens.
+    let mut answers = Vec::new();
+    for (p, least) in prompts.iter().zip([u64::from(first.2) * 9 / 10, 10]) {
+        let before = cached();
+        answers.push(
+            complete(&engine, Prompt::Text(p.clone()), greedy(8))
+                .await
+                .unwrap(),
+        );
+        let reused = cached() - before;
+        assert!(
+            reused >= least,
+            "{reused} prompt tokens reused for {p:?} (first prompt: {} tokens, this one {})",
+            first.2,
+            answers.last().unwrap().2
+        );
+    }
+    assert!(cached() > before);
+    engine.shutdown();
+    for (p, cached_answer) in prompts.iter().zip(&answers) {
+        let fresh = loaded_engine(&sealed, 2).await;
+        let alone = complete(&fresh, Prompt::Text(p.clone()), greedy(8))
+            .await
+            .unwrap();
+        assert_eq!(&alone, cached_answer, "{p:?}");
+        fresh.shutdown();
+    }
+}
+
 async fn batched_equals_sequential(engine: &Engine) {
     let prompts: Vec<String> = (0..8)
         .map(|i| format!("request number {i} says {}", "x".repeat(i)))

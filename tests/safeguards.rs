@@ -181,7 +181,7 @@ async fn the_watermark_is_found_in_what_a_watermarked_node_generates_and_only_th
     let key_of = |l: &VerifiedLicense| {
         WatermarkKey::derive(&root, &l.body.license_id, &l.body.model.model_id)
     };
-    let params = marked.body.watermark.as_ref().unwrap().params();
+    let params = marked.body.watermark.as_ref().unwrap().params;
     let vocabulary = Vocabulary::load(&model).unwrap();
     let with = detections(&vocabulary, &marked_texts, &key_of(&marked), &params);
     let without = detections(&vocabulary, &plain_texts, &key_of(&marked), &params);

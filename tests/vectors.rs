@@ -287,8 +287,11 @@ fn full_license_vector_carries_every_option_and_its_watermark_key_unwraps() {
 
     let watermark = body.watermark.as_ref().unwrap();
     let expected = vector_json("watermark-v1.json");
-    assert_eq!(watermark.gamma, expected["gamma"].as_f64().unwrap());
-    assert_eq!(watermark.delta, expected["delta"].as_f64().unwrap());
+    let watermark::Params::Kgw(kgw) = watermark.params else {
+        panic!("the full license's watermark is kgw")
+    };
+    assert_eq!(kgw.gamma, expected["gamma"].as_f64().unwrap());
+    assert_eq!(kgw.delta, expected["delta"].as_f64().unwrap());
     let key = key_wrap::unwrap_secret(
         vector_node().unwrapper(),
         &key_wrap::watermark_binding_info(&body.license_id, &body.model.model_id),
@@ -297,6 +300,58 @@ fn full_license_vector_carries_every_option_and_its_watermark_key_unwraps() {
     .unwrap();
     assert_eq!(hex::encode(*key), expected["key"].as_str().unwrap());
     assert_eq!(expected["license_id"], body.license_id.as_str());
+}
+
+#[test]
+fn tournament_license_vector_verifies_and_its_g_values_follow_from_the_signer() {
+    let license = std::fs::read(repo_path("docs/vectors/license-tournament-v1.license")).unwrap();
+    let verified = leasehold::license::verify::authenticate(
+        &license,
+        &leasehold::license::TrustRoots::compiled_in(),
+    )
+    .unwrap();
+    let body = &verified.body;
+    assert_eq!(body.features, ["watermark", "watermark-tournament"]);
+    let watermark = body.watermark.as_ref().unwrap();
+    let watermark::Params::Tournament(t) = watermark.params else {
+        panic!("not a tournament: {:?}", watermark.params)
+    };
+    let v = vector_json("watermark-tournament-v1.json");
+    assert_eq!(
+        (u64::from(t.depth), u64::from(t.context)),
+        (v["depth"].as_u64().unwrap(), v["context"].as_u64().unwrap())
+    );
+    let unwrapped = key_wrap::unwrap_secret(
+        vector_node().unwrapper(),
+        &key_wrap::watermark_binding_info(&body.license_id, &body.model.model_id),
+        &watermark.key.to_wrapped(),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(*unwrapped), v["key"].as_str().unwrap());
+    let key = WatermarkKey::from_bytes(*unwrapped);
+    for step in v["steps"].as_array().unwrap() {
+        let previous: Vec<i32> = serde_json::from_value(step["previous"].clone()).unwrap();
+        let seed = watermark.params.step_seed(&key, &previous);
+        assert_eq!(seed.to_string(), step["seed"].as_str().unwrap());
+        let g = watermark::tournament::g_values(seed, step["token"].as_i64().unwrap() as i32);
+        let bits: Vec<u64> = (0..t.depth).map(|l| (g >> l) & 1).collect();
+        assert_eq!(serde_json::json!(bits), step["g"], "{step}");
+    }
+    let d = &v["detection"];
+    let tokens: Vec<i32> = serde_json::from_value(d["tokens"].clone()).unwrap();
+    let found = watermark::detect(&tokens, &key, &watermark.params);
+    assert_eq!(
+        (found.scored as u64, found.trials as u64, found.hits as u64),
+        (
+            d["scored"].as_u64().unwrap(),
+            d["trials"].as_u64().unwrap(),
+            d["ones"].as_u64().unwrap()
+        )
+    );
+    assert_eq!(
+        format!("{:.6e}", found.p_value),
+        d["p_value"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -313,19 +368,20 @@ fn watermark_vector_key_and_green_lists_follow_from_the_signer() {
         v["model_id"].as_str().unwrap(),
     );
     assert_eq!(hex::encode(key.as_bytes()), v["key"].as_str().unwrap());
-    let params = watermark::Params {
+    let kgw = watermark::Kgw {
         gamma: v["gamma"].as_f64().unwrap(),
-        delta: v["delta"].as_f64().unwrap() as f32,
-        context: v["context"].as_u64().unwrap() as usize,
+        delta: v["delta"].as_f64().unwrap(),
+        context: v["context"].as_u64().unwrap() as u32,
     };
+    let params = watermark::Params::Kgw(kgw);
     let steps = v["steps"].as_array().unwrap();
     let mut greens = 0;
     for step in steps {
         let previous: Vec<i32> = serde_json::from_value(step["previous"].clone()).unwrap();
-        let seed = key.step_seed(&previous, &params);
+        let seed = params.step_seed(&key, &previous);
         assert_eq!(seed.to_string(), step["seed"].as_str().unwrap());
         let token = step["token"].as_i64().unwrap() as i32;
-        let green = watermark::is_green(seed, token, &params);
+        let green = watermark::kgw::is_green(seed, token, &kgw);
         assert_eq!(green, step["green"].as_bool().unwrap(), "{step}");
         greens += usize::from(green);
     }

@@ -417,6 +417,7 @@ fn signed_documents_rederive_from_the_text() {
         ("license-v1.license", "license"),
         ("license-issuer-v1.license", "license"),
         ("license-full-v1.license", "license"),
+        ("license-tournament-v1.license", "license"),
         ("license-p256-v1.license", "license"),
         ("issuer-v1.cert", "issuer-certificate"),
         ("enrollment-v1.enroll", "enrollment"),
@@ -996,6 +997,122 @@ fn watermark_vector_rederives_from_the_text() {
         let green = splitmix64(seed ^ u64::from(token)) < threshold;
         assert_eq!(green, step["green"].as_bool().unwrap(), "{step}");
     }
+}
+
+/// "Watermark", tournament: the key as for KGW; seed = first 8 bytes (LE) of
+/// SHA-256("leasehold watermark tournament\0" ‖ key ‖ previous `context` ids as i32 LE);
+/// g_l(t) = bit l−1 of splitmix64(seed ^ t); one round p(t) ← p(t)(1 + g_l(t) − G_l);
+/// detection counts the 1s of each distinct context's token, p = P(Bin(N, ½) ≥ ones).
+#[test]
+fn tournament_watermark_vector_rederives_from_the_text() {
+    let body = check_signed("license-tournament-v1.license", "license");
+    let mark = body["watermark"].as_object().unwrap();
+    check_order("watermark", mark, &["scheme", "depth", "context", "key"]);
+    assert_eq!(mark["scheme"], "tournament");
+    assert_eq!(
+        body["features"],
+        serde_json::json!(["watermark", "watermark-tournament"])
+    );
+
+    let v: Value = serde_json::from_slice(&read("watermark-tournament-v1.json")).unwrap();
+    assert_eq!(v["license_id"], body["license_id"]);
+    assert_eq!(
+        (v["depth"].clone(), v["context"].clone()),
+        (mark["depth"].clone(), mark["context"].clone())
+    );
+    let seed = hex_bytes(&v["signer_seed"]);
+    let key = sha256(&[
+        b"leasehold watermark key v1\0",
+        &seed,
+        v["license_id"].as_str().unwrap().as_bytes(),
+        b"\0",
+        v["model_id"].as_str().unwrap().as_bytes(),
+    ]);
+    assert_eq!(hex::encode(key), v["key"].as_str().unwrap());
+    let depth = v["depth"].as_u64().unwrap() as u32;
+    let context = v["context"].as_u64().unwrap() as usize;
+    let splitmix64 = |mut x: u64| {
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    let step_seed = |previous: &[i64]| {
+        let recent = &previous[previous.len().saturating_sub(context)..];
+        let encoded: Vec<u8> = recent
+            .iter()
+            .flat_map(|t| (*t as i32).to_le_bytes())
+            .collect();
+        let digest = sha256(&[b"leasehold watermark tournament\0", &key, &encoded]);
+        u64::from_le_bytes(digest[..8].try_into().unwrap())
+    };
+    let g = |seed: u64, token: u32, l: u32| (splitmix64(seed ^ u64::from(token)) >> l) & 1;
+    for step in v["steps"].as_array().unwrap() {
+        let previous: Vec<i64> = serde_json::from_value(step["previous"].clone()).unwrap();
+        let seed = step_seed(&previous);
+        assert_eq!(seed.to_string(), step["seed"].as_str().unwrap());
+        let token = step["token"].as_u64().unwrap() as u32;
+        let bits: Vec<u64> = (0..depth).map(|l| g(seed, token, l)).collect();
+        assert_eq!(serde_json::json!(bits), step["g"], "{step}");
+    }
+
+    // The tournament of one step, in f64.
+    let t = &v["tournament"];
+    let previous: Vec<i64> = serde_json::from_value(t["previous"].clone()).unwrap();
+    let seed = step_seed(&previous);
+    let mut p: Vec<f64> = t["p"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for l in 0..depth {
+        let total: f64 = p.iter().sum();
+        let big_g: f64 = p
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p * g(seed, i as u32, l) as f64)
+            .sum::<f64>()
+            / total;
+        for (i, p) in p.iter_mut().enumerate() {
+            *p *= 1.0 + g(seed, i as u32, l) as f64 - big_g;
+        }
+    }
+    for (ours, written) in p.iter().zip(t["after"].as_array().unwrap()) {
+        let written: f64 = written.as_str().unwrap().parse().unwrap();
+        assert!((ours - written).abs() < 2e-6, "{p:?} vs {}", t["after"]);
+    }
+
+    // Detection: distinct contexts only, the binomial tail summed term by term.
+    let d = &v["detection"];
+    let tokens: Vec<i64> = serde_json::from_value(d["tokens"].clone()).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let (mut scored, mut ones) = (0u64, 0u64);
+    for i in context..tokens.len() {
+        if !seen.insert(tokens[i - context..i].to_vec()) {
+            continue;
+        }
+        let seed = step_seed(&tokens[..i]);
+        scored += 1;
+        ones += (0..depth)
+            .map(|l| g(seed, tokens[i] as u32, l))
+            .sum::<u64>();
+    }
+    let n = scored * u64::from(depth);
+    assert_eq!(
+        (
+            d["scored"].as_u64(),
+            d["trials"].as_u64(),
+            d["ones"].as_u64()
+        ),
+        (Some(scored), Some(n), Some(ones))
+    );
+    let choose = |n: u64, k: u64| (1..=k).fold(1f64, |c, i| c * (n - k + i) as f64 / i as f64);
+    let tail: f64 = (ones..=n).map(|k| choose(n, k)).sum::<f64>() / 2f64.powi(n as i32);
+    let written: f64 = d["p_value"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (tail - written).abs() <= 1e-6 * written,
+        "{tail} vs {written}"
+    );
 }
 
 /// "Sealed model container": the header rebuilt field by field from sealed-v1.json.

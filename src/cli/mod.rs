@@ -168,8 +168,8 @@ pub struct ConfigCheckArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum WatermarkCommand {
-    /// Is FILE text generated under a watermarked license? Reports green tokens,
-    /// z-score, p-value and the license (exit 0 watermark found, 24 not found).
+    /// Is FILE text generated under a watermarked license? Reports the keyed counts,
+    /// z-score, exact p-value and the license (exit 0 watermark found, 24 not found).
     #[command(after_help = WATERMARK_HELP)]
     Detect(WatermarkDetectArgs),
 }
@@ -187,10 +187,16 @@ Two ways to hold the license's watermark key:
     leasehold watermark detect --vendor-key issuer.key --model plain.gguf \\
         --license licenses/ answer.txt
 
-The text is tokenized with the model's vocabulary. Each token after the first
-`context` ones is green or not under the license's key (a repeated pair of previous
-tokens and token counts once); without the watermark about gamma of them are. z = (green - gamma*T) / sqrt(T*gamma*(1-gamma)); the verdict is
-\"watermarked\" when z exceeds 4 (one-sided p < 3.2e-5). Short texts (under about 25
+The text is tokenized with the model's vocabulary and scored under each license's key
+with the license's scheme. Each token after the first `context` ones counts once (kgw:
+each distinct pair of previous tokens and token; tournament: each distinct context).
+kgw: a token is green or not, about gamma of them are green without the watermark.
+tournament: a token has depth g-values (keyed coins), half of them 1 without the
+watermark. The p-value is the exact binomial chance of at least that many green tokens
+(g-values of 1) in text written without the key. The verdict is \"watermarked\" when
+the smallest p-value, times the number of licenses tried, is below --max-p (default
+1e-4). Greedy (temperature 0) answers carry no tournament watermark: a distortion-free
+scheme cannot change a deterministic choice. Short texts (under about 25
 tokens) cannot carry enough evidence either way. FILE - reads standard input.";
 
 #[derive(Args, Debug)]
@@ -215,9 +221,10 @@ pub struct WatermarkDetectArgs {
     /// At the vendor: the plain GGUF model (its vocabulary tokenizes the text).
     #[arg(long, value_name = "M.gguf", requires = "vendor_key")]
     pub model: Option<PathBuf>,
-    /// z-score above which the verdict is "watermarked".
-    #[arg(long, value_name = "Z", default_value_t = 4.0)]
-    pub threshold: f64,
+    /// The verdict is "watermarked" when the p-value (times the number of licenses
+    /// tried) is below this.
+    #[arg(long, value_name = "P", default_value_t = 1e-4)]
+    pub max_p: f64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -498,11 +505,17 @@ pub struct IssueArgs {
 /// them off.
 #[derive(Args, Debug, Default)]
 pub struct SafeguardArgs {
-    /// Mandate a text watermark on everything the model generates (Kirchenbauer et
-    /// al. 2023): gamma = green-list fraction, delta = logit bias, context = previous
-    /// tokens seeding each green list (default 1). E.g. gamma=0.25,delta=2.0. Find it
-    /// later with `leasehold watermark detect`.
-    #[arg(long, value_name = "gamma=G,delta=D[,context=N]")]
+    /// Mandate a text watermark on everything the model samples. Distortion-free
+    /// tournament sampling (SynthID-Text): scheme=tournament,depth=8,context=2 (depth
+    /// = g-values per token, 1 to 64; context = previous tokens seeding them, 1 to 8);
+    /// greedy (temperature 0) answers are not marked. Or the green-list watermark
+    /// (Kirchenbauer et al. 2023), which marks greedy answers too but changes the
+    /// model's distribution: gamma=0.25,delta=2.0[,context=1] (gamma = green-list
+    /// fraction, delta = logit bias). Find it later with `leasehold watermark detect`.
+    #[arg(
+        long,
+        value_name = "scheme=tournament,depth=D,context=N | gamma=G,delta=D[,context=N]"
+    )]
     pub watermark: Option<String>,
     /// Mandate an output filter: a TOML file with `terms = ["..."]` (matched ignoring
     /// case) and `patterns = ['regex']` (each of bounded length). A match ends the

@@ -2,8 +2,9 @@
 //!
 //! The node holds its license's watermark key wrapped to its own key; the vendor (or
 //! license server operator) derives it again from the key that signed the license.
-//! Either way the text is tokenized with the model's vocabulary and each license's
-//! green tokens are counted.
+//! Either way the text is tokenized with the model's vocabulary and scored under each
+//! license's key with its scheme (watermark::detect); the verdict is the smallest
+//! p-value, times the number of licenses tried, below `--max-p`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,20 +58,27 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
         .map(|c| {
             let found = c.key.as_ref().and_then(|key| {
                 let w = c.license.body.watermark.as_ref()?;
-                Some(watermark::detect(&tokens, key, &w.params()))
+                Some(watermark::detect(&tokens, key, &w.params))
             });
             (c, found)
         })
         .collect();
+    let tried = results.iter().filter(|(_, d)| d.is_some()).count();
     let best = results
         .iter()
         .filter_map(|(c, d)| d.map(|d| (*c, d)))
-        .max_by(|a, b| a.1.z_score.total_cmp(&b.1.z_score));
-    if best.is_none() {
+        .min_by(|a, b| {
+            a.1.p_value
+                .total_cmp(&b.1.p_value)
+                .then(b.1.z_score.total_cmp(&a.1.z_score))
+        });
+    let Some((best_license, best_detection)) = best else {
         bail!("none of the licenses given mandates a watermark; there is nothing to detect");
-    }
-    let (best_license, best_detection) = best.expect("checked above");
-    let found = best_detection.z_score > args.threshold;
+    };
+    // Several licenses tried: the chance that any of them scores this low by chance is
+    // at most `tried` times the best p-value (Bonferroni).
+    let p_adjusted = (best_detection.p_value * tried as f64).min(1.0);
+    let found = p_adjusted < args.max_p;
 
     if args.json {
         let list: Vec<_> = results
@@ -83,9 +91,11 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
                     "licensee": body.licensee,
                     "node_id": body.node.node_id,
                     "model_id": body.model.model_id,
-                    "watermark": body.watermark.as_ref().map(|w| json!({"gamma": w.gamma, "delta": w.delta, "context": w.context})),
+                    "watermark": body.watermark.as_ref().map(|w| w.params.json()),
                     "scored": d.map(|d| d.scored),
-                    "green": d.map(|d| d.green),
+                    "trials": d.map(|d| d.trials),
+                    "hits": d.map(|d| d.hits),
+                    "chance": d.map(|d| d.chance),
                     "z_score": d.map(|d| d.z_score),
                     "p_value": d.map(|d| d.p_value),
                 })
@@ -94,12 +104,16 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
         let body = &best_license.license.body;
         let out = json!({
             "verdict": if found { "watermarked" } else { "not_watermarked" },
-            "threshold": args.threshold,
+            "max_p": args.max_p,
             "tokens": tokens.len(),
+            "scheme": body.watermark.as_ref().map(|w| w.params.scheme()),
             "scored": best_detection.scored,
-            "green": best_detection.green,
+            "trials": best_detection.trials,
+            "hits": best_detection.hits,
             "z_score": best_detection.z_score,
             "p_value": best_detection.p_value,
+            "licenses_tried": tried,
+            "p_value_adjusted": p_adjusted,
             "license_id": if found { Some(&body.license_id) } else { None },
             "licensee": if found { Some(&body.licensee) } else { None },
             "too_short": best_detection.scored < FEW_TOKENS,
@@ -111,14 +125,12 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
             let body = &c.license.body;
             match (d, body.watermark.as_ref()) {
                 (Some(d), Some(w)) => println!(
-                    "license {} ('{}', node {}): {} of {} tokens green (expected {:.1} at gamma {}), z = {:.2}, p = {:.2e}",
+                    "license {} ('{}', node {}; {}): {}, z = {:.2}, p = {:.2e}",
                     body.license_id,
                     body.licensee,
                     short(&body.node.node_id),
-                    d.green,
-                    d.scored,
-                    w.gamma * d.scored as f64,
-                    w.gamma,
+                    w.params.describe(),
+                    counted(d, &w.params),
                     d.z_score,
                     d.p_value
                 ),
@@ -129,16 +141,21 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
             }
         }
         let body = &best_license.license.body;
+        let adjusted = if tried > 1 {
+            format!(" ({tried} licenses tried: p x {tried} = {p_adjusted:.2e})")
+        } else {
+            String::new()
+        };
         if found {
             println!(
-                "verdict: WATERMARKED: generated under license {} ('{}', model {}) (z = {:.2} > {})",
-                body.license_id, body.licensee, body.model.model_id, best_detection.z_score, args.threshold
+                "verdict: WATERMARKED: generated under license {} ('{}', model {}) (p = {:.2e}{adjusted} < {})",
+                body.license_id, body.licensee, body.model.model_id, best_detection.p_value, args.max_p
             );
         } else {
             println!(
-                "verdict: no watermark found (best z = {:.2}, threshold {}){}",
-                best_detection.z_score,
-                args.threshold,
+                "verdict: no watermark found (best p = {:.2e}{adjusted}, needs < {}){}",
+                best_detection.p_value,
+                args.max_p,
                 if candidates.len() > 1 {
                     " under any of these licenses"
                 } else {
@@ -154,6 +171,28 @@ pub fn detect(args: WatermarkDetectArgs) -> Outcome {
         }
     }
     Ok(if found { exit::OK } else { exit::NO_WATERMARK })
+}
+
+/// "61 of 198 tokens green (expected 49.5 at gamma 0.25)" or "1021 of 1584 g-values 1
+/// (expected 792.0: 198 tokens x depth 8)".
+fn counted(d: &Detection, params: &watermark::Params) -> String {
+    match params {
+        watermark::Params::Kgw(k) => format!(
+            "{} of {} tokens green (expected {:.1} at gamma {})",
+            d.hits,
+            d.scored,
+            d.chance * d.trials as f64,
+            k.gamma
+        ),
+        watermark::Params::Tournament(t) => format!(
+            "{} of {} g-values 1 (expected {:.1}: {} tokens x depth {})",
+            d.hits,
+            d.trials,
+            d.chance * d.trials as f64,
+            d.scored,
+            t.depth
+        ),
+    }
 }
 
 fn short(id: &str) -> &str {

@@ -97,7 +97,7 @@ impl LicenseBody {
     /// The mandated watermark parameters and filter rules (without the wrapped key).
     pub fn safeguard_terms(&self) -> crate::license::issue::Safeguards {
         crate::license::issue::Safeguards {
-            watermark: self.watermark.as_ref().map(WatermarkMandate::params),
+            watermark: self.watermark.as_ref().map(|w| w.params),
             output_filter: self.output_filter.clone(),
         }
     }
@@ -105,7 +105,7 @@ impl LicenseBody {
     /// The mandated safeguards as JSON (parameters and rule counts, not the key).
     pub fn safeguards_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "watermark": self.watermark.as_ref().map(|w| serde_json::json!({"gamma": w.gamma, "delta": w.delta, "context": w.context})),
+            "watermark": self.watermark.as_ref().map(|w| w.params.json()),
             "output_filter": self.output_filter.as_ref().map(|f| serde_json::json!({"terms": f.terms.len(), "patterns": f.patterns.len()})),
         })
     }
@@ -270,24 +270,61 @@ impl WrappedContentKey {
     }
 }
 
-/// The watermark a license mandates: Kirchenbauer et al.'s green-list parameters and
-/// the secret that seeds the green lists, wrapped to the node like the content key
-/// (HPKE, `info` = `leasehold watermark key v1\0` ‖ license id ‖ 0 ‖ model id).
+/// The watermark a license mandates: the scheme and its parameters (`watermark::Params`)
+/// and the secret that keys it, wrapped to the node like the content key (HPKE, `info`
+/// = `leasehold watermark key v1\0` ‖ license id ‖ 0 ‖ model id). On the wire the
+/// parameters' fields come first, then `key` (FORMATS.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "MandateFields", into = "MandateFields")]
 pub struct WatermarkMandate {
-    pub gamma: f64,
-    pub delta: f64,
-    pub context: u32,
+    pub params: crate::watermark::Params,
     pub key: WrappedContentKey,
 }
 
-impl WatermarkMandate {
-    pub fn params(&self) -> crate::watermark::Params {
-        crate::watermark::Params {
-            gamma: self.gamma,
-            delta: self.delta as f32,
-            context: self.context as usize,
+/// `watermark::Fields` and `key`, in the license's order.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MandateFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gamma: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    depth: Option<u32>,
+    context: u32,
+    key: WrappedContentKey,
+}
+
+impl TryFrom<MandateFields> for WatermarkMandate {
+    type Error = String;
+
+    fn try_from(m: MandateFields) -> Result<WatermarkMandate, String> {
+        let fields = crate::watermark::Fields {
+            scheme: m.scheme,
+            gamma: m.gamma,
+            delta: m.delta,
+            depth: m.depth,
+            context: m.context,
+        };
+        Ok(WatermarkMandate {
+            params: fields.try_into()?,
+            key: m.key,
+        })
+    }
+}
+
+impl From<WatermarkMandate> for MandateFields {
+    fn from(w: WatermarkMandate) -> MandateFields {
+        let f = crate::watermark::Fields::from(w.params);
+        MandateFields {
+            scheme: f.scheme,
+            gamma: f.gamma,
+            delta: f.delta,
+            depth: f.depth,
+            context: f.context,
+            key: w.key,
         }
     }
 }

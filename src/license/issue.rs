@@ -7,7 +7,10 @@ use super::body::{
     NodeBinding, WatermarkMandate, WrappedContentKey,
 };
 use super::issuer::IssuerCertBody;
-use super::{FEATURE_OUTPUT_FILTER, FEATURE_WATERMARK, KNOWN_FEATURES};
+use super::{
+    FEATURE_OUTPUT_FILTER, FEATURE_WATERMARK, FEATURE_WATERMARK_TOURNAMENT, KNOWN_FEATURES,
+    SAFEGUARD_FEATURES,
+};
 use crate::crypto::key_wrap;
 use crate::crypto::signing::SecretKey;
 use crate::crypto::{random, ContentKey};
@@ -104,10 +107,7 @@ impl Safeguards {
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(w) = &self.watermark {
-            parts.push(format!(
-                "watermark (gamma {}, delta {}, context {})",
-                w.gamma, w.delta, w.context
-            ));
+            parts.push(format!("watermark ({})", w.describe()));
         }
         if let Some(f) = &self.output_filter {
             let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
@@ -177,7 +177,7 @@ pub fn issue(
     let mut features: Vec<String> = terms
         .features
         .iter()
-        .filter(|f| ![FEATURE_WATERMARK, FEATURE_OUTPUT_FILTER].contains(&f.as_str()))
+        .filter(|f| !SAFEGUARD_FEATURES.contains(&f.as_str()))
         .cloned()
         .collect();
     let watermark = match &terms.safeguards.watermark {
@@ -188,10 +188,11 @@ pub fn issue(
             let wrapped = key_wrap::wrap_secret(&recipient, &info, key.as_bytes())
                 .map_err(|e| IssueError::Wrap(e.to_string()))?;
             features.push(FEATURE_WATERMARK.to_string());
+            if let watermark::Params::Tournament(_) = params {
+                features.push(FEATURE_WATERMARK_TOURNAMENT.to_string());
+            }
             Some(WatermarkMandate {
-                gamma: params.gamma,
-                delta: f64::from(params.delta),
-                context: params.context as u32,
+                params: params.issued(),
                 key: WrappedContentKey::from_wrapped(&recipient, wrapped),
             })
         }

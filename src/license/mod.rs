@@ -17,10 +17,20 @@ pub use verify::{assess, Assessment, Authority, Checks, Verdict, VerifiedLicense
 
 /// Features a license may mandate that this build implements. A license mandating a
 /// feature not listed here is refused: the node cannot honour it.
-pub const KNOWN_FEATURES: &[&str] = &[FEATURE_WATERMARK, FEATURE_OUTPUT_FILTER];
+pub const KNOWN_FEATURES: &[&str] = &[
+    FEATURE_WATERMARK,
+    FEATURE_WATERMARK_TOURNAMENT,
+    FEATURE_OUTPUT_FILTER,
+];
+
+/// The features listed from a license's safeguard terms, never on their own.
+pub const SAFEGUARD_FEATURES: &[&str] = KNOWN_FEATURES;
 
 /// The feature name of a mandated watermark (the license's `watermark` field).
 pub const FEATURE_WATERMARK: &str = "watermark";
+/// Listed beside `watermark` when its scheme is the tournament: a build that predates
+/// the scheme refuses the license as unsupported instead of misreading it.
+pub const FEATURE_WATERMARK_TOURNAMENT: &str = "watermark-tournament";
 /// The feature name of a mandated output filter (the license's `output_filter` field).
 pub const FEATURE_OUTPUT_FILTER: &str = "output-filter";
 

@@ -331,6 +331,12 @@ fn safeguard_problem(body: &LicenseBody) -> Option<String> {
     }
     for (feature, present) in [
         (super::FEATURE_WATERMARK, body.watermark.is_some()),
+        (
+            super::FEATURE_WATERMARK_TOURNAMENT,
+            body.watermark
+                .as_ref()
+                .is_some_and(|w| matches!(w.params, crate::watermark::Params::Tournament(_))),
+        ),
         (super::FEATURE_OUTPUT_FILTER, body.output_filter.is_some()),
     ] {
         if listed(feature) != present {

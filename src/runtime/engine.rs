@@ -6,7 +6,7 @@
 //! memfd and map it) and to unload (drop context, drop model, wipe the memfd), and
 //! every request that is running when it unloads ends with `LicenseExpired`.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 
 use super::output_filter::{FilterStream, Filtered};
+use super::prefix_cache::PrefixCache;
 use super::residency;
 use super::safeguards::{Safeguards, Watermark};
 use super::sampling::Direct;
@@ -33,6 +34,7 @@ use super::text::{StopMatcher, Utf8Collector};
 use super::weights::{self, DecryptedWeights, LockPlan, PageBacking};
 use crate::crypto::ContentKey;
 use crate::seal::{Progress, SealedModel};
+use crate::watermark::Params;
 
 /// Engine settings, fixed for its lifetime.
 #[derive(Debug, Clone)]
@@ -218,6 +220,9 @@ pub struct EngineStats {
     pub generated_tokens: AtomicU64,
     /// Prompt tokens ingested since start.
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens not decoded since start: a finished sequence's KV cells already
+    /// held them (runtime::prefix_cache).
+    pub cached_prompt_tokens: AtomicU64,
     /// Requests waiting for a sequence slot.
     pub waiting: AtomicU64,
     /// Sequences generating now.
@@ -560,8 +565,12 @@ struct Slot {
     safeguards: Arc<Safeguards>,
     filter: Option<FilterStream>,
     /// The last tokens of the sequence (prompt, then generated): they seed the
-    /// watermark's next green list.
+    /// watermark's next step.
     recent: Vec<i32>,
+    /// Tournament watermark: the step seeds (contexts) this generation has drawn marked.
+    marked_contexts: HashSet<u64>,
+    /// The tokens this sequence's KV cells hold, in order (for the prefix cache).
+    history: Vec<i32>,
 }
 
 impl Slot {
@@ -617,18 +626,24 @@ impl Slot {
     }
 }
 
-/// Reused across sampling steps: the biased logits and the candidate array.
+/// Reused across sampling steps: the biased logits, the candidate array and the
+/// tournament's g-values.
 #[derive(Default)]
 struct MarkBuffers {
     logits: Vec<f32>,
     candidates: Vec<LlamaTokenData>,
-    /// End-of-generation tokens: never biased, so the watermark does not make answers
-    /// end sooner (they never appear in text, so detection does not miss them).
+    tournament: crate::watermark::tournament::Scratch,
+    /// End-of-generation tokens: never biased by KGW, so that watermark does not make
+    /// answers end sooner (they never appear in text, so detection does not miss them).
     eog: Vec<usize>,
 }
 
-/// Sample with the watermark: δ added to the green list's logits, then the request's
-/// own sampler on the biased logits.
+/// Sample with the license's watermark. KGW: δ added to the green list's logits, then
+/// the request's own sampler on the biased logits. Tournament: the request's own
+/// distribution (temperature, `top_p`) reweighted by the tournament over this step's
+/// g-values, then the request's own random draw; a context this generation already
+/// used draws unmarked (watermark::tournament), and greedy requests have nothing to
+/// draw (the argmax, unmarked).
 fn sample_watermarked(
     ctx: &LlamaContext<'_>,
     at: i32,
@@ -639,17 +654,34 @@ fn sample_watermarked(
     let MarkBuffers {
         logits,
         candidates,
+        tournament: scratch,
         eog,
     } = buffers;
     let original = ctx.get_logits_ith(at);
-    logits.clear();
-    logits.extend_from_slice(original);
-    let seed = watermark.key.step_seed(&slot.recent, &watermark.params);
-    crate::watermark::bias(logits, seed, &watermark.params);
-    for &t in eog.iter().filter(|t| **t < original.len()) {
-        logits[t] = original[t];
+    let seed = watermark.params.step_seed(&watermark.key, &slot.recent);
+    match &watermark.params {
+        Params::Kgw(kgw) => {
+            logits.clear();
+            logits.extend_from_slice(original);
+            crate::watermark::kgw::bias(logits, seed, kgw);
+            for &t in eog.iter().filter(|t| **t < original.len()) {
+                logits[t] = original[t];
+            }
+            slot.sampler.sample_logits(logits, candidates)
+        }
+        Params::Tournament(tournament) => {
+            let fresh = slot.marked_contexts.insert(seed);
+            match &mut slot.sampler {
+                Sampler::Direct(direct) if fresh => {
+                    let mut reweight = |w: &mut [f32], tokens: Option<&[i32]>| {
+                        crate::watermark::tournament::reweight(w, tokens, seed, tournament, scratch)
+                    };
+                    LlamaToken(direct.sample_with(original, Some(&mut reweight)) as i32)
+                }
+                _ => slot.sampler.sample(ctx, at),
+            }
+        }
     }
-    slot.sampler.sample_logits(logits, candidates)
 }
 
 /// A request's sampler: greedy and plain temperature sampling read the logits directly
@@ -698,7 +730,9 @@ impl Sampler {
     }
 }
 
-fn sampler_for(params: &SamplingParams) -> Sampler {
+/// `direct_nucleus`: sample `top_p` below 1 in Rust too (the tournament watermark
+/// reweights the nucleus, which llama.cpp's chain does not expose).
+fn sampler_for(params: &SamplingParams, direct_nucleus: bool) -> Sampler {
     if params.temperature <= 0.0 {
         return Sampler::Direct(Direct::Greedy);
     }
@@ -707,6 +741,13 @@ fn sampler_for(params: &SamplingParams) -> Sampler {
         .unwrap_or_else(|| u32::from_le_bytes(crate::crypto::random::bytes::<4>()));
     if params.top_p >= 1.0 {
         return Sampler::Direct(Direct::temperature(params.temperature, u64::from(seed)));
+    }
+    if direct_nucleus {
+        return Sampler::Direct(Direct::nucleus(
+            params.top_p,
+            params.temperature,
+            u64::from(seed),
+        ));
     }
     Sampler::Chain(LlamaSampler::chain_simple([
         LlamaSampler::top_p(params.top_p.clamp(0.0, 1.0), 1),
@@ -735,14 +776,14 @@ fn render_prompt(model: &LlamaModel, prompt: &Prompt) -> Result<(String, bool), 
     }
 }
 
-/// Tokenize and check a request; `Err` has already been reported to the client.
-fn admit(
-    model: &LlamaModel,
-    config: &EngineConfig,
-    seq: i32,
+/// A request tokenized and checked, not yet given a sequence.
+struct Prepared {
     req: GenerateRequest,
-    safeguards: &Arc<Safeguards>,
-) -> Option<Slot> {
+    prompt: Vec<LlamaToken>,
+}
+
+/// Tokenize and check a request; `None` when it failed (already reported to the client).
+fn prepare(model: &LlamaModel, config: &EngineConfig, req: GenerateRequest) -> Option<Prepared> {
     let fail = |e: GenerateError| {
         let _ = req.events.send(Event::Failed(e));
         None
@@ -761,6 +802,38 @@ fn admit(
             limit: config.ctx,
         });
     }
+    Some(Prepared { req, prompt })
+}
+
+/// Keep the first `shared` tokens `seq`'s KV cells hold and drop the rest; how many
+/// were kept (0 when the cache cannot drop a tail: the sequence is cleared).
+fn reuse_prefix(
+    ctx: &mut LlamaContext<'_>,
+    cache: &mut PrefixCache,
+    seq: usize,
+    shared: usize,
+) -> usize {
+    let held = cache.held(seq);
+    if shared == held {
+        return shared;
+    }
+    if shared > 0
+        && ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(shared as u32), None)
+            .unwrap_or(false)
+    {
+        cache.truncate(seq, shared);
+        return shared;
+    }
+    let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+    cache.forget(seq);
+    0
+}
+
+/// Start a prepared request in sequence `seq`, whose KV cells already hold the first
+/// `reused` prompt tokens.
+fn admit(prepared: Prepared, seq: i32, reused: usize, safeguards: &Arc<Safeguards>) -> Slot {
+    let Prepared { req, prompt } = prepared;
     let _ = req.events.send(Event::Started {
         prompt_tokens: prompt.len() as u32,
     });
@@ -769,13 +842,20 @@ fn admit(
         .iter()
         .map(|t| t.0)
         .collect();
-    Some(Slot {
+    Slot {
         seq,
-        sampler: sampler_for(&req.params),
+        sampler: sampler_for(
+            &req.params,
+            safeguards
+                .watermark
+                .as_ref()
+                .is_some_and(|w| matches!(w.params, Params::Tournament(_))),
+        ),
         events: req.events,
+        history: prompt[..reused].iter().map(|t| t.0).collect(),
         prompt,
-        ingested: 0,
-        n_past: 0,
+        ingested: reused,
+        n_past: reused as u32,
         next: None,
         logits_at: None,
         max_tokens: req.params.max_tokens,
@@ -785,8 +865,15 @@ fn admit(
         filter: safeguards.filter.as_ref().map(|f| f.stream()),
         safeguards: safeguards.clone(),
         recent,
-    })
+        marked_contexts: HashSet::new(),
+    }
 }
+
+/// Waking from idle, the engine takes further requests until none has come for this
+/// long (each costs a lone request at most this much before its prompt is decoded)…
+const GATHER_GAP: Duration = Duration::from_millis(2);
+/// …or this long has passed.
+const GATHER_AT_MOST: Duration = Duration::from_millis(10);
 
 fn serve(
     ctx: &mut LlamaContext<'_>,
@@ -807,6 +894,10 @@ fn serve(
     let mut waiting: VecDeque<GenerateRequest> = VecDeque::new();
     let mut batch = LlamaBatch::new(config.batch as usize, 1);
     let vocab = model.vocab();
+    let mut cache = PrefixCache::new(
+        slots.len(),
+        crate::sys::sequences_can_drop_their_tail(model),
+    );
 
     loop {
         // 1. Take commands: block when idle, otherwise only drain.
@@ -822,6 +913,19 @@ fn serve(
                         GenerateError::ShuttingDown,
                         SessionEnd::Shutdown,
                     )
+                }
+            }
+            // Requests come in bursts (clients whose answers ended together send their
+            // next ones together): gather the burst into the first decode call rather
+            // than decode the first prompt alone and make the others wait a whole call.
+            let until = std::time::Instant::now() + GATHER_AT_MOST;
+            while let Some(gap) = until
+                .checked_duration_since(std::time::Instant::now())
+                .map(|left| left.min(GATHER_GAP))
+            {
+                match rx.recv_timeout(gap) {
+                    Ok(c) => incoming.push(c),
+                    Err(_) => break,
                 }
             }
         }
@@ -856,17 +960,30 @@ fn serve(
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|s| s.events.is_closed()) {
                 let s = slot.take().unwrap();
-                let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                if !cache.keep(s.seq as usize, s.history) {
+                    let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                }
             }
         }
         waiting.retain(|r| !r.events.is_closed());
-        for (i, slot) in slots.iter_mut().enumerate() {
-            while slot.is_none() {
-                let Some(req) = waiting.pop_front() else {
-                    break;
-                };
-                *slot = admit(model, config, i as i32, req, &safeguards);
+        loop {
+            let free: Vec<usize> = (0..slots.len()).filter(|i| slots[*i].is_none()).collect();
+            if free.is_empty() {
+                break;
             }
+            let Some(req) = waiting.pop_front() else {
+                break;
+            };
+            let Some(prepared) = prepare(model, config, req) else {
+                continue;
+            };
+            let ids: Vec<i32> = prepared.prompt.iter().map(|t| t.0).collect();
+            let (seq, shared) = cache.choose(&free, &ids);
+            let reused = reuse_prefix(ctx, &mut cache, seq, shared);
+            stats
+                .cached_prompt_tokens
+                .fetch_add(reused as u64, Ordering::Relaxed);
+            slots[seq] = Some(admit(prepared, seq as i32, reused, &safeguards));
         }
 
         let active = slots.iter().flatten().count();
@@ -884,6 +1001,7 @@ fn serve(
                     .add(token, slot.n_past as i32, &[slot.seq], true)
                     .expect("one token per slot fits the batch");
                 slot.n_past += 1;
+                slot.history.push(token.0);
             }
         }
         let generating = batch.n_tokens() as usize;
@@ -906,6 +1024,7 @@ fn serve(
                         last,
                     )
                     .expect("bounded by capacity");
+                slot.history.push(slot.prompt[slot.ingested].0);
                 slot.ingested += 1;
                 slot.n_past += 1;
                 stats.prompt_tokens.fetch_add(1, Ordering::Relaxed);
@@ -916,13 +1035,22 @@ fn serve(
         }
 
         // 4. Decode.
-        if let Err(e) = ctx.decode(&mut batch) {
+        let started = std::time::Instant::now();
+        let decoded = ctx.decode(&mut batch);
+        tracing::debug!(
+            tokens = batch.n_tokens(),
+            generating,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "decode"
+        );
+        if let Err(e) = decoded {
             for slot in slots.iter_mut() {
                 if let Some(s) = slot.take() {
                     let _ = s
                         .events
                         .send(Event::Failed(GenerateError::Decode(e.to_string())));
                     let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                    cache.forget(s.seq as usize);
                 }
             }
             continue;
@@ -962,7 +1090,9 @@ fn serve(
             if let Some((reason, rule)) = finished {
                 let mut s = slot_ref.take().unwrap();
                 s.finish(reason, rule);
-                let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                if !cache.keep(s.seq as usize, std::mem::take(&mut s.history)) {
+                    let _ = ctx.clear_kv_cache_seq(Some(s.seq as u32), None, None);
+                }
             }
         }
     }

@@ -17,7 +17,9 @@
 //! - [`answer`]: the one path every answer takes: phase, caps, queue, engine, and the
 //!   usage ledger's write-ahead `admitted` and `completed` records.
 //! - [`caps`]: license caps (per day, per month, concurrent) enforced from the ledger.
-//! - [`sampling`]: greedy and temperature sampling straight from the logits.
+//! - [`sampling`]: greedy, temperature and (for the tournament watermark) nucleus sampling
+//!   straight from the logits.
+//! - [`prefix_cache`]: prompt prefixes kept in the KV cache across requests.
 //! - [`text`]: UTF-8 and stop-sequence handling of generated text.
 //! - [`output_filter`]: the streaming-safe output filter (terms and bounded patterns).
 //! - [`safeguards`]: the watermark and output filter a license mandates, for the engine.
@@ -42,6 +44,7 @@ pub mod engine;
 pub mod lifecycle;
 pub mod maps;
 pub mod output_filter;
+pub mod prefix_cache;
 pub mod renewal;
 #[cfg(feature = "inference")]
 pub mod renewer;

@@ -43,7 +43,7 @@ impl Safeguards {
                 .map_err(|e| format!("cannot unwrap the watermark key: {e}"))?;
                 Some(Watermark {
                     key: WatermarkKey::from_bytes(*key),
-                    params: mandate.params(),
+                    params: mandate.params,
                 })
             }
         };
@@ -56,6 +56,6 @@ impl Safeguards {
 
     /// How many previous tokens seed the watermark's green lists (0 without one).
     pub fn watermark_context(&self) -> usize {
-        self.watermark.as_ref().map_or(0, |w| w.params.context)
+        self.watermark.as_ref().map_or(0, |w| w.params.context())
     }
 }

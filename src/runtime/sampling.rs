@@ -21,7 +21,24 @@ pub enum Direct {
         weights: Vec<f32>,
         chunk_sums: Vec<f32>,
     },
+    /// Nucleus sampling as llama.cpp's chain does it (`top_p` over the softmax at
+    /// temperature 1, then the temperature over what is kept). Used where the
+    /// tournament watermark must reweight the nucleus before the draw; unwatermarked
+    /// `top_p` requests keep llama.cpp's chain.
+    Nucleus {
+        top_p: f32,
+        inv_temperature: f32,
+        rng: Rng,
+        /// (logit, token) of the tokens near the top, sorted by logit, highest first.
+        candidates: Vec<(f32, i32)>,
+        tokens: Vec<i32>,
+        weights: Vec<f32>,
+    },
 }
+
+/// What a watermark does to the sampling weights before the draw: `weights[i]` is the
+/// weight of token `tokens[i]`, or of token `i` when `tokens` is `None`.
+pub type Reweight<'a> = &'a mut dyn FnMut(&mut [f32], Option<&[i32]>);
 
 impl Direct {
     pub fn temperature(temperature: f32, seed: u64) -> Direct {
@@ -33,8 +50,25 @@ impl Direct {
         }
     }
 
+    pub fn nucleus(top_p: f32, temperature: f32, seed: u64) -> Direct {
+        Direct::Nucleus {
+            top_p: top_p.clamp(0.0, 1.0),
+            inv_temperature: 1.0 / temperature,
+            rng: Rng::new(seed),
+            candidates: Vec::new(),
+            tokens: Vec::new(),
+            weights: Vec::new(),
+        }
+    }
+
     /// The index of the token drawn from `logits` (0 for an empty slice).
     pub fn sample(&mut self, logits: &[f32]) -> usize {
+        self.sample_with(logits, None)
+    }
+
+    /// The same, with `reweight` applied to the weights just before the draw (greedy
+    /// ignores it: there is nothing to draw).
+    pub fn sample_with(&mut self, logits: &[f32], reweight: Option<Reweight<'_>>) -> usize {
         match self {
             Direct::Greedy => argmax(logits),
             Direct::Temperature {
@@ -47,47 +81,130 @@ impl Direct {
                 if !max.is_finite() {
                     return argmax(logits);
                 }
-                let scale = *inv_temperature;
                 weights.clear();
                 weights.resize(logits.len(), 0.0);
+                exponentials(weights, logits, max, *inv_temperature);
+                if let Some(reweight) = reweight {
+                    reweight(weights, None);
+                }
                 chunk_sums.clear();
                 let mut total = 0.0f64;
-                exponentials(weights, logits, max, scale);
                 for w in weights.chunks(LANES) {
                     let sum: f32 = w.iter().sum();
                     chunk_sums.push(sum);
                     total += f64::from(sum);
                 }
-                // Walk the chunks' sums (the same values that made the total), then the
-                // weights inside the chunk where the drawn point falls.
+                draw(weights, chunk_sums, rng.next_f64() * total).unwrap_or_else(|| argmax(logits))
+            }
+            Direct::Nucleus {
+                top_p,
+                inv_temperature,
+                rng,
+                candidates,
+                tokens,
+                weights,
+            } => {
+                let max = max(logits);
+                if !max.is_finite() {
+                    return argmax(logits);
+                }
+                nucleus(logits, max, *top_p, candidates);
+                tokens.clear();
+                tokens.extend(candidates.iter().map(|(_, t)| *t));
+                weights.clear();
+                weights.extend(
+                    candidates
+                        .iter()
+                        .map(|(l, _)| exp_nonpositive((l - max) * *inv_temperature)),
+                );
+                if let Some(reweight) = reweight {
+                    reweight(weights, Some(tokens));
+                }
+                let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
                 let target = rng.next_f64() * total;
                 let mut running = 0.0f64;
-                for (c, sum) in chunk_sums.iter().enumerate() {
-                    let after = running + f64::from(*sum);
-                    if after < target && c + 1 < chunk_sums.len() {
-                        running = after;
-                        continue;
+                for (w, t) in weights.iter().zip(tokens.iter()) {
+                    running += f64::from(*w);
+                    if running >= target && *w > 0.0 {
+                        return *t as usize;
                     }
-                    let chunk = &weights[c * LANES..(c * LANES + LANES).min(weights.len())];
-                    let mut last = None;
-                    for (i, w) in chunk.iter().enumerate() {
-                        if *w > 0.0 {
-                            running += f64::from(*w);
-                            last = Some(c * LANES + i);
-                            if running >= target {
-                                return c * LANES + i;
-                            }
-                        }
-                    }
-                    if let Some(last) = last {
-                        return last;
-                    }
-                    running = after;
                 }
-                argmax(logits)
+                tokens
+                    .first()
+                    .map_or_else(|| argmax(logits), |t| *t as usize)
             }
         }
     }
+}
+
+/// Walk the chunks' sums (the same values that made the total), then the weights inside
+/// the chunk where `target` falls. `None` when every weight is zero.
+fn draw(weights: &[f32], chunk_sums: &[f32], target: f64) -> Option<usize> {
+    let mut running = 0.0f64;
+    let mut last = None;
+    for (c, sum) in chunk_sums.iter().enumerate() {
+        let after = running + f64::from(*sum);
+        if after < target && c + 1 < chunk_sums.len() {
+            running = after;
+            continue;
+        }
+        let chunk = &weights[c * LANES..(c * LANES + LANES).min(weights.len())];
+        for (i, w) in chunk.iter().enumerate() {
+            if *w > 0.0 {
+                running += f64::from(*w);
+                last = Some(c * LANES + i);
+                if running >= target {
+                    return last;
+                }
+            }
+        }
+        if last.is_some() {
+            return last;
+        }
+        running = after;
+    }
+    last
+}
+
+/// The nucleus of `logits` into `out`, highest logit first: the fewest tokens whose
+/// softmax (temperature 1) mass reaches `top_p` (at least one). Only tokens within a
+/// margin of the maximum are sorted; the margin widens until it holds the nucleus.
+fn nucleus(logits: &[f32], max: f32, top_p: f32, out: &mut Vec<(f32, i32)>) {
+    let total: f64 = logits
+        .iter()
+        .map(|l| f64::from(exp_nonpositive(l - max)))
+        .sum();
+    let want = f64::from(top_p) * total;
+    let mut margin = 8.0f32;
+    loop {
+        out.clear();
+        out.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l >= max - margin)
+                .map(|(i, l)| (*l, i as i32)),
+        );
+        let mass: f64 = out
+            .iter()
+            .map(|(l, _)| f64::from(exp_nonpositive(l - max)))
+            .sum();
+        if mass >= want || margin > 88.0 {
+            break;
+        }
+        margin *= 2.0;
+    }
+    out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut running = 0.0f64;
+    let mut keep = out.len();
+    for (i, (l, _)) in out.iter().enumerate() {
+        running += f64::from(exp_nonpositive(l - max));
+        if running >= want {
+            keep = i + 1;
+            break;
+        }
+    }
+    out.truncate(keep.max(1));
 }
 
 const LANES: usize = 16;
@@ -237,6 +354,16 @@ mod tests {
             let seen = f64::from(counts[k]) / f64::from(n);
             assert!((seen - p).abs() < 0.005, "token {k}: {seen} vs {p}");
         }
+        // A reweight that zeroes all but token 30 leaves only it.
+        let mut only_30 = |w: &mut [f32], tokens: Option<&[i32]>| {
+            assert!(tokens.is_none());
+            for (i, w) in w.iter_mut().enumerate() {
+                if i != 30 {
+                    *w = 0.0;
+                }
+            }
+        };
+        assert_eq!(sampler.sample_with(&logits, Some(&mut only_30)), 30);
         // The same seed draws the same tokens.
         let (mut a, mut b) = (Direct::temperature(0.8, 7), Direct::temperature(0.8, 7));
         let drawn: Vec<usize> = (0..100).map(|_| a.sample(&logits)).collect();
@@ -244,5 +371,40 @@ mod tests {
             drawn,
             (0..100).map(|_| b.sample(&logits)).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn nucleus_sampling_keeps_the_top_mass_then_applies_the_temperature() {
+        // Softmax at temperature 1: 0.5, 0.3, 0.15, 0.05 (and 996 tokens of nothing).
+        let mut logits = vec![-1e4f32; 1000];
+        let probs = [0.5f32, 0.3, 0.15, 0.05];
+        for (i, p) in probs.iter().enumerate() {
+            logits[100 * i + 1] = p.ln();
+        }
+        // top_p 0.75: the nucleus is {0.5, 0.3}; at temperature 1 they are drawn 5:3.
+        let mut sampler = Direct::nucleus(0.75, 1.0, 3);
+        let mut counts = std::collections::HashMap::new();
+        let n = 100_000;
+        for _ in 0..n {
+            *counts.entry(sampler.sample(&logits)).or_insert(0u32) += 1;
+        }
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        let first = f64::from(counts[&1]) / f64::from(n);
+        assert!((first - 0.625).abs() < 0.01, "{first}");
+        // top_p tiny: the top token only; top_p 1: all four.
+        let mut one = Direct::nucleus(0.01, 1.0, 3);
+        assert!((0..100).all(|_| one.sample(&logits) == 1));
+        let mut all = Direct::nucleus(1.0, 1.0, 3);
+        let drawn: std::collections::HashSet<usize> =
+            (0..10_000).map(|_| all.sample(&logits)).collect();
+        assert_eq!(drawn.len(), 4);
+        // The reweight sees the nucleus's tokens, highest first.
+        let mut seen = Vec::new();
+        let mut record = |w: &mut [f32], tokens: Option<&[i32]>| {
+            seen = tokens.unwrap().to_vec();
+            w[0] = 0.0;
+        };
+        assert_eq!(sampler.sample_with(&logits, Some(&mut record)), 101);
+        assert_eq!(seen, [1, 101]);
     }
 }

@@ -131,6 +131,12 @@ pub fn render(state: &AppState, identify: bool) -> String {
         generated as f64,
     );
     e.single(
+        "leasehold_cached_prompt_tokens_total",
+        Kind::Counter,
+        "Prompt tokens not decoded again: a finished sequence's KV cache already held them (the prompt prefix cache).",
+        stats.cached_prompt_tokens.load(Ordering::Relaxed) as f64,
+    );
+    e.single(
         "leasehold_decode_tokens_per_second",
         Kind::Gauge,
         "Tokens generated per second over the last 10 seconds (all sequences together).",

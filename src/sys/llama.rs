@@ -114,6 +114,19 @@ fn model_pointer(model: &llama_cpp_2::model::LlamaModel) -> *mut llama_cpp_sys_2
     unsafe { std::mem::transmute_copy::<_, *mut llama_cpp_sys_2::llama_model>(model) }
 }
 
+/// Can `model`'s KV cache drop a sequence's tail and keep its head? Not with sliding-window
+/// layers (their cells outside the window are gone) nor recurrent or hybrid state.
+pub fn sequences_can_drop_their_tail(model: &llama_cpp_2::model::LlamaModel) -> bool {
+    let model = model_pointer(model);
+    // SAFETY: `model` is the live model the caller borrows for the call; these read-only
+    // queries take a const pointer and keep nothing.
+    unsafe {
+        llama_cpp_sys_2::llama_model_n_swa(model) == 0
+            && !llama_cpp_sys_2::llama_model_is_recurrent(model)
+            && !llama_cpp_sys_2::llama_model_is_hybrid(model)
+    }
+}
+
 /// Decode one token in a throw-away context of `model` and report every weight tensor
 /// its graph reads, with the address llama.cpp reads it from: inside the weights' memfd
 /// mapping when llama.cpp uses the file's pages in place, elsewhere when it copied them
