@@ -12,11 +12,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::node::{get_json, leasehold, post_json, NodeSite, Server};
-use leasehold::license::{verify, TrustRoots, VerifiedLicense};
+use common::node::{get_json, leasehold, NodeSite, Server};
+use common::stories::read_license;
+use leasehold::license::VerifiedLicense;
 use leasehold::runtime::engine::Vocabulary;
 use leasehold::watermark::{self, Detection, Params, WatermarkKey};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Environment an operator might try to switch the safeguards off with. None of these
 /// names exists; `serve` must ignore them and apply what the license mandates.
@@ -43,60 +44,12 @@ fn serve_hostile(site: &NodeSite, license: &str) -> Server {
     )
 }
 
-fn read_license(path: &Path) -> VerifiedLicense {
-    verify::authenticate(&std::fs::read(path).unwrap(), &TrustRoots::compiled_in()).unwrap()
-}
-
-const TOPICS: [&str; 20] = [
-    "a lighthouse keeper and a storm",
-    "a robot learning to paint",
-    "the history of the bicycle",
-    "a village that forgot how to sing",
-    "why bees dance",
-    "a detective who hates coffee",
-    "the first winter on Mars",
-    "a library that is open only at night",
-    "how bread is made",
-    "a cat who becomes mayor",
-    "the life of a river",
-    "an old clockmaker's last clock",
-    "learning to sail",
-    "a dragon afraid of heights",
-    "the invention of the printing press",
-    "a garden on a rooftop in a big city",
-    "two friends lost in a forest",
-    "the journey of a letter",
-    "a musician who cannot hear",
-    "a train that never stops",
-];
-
-/// Twenty answers of up to 200 tokens, one at a time with fixed seeds. The prompts ask
-/// for long texts: an answer that ends after a sentence cannot carry z > 4 whatever the
-/// watermark does (15 tokens, all green, give 6.7; a third of them green, 1.9).
+/// Twenty answers at temperature 1.0, the OpenAI default. Lower temperatures sharpen the
+/// distribution, and where the model is sure of the next token the bias cannot move it:
+/// the watermark needs entropy to show (15 tokens, all green, give z = 6.7; a third of
+/// them green, 1.9).
 async fn twenty_answers(server: &Server) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let mut answers = Vec::new();
-    for (i, topic) in TOPICS.iter().enumerate() {
-        let body = json!({
-            "model": "smollm2-135m",
-            "messages": [
-                {"role": "system", "content": "You are a novelist. Every answer is a long, detailed story of at least 400 words."},
-                {"role": "user", "content": format!("Write a long story about {topic}.")},
-            ],
-            "max_tokens": 200,
-            // The OpenAI default. Lower temperatures sharpen the distribution, and where
-            // the model is sure of the next token the bias cannot move it: the
-            // watermark needs entropy to show.
-            "temperature": 1.0,
-            "seed": i,
-        });
-        let v = post_json(&http, &server.url("/v1/chat/completions"), &body).await;
-        let text = v["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no answer: {v}"));
-        answers.push(text.to_string());
-    }
-    answers
+    common::stories::stories(server, 20, 1.0).await
 }
 
 fn detections(

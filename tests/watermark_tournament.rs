@@ -15,8 +15,9 @@ mod common;
 
 use std::num::NonZeroU32;
 
-use common::node::{get_json, leasehold, post_json, NodeSite, Server};
-use leasehold::license::{verify, TrustRoots, VerifiedLicense};
+use common::node::{get_json, leasehold, NodeSite, Server};
+use common::stories::read_license;
+use leasehold::license::VerifiedLicense;
 use leasehold::runtime::engine::Vocabulary;
 use leasehold::runtime::sampling::Direct;
 use leasehold::watermark::{self, tournament, Params, WatermarkKey};
@@ -125,46 +126,9 @@ fn over_many_keys_the_tournaments_draws_follow_the_models_distribution() {
     assert!(x_one > 1000.0, "{x_one}");
 }
 
-fn read_license(path: &std::path::Path) -> VerifiedLicense {
-    verify::authenticate(&std::fs::read(path).unwrap(), &TrustRoots::compiled_in()).unwrap()
-}
-
-const TOPICS: [&str; 10] = [
-    "a lighthouse keeper and a storm",
-    "a robot learning to paint",
-    "the history of the bicycle",
-    "a village that forgot how to sing",
-    "why bees dance",
-    "a detective who hates coffee",
-    "the first winter on Mars",
-    "a library that is open only at night",
-    "how bread is made",
-    "a cat who becomes mayor",
-];
-
+/// The first ten stories at `temperature`.
 async fn answers(server: &Server, temperature: f64) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for (i, topic) in TOPICS.iter().enumerate() {
-        let body = json!({
-            "model": "smollm2-135m",
-            "messages": [
-                {"role": "system", "content": "You are a novelist. Every answer is a long, detailed story of at least 400 words."},
-                {"role": "user", "content": format!("Write a long story about {topic}.")},
-            ],
-            "max_tokens": 200,
-            "temperature": temperature,
-            "seed": i,
-        });
-        let v = post_json(&http, &server.url("/v1/chat/completions"), &body).await;
-        out.push(
-            v["choices"][0]["message"]["content"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no answer: {v}"))
-                .to_string(),
-        );
-    }
-    out
+    common::stories::stories(server, 10, temperature).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -874,6 +874,8 @@ fn admit(prepared: Prepared, seq: i32, reused: usize, safeguards: &Arc<Safeguard
 const GATHER_GAP: Duration = Duration::from_millis(2);
 /// …or this long has passed.
 const GATHER_AT_MOST: Duration = Duration::from_millis(10);
+/// How often the gathering looks for more.
+const GATHER_POLL: Duration = Duration::from_micros(250);
 
 fn serve(
     ctx: &mut LlamaContext<'_>,
@@ -918,14 +920,20 @@ fn serve(
             // Requests come in bursts (clients whose answers ended together send their
             // next ones together): gather the burst into the first decode call rather
             // than decode the first prompt alone and make the others wait a whole call.
-            let until = std::time::Instant::now() + GATHER_AT_MOST;
-            while let Some(gap) = until
-                .checked_duration_since(std::time::Instant::now())
-                .map(|left| left.min(GATHER_GAP))
-            {
-                match rx.recv_timeout(gap) {
-                    Ok(c) => incoming.push(c),
-                    Err(_) => break,
+            // Polled on the kernel's monotonic clock (node::clock), not with a timed
+            // wait: a time-faking preload would stretch or skip those.
+            let clock = crate::node::clock::monotonic_now;
+            let (started, mut last) = (clock(), clock());
+            loop {
+                std::thread::sleep(GATHER_POLL);
+                let now = clock();
+                let before = incoming.len();
+                incoming.extend(rx.try_iter());
+                if incoming.len() > before {
+                    last = now;
+                }
+                if now - last >= GATHER_GAP || now - started >= GATHER_AT_MOST {
+                    break;
                 }
             }
         }

@@ -23,6 +23,7 @@ pub mod gguf;
 pub mod node;
 pub mod plaintext;
 pub mod postgres;
+pub mod stories;
 pub mod swtpm;
 pub mod vectors;
 pub mod vendor;
