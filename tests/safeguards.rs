@@ -206,14 +206,7 @@ async fn the_watermark_is_found_in_what_a_watermarked_node_generates_and_only_th
     // The detector command, both ways. On the node: its own license and sealed model.
     std::fs::write(site.path().join("marked.txt"), &marked_texts[0]).unwrap();
     std::fs::write(site.path().join("plain.txt"), &plain_texts[0]).unwrap();
-    let detect = |args: &[&str]| {
-        let mut all = vec!["watermark", "detect", "--json"];
-        all.extend_from_slice(args);
-        let out = leasehold(site.path(), &all);
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{all:?}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), v)
-    };
+    let detect = |args: &[&str]| common::stories::detect_json(site.path(), args);
     let node = [
         "--license",
         "marked.license",

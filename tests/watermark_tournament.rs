@@ -15,7 +15,7 @@ mod common;
 
 use std::num::NonZeroU32;
 
-use common::node::{get_json, leasehold, NodeSite, Server};
+use common::node::{get_json, NodeSite, Server};
 use common::stories::read_license;
 use leasehold::license::VerifiedLicense;
 use leasehold::runtime::engine::Vocabulary;
@@ -26,7 +26,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SPEC: &str = "scheme=tournament,depth=8,context=2";
 
@@ -200,14 +200,7 @@ async fn a_tournament_license_marks_sampled_answers_and_the_detector_names_it() 
         .unwrap();
     }
     let root_key = common::repo_path("keys/demo/root.key");
-    let detect = |args: &[&str]| {
-        let mut all = vec!["watermark", "detect", "--json"];
-        all.extend_from_slice(args);
-        let out = leasehold(site.path(), &all);
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|_| panic!("{all:?}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), v)
-    };
+    let detect = |args: &[&str]| common::stories::detect_json(site.path(), args);
     let vendor = [
         "--vendor-key",
         root_key.to_str().unwrap(),

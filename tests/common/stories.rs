@@ -58,3 +58,13 @@ pub async fn stories(server: &Server, count: usize, temperature: f64) -> Vec<Str
 pub fn read_license(path: &std::path::Path) -> VerifiedLicense {
     verify::authenticate(&std::fs::read(path).unwrap(), &TrustRoots::compiled_in()).unwrap()
 }
+
+/// `leasehold watermark detect --json ARGS` in `dir`: its exit code and its JSON.
+pub fn detect_json(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["watermark", "detect", "--json"];
+    all.extend_from_slice(args);
+    let out = super::node::leasehold(dir, &all);
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{all:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), v)
+}
