@@ -6,7 +6,8 @@
 //! again, yet still hold the plaintext a second time (for a 7B Q4_0 model, gigabytes).
 //!
 //! After loading, one throw-away decode reports where each weight tensor is read from
-//! (`sys::weights_read_by_one_decode`). A tensor read from an address outside every
+//! (`sys::weights_read_by_one_decode`: ggml's scheduler shows it every node of the
+//! graph, which is then stopped after its first node). A tensor read from an address outside every
 //! mapping of the memfd was copied, and its file range is punched out of the memfd. A
 //! tensor read in place, a tensor the decode did not read, and every byte not wholly
 //! inside a run of copied tensors stay: only whole pages strictly inside such a run go.
