@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::gguf::{tiny_llama, tiny_llama_q4_0};
+use common::gguf::{tiny_llama, tiny_llama_q4_0, tiny_sliding_window};
 use leasehold::crypto::ContentKey;
 use leasehold::runtime::engine::{
     ChatMessage, Engine, EngineConfig, Event, FinishReason, GenerateError, GenerateRequest,
@@ -241,6 +241,66 @@ async fn a_shared_prompt_prefix_is_decoded_once_and_the_answers_do_not_change() 
             .await
             .unwrap();
         assert_eq!(&alone, cached_answer, "{p:?}");
+        fresh.shutdown();
+    }
+}
+
+/// With sliding-window layers (Gemma 3's kind) a finished sequence's prefix is reused
+/// while those layers still hold every cell the next token attends to, and decoded
+/// afresh once the sequence has grown past its window cache and the cells it needs are
+/// overwritten. The answers are a fresh engine's either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_window_model_reuses_a_prefix_only_while_its_window_is_held() {
+    use std::sync::atomic::Ordering;
+    let sealed = sealed_model(tiny_sliding_window(5, 16));
+    // One sequence, 512 tokens; the windowed layers' cache has 256 cells (llama.cpp:
+    // window + batch, rounded up to 256), so a sequence of 300 tokens overwrites its
+    // oldest cells.
+    let config = EngineConfig {
+        ctx: 512,
+        threads: 2,
+        parallel: 1,
+        batch: 128,
+        ..EngineConfig::default()
+    };
+    let (engine, _) = engine_with(&sealed, config.clone()).await;
+    let cached = || engine.stats().cached_prompt_tokens.load(Ordering::Relaxed);
+    let long: String = (0..300)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let mut runs = Vec::new();
+    for (prompt, reused) in [
+        ("a short first prompt".to_string(), None),
+        // Nothing has left the window cache yet: the shared tokens are reused.
+        ("a short second prompt".to_string(), Some(10..=30)),
+        (long.clone(), None),
+        // After 300 tokens, going on at 290 needs the cells of 274..290: still held.
+        (format!("{}and so on", &long[..290]), Some(250..=400)),
+        // Going on at 40 needs 24..40, overwritten by then: decoded afresh.
+        (format!("{}and so on", &long[..40]), Some(0..=0)),
+    ] {
+        let before = cached();
+        let answer = complete(&engine, Prompt::Text(prompt.clone()), greedy(4))
+            .await
+            .unwrap();
+        let got = cached() - before;
+        if let Some(expected) = reused {
+            assert!(
+                expected.contains(&got),
+                "{got} tokens reused for a prompt of {} ({} bytes), expected {expected:?}",
+                answer.2,
+                prompt.len()
+            );
+            runs.push((prompt, answer));
+        }
+    }
+    engine.shutdown();
+    for (prompt, answer) in runs {
+        let (fresh, _) = engine_with(&sealed, config.clone()).await;
+        let alone = complete(&fresh, Prompt::Text(prompt.clone()), greedy(4))
+            .await
+            .unwrap();
+        assert_eq!(alone, answer, "{} bytes", prompt.len());
         fresh.shutdown();
     }
 }

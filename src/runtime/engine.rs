@@ -535,8 +535,8 @@ fn new_context<'m>(
         .with_n_threads_batch(config.threads);
     // Sliding-window layers (Gemma 3: five in six) keep only their window in the KV
     // cache, as llama-server does, instead of the whole context (llama.cpp's library
-    // default): less memory and less attention work per token. Sequences are only ever
-    // removed whole, which is all a windowed cache cannot do partially.
+    // default): less memory and less attention work per token. A finished sequence's
+    // prefix is then reused only while its window is whole (runtime::prefix_cache).
     crate::sys::raw_context_params(&mut params).swa_full = false;
     model
         .new_context(backend, params)
@@ -818,6 +818,7 @@ fn reuse_prefix(
         return shared;
     }
     if shared > 0
+        && cache.prefix_survives(shared, ctx.kv_cache_seq_pos_min(seq as i32))
         && ctx
             .clear_kv_cache_seq(Some(seq as u32), Some(shared as u32), None)
             .unwrap_or(false)
@@ -899,6 +900,7 @@ fn serve(
     let mut cache = PrefixCache::new(
         slots.len(),
         crate::sys::sequences_can_drop_their_tail(model),
+        crate::sys::sliding_window(model),
     );
 
     loop {

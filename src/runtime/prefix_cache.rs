@@ -5,14 +5,18 @@
 //! differs. The cache holds what the sequence's KV cells hold; the engine trims the
 //! cells past the shared prefix before reusing it.
 //!
-//! Only for models whose KV cache can drop a sequence's tail: not sliding-window models
-//! (Gemma 3 keeps only a window, so an older prefix is gone) nor recurrent ones.
+//! Only for models whose memory can drop a sequence's tail (not recurrent ones). With
+//! sliding-window layers (Gemma 3) a prefix is reused only while those layers still
+//! hold every cell the next token attends to: the cells older than the window are gone
+//! once a sequence has grown past its window cache (llama-server's rule).
 
 /// What each sequence's KV cells hold, and when it last ran.
 pub struct PrefixCache {
     seqs: Vec<Cached>,
     clock: u64,
     enabled: bool,
+    /// The sliding-window layers' window in tokens; 0: no such layers.
+    window: u32,
 }
 
 #[derive(Default)]
@@ -22,12 +26,20 @@ struct Cached {
 }
 
 impl PrefixCache {
-    pub fn new(sequences: usize, enabled: bool) -> PrefixCache {
+    pub fn new(sequences: usize, enabled: bool, window: u32) -> PrefixCache {
         PrefixCache {
             seqs: (0..sequences).map(|_| Cached::default()).collect(),
             clock: 0,
             enabled,
+            window,
         }
+    }
+
+    /// Can a sequence whose oldest KV cell (in its sliding-window layers) holds position
+    /// `oldest` go on after its first `shared` tokens? The token at position `shared`
+    /// attends to the `window` positions before it, which must all still be held.
+    pub fn prefix_survives(&self, shared: usize, oldest: i32) -> bool {
+        self.window == 0 || i64::from(oldest) <= (shared as i64 - i64::from(self.window)).max(0)
     }
 
     /// Of the `free` sequences, the one to run `prompt` in, and how many of its leading
@@ -91,7 +103,7 @@ mod tests {
 
     #[test]
     fn the_longest_shared_prefix_wins_and_the_last_prompt_token_is_always_decoded() {
-        let mut cache = PrefixCache::new(3, true);
+        let mut cache = PrefixCache::new(3, true, 0);
         assert!(cache.keep(0, vec![1, 2, 3, 4, 5]));
         cache.keep(1, vec![1, 2, 9]);
         assert_eq!(cache.choose(&[0, 1, 2], &[1, 2, 3, 4, 7, 8]), (0, 4));
@@ -107,8 +119,24 @@ mod tests {
     }
 
     #[test]
+    fn a_sliding_window_prefix_survives_only_while_its_window_is_held() {
+        let cache = PrefixCache::new(1, true, 16);
+        // Nothing overwritten yet: any prefix.
+        assert!(cache.prefix_survives(10, 0));
+        assert!(cache.prefix_survives(100, 0));
+        // The windowed layers hold positions from 24 on: going on at 40 (or later)
+        // needs 24.., at 30 needs 14.., which are gone.
+        assert!(cache.prefix_survives(40, 24));
+        assert!(!cache.prefix_survives(39, 24));
+        assert!(!cache.prefix_survives(30, 24));
+        assert!(!cache.prefix_survives(10, 24));
+        // No sliding window: always.
+        assert!(PrefixCache::new(1, true, 0).prefix_survives(3, 500));
+    }
+
+    #[test]
     fn disabled_it_shares_nothing() {
-        let mut cache = PrefixCache::new(2, false);
+        let mut cache = PrefixCache::new(2, false, 0);
         assert!(!cache.keep(0, vec![1, 2, 3]));
         assert_eq!(cache.held(0), 0);
         assert_eq!(cache.choose(&[0, 1], &[1, 2, 3, 4]).1, 0);

@@ -114,17 +114,25 @@ fn model_pointer(model: &llama_cpp_2::model::LlamaModel) -> *mut llama_cpp_sys_2
     unsafe { std::mem::transmute_copy::<_, *mut llama_cpp_sys_2::llama_model>(model) }
 }
 
-/// Can `model`'s KV cache drop a sequence's tail and keep its head? Not with sliding-window
-/// layers (their cells outside the window are gone) nor recurrent or hybrid state.
+/// Can `model`'s memory drop a sequence's tail and keep its head? Not recurrent or
+/// hybrid state (one state per sequence, not one cell per token).
 pub fn sequences_can_drop_their_tail(model: &llama_cpp_2::model::LlamaModel) -> bool {
     let model = model_pointer(model);
     // SAFETY: `model` is the live model the caller borrows for the call; these read-only
     // queries take a const pointer and keep nothing.
     unsafe {
-        llama_cpp_sys_2::llama_model_n_swa(model) == 0
-            && !llama_cpp_sys_2::llama_model_is_recurrent(model)
+        !llama_cpp_sys_2::llama_model_is_recurrent(model)
             && !llama_cpp_sys_2::llama_model_is_hybrid(model)
     }
+}
+
+/// The attention window of `model`'s sliding-window layers, in tokens (0: it has none).
+/// Those layers' KV cells older than the window are dropped as a sequence grows.
+pub fn sliding_window(model: &llama_cpp_2::model::LlamaModel) -> u32 {
+    let model = model_pointer(model);
+    // SAFETY: as above, a read-only query of the live, borrowed model.
+    let n_swa = unsafe { llama_cpp_sys_2::llama_model_n_swa(model) };
+    n_swa.max(0) as u32
 }
 
 /// Decode one token in a throw-away context of `model` and report every weight tensor

@@ -68,14 +68,21 @@ fn put_kv(out: &mut Vec<u8>, key: &str, value: &Value) {
 
 /// The GGUF bytes of a tiny llama model with weights drawn from `seed` (F32, dim 64).
 pub fn tiny_llama(seed: u64) -> Vec<u8> {
-    llama(seed, 64, 128, false)
+    llama(seed, 64, 128, false, None)
+}
+
+/// A tiny model with a sliding-window layer (F32, dim 64): llama.cpp's `olmo2`
+/// architecture with `window` tokens of attention in its first layer and full
+/// attention in its second, so its KV cache is split as Gemma 3's is.
+pub fn tiny_sliding_window(seed: u64, window: u32) -> Vec<u8> {
+    llama(seed, 64, 128, false, Some(window))
 }
 
 /// A tiny llama whose matrices are Q4_0 (dim 256, feed-forward 512), norms first: on x86
 /// llama.cpp repacks the layers' matrices (rows a multiple of 8) into its own buffers,
 /// and uses the embeddings and the output matrix (263 rows) in place.
 pub fn tiny_llama_q4_0(seed: u64) -> Vec<u8> {
-    llama(seed, 256, 512, true)
+    llama(seed, 256, 512, true, None)
 }
 
 const GGML_TYPE_F32: u32 = 0;
@@ -88,7 +95,9 @@ fn f16_bits(v: f32) -> u16 {
     (((bits >> 16) & 0x8000) as u16) | ((exp as u16) << 10) | (((bits >> 13) & 0x3ff) as u16)
 }
 
-fn llama(seed: u64, n_embd: u64, n_ff: u64, q4_0: bool) -> Vec<u8> {
+/// `window`: an `olmo2` model (post-norms, query and key norms) whose first layer
+/// attends to the last `window` tokens only; `None`: a llama.
+fn llama(seed: u64, n_embd: u64, n_ff: u64, q4_0: bool, window: Option<u32>) -> Vec<u8> {
     let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
     let mut types = vec![2, 3, 3];
     for b in 0..=255u32 {
@@ -102,32 +111,48 @@ fn llama(seed: u64, n_embd: u64, n_ff: u64, q4_0: bool) -> Vec<u8> {
     let n_vocab = tokens.len() as u64;
     let scores = vec![0.0f32; tokens.len()];
 
-    let kvs = vec![
-        ("general.architecture", Value::Str("llama".into())),
+    let arch = if window.is_some() { "olmo2" } else { "llama" };
+    let key = |name: &str| format!("{arch}.{name}");
+    let mut kvs = vec![
+        ("general.architecture".to_string(), Value::Str(arch.into())),
         (
-            "general.name",
+            "general.name".to_string(),
             Value::Str("leasehold tiny test model".into()),
         ),
-        ("llama.context_length", Value::U32(4096)),
-        ("llama.embedding_length", Value::U32(n_embd as u32)),
-        ("llama.block_count", Value::U32(N_LAYER)),
-        ("llama.feed_forward_length", Value::U32(n_ff as u32)),
-        ("llama.attention.head_count", Value::U32(N_HEAD)),
-        ("llama.attention.head_count_kv", Value::U32(N_HEAD)),
+        (key("context_length"), Value::U32(4096)),
+        (key("embedding_length"), Value::U32(n_embd as u32)),
+        (key("block_count"), Value::U32(N_LAYER)),
+        (key("feed_forward_length"), Value::U32(n_ff as u32)),
+        (key("attention.head_count"), Value::U32(N_HEAD)),
+        (key("attention.head_count_kv"), Value::U32(N_HEAD)),
         (
-            "llama.rope.dimension_count",
+            key("rope.dimension_count"),
             Value::U32((n_embd as u32) / N_HEAD),
         ),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("tokenizer.ggml.model", Value::Str("llama".into())),
-        ("tokenizer.ggml.tokens", Value::StrArray(tokens)),
-        ("tokenizer.ggml.scores", Value::F32Array(scores)),
-        ("tokenizer.ggml.token_type", Value::I32Array(types)),
-        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
-        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
-        ("tokenizer.chat_template", Value::Str(CHATML.into())),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::Str("llama".into()),
+        ),
+        ("tokenizer.ggml.tokens".to_string(), Value::StrArray(tokens)),
+        ("tokenizer.ggml.scores".to_string(), Value::F32Array(scores)),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            Value::I32Array(types),
+        ),
+        ("tokenizer.ggml.bos_token_id".to_string(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".to_string(), Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".to_string(), Value::U32(0)),
+        (
+            "tokenizer.chat_template".to_string(),
+            Value::Str(CHATML.into()),
+        ),
     ];
+    if let Some(window) = window {
+        kvs.push((key("attention.sliding_window"), Value::U32(window)));
+        // Every second layer has full attention, beginning with the second.
+        kvs.push((key("attention.sliding_window_pattern"), Value::U32(2)));
+    }
 
     // (name, dims in ggml order, is a norm)
     let mut tensors: Vec<(String, Vec<u64>, bool)> = vec![
@@ -137,12 +162,24 @@ fn llama(seed: u64, n_embd: u64, n_ff: u64, q4_0: bool) -> Vec<u8> {
     ];
     for l in 0..N_LAYER {
         let p = |n: &str| format!("blk.{l}.{n}.weight");
-        tensors.push((p("attn_norm"), vec![n_embd], true));
+        let norms = if window.is_some() {
+            [
+                "attn_q_norm",
+                "attn_k_norm",
+                "post_attention_norm",
+                "post_ffw_norm",
+            ]
+            .as_slice()
+        } else {
+            ["attn_norm", "ffn_norm"].as_slice()
+        };
+        for norm in norms {
+            tensors.push((p(norm), vec![n_embd], true));
+        }
         tensors.push((p("attn_q"), vec![n_embd, n_embd], false));
         tensors.push((p("attn_k"), vec![n_embd, n_embd], false));
         tensors.push((p("attn_v"), vec![n_embd, n_embd], false));
         tensors.push((p("attn_output"), vec![n_embd, n_embd], false));
-        tensors.push((p("ffn_norm"), vec![n_embd], true));
         tensors.push((p("ffn_gate"), vec![n_embd, n_ff], false));
         tensors.push((p("ffn_down"), vec![n_ff, n_embd], false));
         tensors.push((p("ffn_up"), vec![n_embd, n_ff], false));
